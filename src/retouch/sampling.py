@@ -1,0 +1,281 @@
+"""The sampling core: plain functions over tensors.
+
+Every method composes these; none re-implements a DDIM step. The functions assume valid tensors
+(latents ``(B, C, h, w)``, integer timesteps) and a :class:`NoiseSchedule`; they never touch a model.
+A *denoiser* is any callable ``model_output = denoise(latents, t, conditioning)``; guidance is a
+wrapper around it (``classifier_free_guidance``/``multi_condition_guidance`` below).
+
+Conventions follow diffusers' ``DDIMScheduler``/``DDIMInverseScheduler`` exactly, so results agree
+with diffusers on the same model (tested to 1e-5): ᾱ_t is ``alphas_cumprod[t]``; the step below
+timestep 0 uses ᾱ = 1 when ``set_alpha_to_one`` (the "final alpha"), else ᾱ_0.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable, Sequence
+
+import numpy as np
+import torch
+
+PREDICTION_TYPES = ("epsilon", "v_prediction", "sample")
+TIMESTEP_SPACINGS = ("leading", "trailing", "linspace")
+
+
+@dataclass(frozen=True)
+class NoiseSchedule:
+    """The discrete variance-preserving schedule a model was trained with.
+
+    ``alphas_cumprod[t]`` is ᾱ_t of DDPM (Ho et al. 2020, Eq. 4); ``prediction_type`` says what the
+    network predicts (ε, v of Salimans & Ho 2022, or x₀); the spacing fields say how inference
+    timesteps are chosen (the three options of Lin et al. 2024, Table 2, as diffusers names them).
+    """
+
+    alphas_cumprod: torch.Tensor  # (num_train_timesteps,) float64 for exactness, cast on use
+    prediction_type: str = "epsilon"
+    timestep_spacing: str = "leading"
+    steps_offset: int = 0
+    set_alpha_to_one: bool = True
+
+    @property
+    def num_train_timesteps(self) -> int:
+        return int(self.alphas_cumprod.shape[0])
+
+    @classmethod
+    def from_scheduler_config(cls, config) -> "NoiseSchedule":
+        """Build from any diffusers scheduler config (DDIM, PNDM, Euler, … share these fields)."""
+        from diffusers import DDIMScheduler
+
+        # DDIMScheduler computes ᾱ from beta_schedule/trained_betas exactly as the model's own
+        # scheduler does; we keep only the numbers.
+        ddim = DDIMScheduler.from_config(config)
+        spacing = getattr(ddim.config, "timestep_spacing", "leading")
+        return cls(
+            alphas_cumprod=ddim.alphas_cumprod.to(torch.float32).clone(),
+            prediction_type=ddim.config.prediction_type,
+            timestep_spacing=spacing,
+            steps_offset=int(ddim.config.steps_offset),
+            set_alpha_to_one=bool(getattr(config, "set_alpha_to_one", ddim.config.set_alpha_to_one)),
+        )
+
+    def alpha(self, t: int) -> torch.Tensor:
+        """ᾱ_t, with t < 0 meaning "past the last step" (clean data)."""
+        if t < 0:
+            return torch.tensor(1.0) if self.set_alpha_to_one else self.alphas_cumprod[0]
+        return self.alphas_cumprod[t]
+
+
+def ddim_timesteps(schedule: NoiseSchedule, num_steps: int) -> list[int]:
+    """Inference timesteps, noisiest first, for ``num_steps`` DDIM steps (Song et al. 2021, §4.2)."""
+    n_train = schedule.num_train_timesteps
+    if schedule.timestep_spacing == "linspace":
+        steps = np.linspace(0, n_train - 1, num_steps).round()[::-1]
+    elif schedule.timestep_spacing == "leading":
+        steps = (np.arange(0, num_steps) * (n_train // num_steps)).round()[::-1] + schedule.steps_offset
+    elif schedule.timestep_spacing == "trailing":
+        steps = np.round(np.arange(n_train, 0, -n_train / num_steps)) - 1
+    else:
+        raise ValueError(f"unknown timestep spacing {schedule.timestep_spacing!r}")
+    return [int(t) for t in steps]
+
+
+def previous_timestep(schedule: NoiseSchedule, t: int, num_steps: int) -> int:
+    """The timestep one DDIM step below ``t`` (negative past the end), as diffusers' DDIM computes it."""
+    return t - schedule.num_train_timesteps // num_steps
+
+
+def img2img_timesteps(schedule: NoiseSchedule, num_steps: int, strength: float) -> list[int]:
+    """The tail of the schedule that starts at ``strength`` (SDEdit, Meng et al. 2022, §3).
+
+    ``strength`` 1 keeps every step (pure generation), 0 keeps none. Rounds like diffusers' img2img.
+    """
+    timesteps = ddim_timesteps(schedule, num_steps)
+    kept = min(int(num_steps * strength), num_steps)
+    return timesteps[num_steps - kept :]
+
+
+def _broadcast(alpha_t: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """ᾱ as a scalar or one value per batch row, shaped to broadcast over ``like`` (B, C, h, w)."""
+    alpha_t = torch.as_tensor(alpha_t).to(device=like.device, dtype=like.dtype)
+    return alpha_t.reshape(-1, *([1] * (like.dim() - 1))) if alpha_t.dim() > 0 else alpha_t
+
+
+def split_prediction(
+    sample: torch.Tensor, model_output: torch.Tensor, alpha_t: torch.Tensor, prediction_type: str
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(x̂₀, ε̂) from a network output at noise level ᾱ_t.
+
+    ε-prediction: x̂₀ = (x_t − √(1−ᾱ)ε)/√ᾱ (DDIM, Song et al. 2021, Eq. 12);
+    v-prediction: v = √ᾱ ε − √(1−ᾱ) x₀ (Salimans & Ho 2022, §4), so x̂₀ = √ᾱ x_t − √(1−ᾱ) v and
+    ε̂ = √ᾱ v + √(1−ᾱ) x_t; x₀-prediction: ε̂ = (x_t − √ᾱ x̂₀)/√(1−ᾱ).
+    """
+    alpha_t = _broadcast(alpha_t, sample)
+    sqrt_a, sqrt_1ma = alpha_t.sqrt(), (1 - alpha_t).sqrt()
+    if prediction_type == "epsilon":
+        return (sample - sqrt_1ma * model_output) / sqrt_a, model_output
+    if prediction_type == "v_prediction":
+        return sqrt_a * sample - sqrt_1ma * model_output, sqrt_a * model_output + sqrt_1ma * sample
+    if prediction_type == "sample":
+        return model_output, (sample - sqrt_a * model_output) / sqrt_1ma
+    raise ValueError(f"unknown prediction type {prediction_type!r}")
+
+
+def to_epsilon(sample, model_output, alpha_t, prediction_type) -> torch.Tensor:
+    """ε̂ from any network output (see :func:`split_prediction`)."""
+    return split_prediction(sample, model_output, alpha_t, prediction_type)[1]
+
+
+def velocity(x0: torch.Tensor, noise: torch.Tensor, alpha_t: torch.Tensor) -> torch.Tensor:
+    """The v-prediction target v = √ᾱ ε − √(1−ᾱ) x₀ (Salimans & Ho 2022, §4)."""
+    alpha_t = _broadcast(alpha_t, x0)
+    return alpha_t.sqrt() * noise - (1 - alpha_t).sqrt() * x0
+
+
+def add_noise(x0: torch.Tensor, noise: torch.Tensor, alpha_t: torch.Tensor) -> torch.Tensor:
+    """Forward process q(x_t | x₀): x_t = √ᾱ x₀ + √(1−ᾱ) ε (DDPM, Ho et al. 2020, Eq. 4)."""
+    alpha_t = _broadcast(alpha_t, x0)
+    return alpha_t.sqrt() * x0 + (1 - alpha_t).sqrt() * noise
+
+
+def ddim_transition(
+    sample: torch.Tensor,
+    model_output: torch.Tensor,
+    alpha_from: torch.Tensor,
+    alpha_to: torch.Tensor,
+    prediction_type: str = "epsilon",
+    *,
+    eta: float = 0.0,
+    noise: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Move ``sample`` from noise level ᾱ_from to ᾱ_to along the DDIM update (Song et al. 2021, Eq. 12).
+
+    x_to = √ᾱ_to x̂₀ + √(1 − ᾱ_to − σ²) ε̂ + σ z, with σ = η √((1−ᾱ_to)/(1−ᾱ_from)) √(1 − ᾱ_from/ᾱ_to).
+    Going down (ᾱ_to > ᾱ_from) this is a DDIM sampling step (η = 1 gives DDPM); going up with η = 0
+    it is the deterministic DDIM inversion step. x̂₀, ε̂ are read from the output at ᾱ_from, which is
+    also what diffusers' inverse scheduler does even though it evaluates the network at the target
+    timestep.
+    """
+    x0, eps = split_prediction(sample, model_output, alpha_from, prediction_type)
+    alpha_to, alpha_from = _broadcast(alpha_to, sample), _broadcast(alpha_from, sample)
+    if eta > 0:
+        variance = (1 - alpha_to) / (1 - alpha_from) * (1 - alpha_from / alpha_to)
+        sigma = eta * variance.sqrt()
+        if noise is None:
+            raise ValueError("a stochastic DDIM step (eta > 0) needs its noise tensor")
+        return alpha_to.sqrt() * x0 + (1 - alpha_to - sigma**2).sqrt() * eps + sigma * noise
+    return alpha_to.sqrt() * x0 + (1 - alpha_to).sqrt() * eps
+
+
+def ddim_step(
+    schedule: NoiseSchedule,
+    sample: torch.Tensor,
+    model_output: torch.Tensor,
+    t: int,
+    t_prev: int,
+    *,
+    eta: float = 0.0,
+    noise: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """One DDIM sampling step x_t → x_{t_prev} (``t_prev < 0`` lands on clean data)."""
+    return ddim_transition(
+        sample,
+        model_output,
+        schedule.alpha(t),
+        schedule.alpha(t_prev),
+        schedule.prediction_type,
+        eta=eta,
+        noise=noise,
+    )
+
+
+def ddim_inversion_step(
+    schedule: NoiseSchedule, sample: torch.Tensor, model_output: torch.Tensor, t_from: int, t_to: int
+) -> torch.Tensor:
+    """One deterministic DDIM inversion step x_{t_from} → x_{t_to}, t_to > t_from (Song et al. 2021, Eq. 13).
+
+    ``model_output`` is the network evaluated at ``t_to`` on ``sample`` (the usual approximation
+    x_{t_to} ≈ x_{t_from} inside the network, as in diffusers and pix2pix-zero).
+    """
+    return ddim_transition(sample, model_output, schedule.alpha(t_from), schedule.alpha(t_to), schedule.prediction_type)
+
+
+Denoiser = Callable[[torch.Tensor, int, object], torch.Tensor]
+
+
+def ddim_sample(
+    denoise: Denoiser,
+    schedule: NoiseSchedule,
+    latents: torch.Tensor,
+    timesteps: Sequence[int],
+    conditioning,
+    *,
+    num_steps: int,
+    eta: float = 0.0,
+    generator: torch.Generator | None = None,
+    callback: Callable[[int, int, torch.Tensor], None] | None = None,
+) -> torch.Tensor:
+    """Run DDIM over ``timesteps`` (noisiest first); ``num_steps`` is the full schedule's length.
+
+    ``callback(i, t, latents)`` runs after each step (progress bars, step-wise edits).
+    """
+    for i, t in enumerate(timesteps):
+        model_output = denoise(latents, t, conditioning)
+        noise = None
+        if eta > 0:
+            noise = torch.randn(latents.shape, generator=generator, dtype=latents.dtype, device="cpu")
+            noise = noise.to(latents.device)
+        latents = ddim_step(
+            schedule, latents, model_output, t, previous_timestep(schedule, t, num_steps), eta=eta, noise=noise
+        )
+        if callback is not None:
+            callback(i, t, latents)
+    return latents
+
+
+def ddim_invert(
+    denoise: Denoiser,
+    schedule: NoiseSchedule,
+    latents: torch.Tensor,
+    conditioning,
+    *,
+    num_steps: int,
+    until_step: int | None = None,
+    callback: Callable[[int, int, torch.Tensor], None] | None = None,
+) -> torch.Tensor:
+    """Deterministic DDIM inversion x₀ → x_T over the same grid :func:`ddim_timesteps` samples on.
+
+    ``until_step`` stops after that many steps (inversion to an intermediate strength).
+    """
+    ascending = ddim_timesteps(schedule, num_steps)[::-1]
+    if until_step is not None:
+        ascending = ascending[:until_step]
+    ratio = schedule.num_train_timesteps // num_steps
+    for i, t in enumerate(ascending):
+        model_output = denoise(latents, t, conditioning)
+        t_from = min(t - ratio, schedule.num_train_timesteps - 1)
+        latents = ddim_inversion_step(schedule, latents, model_output, t_from, t)
+        if callback is not None:
+            callback(i, t, latents)
+    return latents
+
+
+def classifier_free_guidance(
+    uncond: torch.Tensor, cond: torch.Tensor, scale: float
+) -> torch.Tensor:
+    """ε̃ = ε(∅) + s·(ε(c) − ε(∅)) (Ho & Salimans 2022, Eq. 6)."""
+    return uncond + scale * (cond - uncond)
+
+
+def multi_condition_guidance(outputs: Sequence[torch.Tensor], scales: Sequence[float]) -> torch.Tensor:
+    """Nested classifier-free guidance over several conditions (portrait paper, Eq. 1).
+
+    ``outputs[k]`` is the prediction with the first k conditions on and the rest null:
+    outputs = [ε(∅,∅,…), ε(c₁,∅,…), ε(c₁,c₂,…), …]. Returns
+    ε(∅,…) + Σ_k s_k·(ε(c₁..c_k) − ε(c₁..c_{k−1})), which for one condition is plain CFG.
+    """
+    if len(outputs) != len(scales) + 1:
+        raise ValueError(f"{len(scales)} guidance scales need {len(scales) + 1} predictions, got {len(outputs)}")
+    guided = outputs[0]
+    for k, scale in enumerate(scales, start=1):
+        guided = guided + scale * (outputs[k] - outputs[k - 1])
+    return guided

@@ -1,0 +1,89 @@
+"""The attention hook mechanism: transparent when recording, correct maps, gradients, clean removal."""
+
+import pytest
+import torch
+from diffusers.models.attention_processor import AttnProcessor2_0
+
+from retouch.attention import (
+    CrossAttentionRecorder,
+    HookGroup,
+    MapEditor,
+    SelfAttentionRecorder,
+    attention_layers,
+    hooked_attention,
+    layer_resolution,
+    select_layers,
+)
+
+
+@pytest.mark.parametrize("name", ["tiny-sd", "tiny-sd2-v", "tiny-sdxl"])
+def test_recording_leaves_output_unchanged_and_maps_are_distributions(tiny_backbones, name):
+    backbone = tiny_backbones[name]
+    cond = backbone.encode_text(["a photo of a cat", "a dog"])
+    latents = torch.randn(2, 4, 32, 32, generator=torch.Generator().manual_seed(0))
+    stock = backbone.denoise(latents, 500, cond)
+
+    cross, selfs = CrossAttentionRecorder(), SelfAttentionRecorder()
+    layers = select_layers(backbone.unet)
+    with hooked_attention(backbone.unet, HookGroup(cross, selfs), layers):
+        hooked = backbone.denoise(latents, 500, cond)
+    assert (hooked - stock).abs().max().item() <= 1e-5
+
+    n_cross = sum(layer.is_cross for layer in layers)
+    assert len(cross.maps) == n_cross > 0 and len(selfs.outputs) == len(layers) - n_cross
+    heads = backbone.unet.get_submodule(next(iter(cross.maps))).heads
+    for layer_name, probs in cross.maps.items():
+        side = layer_resolution(backbone.unet, next(l for l in layers if l.name == layer_name), (32, 32))
+        assert probs.shape == (2, heads, side * side, 77)
+        assert torch.allclose(probs.sum(-1), torch.ones(()), atol=1e-5)
+    for layer_name, hidden in selfs.outputs.items():
+        assert hidden.shape[:2] == selfs.inputs[layer_name].shape[:2]
+
+
+def test_gradients_flow_from_maps_to_latents(tiny_backbones):
+    backbone = tiny_backbones["tiny-sd"]
+    cond = backbone.encode_text(["a cat"])
+    latents = torch.randn(1, 4, 32, 32, generator=torch.Generator().manual_seed(0)).requires_grad_(True)
+    recorder = CrossAttentionRecorder()
+    with hooked_attention(backbone.unet, recorder, select_layers(backbone.unet, cross=True)):
+        backbone.denoise(latents, 500, cond)
+    loss = sum(m[..., 2].pow(2).sum() for m in recorder.maps.values())  # the word "cat"
+    assert loss.item() > 0  # guidance losses must see non-empty maps (the "CrossAttention" trap)
+    (grad,) = torch.autograd.grad(loss, latents)
+    assert grad.abs().sum() > 0 and torch.isfinite(grad).all()
+
+
+def test_only_chosen_layers_are_hooked_and_processors_are_restored(tiny_backbones):
+    unet = tiny_backbones["tiny-sd"].unet
+    before = dict(unet.attn_processors)
+    chosen = select_layers(unet, cross=True, places=("up",))
+    assert chosen and all(layer.is_cross and layer.place == "up" for layer in chosen)
+    with pytest.raises(RuntimeError):
+        with hooked_attention(unet, CrossAttentionRecorder(), chosen):
+            hooked = {k for k, p in unet.attn_processors.items() if not isinstance(p, AttnProcessor2_0)}
+            assert hooked == {layer.name + ".processor" for layer in chosen}
+            raise RuntimeError("processors must come back even when the body fails")
+    assert all(unet.attn_processors[k] is p for k, p in before.items())
+
+
+def test_map_replacement_changes_output(tiny_backbones):
+    """A prompt-to-prompt style edit: the second sample takes the first sample's cross-attention maps."""
+    backbone = tiny_backbones["tiny-sd"]
+    cond = backbone.encode_text(["a photo of a cat", "a photo of a dog"])
+    latents = torch.randn(1, 4, 32, 32, generator=torch.Generator().manual_seed(3)).repeat(2, 1, 1, 1)
+
+    def copy_source_maps(layer, probs):
+        return torch.stack([probs[0], probs[0]])
+
+    plain = backbone.denoise(latents, 400, cond)
+    with hooked_attention(backbone.unet, MapEditor(copy_source_maps), select_layers(backbone.unet, cross=True)):
+        edited = backbone.denoise(latents, 400, cond)
+    assert torch.allclose(edited[0], plain[0], atol=1e-5)  # the source row is untouched
+    assert (edited[1] - plain[1]).abs().max() > 1e-4  # the target row now follows the source's maps
+
+
+def test_resolution_filter(tiny_backbones):
+    unet = tiny_backbones["tiny-sd"].unet
+    every = attention_layers(unet)
+    assert select_layers(unet, max_resolution=8, latent_size=(32, 32)) == []
+    assert select_layers(unet, max_resolution=16, latent_size=(32, 32)) == every
