@@ -102,6 +102,11 @@ class Backbone:
         return 2 ** (len(self.vae.config.block_out_channels) - 1)
 
     @property
+    def size_multiple(self) -> int:
+        """Image sides must be multiples of this: the VAE's factor times the U-Net's downsamplings."""
+        return self.vae_scale_factor * 2 ** (len(self.unet.config.block_out_channels) - 1)
+
+    @property
     def latent_channels(self) -> int:
         return self.vae.config.latent_channels
 
@@ -115,7 +120,8 @@ class Backbone:
 
     def to(self, device=None, dtype=None) -> "Backbone":
         for module in (self.vae, self.unet, *self.text_encoders):
-            module.to(device=device, dtype=dtype)
+            if (device is not None and module.device != torch.device(device)) or (dtype is not None and module.dtype != dtype):
+                module.to(device=device, dtype=dtype)
         return self
 
     def eval(self) -> "Backbone":
@@ -515,8 +521,10 @@ def build_tiny(name: str = "tiny-sd") -> Backbone:
         down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"), up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
         cross_attention_dim=32,
     )
+    # steps_offset=1 as in every released SD config (diffusers' pipelines rewrite 0 to 1 anyway).
     scheduler_kwargs = dict(
-        beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", clip_sample=False, set_alpha_to_one=False
+        beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", clip_sample=False, set_alpha_to_one=False,
+        steps_offset=1,
     )
     if name == "tiny-sd2-v":
         unet_kwargs.update(attention_head_dim=(2, 4), use_linear_projection=True)
@@ -528,7 +536,6 @@ def build_tiny(name: str = "tiny-sd") -> Backbone:
             projection_class_embeddings_input_dim=80,  # 6 time ids × 8 + 32 pooled text dims
             cross_attention_dim=64,
         )
-        scheduler_kwargs.update(steps_offset=1, timestep_spacing="leading")
     torch.manual_seed(0)
     unet = UNet2DConditionModel(**unet_kwargs)
     torch.manual_seed(0)

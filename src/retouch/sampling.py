@@ -279,3 +279,21 @@ def multi_condition_guidance(outputs: Sequence[torch.Tensor], scales: Sequence[f
     for k, scale in enumerate(scales, start=1):
         guided = guided + scale * (outputs[k] - outputs[k - 1])
     return guided
+
+
+def guided_denoiser(denoise: Denoiser, cond, uncond, scale: float) -> Callable[[torch.Tensor, int, object], torch.Tensor]:
+    """Wrap ``denoise`` with classifier-free guidance between ``uncond`` and ``cond``.
+
+    Both branches run as one batch (``uncond`` rows first). Conditioning objects only need a
+    ``cat`` static method (see ``retouch.backbone.Conditioning``). Scale 1 skips the null branch.
+    The returned callable ignores its third argument so it plugs into :func:`ddim_sample`.
+    """
+    if scale == 1.0:
+        return lambda latents, t, _=None: denoise(latents, t, cond)
+    both = type(cond).cat([uncond, cond])
+
+    def guided(latents, t, _=None):
+        out_uncond, out_cond = denoise(torch.cat([latents, latents]), t, both).chunk(2)
+        return classifier_free_guidance(out_uncond, out_cond, scale)
+
+    return guided
