@@ -20,7 +20,7 @@ from retouch.sampling import add_noise, ddim_sample, guided_denoiser, img2img_ti
 class SDEditConfig:
     prompt: str = field(default="", metadata={"help": "text describing the edited image"})
     negative_prompt: str = field(default="", metadata={"help": "text the result should move away from"})
-    strength: float = field(default=0.5, metadata={"help": "t₀/T, how much noise is added (SDEdit §3; 0.5 default)"})
+    strength: float = field(default=0.5, metadata={"help": "t₀/T, how much noise is added (SDEdit §3)"})
     num_steps: int = field(default=50, metadata={"help": "DDIM steps of the full schedule"})
     guidance_scale: float = field(default=7.5, metadata={"help": "classifier-free guidance scale"})
     eta: float = field(default=0.0, metadata={"help": "DDIM η: 0 deterministic, 1 the stochastic DDPM-like sampler"})

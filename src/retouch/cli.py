@@ -1,0 +1,313 @@
+"""The ``retouch`` command line.
+
+Validation lives here and in ``imageio``: every problem with the user's input becomes one line on
+stderr (``retouch: error: ...``) and exit status 1; outputs are checked before any work starts and
+written atomically, so a failed run leaves no partial file and never touches an input.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import sys
+import time
+import typing
+from pathlib import Path
+
+import click
+
+from retouch.errors import RetouchError
+
+EXIT_ERROR = 1
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Entry point: run the click group and turn RetouchError into one line + non-zero exit."""
+    try:
+        cli.main(args=argv, prog_name="retouch", standalone_mode=False)
+    except RetouchError as err:
+        click.echo(f"retouch: error: {err}", err=True)
+        sys.exit(EXIT_ERROR)
+    except click.exceptions.Abort:
+        click.echo("retouch: interrupted", err=True)
+        sys.exit(130)
+    except click.ClickException as err:
+        err.show()
+        sys.exit(err.exit_code)
+    except click.exceptions.Exit as err:
+        sys.exit(err.exit_code)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.version_option(package_name="retouch")
+def cli() -> None:
+    """Diffusion-based image editing with fine-grained control.
+
+    Methods: pix2pix-zero, pix2pix-zeroCon, PIXELS, the multi-task compositing model and
+    feature-preserving portrait editing, on real Stable Diffusion checkpoints or retouch's own
+    small offline models. Run `retouch COMMAND --help` for each command's options.
+    """
+    from retouch._quiet import quiet_third_party
+
+    quiet_third_party()
+
+
+# ---------------------------------------------------------------------------------------------
+# retouch info
+# ---------------------------------------------------------------------------------------------
+@cli.command()
+def info() -> None:
+    """Versions, compute device, available models and methods, cache location."""
+    import diffusers
+    import torch
+    import transformers
+    from huggingface_hub import constants
+
+    from retouch import __version__
+    from retouch.backbone import TINY_NAMES
+    from retouch.methods import available_methods
+
+    cuda = torch.cuda.is_available()
+    lines = [
+        f"retouch       {__version__}",
+        f"python        {sys.version.split()[0]}",
+        f"torch         {torch.__version__} ({'CUDA ' + torch.version.cuda if cuda else 'CPU only'})",
+        f"diffusers     {diffusers.__version__}",
+        f"transformers  {transformers.__version__}",
+        f"device        {torch.cuda.get_device_name(0) if cuda else 'cpu'} ({torch.get_num_threads()} CPU threads)",
+        f"hub cache     {constants.HF_HUB_CACHE} ({'offline' if constants.HF_HUB_OFFLINE else 'online allowed'})",
+        f"models        {', '.join(TINY_NAMES)}, any diffusers folder, .safetensors file or cached repo id",
+        "methods       " + ", ".join(sorted(available_methods())),
+    ]
+    click.echo("\n".join(lines))
+
+
+# ---------------------------------------------------------------------------------------------
+# retouch effects
+# ---------------------------------------------------------------------------------------------
+def _parse_sharpen(text: str | None) -> tuple[float, float] | None:
+    if text is None:
+        return None
+    parts = text.split(",")
+    try:
+        values = [float(p) for p in parts]
+    except ValueError:
+        raise RetouchError(f"--sharpen takes AMOUNT[,THRESHOLD] (e.g. 2.0,0.05); got '{text}'") from None
+    if len(values) not in (1, 2):
+        raise RetouchError(f"--sharpen takes AMOUNT[,THRESHOLD] (e.g. 2.0,0.05); got '{text}'")
+    amount, threshold = values[0], values[1] if len(values) == 2 else 0.0
+    _check_range("--sharpen amount λ", amount, 0.0, 3.0)
+    _check_range("--sharpen threshold μ", threshold, 0.0, 1.0)
+    return amount, threshold
+
+
+def _check_range(name: str, value: float | None, low: float, high: float) -> None:
+    if value is None:
+        return
+    if not (low <= value <= high):  # also rejects NaN
+        raise RetouchError(f"{name} must lie in [{low:g}, {high:g}]; got {value:g}")
+
+
+@cli.command()
+@click.argument("image", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path), required=True,
+              help="where to write the result (.png, .jpg, .webp)")
+@click.option("--blur", type=float, help="motion-blur degree β in [0, 1] (multitask paper, Table 1)")
+@click.option("--blur-angle", type=float, help="motion direction in degrees (random from --seed if omitted)")
+@click.option("--grain", type=float, help="film-grain radius σ in input pixels, (0, 0.5]; the paper uses 0.01-0.1")
+@click.option("--reference", type=click.Path(dir_okay=False, path_type=Path),
+              help="colour reference image for Reinhard colour transfer")
+@click.option("--mask", type=click.Path(dir_okay=False, path_type=Path),
+              help="inpainting mask (white = hole) applied last, as the multitask paper's input")
+@click.option("--sharpen", help="unsharp masking AMOUNT[,THRESHOLD]: λ in [1, 3], μ in [0, 0.1] (paper ranges)")
+@click.option("--seed", type=int, default=0, show_default=True, help="seed for grain and random blur angle")
+@click.option("--compare", type=click.Path(dir_okay=False, path_type=Path),
+              help="also write an input | output comparison strip here")
+def effects(image, output, blur, blur_angle, grain, reference, mask, sharpen, seed, compare) -> None:
+    """Apply compositing effects to IMAGE in the fixed order blur → colour → sharpen → grain → mask."""
+    from retouch.effects import EffectsRecipe, apply_effects
+    from retouch.imageio import load_image, load_map, side_by_side
+
+    _check_range("--blur", blur, 0.0, 1.0)
+    _check_range("--grain", grain, 1e-6, 0.5)
+    sharpen_values = _parse_sharpen(sharpen)
+    inputs = [p for p in (image, reference, mask) if p is not None]
+    outputs = [p for p in (output, compare) if p is not None]
+    _check_outputs(outputs, inputs)
+    if not any(v is not None for v in (blur, grain, reference, mask, sharpen_values)):
+        raise RetouchError("no effect chosen: give at least one of --blur, --grain, --reference, --mask, --sharpen")
+
+    source = load_image(image)
+    height, width = source.shape[:2]
+    recipe = EffectsRecipe(
+        blur=blur, blur_angle=blur_angle, grain=grain,
+        reference=load_image(reference) if reference else None,
+        mask=(load_map(mask, size=(width, height)) > 0.5) if mask else None,
+        sharpen=sharpen_values, seed=seed,
+    )
+    started = time.perf_counter()
+    result = apply_effects(source, recipe)
+    _save_all(output, result, compare, [source, result], inputs)
+    click.echo(f"wrote {output} ({width}x{height}, {time.perf_counter() - started:.1f} s)")
+
+
+# ---------------------------------------------------------------------------------------------
+# retouch edit
+# ---------------------------------------------------------------------------------------------
+_CLICK_TYPES = {"str": str, "float": float, "int": int, "bool": bool}
+
+
+def _method_options(command):
+    """Add every registered method's config fields as options (``prompt`` → ``--prompt``)."""
+    from retouch.methods import available_methods
+
+    seen: dict[str, str] = {}
+    for method in available_methods().values():
+        hints = typing.get_type_hints(method.config_class)
+        for field in dataclasses.fields(method.config_class):
+            if field.name == "seed" or field.name in seen:
+                continue
+            kind = _CLICK_TYPES[getattr(hints[field.name], "__name__", str(hints[field.name]))]
+            seen[field.name] = method.name
+            option = "--" + field.name.replace("_", "-")
+            if kind is bool:
+                option = f"{option}/--no-{field.name.replace('_', '-')}"
+            command = click.option(option, field.name, type=kind, default=None,
+                                   help=f"[{method.name}] {field.metadata.get('help', '')} (default {field.default!r})")(command)
+    return command
+
+
+@cli.command(context_settings={"max_content_width": 110})
+@click.argument("image", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path), required=True,
+              help="where to write the result (.png, .jpg, .webp)")
+@click.option("--method", "method_name", required=True, help="editing method (see `retouch info`)")
+@click.option("--model", default="tiny-sd", show_default=True,
+              help="tiny name, diffusers folder, .safetensors file or Hugging Face repo id")
+@click.option("--seed", type=int, default=0, show_default=True, help="makes the edit deterministic")
+@click.option("--device", default="auto", show_default=True, help="cpu, cuda, cuda:1, … or auto")
+@click.option("--dtype", type=click.Choice(["float32", "float16", "bfloat16"]), default="float32", show_default=True)
+@click.option("--allow-pickle", is_flag=True, help="allow loading pickle checkpoints (can run arbitrary code)")
+@click.option("--offline/--online", default=None, help="forbid/allow hub downloads (default: HF_HUB_OFFLINE)")
+@click.option("--size-policy", type=click.Choice(["resize", "crop", "pad"]), default="resize", show_default=True,
+              help="how the input is fitted to the model's size multiple (undone on output)")
+@click.option("--compare", type=click.Path(dir_okay=False, path_type=Path),
+              help="also write an input | output comparison strip here")
+@_method_options
+def edit(image, output, method_name, model, seed, device, dtype, allow_pickle, offline, size_policy, compare,
+         **method_options) -> None:
+    """Edit IMAGE with a diffusion method and write the result to OUTPUT."""
+    import torch
+
+    from retouch.backbone import load_backbone
+    from retouch.imageio import fit_to_multiple, from_tensor, load_image, restore_size, to_tensor
+    from retouch.methods import get_method
+
+    method = get_method(method_name)
+    config = _method_config(method, seed, method_options)
+    outputs = [p for p in (output, compare) if p is not None]
+    _check_outputs(outputs, [image])
+    source = load_image(image)
+
+    device = ("cuda" if torch.cuda.is_available() else "cpu") if device == "auto" else device
+    backbone = load_backbone(model, device=device, dtype=getattr(torch, dtype), allow_pickle=allow_pickle,
+                             offline=offline)
+    fitted = fit_to_multiple(source, backbone.size_multiple, size_policy)
+    started = time.perf_counter()
+    with _progress(config, method.name) as progress:
+        edited = method.edit(backbone, to_tensor(fitted, device=backbone.device, dtype=backbone.dtype), config,
+                             progress=progress)
+    result = restore_size(from_tensor(edited), source.shape[:2], size_policy, original=source)
+    _save_all(output, result, compare, [source, result], [image])
+    click.echo(f"wrote {output} ({method.name} on {model}, {time.perf_counter() - started:.1f} s)")
+
+
+def _method_config(method, seed: int, options: dict):
+    given = {name: value for name, value in options.items() if value is not None}
+    foreign = sorted(set(given) - set(method.option_names()))
+    if foreign:
+        flags = ", ".join("--" + name.replace("_", "-") for name in foreign)
+        raise RetouchError(f"{flags} not used by method '{method.name}'; its options: "
+                           + ", ".join("--" + n.replace("_", "-") for n in method.option_names()))
+    if "seed" in method.option_names():
+        given["seed"] = seed
+    config = method.config_class(**given)
+    validate = getattr(config, "validate", None)
+    if validate is not None:
+        validate()
+    return config
+
+
+class _progress:
+    """A tqdm bar over the sampling steps, fed by the methods' per-step callback."""
+
+    def __init__(self, config, label: str):
+        self.total = getattr(config, "num_steps", None)
+        self.label = label
+
+    def __enter__(self):
+        from tqdm import tqdm
+
+        self.bar = tqdm(total=self.total, desc=self.label, unit="step", leave=False, disable=None)
+        return lambda *_: self.bar.update(1)
+
+    def __exit__(self, *exc):
+        self.bar.close()
+        return False
+
+
+# ---------------------------------------------------------------------------------------------
+# retouch demo (the README's main job)
+# ---------------------------------------------------------------------------------------------
+#: The documented demo recipe: scikit-image's "astronaut" photograph with a light motion blur,
+#: the colour grading of its "coffee" photograph, unsharp masking and film grain at σ = 0.05.
+DEMO_RECIPE = dict(blur=0.25, blur_angle=30.0, grain=0.05, sharpen=(1.5, 0.02), seed=0)
+
+
+@cli.command()
+@click.option("-o", "--output", "folder", type=click.Path(file_okay=False, path_type=Path), default=Path("out/demo"),
+              show_default=True, help="folder for input.png, result.png and comparison.png")
+@click.option("--size", type=int, default=256, show_default=True, help="side of the square crop, in pixels")
+def demo(folder: Path, size: int) -> None:
+    """Apply the documented effects recipe to a photograph shipped with scikit-image."""
+    from skimage import data
+
+    from retouch.effects import EffectsRecipe, apply_effects
+    from retouch.imageio import resize_image, save_image, side_by_side
+
+    if not 16 <= size <= 2048:
+        raise RetouchError(f"--size must lie in [16, 2048]; got {size}")
+    photo = resize_image(data.astronaut().astype("float32") / 255.0, (size, size))
+    reference = data.coffee().astype("float32") / 255.0
+    started = time.perf_counter()
+    result = apply_effects(photo, EffectsRecipe(reference=reference, **DEMO_RECIPE))
+    elapsed = time.perf_counter() - started
+    strip = side_by_side([photo, resize_image(reference, (size * reference.shape[1] // reference.shape[0], size)),
+                          result], labels=["input (astronaut)", "colour reference (coffee)", "result"])
+    for name, image in (("input.png", photo), ("result.png", result), ("comparison.png", strip)):
+        save_image(image, folder / name, make_parents=True)
+    click.echo(f"wrote {folder}/input.png, result.png, comparison.png (effects took {elapsed:.1f} s)")
+
+
+# ---------------------------------------------------------------------------------------------
+# shared output handling
+# ---------------------------------------------------------------------------------------------
+def _check_outputs(outputs: list[Path], inputs: list[Path]) -> None:
+    """Refuse unusable outputs before any work: bad extension, an input, a clash, an unwritable folder."""
+    from retouch.imageio import check_output_path
+
+    if len(set(map(str, outputs))) != len(outputs):
+        raise RetouchError("the output and comparison paths must differ")
+    for path in outputs:
+        check_output_path(path, inputs=inputs)
+
+
+def _save_all(output: Path, result, compare: Path | None, panels, inputs) -> None:
+    from retouch.imageio import save_image, side_by_side
+
+    save_image(result, output, inputs=inputs, make_parents=True)
+    if compare is not None:
+        save_image(side_by_side(panels, labels=["input", "output"]), compare, inputs=inputs, make_parents=True)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()
