@@ -30,6 +30,9 @@ from retouch.sampling import NoiseSchedule
 FAMILIES = ("sd", "sdxl")
 SINGLE_FILE_FORMAT = "retouch-backbone/1"
 TINY_NAMES = ("tiny-sd", "tiny-sd2-v", "tiny-sdxl")
+#: The shipped mini models trained on the mini world (``retouch train mini`` writes them).
+MINI_NAME = "mini"
+MINI_DIR = Path(__file__).resolve().parent / "assets" / "mini"
 
 
 @dataclass
@@ -264,6 +267,12 @@ def load_backbone(
     source_str = str(source)
     if source_str in TINY_NAMES:
         backbone = build_tiny(source_str)
+    elif source_str == MINI_NAME:
+        if not (MINI_DIR / "backbone" / "model_index.json").is_file():
+            raise RetouchError(f"the mini models are not in this installation ({MINI_DIR}); "
+                               "train them with `retouch train mini` or pick another --model")
+        backbone = _load_folder(MINI_DIR / "backbone", allow_pickle=False)
+        backbone.source = MINI_NAME
     else:
         path = Path(source_str).expanduser()
         if path.is_dir():

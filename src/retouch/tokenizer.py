@@ -79,7 +79,8 @@ def train_clip_bpe(corpus: Iterable[str], vocab_size: int) -> tuple[dict[str, in
     return vocab, merges
 
 
-def write_clip_tokenizer(vocab: dict[str, int], merges: list[tuple[str, str]], directory: Path) -> CLIPTokenizer:
+def write_clip_tokenizer(vocab: dict[str, int], merges: list[tuple[str, str]], directory: Path,
+                         max_length: int = CLIP_MAX_LENGTH) -> CLIPTokenizer:
     """Write ``vocab.json``/``merges.txt`` and return the ``CLIPTokenizer`` loaded from them."""
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
@@ -89,12 +90,13 @@ def write_clip_tokenizer(vocab: dict[str, int], merges: list[tuple[str, str]], d
     return CLIPTokenizer(
         str(directory / "vocab.json"),
         str(directory / "merges.txt"),
-        model_max_length=CLIP_MAX_LENGTH,
+        model_max_length=max_length,
         pad_token=EOS,
     )
 
 
-def build_clip_tokenizer(corpus: Iterable[str], vocab_size: int, directory: Path) -> CLIPTokenizer:
+def build_clip_tokenizer(corpus: Iterable[str], vocab_size: int, directory: Path,
+                         max_length: int = CLIP_MAX_LENGTH) -> CLIPTokenizer:
     """Train on ``corpus`` and write a CLIP tokenizer of ``vocab_size`` entries into ``directory``."""
     vocab, merges = train_clip_bpe(corpus, vocab_size)
-    return write_clip_tokenizer(vocab, merges, directory)
+    return write_clip_tokenizer(vocab, merges, directory, max_length)

@@ -1,0 +1,352 @@
+"""Train the shipped mini models on the mini world: autoencoder, CLIP-style judge, text-to-image U-Net.
+
+Three stages, each resumable (``retouch train mini --stage vae|clip|unet|export``):
+
+1. ``vae`` — diffusers ``AutoencoderKL``, downsampling factor 4 (64² images → 4×16² latents),
+   L1 reconstruction + a small KL term (Rombach et al. 2022 train with KL weight 1e-6 plus
+   perceptual/adversarial terms we leave out at this scale). The latent scaling factor is set after
+   training to 1/std of the latents, as SD's 0.18215 was.
+2. ``clip`` — transformers ``CLIPModel`` (ViT image tower on 8×8 patches, text transformer) trained
+   with CLIP's symmetric contrastive loss (Radford et al. 2021) on captions that mention a random
+   subset of the scene's attributes, so one-attribute prompts ("a photo of a circle") classify
+   zero-shot. Its text tower conditions the U-Net; the whole model is the world's judge.
+3. ``unet`` — diffusers ``UNet2DConditionModel`` on the frozen VAE latents and frozen per-token text
+   states, ε-prediction with SD's scaled-linear schedule, captions dropped 10 % of the time for
+   classifier-free guidance (Ho & Salimans 2022).
+
+``export`` writes a diffusers Stable Diffusion folder (loadable by ``load_backbone`` like any real
+checkpoint) plus the judge and a model card.
+"""
+
+from __future__ import annotations
+
+import json
+import platform
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from retouch.train.loop import LoopConfig, latest_checkpoint, train
+
+from retouch.backbone import MINI_DIR  # noqa: E402  (one place names the shipped folder)
+TEXT_LENGTH = 32  # mini-world captions are short; CLIP's 77 would only add padding tokens
+CAPTION_DROPOUT = 0.1
+
+
+@dataclass
+class MiniConfig:
+    work_dir: str = "out/train-mini"
+    seed: int = 0
+    image_size: int = 64
+    vae_steps: int = 3000
+    vae_batch: int = 32
+    clip_steps: int = 3000
+    clip_batch: int = 128
+    unet_steps: int = 6000
+    unet_batch: int = 32
+    vocab_size: int = 1000
+
+
+# ---------------------------------------------------------------------------------------------
+# Architectures
+# ---------------------------------------------------------------------------------------------
+def mini_vae():
+    from diffusers import AutoencoderKL
+
+    return AutoencoderKL(
+        in_channels=3, out_channels=3, latent_channels=4, sample_size=64, layers_per_block=1,
+        block_out_channels=(32, 64, 64), norm_num_groups=16,
+        down_block_types=("DownEncoderBlock2D",) * 3, up_block_types=("UpDecoderBlock2D",) * 3,
+    )
+
+
+def mini_clip(tokenizer):
+    from transformers import CLIPConfig, CLIPModel, CLIPTextConfig, CLIPVisionConfig
+
+    text = CLIPTextConfig(
+        vocab_size=len(tokenizer), hidden_size=128, intermediate_size=512, num_hidden_layers=4,
+        num_attention_heads=4, max_position_embeddings=TEXT_LENGTH, bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id, projection_dim=128,
+    )
+    vision = CLIPVisionConfig(image_size=64, patch_size=8, hidden_size=128, intermediate_size=512,
+                              num_hidden_layers=4, num_attention_heads=4, projection_dim=128)
+    config = CLIPConfig(text_config=text.to_dict(), vision_config=vision.to_dict(), projection_dim=128)
+    return CLIPModel(config)
+
+
+def mini_unet():
+    from diffusers import UNet2DConditionModel
+
+    return UNet2DConditionModel(
+        sample_size=16, in_channels=4, out_channels=4, layers_per_block=1, block_out_channels=(64, 128, 128),
+        down_block_types=("CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"),
+        up_block_types=("UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"),
+        cross_attention_dim=128, attention_head_dim=8,
+    )
+
+
+def mini_scheduler_config() -> dict:
+    from diffusers import DDIMScheduler
+
+    return dict(DDIMScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", clip_sample=False,
+                              set_alpha_to_one=False, steps_offset=1).config)
+
+
+# ---------------------------------------------------------------------------------------------
+# Data
+# ---------------------------------------------------------------------------------------------
+def world_batch(world, step: int, rank: int, world_size: int, batch: int, seed_offset: int = 0):
+    """Training scenes for one step on one process: images (B, 3, H, W) in [−1, 1] and their specs.
+
+    Scene indices come from a per-step stream over the training split only, so batches are a pure
+    function of (step, rank) and never show held-out scenes.
+    """
+    rng = np.random.default_rng([seed_offset, step, rank])
+    indices, specs, images, captions = [], [], [], []
+    while len(indices) < batch:
+        index = int(rng.integers(0, 2**31 - 1))
+        if world.split(index) != "train":
+            continue
+        spec, rendered, caption = world.scene(index)
+        indices.append(index)
+        specs.append(spec)
+        captions.append(caption)
+        images.append(rendered.image)
+    tensor = torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2).float() * 2 - 1
+    return tensor, specs, captions, rng
+
+
+def partial_caption(spec, rng: np.random.Generator) -> str:
+    """A caption naming a random, non-empty subset of the main object's attributes (judge training).
+
+    "a photo of a striped object", "a red circle on grass", "a hat": each attribute appears alone
+    often enough that single-attribute prompts classify zero-shot.
+    """
+    obj = spec.objects[0]
+    keep = rng.random(5) < 0.5
+    if not keep.any():
+        keep[rng.integers(0, 5)] = True
+    words = []
+    if keep[0]:
+        words.append(obj.colour)
+    if keep[1] and obj.pattern != "plain":
+        words.append(obj.pattern)
+    noun = obj.shape if keep[2] else "object"
+    text = " ".join(["a photo of a", *words, noun])
+    if keep[3] and obj.accessory != "none":
+        text += f" wearing a {obj.accessory}"
+    if keep[4]:
+        text += f" on {spec.background}"
+    return text
+
+
+# ---------------------------------------------------------------------------------------------
+# Stages
+# ---------------------------------------------------------------------------------------------
+def build_tokenizer(world, config: MiniConfig, directory: Path):
+    from retouch.tokenizer import build_clip_tokenizer
+
+    rng = np.random.default_rng(config.seed)
+    corpus = []
+    for index in range(4000):
+        spec, _, caption = world.scene(index, render=False) if _scene_accepts_render(world) else world.scene(index)
+        corpus += [caption, partial_caption(spec, rng)]
+    return build_clip_tokenizer(corpus, config.vocab_size, directory, max_length=TEXT_LENGTH)
+
+
+def _scene_accepts_render(world) -> bool:
+    import inspect
+
+    return "render" in inspect.signature(world.scene).parameters
+
+
+def train_vae(world, config: MiniConfig):
+    vae = mini_vae()
+    out = Path(config.work_dir) / "vae"
+
+    def make_batch(step, rank, world_size):
+        return world_batch(world, step, rank, world_size, config.vae_batch, seed_offset=1)[0]
+
+    def loss_fn(model, images, generator):
+        posterior = model.encode(images).latent_dist
+        latents = posterior.mean + posterior.std * torch.randn(posterior.mean.shape, generator=generator)
+        reconstruction = model.decode(latents).sample
+        l1 = (reconstruction - images).abs().mean()
+        kl = posterior.kl().mean() / images[0].numel()
+        return l1 + 1e-6 * kl, {"l1": l1.detach()}
+
+    loop = LoopConfig(output_dir=str(out), max_steps=config.vae_steps, learning_rate=1e-3, warmup_steps=100,
+                      checkpoint_every=500, seed=config.seed)
+    result = train(vae, loss_fn, make_batch, loop, batch_size=config.vae_batch)
+    vae.eval()
+    with torch.no_grad():
+        images = torch.cat([make_batch(10_000_000 + i, 0, 1) for i in range(4)])
+        latents = vae.encode(images).latent_dist.mode()
+    vae.register_to_config(scaling_factor=float(1.0 / latents.std()))
+    vae.save_pretrained(out / "final")
+    return vae, result
+
+
+def train_clip(world, config: MiniConfig, tokenizer):
+    model = mini_clip(tokenizer)
+    out = Path(config.work_dir) / "clip"
+
+    def make_batch(step, rank, world_size):
+        images, specs, _, rng = world_batch(world, step, rank, world_size, config.clip_batch, seed_offset=2)
+        ids = tokenizer([partial_caption(s, rng) for s in specs], padding="max_length", max_length=TEXT_LENGTH,
+                        truncation=True, return_tensors="pt").input_ids
+        return (images + 1) / 2, ids
+
+    def loss_fn(model, batch, generator):
+        images, ids = batch
+        pixels = _clip_normalize(images)
+        out_ = model(input_ids=ids, pixel_values=pixels, return_loss=True)
+        return out_.loss, {}
+
+    loop = LoopConfig(output_dir=str(out), max_steps=config.clip_steps, learning_rate=5e-4, warmup_steps=200,
+                      weight_decay=0.1, checkpoint_every=500, seed=config.seed)
+    result = train(model, loss_fn, make_batch, loop, batch_size=config.clip_batch)
+    model.eval()
+    model.save_pretrained(out / "final")
+    tokenizer.save_pretrained(out / "final")
+    return model, result
+
+
+CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
+CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+
+
+def _clip_normalize(images01: torch.Tensor) -> torch.Tensor:
+    mean = torch.tensor(CLIP_MEAN, device=images01.device).view(1, 3, 1, 1)
+    std = torch.tensor(CLIP_STD, device=images01.device).view(1, 3, 1, 1)
+    return (images01 - mean) / std
+
+
+def train_unet(world, config: MiniConfig, vae, text_encoder, tokenizer):
+    from retouch.sampling import NoiseSchedule, add_noise
+
+    unet = mini_unet()
+    schedule = NoiseSchedule.from_scheduler_config(mini_scheduler_config())
+    out = Path(config.work_dir) / "unet"
+    vae.requires_grad_(False).eval()
+    text_encoder.requires_grad_(False).eval()
+    scale = vae.config.scaling_factor
+
+    def make_batch(step, rank, world_size):
+        images, _, captions, rng = world_batch(world, step, rank, world_size, config.unet_batch, seed_offset=3)
+        captions = ["" if rng.random() < CAPTION_DROPOUT else c for c in captions]
+        with torch.no_grad():
+            latents = vae.encode(images).latent_dist.mode() * scale
+            ids = tokenizer(captions, padding="max_length", max_length=TEXT_LENGTH, truncation=True,
+                            return_tensors="pt").input_ids
+            states = text_encoder(ids)[0]
+        return latents, states
+
+    def loss_fn(model, batch, generator):
+        latents, states = batch
+        t = torch.randint(0, schedule.num_train_timesteps, (latents.shape[0],), generator=generator)
+        noise = torch.randn(latents.shape, generator=generator)
+        noisy = add_noise(latents, noise, schedule.alphas_cumprod[t])
+        prediction = model(noisy, t, encoder_hidden_states=states).sample
+        return torch.nn.functional.mse_loss(prediction, noise), {}
+
+    loop = LoopConfig(output_dir=str(out), max_steps=config.unet_steps, learning_rate=3e-4, warmup_steps=200,
+                      checkpoint_every=250, ema_decay=0.999, seed=config.seed)
+    result = train(unet, loss_fn, make_batch, loop, batch_size=config.unet_batch)
+    unet.eval()
+    unet.save_pretrained(out / "final")
+    return unet, result
+
+
+# ---------------------------------------------------------------------------------------------
+# Orchestration and export
+# ---------------------------------------------------------------------------------------------
+STAGES = ("vae", "clip", "unet", "export")
+
+
+def run_mini_training(config: MiniConfig, stages=STAGES, export_dir: Path = MINI_DIR) -> dict:
+    """Run the chosen stages in order; finished stages are loaded back from ``work_dir``."""
+    from diffusers import AutoencoderKL, UNet2DConditionModel
+    from transformers import CLIPModel, CLIPTokenizer
+
+    from retouch.world import World
+
+    torch.manual_seed(config.seed)
+    world = World(seed=config.seed, size=config.image_size)
+    work = Path(config.work_dir)
+    work.mkdir(parents=True, exist_ok=True)
+    report: dict = {"config": asdict(config), "hardware": _hardware(), "stages": {}}
+
+    tokenizer_dir = work / "tokenizer"
+    if (tokenizer_dir / "vocab.json").is_file():
+        tokenizer = CLIPTokenizer.from_pretrained(tokenizer_dir)
+    else:
+        tokenizer = build_tokenizer(world, config, tokenizer_dir)
+
+    def stage(name, trainer, loader):
+        final = work / name / "final"
+        if name in stages and not (final / "config.json").is_file():
+            started = time.perf_counter()
+            model, result = trainer()
+            report["stages"][name] = {"seconds": time.perf_counter() - started,
+                                      "samples_per_second": result.samples_per_second,
+                                      "final_loss": result.losses[-1][1] if result.losses else None}
+            return model
+        return loader(final) if final.is_dir() else None
+
+    vae = stage("vae", lambda: train_vae(world, config), AutoencoderKL.from_pretrained)
+    clip = stage("clip", lambda: train_clip(world, config, tokenizer), CLIPModel.from_pretrained)
+    unet = None
+    if vae is not None and clip is not None:
+        text_encoder = text_encoder_from_clip(clip)
+        unet = stage("unet", lambda: train_unet(world, config, vae, text_encoder, tokenizer),
+                     UNet2DConditionModel.from_pretrained)
+    (work / "report.json").write_text(json.dumps(report, indent=2, default=str))
+    if "export" in stages:
+        missing = [n for n, m in (("vae", vae), ("clip", clip), ("unet", unet)) if m is None]
+        if missing:
+            from retouch.errors import RetouchError
+
+            raise RetouchError(f"cannot export the mini models: stage(s) {', '.join(missing)} not trained in {work}")
+        export_mini(vae, clip, tokenizer, unet, export_dir, work)
+    return report
+
+
+def text_encoder_from_clip(clip):
+    """The judge's text tower as a standalone ``CLIPTextModel`` (what SD pipelines load)."""
+    from transformers import CLIPTextModel
+
+    encoder = CLIPTextModel(clip.config.text_config)
+    encoder.text_model.load_state_dict(clip.text_model.state_dict())
+    return encoder.eval()
+
+
+def export_mini(vae, clip, tokenizer, unet, export_dir: Path, work_dir: Path) -> None:
+    """Write ``backbone/`` (a diffusers SD folder), ``judge/`` (CLIP model + tokenizer)."""
+    from diffusers import DDIMScheduler, StableDiffusionPipeline
+
+    export_dir = Path(export_dir)
+    pipe = StableDiffusionPipeline(
+        vae=vae, text_encoder=text_encoder_from_clip(clip), tokenizer=tokenizer, unet=unet,
+        scheduler=DDIMScheduler.from_config(mini_scheduler_config()), safety_checker=None, feature_extractor=None,
+        requires_safety_checker=False,
+    )
+    pipe.save_pretrained(export_dir / "backbone", safe_serialization=True)
+    clip.save_pretrained(export_dir / "judge", safe_serialization=True)
+    tokenizer.save_pretrained(export_dir / "judge")
+    for name in ("report.json",):
+        source = Path(work_dir) / name
+        if source.is_file():
+            (export_dir / "training_report.json").write_text(source.read_text())
+
+
+def _hardware() -> dict:
+    info = {"platform": platform.platform(), "torch": torch.__version__, "threads": torch.get_num_threads()}
+    if torch.cuda.is_available():
+        info["gpu"] = torch.cuda.get_device_name(0)
+    else:
+        info["cpu"] = platform.processor() or "cpu"
+    return info
