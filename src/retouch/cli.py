@@ -337,7 +337,7 @@ def _check_outputs(outputs: list[Path], inputs: list[Path]) -> None:
     if len(set(map(str, outputs))) != len(outputs):
         raise RetouchError("the output and comparison paths must differ")
     for path in outputs:
-        check_output_path(path, inputs=inputs)
+        check_output_path(path, inputs=inputs, make_parents=True)
 
 
 def _save_all(output: Path, result, compare: Path | None, panels, inputs) -> None:
