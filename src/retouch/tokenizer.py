@@ -87,12 +87,11 @@ def write_clip_tokenizer(vocab: dict[str, int], merges: list[tuple[str, str]], d
     (directory / "vocab.json").write_text(json.dumps(vocab, ensure_ascii=False))
     lines = ["#version: 0.2"] + [f"{a} {b}" for a, b in merges]
     (directory / "merges.txt").write_text("\n".join(lines) + "\n", encoding="utf-8")
-    return CLIPTokenizer(
-        str(directory / "vocab.json"),
-        str(directory / "merges.txt"),
-        model_max_length=max_length,
-        pad_token=EOS,
+    tokenizer = CLIPTokenizer(
+        str(directory / "vocab.json"), str(directory / "merges.txt"), model_max_length=max_length, pad_token=EOS
     )
+    tokenizer.save_pretrained(directory)  # keeps model_max_length and the special tokens with the files
+    return tokenizer
 
 
 def build_clip_tokenizer(corpus: Iterable[str], vocab_size: int, directory: Path,

@@ -320,7 +320,11 @@ def text_encoder_from_clip(clip):
     from transformers import CLIPTextModel
 
     encoder = CLIPTextModel(clip.config.text_config)
-    encoder.text_model.load_state_dict(clip.text_model.state_dict())
+    weights = clip.text_model.state_dict()
+    # transformers ≥ 5 dropped the ``text_model.`` level inside CLIPTextModel; older versions keep it.
+    if any(key.startswith("text_model.") for key in encoder.state_dict()):
+        weights = {f"text_model.{key}": value for key, value in weights.items()}
+    encoder.load_state_dict(weights, strict=True)
     return encoder.eval()
 
 

@@ -1,0 +1,288 @@
+"""The mini world: determinism, exact masks, occlusion, captions, pairs, and visual separability."""
+
+import itertools
+
+import numpy as np
+import pytest
+from scipy import ndimage
+
+from retouch.world import (
+    ACCESSORIES,
+    BACKGROUNDS,
+    COLOUR_RGB,
+    SHAPES,
+    SIZES,
+    VOCABULARIES,
+    ObjectSpec,
+    SceneSpec,
+    World,
+    attributes,
+    caption,
+    caption_templates,
+    describe_object,
+    pair_caption,
+    render_background,
+    render_pair,
+    render_scene,
+    sample_pair,
+    sample_scene,
+    sentence_bank,
+    with_changes,
+)
+from retouch.world.vocabulary import pattern_rgb
+
+
+_SQUARE = np.ones((3, 3), dtype=bool)
+
+
+def _erode(mask, pixels):
+    return ndimage.binary_erosion(mask, _SQUARE, iterations=pixels)
+
+
+def _dilate(mask, pixels):
+    return ndimage.binary_dilation(mask, _SQUARE, iterations=pixels)
+
+
+def test_scenes_are_a_pure_function_of_seed_and_index():
+    a, b = World(seed=3), World(seed=3)
+    for index in (0, 7, 123456):
+        spec_a, rendered_a, text_a = a.scene(index)
+        spec_b, rendered_b, text_b = b.scene(index)
+        assert spec_a == spec_b and text_a == text_b
+        np.testing.assert_array_equal(rendered_a.image, rendered_b.image)
+        np.testing.assert_array_equal(rendered_a.masks, rendered_b.masks)
+    assert [World(seed=4).scene(i)[0] for i in range(5)] != [a.scene(i)[0] for i in range(5)]
+    spec, nothing, text = a.scene(7, render=False)
+    assert nothing is None and spec == a.scene(7)[0] and text == a.scene(7)[2]
+
+
+def test_batch_stacks_the_scenes():
+    world = World(seed=1)
+    batch = world.batch(10, 6)
+    assert batch.images.shape == (6, 64, 64, 3) and batch.images.dtype == np.float32
+    assert batch.masks.shape == (6, 3, 64, 64)
+    for k in range(6):
+        spec, rendered, text = world.scene(10 + k)
+        np.testing.assert_array_equal(batch.images[k], rendered.image)
+        n = len(spec.objects)
+        np.testing.assert_array_equal(batch.masks[k, :n], rendered.masks)
+        assert not batch.masks[k, n:].any()
+        assert batch.specs[k] == spec and batch.captions[k] == text
+        assert {name: int(v[k]) for name, v in batch.labels.items()} == attributes(spec)
+
+
+def test_split_rule_is_stable_and_proportioned():
+    splits = [World.split(i) for i in range(10_000)]
+    assert splits.count("train") == 9000 and splits.count("val") == 500 and splits.count("test") == 500
+    assert World.split(95) == World.split(1095) == "test" and World.split(90) == "val"
+
+
+def test_images_are_in_range_and_alpha_is_a_partition():
+    world = World(seed=2)
+    for index in range(40):
+        spec, rendered, _ = world.scene(index)
+        n = len(spec.objects)
+        assert rendered.image.shape == (64, 64, 3) and rendered.image.dtype == np.float32
+        assert 0.0 <= rendered.image.min() and rendered.image.max() <= 1.0
+        assert rendered.masks.shape == rendered.body_masks.shape == rendered.hat_masks.shape == (n, 64, 64)
+        assert rendered.alpha.min() >= 0.0 and rendered.alpha.sum(0).max() <= 1.0 + 1e-5
+        # masks of different objects are disjoint, and each is exactly its body plus its hat
+        assert rendered.masks.sum(0).max() <= 1
+        np.testing.assert_array_equal(rendered.masks, rendered.body_masks | rendered.hat_masks)
+        assert not (rendered.body_masks & rendered.hat_masks).any()
+
+
+def test_outside_the_objects_the_image_is_exactly_the_background():
+    world = World(seed=5)
+    for index in range(40):
+        spec, rendered, _ = world.scene(index)
+        empty = render_scene(SceneSpec(spec.background, (), spec.texture_seed))
+        untouched = rendered.alpha.sum(0) == 0
+        np.testing.assert_array_equal(rendered.image[untouched], empty.image[untouched])
+        outside = ~_dilate(rendered.masks.any(0), 2)
+        assert untouched[outside].all()
+        np.testing.assert_array_equal(rendered.image[outside], empty.image[outside])
+
+
+def test_plain_objects_show_their_exact_colour_away_from_edges():
+    rng = np.random.default_rng(0)
+    for colour, shape in zip(COLOUR_RGB, itertools.cycle(SHAPES)):
+        spec = sample_scene(rng, n_objects=2, colour=colour, shape=shape, pattern="plain", size="large")
+        rendered = render_scene(spec)
+        inner = _erode(rendered.body_masks[0], 2)  # 1 px outline + 1 px anti-aliasing
+        assert inner.sum() > 50
+        np.testing.assert_array_equal(rendered.image[inner], np.broadcast_to(np.float32(COLOUR_RGB[colour]),
+                                                                              (inner.sum(), 3)))
+
+
+def test_patterned_objects_show_colour_and_pattern_shade():
+    for pattern in VOCABULARIES["pattern"][1:]:
+        spec = SceneSpec("grass", (ObjectSpec("circle", "red", pattern, size="large", x=0.5, y=0.6),), 1)
+        rendered = render_scene(spec)
+        pixels = rendered.image[_erode(rendered.body_masks[0], 2)]
+        base = np.all(pixels == np.float32(COLOUR_RGB["red"]), axis=1).mean()
+        shade = np.all(pixels == np.float32(pattern_rgb("red")), axis=1).mean()
+        assert base > 0.2 and shade > 0.1, (pattern, base, shade)
+
+
+def test_later_objects_occlude_earlier_ones():
+    first = ObjectSpec("square", "blue", size="large", x=0.45, y=0.6)
+    second = ObjectSpec("circle", "yellow", size="medium", x=0.6, y=0.6)
+    together = render_scene(SceneSpec("sand", (first, second), 9))
+    alone = render_scene(SceneSpec("sand", (first,), 9))
+    second_alone = render_scene(SceneSpec("sand", (second,), 9))
+    np.testing.assert_array_equal(together.masks[1], second_alone.masks[0])  # drawn last: fully visible
+    hidden = alone.masks[0] & second_alone.masks[0]
+    assert hidden.sum() > 20 and not together.masks[0][hidden].any()
+    np.testing.assert_array_equal(together.masks[0], alone.masks[0] & ~together.masks[1])
+
+
+def test_hats_sit_on_top_of_the_body():
+    for shape in SHAPES:
+        spec = SceneSpec("snow", (ObjectSpec(shape, "white", accessory="hat", size="small", x=0.5, y=0.6),), 2)
+        rendered = render_scene(spec)
+        hat, body = rendered.hat_masks[0], rendered.body_masks[0]
+        assert hat.sum() >= 12, shape
+        hat_rows, body_rows = np.nonzero(hat)[0], np.nonzero(body)[0]
+        assert hat_rows.min() < body_rows.min() and hat_rows.mean() < body_rows.mean() - 3, shape
+        bare = render_scene(with_changes(spec, accessory="none"))
+        assert not bare.hat_masks.any()
+
+
+def test_sizes_are_ordered():
+    for shape in SHAPES:
+        areas = [render_scene(SceneSpec("sky", (ObjectSpec(shape, "red", size=s, x=0.5, y=0.6),), 0)).masks.sum()
+                 for s in SIZES]
+        assert areas[0] < areas[1] < areas[2], (shape, areas)
+
+
+@pytest.mark.parametrize("size", ["small", "medium"])
+def test_shapes_are_distinguishable_at_64(size):
+    masks = {shape: render_scene(SceneSpec("sky", (ObjectSpec(shape, "red", size=size),), 0)).masks[0]
+             for shape in SHAPES}
+    for a, b in itertools.combinations(SHAPES, 2):
+        differ = (masks[a] ^ masks[b]).sum() / (masks[a] | masks[b]).sum()
+        assert differ >= 0.10, (a, b, differ)
+
+
+def _texture_features(image):
+    luminance = image.mean(-1)
+    return np.concatenate([image.mean((0, 1)), image.std((0, 1)),
+                           [np.abs(np.diff(luminance, axis=0)).mean(), np.abs(np.diff(luminance, axis=1)).mean()]])
+
+
+def test_background_textures_are_distinct():
+    crops = {bg: [render_background(bg, seed, 64) for seed in range(12)] for bg in BACKGROUNDS}
+    means = {bg: np.mean([c.mean((0, 1)) for c in cs], axis=0) for bg, cs in crops.items()}
+    for a, b in itertools.combinations(BACKGROUNDS, 2):
+        assert np.linalg.norm(means[a] - means[b]) > 0.1, (a, b)
+    # a nearest-centroid classifier on colour and texture statistics tells every crop's kind
+    train = {bg: np.mean([_texture_features(c) for c in cs[:6]], axis=0) for bg, cs in crops.items()}
+    scale = np.std(np.stack(list(train.values())), axis=0) + 1e-6
+    for bg, cs in crops.items():
+        for crop in cs[6:]:
+            distances = {k: np.linalg.norm((_texture_features(crop) - v) / scale) for k, v in train.items()}
+            assert min(distances, key=distances.get) == bg
+    # different seeds give different crops of the same kind
+    assert not np.array_equal(crops["grass"][0], crops["grass"][1])
+
+
+def test_pairs_share_one_background_and_differ_only_in_the_changed_object():
+    rng = np.random.default_rng(4)
+    for _ in range(5):
+        left, right = sample_pair(rng, {"pattern": "striped"})
+        a, b = left.objects[0], right.objects[0]
+        assert a.pattern != "striped" and b.pattern == "striped"
+        assert (a.shape, a.colour, a.size, a.x, a.y) == (b.shape, b.colour, b.size, b.x, b.y)
+        rendered = render_pair(left, right)
+        assert rendered.image.shape == (64, 128, 3) and rendered.masks.shape == (2, 64, 128)
+        left_half, right_half = rendered.image[:, :64], rendered.image[:, 64:]
+        object_mask = rendered.masks[0, :, :64] | rendered.masks[1, :, 64:]
+        outside = ~_dilate(object_mask, 2)
+        background = render_background(left.background, left.texture_seed, 64, 128)
+        np.testing.assert_array_equal(rendered.image[:, :64][outside], background[:, :64][outside])
+        np.testing.assert_array_equal(rendered.image[:, 64:][outside], background[:, 64:][outside])
+        # the object's silhouette is the same on both sides; only its inside changes
+        np.testing.assert_array_equal(rendered.masks[0, :, :64], rendered.masks[1, :, 64:])
+        assert not np.array_equal(left_half[object_mask], right_half[object_mask])
+    for change in ({"accessory": "hat"}, {"shape": "square"}, {"size": "large"}):
+        left, right = sample_pair(rng, change)
+        key, value = next(iter(change.items()))
+        assert getattr(left.objects[0], key) != value and getattr(right.objects[0], key) == value
+    with pytest.raises(ValueError):
+        sample_pair(rng, {"background": "snow"})
+
+
+def test_pair_rendering_matches_the_world_helper_and_captions():
+    left, right, rendered, prompts = World(seed=0).pair(2, {"accessory": "hat"})
+    assert rendered.hat_masks[1].any() and not rendered.hat_masks[0].any()
+    assert prompts.shared.startswith("the same ") and "on the left and right" in prompts.shared
+    assert "hat" not in prompts.shared and "hat" in prompts.right and "hat" not in prompts.left
+    assert pair_caption(left, right) == prompts
+
+
+def test_captions_name_the_attributes():
+    world = World(seed=0)
+    seen = set()
+    for index in range(400):
+        spec, _, text = world.scene(index, render=False)
+        words = text.replace(",", " ").split()
+        seen.update(words)
+        for obj in spec.objects:
+            assert obj.colour in words and obj.shape in words
+            if obj.pattern != "plain":
+                assert obj.pattern in words
+        assert spec.background in words
+        assert ("hat" in words) == any(o.accessory == "hat" for o in spec.objects)
+    missing = {w for ws in VOCABULARIES.values() for w in ws if w != "none"} - seen
+    assert not missing
+    assert caption(spec) == caption(spec)  # canonical without an rng
+    assert caption(spec, np.random.default_rng(1)) == caption(spec, np.random.default_rng(1))
+    obj = ObjectSpec("circle", "red", "striped", "hat")
+    assert describe_object(obj) == "red striped circle wearing a hat"
+    one = SceneSpec("grass", (obj,), 0)
+    assert caption(one) == "a red striped circle wearing a hat on grass"
+    assert caption(one, template=1) == "a photo of a red striped circle wearing a hat on grass"
+    assert len(caption_templates()) >= 6 and all("{things}" in t for t in caption_templates())
+    two = SceneSpec("sand", (ObjectSpec("circle", "red"), ObjectSpec("square", "orange")), 0)
+    assert caption(two) == "a red circle and an orange square on sand"
+
+
+def test_sentence_banks_contain_their_word_and_vary():
+    for word in ("circle", "square", "plain", "striped", "hat", "red", "large", "left", "snow"):
+        bank = sentence_bank(word, 12, np.random.default_rng(0))
+        assert len(bank) == 12 and len(set(bank)) >= 8
+        assert all(word in sentence.split() for sentence in bank), (word, bank)
+    assert sentence_bank("circle", 5, np.random.default_rng(3)) == sentence_bank("circle", 5, np.random.default_rng(3))
+
+
+def test_fixed_attributes_changes_and_labels():
+    rng = np.random.default_rng(8)
+    spec = sample_scene(rng, background="water", shape="heart", colour="cyan", pattern="dotted",
+                        accessory="hat", size="small", n_objects=3)
+    main = spec.objects[0]
+    assert spec.background == "water" and len(spec.objects) == 3
+    assert (main.shape, main.colour, main.pattern, main.accessory, main.size) == ("heart", "cyan", "dotted", "hat",
+                                                                                 "small")
+    labels = attributes(spec)
+    assert labels["shape"] == SHAPES.index("heart") and labels["accessory"] == ACCESSORIES.index("hat")
+    assert labels["background"] == BACKGROUNDS.index("water")
+    assert labels["position"] == VOCABULARIES["position"].index(main.position)
+    edited = with_changes(spec, pattern="striped")
+    assert edited.objects[0].pattern == "striped" and edited.objects[1:] == spec.objects[1:]
+    assert with_changes(main, shape="star").shape == "star"
+    with pytest.raises(ValueError):
+        with_changes(main, colour="mauve")
+    with pytest.raises(ValueError):
+        sample_scene(rng, flavour="sweet")
+
+
+def test_other_resolutions_and_objects_at_the_border():
+    spec = SceneSpec("brick", (ObjectSpec("star", "green", "checkered", "hat", "large", x=0.98, y=0.02),
+                               ObjectSpec("circle", "white", size="medium", x=0.3, y=0.7)), 11)
+    small, big = render_scene(spec, 64), render_scene(spec, 128)
+    assert big.image.shape == (128, 128, 3) and big.masks.shape == (2, 128, 128)
+    # the same scene at twice the resolution: masks agree after 2x2 pooling, up to edge pixels
+    pooled = big.masks.reshape(2, 64, 2, 64, 2).mean((2, 4)) > 0.5
+    assert (pooled ^ small.masks).sum() / small.masks.sum() < 0.1
+    assert small.masks[0].any() and small.masks[1].any()
