@@ -7,7 +7,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-$(shell cat requirements.txt pyproject.toml | sha1sum | cut -c1-12)
 DEMO_OUT ?= out/demo
 
-.PHONY: demo test venv clean
+.PHONY: demo test venv clean mini-models
 
 venv: $(STAMP)
 
@@ -22,6 +22,17 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	HF_HUB_OFFLINE=1 $(PY) -m pytest
+
+# Retrain the shipped mini models from scratch on CPU (see src/retouch/assets/mini/MODEL_CARD.md):
+# autoencoder and judge side by side on one core each, then the U-Net on both, then evaluation.
+MINI_WORK ?= out/train-mini
+mini-models: $(STAMP)
+	$(VENV)/bin/retouch train mini --stages tokenizer --work-dir $(MINI_WORK)
+	OMP_NUM_THREADS=1 $(VENV)/bin/retouch train mini --stages vae --vae-steps 1000 --vae-batch 16 --work-dir $(MINI_WORK) & \
+	OMP_NUM_THREADS=1 $(VENV)/bin/retouch train mini --stages clip --clip-steps 1800 --clip-batch 64 --work-dir $(MINI_WORK) & \
+	wait
+	$(VENV)/bin/retouch train mini --stages unet,export --unet-steps 3000 --unet-batch 32 --work-dir $(MINI_WORK)
+	$(PY) -m retouch.train.evaluate_mini
 
 clean:
 	rm -rf $(VENV) out .pytest_cache

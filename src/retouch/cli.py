@@ -273,8 +273,11 @@ def train() -> None:
 @click.option("--vae-steps", type=int, default=None)
 @click.option("--clip-steps", type=int, default=None)
 @click.option("--unet-steps", type=int, default=None)
+@click.option("--vae-batch", type=int, default=None)
+@click.option("--clip-batch", type=int, default=None)
 @click.option("--unet-batch", type=int, default=None)
-def train_mini(stages, work_dir, export_dir, seed, vae_steps, clip_steps, unet_steps, unet_batch) -> None:
+def train_mini(stages, work_dir, export_dir, seed, vae_steps, clip_steps, unet_steps, vae_batch, clip_batch,
+               unet_batch) -> None:
     """Train the mini world's autoencoder, CLIP-style judge and text-to-image U-Net."""
     from retouch.train.mini import MINI_DIR, STAGES, MiniConfig, run_mini_training
 
@@ -283,7 +286,7 @@ def train_mini(stages, work_dir, export_dir, seed, vae_steps, clip_steps, unet_s
     if unknown:
         raise RetouchError(f"unknown stage(s) {', '.join(unknown)}; choose from {', '.join(STAGES)}")
     overrides = {k: v for k, v in dict(vae_steps=vae_steps, clip_steps=clip_steps, unet_steps=unet_steps,
-                                       unet_batch=unet_batch).items() if v is not None}
+                                       vae_batch=vae_batch, clip_batch=clip_batch, unet_batch=unet_batch).items() if v is not None}
     for name, value in overrides.items():
         if value <= 0:
             raise RetouchError(f"--{name.replace('_', '-')} must be positive; got {value}")
@@ -295,19 +298,169 @@ def train_mini(stages, work_dir, export_dir, seed, vae_steps, clip_steps, unet_s
 
 
 # ---------------------------------------------------------------------------------------------
+# retouch world
+# ---------------------------------------------------------------------------------------------
+@cli.command("world")
+@click.option("-o", "--output", "folder", type=click.Path(file_okay=False, path_type=Path), required=True,
+              help="folder for scene PNGs, mask PNGs and scenes.jsonl")
+@click.option("--count", type=int, default=16, show_default=True, help="how many scenes (or pairs)")
+@click.option("--start", type=int, default=0, show_default=True, help="index of the first scene")
+@click.option("--seed", type=int, default=0, show_default=True, help="world seed: every scene is a function of it")
+@click.option("--size", type=int, default=64, show_default=True, help="side of a scene in pixels")
+@click.option("--pairs", "change", default=None, metavar="ATTR=VALUE",
+              help="render side-by-side pairs instead, the right object changed, e.g. pattern=striped")
+@click.option("--grid", type=click.Path(dir_okay=False, path_type=Path), help="also write a contact sheet here")
+def world(folder: Path, count: int, start: int, seed: int, size: int, change: str | None, grid: Path | None) -> None:
+    """Render mini-world scenes with their captions, attributes and exact per-object masks."""
+    import json
+
+    import numpy as np
+
+    from retouch.imageio import save_image
+    from retouch.world import VOCABULARIES, World, sample_grid
+
+    if not 1 <= count <= 100_000:
+        raise RetouchError(f"--count must lie in [1, 100000]; got {count}")
+    if not 16 <= size <= 1024:
+        raise RetouchError(f"--size must lie in [16, 1024]; got {size}")
+    if start < 0:
+        raise RetouchError(f"--start must be ≥ 0; got {start}")
+    changes = _parse_change(change, VOCABULARIES) if change is not None else None
+    first = f"{'pair' if changes is not None else 'scene'}_{start:06d}.png"
+    _check_outputs([folder / first, *([grid] if grid else [])], [])
+    mini = World(seed=seed, size=size)
+    records = []
+    for index in range(start, start + count):
+        if changes is not None:
+            left, right, rendered, prompts = mini.pair(index, changes)
+            record = {"index": index, "caption": prompts.shared, "left_caption": prompts.left,
+                      "right_caption": prompts.right,
+                      "left": _spec_dict(left), "right": _spec_dict(right)}
+            name = f"pair_{index:06d}"
+        else:
+            spec, rendered, text = mini.scene(index)
+            record = {"index": index, "split": mini.split(index), "caption": text, "scene": _spec_dict(spec)}
+            name = f"scene_{index:06d}"
+        save_image(rendered.image, folder / f"{name}.png", make_parents=True)
+        # mask PNG: 0 = background, k = object k (1-based), scaled so it is visible in a viewer
+        labels = np.zeros(rendered.image.shape[:2], dtype=np.float32)
+        for k, mask in enumerate(rendered.masks, start=1):
+            labels[mask] = k
+        save_image(labels / 3.0, folder / f"{name}_mask.png")
+        records.append({**record, "image": f"{name}.png", "mask": f"{name}_mask.png"})
+    from retouch.imageio import atomic_write_text
+
+    atomic_write_text(folder / "scenes.jsonl", "".join(json.dumps(r) + "\n" for r in records))
+    if grid is not None:
+        rows = max(1, min(4, count // 8))
+        save_image(sample_grid(mini, rows, 8, start=start), grid, make_parents=True)
+    click.echo(f"wrote {count} {'pairs' if changes is not None else 'scenes'} to {folder}"
+               + (f" and a contact sheet to {grid}" if grid else ""))
+
+
+def _parse_change(text: str, vocabularies: dict) -> dict:
+    """``"pattern=striped,colour=blue"`` → dict, checked against the world's vocabularies."""
+    changes = {}
+    for part in text.split(","):
+        name, _, value = part.partition("=")
+        name, value = name.strip(), value.strip()
+        if name not in vocabularies or name in ("background", "position"):
+            choices = ", ".join(n for n in vocabularies if n not in ("background", "position"))
+            raise RetouchError(f"bad --pairs {text!r}: attribute must be one of {choices}")
+        if value not in vocabularies[name]:
+            raise RetouchError(f"bad --pairs {text!r}: {name} must be one of {', '.join(vocabularies[name])}")
+        changes[name] = value
+    return changes
+
+
+def _spec_dict(spec) -> dict:
+    return {"background": spec.background,
+            "objects": [dataclasses.asdict(obj) for obj in spec.objects]}
+
+
+# ---------------------------------------------------------------------------------------------
 # retouch demo (the README's main job)
 # ---------------------------------------------------------------------------------------------
-#: The documented demo recipe: scikit-image's "astronaut" photograph with a light motion blur,
+#: The documented effects recipe: scikit-image's "astronaut" photograph with a light motion blur,
 #: the colour grading of its "coffee" photograph, unsharp masking and film grain at σ = 0.05.
 DEMO_RECIPE = dict(blur=0.25, blur_angle=30.0, grain=0.05, sharpen=(1.5, 0.02), seed=0)
+#: The documented diffusion demo: the first held-out (test-split) single-object mini-world scenes,
+#: each edited by swapping one attribute word of its caption.
+DEMO_EDITS = ("colour", "shape", "colour", "pattern")
+DEMO_METHOD = "sdedit"
 
 
 @cli.command()
 @click.option("-o", "--output", "folder", type=click.Path(file_okay=False, path_type=Path), default=Path("out/demo"),
               show_default=True, help="folder for input.png, result.png and comparison.png")
-@click.option("--size", type=int, default=256, show_default=True, help="side of the square crop, in pixels")
-def demo(folder: Path, size: int) -> None:
-    """Apply the documented effects recipe to a photograph shipped with scikit-image."""
+@click.option("--effects", is_flag=True, help="run the compositing-effects demo on a photograph instead")
+@click.option("--size", type=int, default=256, show_default=True, help="[--effects] side of the square crop")
+def demo(folder: Path, effects: bool, size: int) -> None:
+    """Edit held-out mini-world scenes with the shipped mini models (input | output strips).
+
+    Everything is offline: the scenes are rendered on the fly and the models ship with retouch.
+    """
+    if effects:
+        _effects_demo(folder, size)
+    else:
+        _diffusion_demo(folder)
+
+
+def _diffusion_demo(folder: Path) -> None:
+    import torch
+
+    from retouch.backbone import load_backbone
+    from retouch.imageio import save_image, side_by_side, to_tensor_batch, from_tensor_batch
+    from retouch.methods import get_method
+    from retouch.train.evaluate_mini import held_out_scenes
+    from retouch.world import World
+
+    _check_outputs([folder / "comparison.png"], [])
+    started = time.perf_counter()
+    backbone = load_backbone("mini")
+    scenes = held_out_scenes(World(seed=0, size=64), len(DEMO_EDITS))
+    inputs, sources, targets = [], [], []
+    for image, spec, attribute in zip(scenes.images, scenes.specs, DEMO_EDITS):
+        source_text, target_text = _demo_texts(spec, attribute)
+        inputs.append(image.permute(1, 2, 0).numpy())
+        sources.append(source_text)
+        targets.append(target_text)
+    method = get_method(DEMO_METHOD)
+    results = []
+    for image, source_text, target_text in zip(inputs, sources, targets):
+        config = method.config_class(prompt=target_text, strength=0.6, num_steps=50, guidance_scale=5.0, seed=0)
+        edited = method.edit(backbone, to_tensor_batch([image]), config)
+        results.append(from_tensor_batch(edited)[0])
+    elapsed = time.perf_counter() - started
+    rows = [side_by_side([_upscale(image, 4), _upscale(result, 4)], labels=[source, "edited: " + target])
+            for image, result, source, target in zip(inputs, results, sources, targets)]
+    width = max(row.shape[1] for row in rows)
+    import numpy as np
+
+    strip = np.concatenate([np.pad(row, ((0, 0), (0, width - row.shape[1]), (0, 0)), constant_values=1.0)
+                            for row in rows])
+    save_image(inputs[0], folder / "input.png", make_parents=True)
+    save_image(results[0], folder / "result.png")
+    save_image(strip, folder / "comparison.png")
+    click.echo(f"wrote {folder}/input.png, result.png, comparison.png "
+               f"({DEMO_METHOD} on the mini models, {len(inputs)} edits in {elapsed:.1f} s on {torch.get_num_threads()} threads)")
+
+
+def _upscale(image, factor: int):
+    return image.repeat(factor, axis=0).repeat(factor, axis=1)
+
+
+def _demo_texts(spec, attribute: str) -> tuple[str, str]:
+    """Canonical caption of a scene and of the same scene with one attribute of its object changed."""
+    from retouch.world import VOCABULARIES, caption, with_changes
+
+    values = VOCABULARIES[attribute]
+    new_value = values[(values.index(getattr(spec.objects[0], attribute)) + 3) % len(values)]
+    template = "a photo of {things} on {background}"
+    return caption(spec, template=template), caption(with_changes(spec, **{attribute: new_value}), template=template)
+
+
+def _effects_demo(folder: Path, size: int) -> None:
     from skimage import data
 
     from retouch.effects import EffectsRecipe, apply_effects

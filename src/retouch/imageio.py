@@ -19,7 +19,7 @@ import warnings
 import zlib
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Union
+from typing import Callable, Union
 
 import numpy as np
 import torch
@@ -427,6 +427,20 @@ def save_image(
         except OSError as error:
             raise RetouchError(f"cannot save {name}: cannot create folder '{folder}' ({_reason(error)})") from None
 
+    _atomic_write(path, lambda handle: _encode(pixels, handle, image_format), name)
+    return path
+
+
+def atomic_write_text(path: PathLike, text: str) -> Path:
+    """Write a text file atomically (temporary file beside it, fsync, rename), like :func:`save_image`."""
+    path = Path(path)
+    _atomic_write(path, lambda handle: handle.write(text.encode("utf-8")), _quoted(path))
+    return path
+
+
+def _atomic_write(path: Path, write: Callable, name: str) -> None:
+    """Run ``write(handle)`` on a temporary file beside ``path`` and rename it over ``path``."""
+    folder = path.parent
     mode = stat.S_IMODE(os.stat(path).st_mode) if path.exists() else 0o666 & ~_current_umask()
     temporary = None
     try:
@@ -434,7 +448,7 @@ def save_image(
             dir=folder, prefix=f".{path.name}.", suffix=path.suffix, delete=False
         ) as handle:
             temporary = handle.name
-            _encode(pixels, handle, image_format)
+            write(handle)
             handle.flush()
             os.fsync(handle.fileno())
         # NamedTemporaryFile creates 0600; give the output the mode a plain open() would have.
@@ -451,7 +465,6 @@ def save_image(
             except OSError:
                 pass
     _fsync_folder(folder)
-    return path
 
 
 def _encode(pixels: np.ndarray, handle, image_format: str) -> None:

@@ -122,8 +122,9 @@ def world_batch(world, step: int, rank: int, world_size: int, batch: int, seed_o
 def partial_caption(spec, rng: np.random.Generator) -> str:
     """A caption naming a random, non-empty subset of the main object's attributes (judge training).
 
-    "a photo of a striped object", "a red circle on grass", "a hat": each attribute appears alone
-    often enough that single-attribute prompts classify zero-shot.
+    "a photo of a striped object", "a photo of a red circle on grass", "a photo of a object wearing a
+    hat": each attribute appears alone often enough that single-attribute prompts (the ones
+    :func:`retouch.train.evaluate_mini.zero_shot_prompts` uses) classify zero-shot.
     """
     obj = spec.objects[0]
     keep = rng.random(5) < 0.5
@@ -132,8 +133,8 @@ def partial_caption(spec, rng: np.random.Generator) -> str:
     words = []
     if keep[0]:
         words.append(obj.colour)
-    if keep[1] and obj.pattern != "plain":
-        words.append(obj.pattern)
+    if keep[1]:
+        words.append(obj.pattern)  # "plain" too, so zero-shot pattern classification has a prompt for it
     noun = obj.shape if keep[2] else "object"
     text = " ".join(["a photo of a", *words, noun])
     if keep[3] and obj.accessory != "none":
@@ -253,7 +254,7 @@ def train_unet(world, config: MiniConfig, vae, text_encoder, tokenizer):
         prediction = model(noisy, t, encoder_hidden_states=states).sample
         return torch.nn.functional.mse_loss(prediction, noise), {}
 
-    loop = LoopConfig(output_dir=str(out), max_steps=config.unet_steps, learning_rate=3e-4, warmup_steps=200,
+    loop = LoopConfig(output_dir=str(out), max_steps=config.unet_steps, learning_rate=5e-4, warmup_steps=200,
                       checkpoint_every=250, ema_decay=0.999, seed=config.seed)
     result = train(unet, loss_fn, make_batch, loop, batch_size=config.unet_batch)
     unet.eval()
@@ -264,7 +265,7 @@ def train_unet(world, config: MiniConfig, vae, text_encoder, tokenizer):
 # ---------------------------------------------------------------------------------------------
 # Orchestration and export
 # ---------------------------------------------------------------------------------------------
-STAGES = ("vae", "clip", "unet", "export")
+STAGES = ("tokenizer", "vae", "clip", "unet", "export")  # the tokenizer is built by every run that lacks it
 
 
 def run_mini_training(config: MiniConfig, stages=STAGES, export_dir: Path = MINI_DIR) -> dict:
@@ -279,6 +280,9 @@ def run_mini_training(config: MiniConfig, stages=STAGES, export_dir: Path = MINI
     work = Path(config.work_dir)
     work.mkdir(parents=True, exist_ok=True)
     report: dict = {"config": asdict(config), "hardware": _hardware(), "stages": {}}
+    report_path = work / "report.json"
+    if report_path.is_file():  # stages may run in separate (even concurrent) invocations: keep theirs
+        report["stages"] = json.loads(report_path.read_text()).get("stages", {})
 
     tokenizer_dir = work / "tokenizer"
     if (tokenizer_dir / "vocab.json").is_file():
@@ -291,7 +295,8 @@ def run_mini_training(config: MiniConfig, stages=STAGES, export_dir: Path = MINI
         if name in stages and not (final / "config.json").is_file():
             started = time.perf_counter()
             model, result = trainer()
-            report["stages"][name] = {"seconds": time.perf_counter() - started,
+            report["stages"][name] = {"seconds": time.perf_counter() - started, "steps": result.steps,
+                                      "threads": torch.get_num_threads(),
                                       "samples_per_second": result.samples_per_second,
                                       "final_loss": result.losses[-1][1] if result.losses else None}
             return model
@@ -304,7 +309,10 @@ def run_mini_training(config: MiniConfig, stages=STAGES, export_dir: Path = MINI
         text_encoder = text_encoder_from_clip(clip)
         unet = stage("unet", lambda: train_unet(world, config, vae, text_encoder, tokenizer),
                      UNet2DConditionModel.from_pretrained)
-    (work / "report.json").write_text(json.dumps(report, indent=2, default=str))
+    if report_path.is_file():  # re-read: a concurrent invocation may have finished a stage meanwhile
+        finished = json.loads(report_path.read_text()).get("stages", {})
+        report["stages"] = {**finished, **report["stages"]}
+    report_path.write_text(json.dumps(report, indent=2, default=str))
     if "export" in stages:
         missing = [n for n, m in (("vae", vae), ("clip", clip), ("unet", unet)) if m is None]
         if missing:
@@ -340,11 +348,69 @@ def export_mini(vae, clip, tokenizer, unet, export_dir: Path, work_dir: Path) ->
     )
     pipe.save_pretrained(export_dir / "backbone", safe_serialization=True)
     clip.save_pretrained(export_dir / "judge", safe_serialization=True)
-    tokenizer.save_pretrained(export_dir / "judge")
+    judge_processor(tokenizer, clip.config.vision_config.image_size).save_pretrained(export_dir / "judge")
     for name in ("report.json",):
         source = Path(work_dir) / name
         if source.is_file():
             (export_dir / "training_report.json").write_text(source.read_text())
+
+
+def judge_processor(tokenizer, image_size: int):
+    """The judge's ``CLIPProcessor``: our tokenizer plus CLIP's normalisation at the world's image size,
+    so :class:`retouch.metrics.TransformersCLIPJudge` loads the judge like any local CLIP folder."""
+    from transformers import CLIPImageProcessor, CLIPProcessor
+
+    images = CLIPImageProcessor(size={"shortest_edge": image_size}, crop_size={"height": image_size, "width": image_size},
+                                image_mean=list(CLIP_MEAN), image_std=list(CLIP_STD))
+    return CLIPProcessor(image_processor=images, tokenizer=tokenizer)
+
+
+def write_model_card(export_dir: Path, command: str) -> Path:
+    """MODEL_CARD.md beside the weights: architecture, training config/command/hardware/time, results."""
+    export_dir = Path(export_dir)
+    training = _read_json(export_dir / "training_report.json")
+    evaluation = _read_json(export_dir / "evaluation.json")
+    sizes = {str(p.relative_to(export_dir)): p.stat().st_size for p in sorted(export_dir.rglob("*.safetensors"))}
+    lines = [
+        "# retouch mini models",
+        "",
+        "Trained from scratch on the procedural mini world (`retouch.world`, seed "
+        f"{training.get('config', {}).get('seed', '?')}); no external data or weights.",
+        "",
+        "| part | class | notes |",
+        "|---|---|---|",
+        "| `backbone/vae` | diffusers `AutoencoderKL` | downsampling factor 4 (64² RGB → 4×16² latents), channels (32, 64, 64) |",
+        "| `backbone/text_encoder` | transformers `CLIPTextModel` | the judge's text tower (hidden 128, 4 layers, 32 tokens) |",
+        "| `backbone/unet` | diffusers `UNet2DConditionModel` | channels (64, 128, 128), cross-attention 128, ε-prediction, EMA weights |",
+        "| `judge` | transformers `CLIPModel` + `CLIPProcessor` | ViT on 8×8 patches; the world's CLIP-Acc/CLIP-I/KID judge |",
+        "",
+        "## Training",
+        "",
+        f"Command: `{command}`",
+        "",
+        "```json",
+        json.dumps({k: training.get(k) for k in ("config", "hardware", "stages")}, indent=2),
+        "```",
+        "",
+        "## Weight files",
+        "",
+        *[f"- `{name}`: {size / 2**20:.1f} MiB" for name, size in sizes.items()],
+        f"- total: {sum(sizes.values()) / 2**20:.1f} MiB",
+        "",
+        "## Evaluation (held-out test-split scenes; `python -m retouch.train.evaluate_mini`)",
+        "",
+        "```json",
+        json.dumps(evaluation, indent=2),
+        "```",
+        "",
+    ]
+    path = export_dir / "MODEL_CARD.md"
+    path.write_text("\n".join(lines))
+    return path
+
+
+def _read_json(path: Path) -> dict:
+    return json.loads(path.read_text()) if path.is_file() else {}
 
 
 def _hardware() -> dict:

@@ -1,0 +1,239 @@
+"""Measure the shipped mini models the way the issue asks, on held-out scenes only.
+
+* autoencoder: reconstruction PSNR on held-out (test-split) scenes and on real photographs that ship
+  with scikit-image (never seen in training);
+* judge: zero-shot accuracy per attribute on held-out single-object scenes, prompting with the
+  one-attribute phrasings the judge was trained on (:func:`zero_shot_prompts`);
+* U-Net: generate from held-out captions, then let the judge classify each sample's shape, colour,
+  pattern and background; accuracy = fraction matching the caption.
+
+``python -m retouch.train.evaluate_mini`` (or ``retouch train mini --stages evaluate``) writes the
+numbers to ``evaluation.json`` next to the weights and into the model card.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+#: Attributes the judge classifies zero-shot, with the prompt for each value.
+JUDGED_ATTRIBUTES = ("shape", "colour", "pattern", "background")
+#: scikit-image photographs used as unseen real images (name, centre-crop side before resizing).
+PHOTOGRAPHS = ("astronaut", "coffee", "chelsea", "rocket", "immunohistochemistry", "cat")
+
+
+def zero_shot_prompts(attribute: str) -> dict[str, str]:
+    """value → prompt, in the phrasing of :func:`retouch.train.mini.partial_caption`."""
+    from retouch.world import VOCABULARIES
+
+    phrase = {
+        "shape": "a photo of a {}",
+        "colour": "a photo of a {} object",
+        "pattern": "a photo of a {} object",
+        "background": "a photo of a object on {}",
+    }[attribute]
+    return {value: phrase.format(value) for value in VOCABULARIES[attribute]}
+
+
+@dataclass
+class HeldOutScenes:
+    images: torch.Tensor  # (N, 3, H, W) in [0, 1]
+    specs: list
+    captions: list[str]
+
+
+def held_out_scenes(world, count: int, *, single_object: bool = True, split: str = "test") -> HeldOutScenes:
+    """The first ``count`` scenes of ``split`` (optionally only those with one object)."""
+    images, specs, captions = [], [], []
+    index = 0
+    while len(specs) < count:
+        if world.split(index) == split:
+            spec, rendered, text = world.scene(index)
+            if not single_object or len(spec.objects) == 1:
+                images.append(rendered.image)
+                specs.append(spec)
+                captions.append(text)
+        index += 1
+    tensor = torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2).float()
+    return HeldOutScenes(tensor, specs, captions)
+
+
+def _labels(specs, attribute: str) -> list[str]:
+    if attribute == "background":
+        return [spec.background for spec in specs]
+    return [getattr(spec.objects[0], attribute) for spec in specs]
+
+
+# ---------------------------------------------------------------------------------------------
+# Autoencoder
+# ---------------------------------------------------------------------------------------------
+@torch.no_grad()
+def reconstruction_psnr(vae, images01: torch.Tensor, batch: int = 32) -> list[float]:
+    """PSNR (dB, peak 1) of decode(mode(encode(x))) per image."""
+    from retouch.metrics import psnr
+
+    values = []
+    for start in range(0, len(images01), batch):
+        chunk = images01[start:start + batch]
+        latents = vae.encode(chunk * 2 - 1).latent_dist.mode()
+        decoded = ((vae.decode(latents).sample + 1) / 2).clamp(0, 1)
+        values += [float(psnr(d, x)) for d, x in zip(decoded, chunk)]
+    return values
+
+
+def photographs(size: int = 128) -> dict[str, torch.Tensor]:
+    """scikit-image's bundled photographs, centre-cropped square and resized to ``size``."""
+    from skimage import data
+
+    from retouch.imageio import resize_image
+
+    out = {}
+    for name in PHOTOGRAPHS:
+        image = getattr(data, name)()
+        if image.ndim == 2:
+            image = np.repeat(image[..., None], 3, axis=-1)
+        image = image[..., :3].astype(np.float32) / 255.0
+        h, w = image.shape[:2]
+        side = min(h, w)
+        crop = image[(h - side) // 2:(h - side) // 2 + side, (w - side) // 2:(w - side) // 2 + side]
+        out[name] = torch.from_numpy(resize_image(crop, (size, size))).permute(2, 0, 1)
+    return out
+
+
+def evaluate_vae(vae, world, count: int = 256) -> dict:
+    scenes = held_out_scenes(world, count, single_object=False)
+    scene_psnr = reconstruction_psnr(vae, scenes.images)
+    photos = photographs()
+    photo_psnr = dict(zip(photos, reconstruction_psnr(vae, torch.stack(list(photos.values())))))
+    return {"downsampling_factor": 2 ** (len(vae.config.block_out_channels) - 1),
+            "held_out_scenes": count, "scene_psnr_mean": float(np.mean(scene_psnr)),
+            "photo_psnr_mean": float(np.mean(list(photo_psnr.values()))),
+            "photo_psnr": {k: round(v, 2) for k, v in photo_psnr.items()}, "photo_size": 128}
+
+
+# ---------------------------------------------------------------------------------------------
+# Judge
+# ---------------------------------------------------------------------------------------------
+@torch.no_grad()
+def classify(judge, images01: torch.Tensor, attribute: str) -> list[str]:
+    """Zero-shot: the value whose prompt embedding is most similar to each image's embedding."""
+    prompts = zero_shot_prompts(attribute)
+    text = torch.nn.functional.normalize(judge.encode_texts(list(prompts.values())), dim=-1)
+    image = torch.nn.functional.normalize(judge.encode_images(images01), dim=-1)
+    values = list(prompts)
+    return [values[i] for i in (image @ text.T).argmax(dim=-1).tolist()]
+
+
+def judge_accuracy(judge, images01: torch.Tensor, specs) -> dict[str, float]:
+    return {attribute: float(np.mean([p == t for p, t in zip(classify(judge, images01, attribute),
+                                                                  _labels(specs, attribute))]))
+            for attribute in JUDGED_ATTRIBUTES}
+
+
+def evaluate_judge(judge, world, count: int = 500) -> dict:
+    scenes = held_out_scenes(world, count)
+    return {"held_out_single_object_scenes": count, "zero_shot_accuracy": judge_accuracy(judge, scenes.images,
+                                                                                         scenes.specs),
+            "chance": {a: 1 / len(zero_shot_prompts(a)) for a in JUDGED_ATTRIBUTES}}
+
+
+# ---------------------------------------------------------------------------------------------
+# Text-to-image U-Net
+# ---------------------------------------------------------------------------------------------
+@torch.no_grad()
+def generate(backbone, captions: list[str], *, num_steps: int = 25, guidance_scale: float = 5.0, seed: int = 0,
+             batch: int = 32) -> torch.Tensor:
+    """Text-to-image samples (N, 3, H, W) in [0, 1] with DDIM + classifier-free guidance."""
+    from retouch.sampling import ddim_sample, ddim_timesteps, guided_denoiser
+
+    generator = torch.Generator().manual_seed(seed)
+    size = backbone.unet.config.sample_size
+    outputs = []
+    for start in range(0, len(captions), batch):
+        chunk = captions[start:start + batch]
+        latents = torch.randn((len(chunk), backbone.latent_channels, size, size), generator=generator)
+        denoise = guided_denoiser(backbone.denoise, backbone.encode_text(chunk), backbone.encode_text([""] * len(chunk)),
+                                  guidance_scale)
+        timesteps = ddim_timesteps(backbone.schedule, num_steps)
+        latents = ddim_sample(denoise, backbone.schedule, latents, timesteps, None, num_steps=num_steps)
+        outputs.append(((backbone.decode_latents(latents) + 1) / 2).clamp(0, 1))
+    return torch.cat(outputs)
+
+
+def evaluate_generation(backbone, judge, world, count: int = 200, **sampling) -> tuple[dict, torch.Tensor]:
+    scenes = held_out_scenes(world, count)
+    started = time.perf_counter()
+    samples = generate(backbone, scenes.captions, **sampling)
+    seconds = time.perf_counter() - started
+    real = judge_accuracy(judge, scenes.images, scenes.specs)
+    return {"held_out_captions": count, "sampling": sampling or {"num_steps": 25, "guidance_scale": 5.0},
+            "judge_accuracy_of_samples": judge_accuracy(judge, samples, scenes.specs),
+            "judge_accuracy_of_real_scenes_same_captions": real,
+            "seconds_per_sample": seconds / count}, samples
+
+
+def evaluate_mini(models_dir: Path, *, seed: int = 0, vae_count: int = 256, judge_count: int = 500,
+                  generation_count: int = 200, grid_path: Path | None = None) -> dict:
+    """All three evaluations on the exported models in ``models_dir`` (``backbone/`` + ``judge/``)."""
+    from retouch.backbone import load_backbone
+    from retouch.metrics import TransformersCLIPJudge
+    from retouch.world import World
+
+    models_dir = Path(models_dir)
+    world = World(seed=seed, size=64)
+    backbone = load_backbone(str(models_dir / "backbone"))
+    judge = TransformersCLIPJudge(models_dir / "judge")
+    report = {"vae": evaluate_vae(backbone.vae, world, vae_count), "judge": evaluate_judge(judge, world, judge_count)}
+    report["unet"], samples = evaluate_generation(backbone, judge, world, generation_count)
+    if grid_path is not None:
+        save_sample_grid(world, samples, grid_path)
+    return report
+
+
+def save_sample_grid(world, samples: torch.Tensor, path: Path, columns: int = 8, rows: int = 4) -> None:
+    """Pairs of rows: held-out real scenes, then the U-Net's samples for the same captions."""
+    from retouch.imageio import save_image
+
+    rows = min(rows, -(-len(samples) // columns))
+    columns = min(columns, len(samples))
+    scenes = held_out_scenes(world, len(samples))
+    cell, gap = 64 * 2, 2
+    sheet = np.full((2 * rows * (cell + gap) + gap, columns * (cell + gap) + gap, 3), 0.15, dtype=np.float32)
+    for k in range(min(columns * rows, len(samples))):
+        for offset, image in enumerate((scenes.images[k], samples[k])):
+            big = image.permute(1, 2, 0).numpy().repeat(2, 0).repeat(2, 1)
+            y = gap + (2 * (k // columns) + offset) * (cell + gap)
+            x = gap + (k % columns) * (cell + gap)
+            sheet[y:y + cell, x:x + cell] = big
+    save_image(sheet, path, make_parents=True)
+
+
+def main(argv: list[str] | None = None) -> None:
+    import argparse
+
+    from retouch.backbone import MINI_DIR
+
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--models", type=Path, default=MINI_DIR)
+    parser.add_argument("--grid", type=Path, default=Path("docs/mini_samples.png"))
+    parser.add_argument("--generation-count", type=int, default=200)
+    args = parser.parse_args(argv)
+    report = evaluate_mini(args.models, grid_path=args.grid, generation_count=args.generation_count)
+    from retouch.train.mini import write_model_card
+
+    (args.models / "evaluation.json").write_text(json.dumps(report, indent=2))
+    write_model_card(args.models, MINI_MODELS_COMMAND)
+    print(json.dumps(report, indent=2))
+
+
+#: How the shipped models were made (the Makefile's ``mini-models`` target runs exactly this).
+MINI_MODELS_COMMAND = "make mini-models"
+
+
+if __name__ == "__main__":
+    main()

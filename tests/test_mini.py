@@ -1,0 +1,161 @@
+"""The mini world on the command line, the mini training/export/evaluation pipeline, and the shipped models."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from retouch.backbone import MINI_DIR, load_backbone
+from retouch.cli import main
+from retouch.world import World
+
+
+def run(args, capsys):
+    try:
+        main(list(map(str, args)))
+        code = 0
+    except SystemExit as exit_:
+        code = exit_.code or 0
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+# ---------------------------------------------------------------------------------------------
+# retouch world
+# ---------------------------------------------------------------------------------------------
+def test_world_command_writes_scenes_masks_and_records(tmp_path, capsys):
+    code, out, err = run(["world", "-o", tmp_path / "w", "--count", 3, "--start", 95, "--grid", tmp_path / "g.png"],
+                         capsys)
+    assert code == 0, err
+    records = [json.loads(line) for line in (tmp_path / "w" / "scenes.jsonl").read_text().splitlines()]
+    assert [r["index"] for r in records] == [95, 96, 97]
+    world = World(seed=0, size=64)
+    for record in records:
+        spec, rendered, text = world.scene(record["index"])
+        assert record["caption"] == text and record["split"] == "test"
+        assert [o["shape"] for o in record["scene"]["objects"]] == [o.shape for o in spec.objects]
+        image = np.asarray(Image.open(tmp_path / "w" / record["image"]), dtype=np.float32) / 255
+        assert np.abs(image - rendered.image).max() <= 0.5 / 255 + 1e-6  # 8-bit rounding only
+        labels = np.rint(np.asarray(Image.open(tmp_path / "w" / record["mask"]).convert("L")) / 255 * 3)
+        for k, mask in enumerate(rendered.masks, start=1):
+            assert np.array_equal(labels == k, mask)
+    assert Image.open(tmp_path / "g.png").size[0] > 64 * 8
+
+
+def test_world_pairs_change_the_right_object(tmp_path, capsys):
+    code, _, err = run(["world", "-o", tmp_path, "--count", 2, "--pairs", "pattern=striped,colour=blue"], capsys)
+    assert code == 0, err
+    for line in (tmp_path / "scenes.jsonl").read_text().splitlines():
+        record = json.loads(line)
+        right = record["right"]["objects"][0]
+        assert right["pattern"] == "striped" and right["colour"] == "blue"
+        assert record["left"]["objects"][0]["shape"] == right["shape"]
+        assert Image.open(tmp_path / record["image"]).size == (128, 64)
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--pairs", "shape=blob"], "shape must be one of"),
+    (["--pairs", "mood=happy"], "attribute must be one of"),
+    (["--count", 0], "--count"),
+    (["--size", 4], "--size"),
+])
+def test_world_bad_options_give_one_line(tmp_path, capsys, args, message):
+    code, _, err = run(["world", "-o", tmp_path / "w", *args], capsys)
+    assert code == 1 and message in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "w").exists()
+
+
+# ---------------------------------------------------------------------------------------------
+# training → export → evaluation, end to end on a few steps
+# ---------------------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def smoke_export(tmp_path_factory):
+    from retouch.train.mini import MiniConfig, run_mini_training
+
+    work = tmp_path_factory.mktemp("work")
+    export = tmp_path_factory.mktemp("export")
+    config = MiniConfig(work_dir=str(work), vae_steps=2, vae_batch=2, clip_steps=2, clip_batch=4, unet_steps=2,
+                        unet_batch=2, vocab_size=600)
+    run_mini_training(config, ("tokenizer", "vae", "clip", "unet", "export"), export)
+    return export
+
+
+def test_export_is_a_diffusers_folder_and_a_local_clip_judge(smoke_export):
+    from retouch.metrics import TransformersCLIPJudge
+
+    backbone = load_backbone(str(smoke_export / "backbone"))
+    assert backbone.vae_scale_factor == 4 and backbone.unet.config.sample_size == 16
+    latents = backbone.encode_images(torch.zeros(1, 3, 64, 64))
+    assert latents.shape == (1, 4, 16, 16)
+    judge = TransformersCLIPJudge(smoke_export / "judge")
+    assert judge.encode_images(torch.rand(2, 3, 64, 64)).shape == (2, 128)
+    report = json.loads((smoke_export / "training_report.json").read_text())
+    assert set(report["stages"]) == {"vae", "clip", "unet"} and report["config"]["seed"] == 0
+
+
+def test_evaluation_and_model_card(smoke_export, tmp_path):
+    from retouch.train.evaluate_mini import evaluate_mini, zero_shot_prompts
+    from retouch.train.mini import write_model_card
+
+    report = evaluate_mini(smoke_export, vae_count=4, judge_count=8, generation_count=2, grid_path=tmp_path / "g.png")
+    for attribute in ("shape", "colour", "pattern", "background"):
+        assert 0.0 <= report["judge"]["zero_shot_accuracy"][attribute] <= 1.0
+        assert 0.0 <= report["unet"]["judge_accuracy_of_samples"][attribute] <= 1.0
+    assert report["vae"]["downsampling_factor"] == 4 and np.isfinite(report["vae"]["photo_psnr_mean"])
+    assert zero_shot_prompts("shape")["star"] == "a photo of a star"
+    (smoke_export / "evaluation.json").write_text(json.dumps(report))
+    card = write_model_card(smoke_export, "retouch train mini").read_text()
+    assert "downsampling factor 4" in card and "zero_shot_accuracy" in card and "MiB" in card
+
+
+def test_reconstruction_psnr_is_infinite_for_an_identity_autoencoder():
+    from retouch.train.evaluate_mini import reconstruction_psnr
+
+    class Identity:
+        def encode(self, x):
+            return type("E", (), {"latent_dist": type("D", (), {"mode": lambda self: x})()})()
+
+        def decode(self, z):
+            return type("S", (), {"sample": z})()
+
+    images = torch.rand(3, 3, 8, 8)
+    assert all(np.isinf(v) for v in reconstruction_psnr(Identity(), images))
+    noisy = reconstruction_psnr(type("Noisy", (Identity,), {"decode": lambda self, z: type("S", (), {
+        "sample": z + 0.2})()})(), images)
+    # a constant offset of 0.2 in [-1, 1] is 0.1 in [0, 1] (before clamping): PSNR ≤ 20 dB
+    assert all(v >= 20 - 1e-4 for v in noisy)
+
+
+# ---------------------------------------------------------------------------------------------
+# the shipped models
+# ---------------------------------------------------------------------------------------------
+shipped = pytest.mark.skipif(not (MINI_DIR / "backbone" / "model_index.json").is_file(),
+                             reason="mini models not exported into this checkout")
+
+
+@shipped
+def test_shipped_mini_loads_by_name_and_by_folder_identically():
+    by_name = load_backbone("mini")
+    by_folder = load_backbone(str(MINI_DIR / "backbone"))
+    latents = torch.randn(1, 4, 16, 16, generator=torch.Generator().manual_seed(0))
+    cond = by_name.encode_text(["a photo of a red circle on grass"])
+    assert torch.equal(by_name.denoise(latents, 500, cond), by_folder.denoise(latents, 500, by_folder.encode_text(
+        ["a photo of a red circle on grass"])))
+
+
+@shipped
+def test_shipped_weights_fit_the_budget_and_have_a_model_card():
+    total = sum(p.stat().st_size for p in MINI_DIR.rglob("*.safetensors"))
+    assert total <= 60 * 2**20
+    card = (MINI_DIR / "MODEL_CARD.md").read_text()
+    assert "Command" in card and "zero_shot_accuracy" in card
+
+
+@shipped
+def test_demo_writes_strips(tmp_path, capsys):
+    code, out, err = run(["demo", "-o", tmp_path / "demo"], capsys)
+    assert code == 0, err
+    for name in ("input.png", "result.png", "comparison.png"):
+        assert (tmp_path / "demo" / name).is_file()
