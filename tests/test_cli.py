@@ -9,18 +9,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from retouch.cli import main
+from helpers import run_cli
 
 
-def run(args, capsys):
-    """Run the CLI in-process; returns (exit code, stdout, stderr)."""
-    try:
-        main(list(map(str, args)))
-        code = 0
-    except SystemExit as exit_:
-        code = exit_.code or 0
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
 @pytest.fixture
@@ -88,7 +79,7 @@ def test_bad_input_images_give_one_line_and_exit_1(tmp_path, capsys, case, comma
     bad = make(tmp_path)
     out = tmp_path / "out.png"
     extra = ["--grain", "0.05"] if command == "effects" else ["--method", "sdedit", "--num-steps", "2"]
-    code, _, err = run([command, bad, "-o", out, *extra], capsys)
+    code, _, err = run_cli([command, bad, "-o", out, *extra], capsys)
     assert code == 1
     lines = err.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("retouch: error:") and name in lines[0]
@@ -99,7 +90,7 @@ def test_bad_input_images_give_one_line_and_exit_1(tmp_path, capsys, case, comma
 def test_output_equal_to_input_is_refused_and_input_untouched(photo, capsys):
     before = photo.read_bytes()
     for target in (photo, photo.parent / "." / photo.name):
-        code, _, err = run(["effects", photo, "-o", target, "--grain", "0.05"], capsys)
+        code, _, err = run_cli(["effects", photo, "-o", target, "--grain", "0.05"], capsys)
         assert code == 1 and "refusing to overwrite input" in err
     assert photo.read_bytes() == before
 
@@ -107,7 +98,7 @@ def test_output_equal_to_input_is_refused_and_input_untouched(photo, capsys):
 def test_unwritable_output_is_refused_before_work(photo, tmp_path, capsys):
     blocker = tmp_path / "a-file"
     blocker.write_text("x")
-    code, _, err = run(["effects", photo, "-o", blocker / "out.png", "--grain", "0.05"], capsys)
+    code, _, err = run_cli(["effects", photo, "-o", blocker / "out.png", "--grain", "0.05"], capsys)
     assert code == 1 and err.count("\n") == 1 and "not a folder" in err
 
 
@@ -121,7 +112,7 @@ def test_bad_extension_and_bad_values(photo, tmp_path, capsys):
         (["-o", tmp_path / "o.png"], "no effect chosen"),
     ]
     for args, expected in cases:
-        code, _, err = run(["effects", photo, *args], capsys)
+        code, _, err = run_cli(["effects", photo, *args], capsys)
         assert code == 1 and expected in err and err.count("\n") == 1, err
     assert not list(tmp_path.glob("o.*"))
 
@@ -130,14 +121,14 @@ def test_nan_edit_map_is_refused(photo, tmp_path, capsys):
     mask = tmp_path / "mask.tiff"
     values = np.full((48, 40), np.nan, dtype=np.float32)
     Image.fromarray(values, mode="F").save(mask)
-    code, _, err = run(["effects", photo, "-o", tmp_path / "o.png", "--mask", mask], capsys)
+    code, _, err = run_cli(["effects", photo, "-o", tmp_path / "o.png", "--mask", mask], capsys)
     assert code == 1 and "mask.tiff" in err and err.count("\n") == 1
     assert not (tmp_path / "o.png").exists()
 
 
 def test_effects_writes_result_and_comparison(photo, tmp_path, capsys):
     out, strip = tmp_path / "res" / "out.png", tmp_path / "cmp.png"
-    code, stdout, err = run(["effects", photo, "-o", out, "--blur", "0.5", "--blur-angle", "0", "--sharpen", "2,0.01",
+    code, stdout, err = run_cli(["effects", photo, "-o", out, "--blur", "0.5", "--blur-angle", "0", "--sharpen", "2,0.01",
                              "--compare", strip], capsys)
     assert code == 0, err
     result = np.asarray(Image.open(out))
@@ -148,14 +139,14 @@ def test_effects_writes_result_and_comparison(photo, tmp_path, capsys):
 
 
 def test_edit_option_of_another_method_is_refused(photo, tmp_path, capsys):
-    code, _, err = run(["edit", photo, "-o", tmp_path / "o.png", "--method", "nope"], capsys)
+    code, _, err = run_cli(["edit", photo, "-o", tmp_path / "o.png", "--method", "nope"], capsys)
     assert code == 1 and "unknown method 'nope'" in err and "sdedit" in err
 
 
 def test_edit_with_sdedit_on_tiny_model_is_deterministic(photo, tmp_path, capsys):
     outputs = []
     for name in ("a.png", "b.png"):
-        code, _, err = run(["edit", photo, "-o", tmp_path / name, "--method", "sdedit", "--prompt", "a cat",
+        code, _, err = run_cli(["edit", photo, "-o", tmp_path / name, "--method", "sdedit", "--prompt", "a cat",
                             "--num-steps", "4", "--strength", "0.5", "--seed", "3"], capsys)
         assert code == 0, err
         outputs.append(np.asarray(Image.open(tmp_path / name)))
@@ -174,7 +165,7 @@ def test_installed_entry_point_reports_errors_without_traceback(tmp_path):
 
 
 def test_help_and_info(capsys):
-    code, out, _ = run(["--help"], capsys)
+    code, out, _ = run_cli(["--help"], capsys)
     assert code == 0 and "edit" in out and "effects" in out
-    code, out, _ = run(["info"], capsys)
+    code, out, _ = run_cli(["info"], capsys)
     assert code == 0 and "torch" in out and "sdedit" in out

@@ -137,6 +137,14 @@ def add_noise(x0: torch.Tensor, noise: torch.Tensor, alpha_t: torch.Tensor) -> t
     return alpha_t.sqrt() * x0 + (1 - alpha_t).sqrt() * noise
 
 
+def ddim_sigma(alpha_from: torch.Tensor, alpha_to: torch.Tensor, eta: float) -> torch.Tensor:
+    """σ = η √((1−ᾱ_to)/(1−ᾱ_from)) √(1 − ᾱ_from/ᾱ_to) of a DDIM step (Song et al. 2021, Eq. 16).
+
+    η = 1 gives the DDPM posterior standard deviation √β̃_t (Ho et al. 2020, Eq. 7).
+    """
+    return eta * ((1 - alpha_to) / (1 - alpha_from) * (1 - alpha_from / alpha_to)).sqrt()
+
+
 def ddim_transition(
     sample: torch.Tensor,
     model_output: torch.Tensor,
@@ -158,8 +166,7 @@ def ddim_transition(
     x0, eps = split_prediction(sample, model_output, alpha_from, prediction_type)
     alpha_to, alpha_from = _broadcast(alpha_to, sample), _broadcast(alpha_from, sample)
     if eta > 0:
-        variance = (1 - alpha_to) / (1 - alpha_from) * (1 - alpha_from / alpha_to)
-        sigma = eta * variance.sqrt()
+        sigma = ddim_sigma(alpha_from, alpha_to, eta)
         if noise is None:
             raise ValueError("a stochastic DDIM step (eta > 0) needs its noise tensor")
         return alpha_to.sqrt() * x0 + (1 - alpha_to - sigma**2).sqrt() * eps + sigma * noise
@@ -212,16 +219,21 @@ def ddim_sample(
     num_steps: int,
     eta: float = 0.0,
     generator: torch.Generator | None = None,
+    noises: Sequence[torch.Tensor] | None = None,
     callback: Callable[[int, int, torch.Tensor], None] | None = None,
 ) -> torch.Tensor:
     """Run DDIM over ``timesteps`` (noisiest first); ``num_steps`` is the full schedule's length.
 
+    With η > 0 each step adds σ_t z_t; ``noises[i]`` is step i's z (e.g. the edit-friendly noise
+    maps of :func:`edit_friendly_inversion`), else z is drawn from ``generator``.
     ``callback(i, t, latents)`` runs after each step (progress bars, step-wise edits).
     """
     for i, t in enumerate(timesteps):
         model_output = denoise(latents, t, conditioning)
         noise = None
-        if eta > 0:
+        if eta > 0 and noises is not None:
+            noise = noises[i]
+        elif eta > 0:
             noise = torch.randn(latents.shape, generator=generator, dtype=latents.dtype, device="cpu")
             noise = noise.to(latents.device)
         latents = ddim_step(
@@ -257,6 +269,48 @@ def ddim_invert(
         if callback is not None:
             callback(i, t, latents)
     return latents
+
+
+def edit_friendly_inversion(
+    denoise: Denoiser,
+    schedule: NoiseSchedule,
+    latents: torch.Tensor,
+    timesteps: Sequence[int],
+    conditioning,
+    forward_noises: Sequence[torch.Tensor],
+    *,
+    num_steps: int,
+    eta: float = 1.0,
+    callback: Callable[[int, int, torch.Tensor], None] | None = None,
+) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    """Edit-friendly DDPM noise-space inversion (Huberman-Spiegelglas, Kulikov & Michaeli, CVPR 2024, Alg. 1).
+
+    Every x_t, t ∈ ``timesteps``, is drawn *independently* from q(x_t | x₀):
+    x_t = √ᾱ_t x₀ + √(1−ᾱ_t) ε̃_t with ε̃_t = ``forward_noises[i]`` (DDPM Eq. 4). Walking down, each
+    step's noise map is then solved from the stochastic DDIM update x_{t−1} = μ̂_t(x_t) + σ_t z_t
+    (Song et al. 2021, Eq. 12; η = 1 is the DDPM sampler):  z_t = (x_{t−1} − μ̂_t(x_t)) / σ_t.
+    Returns (x at ``timesteps[0]``, [z_t per step]). ``ddim_sample(..., eta=eta, noises=zs)`` with the
+    same denoiser then lands on ``latents`` up to float rounding; another prompt gives the edit.
+
+    Exactness needs σ_t > 0 at every step; the last step has σ = 0 only when the schedule's final
+    ᾱ is 1 (``set_alpha_to_one``), where z is set to 0 and that step stays deterministic.
+    """
+    noisy = [add_noise(latents, eps, schedule.alpha(t)) for t, eps in zip(timesteps, forward_noises)]
+    targets = noisy[1:] + [latents]  # x_{t−1} of each step, x₀ for the last
+    sample, zs = noisy[0], []
+    for i, t in enumerate(timesteps):
+        t_prev = previous_timestep(schedule, t, num_steps)
+        model_output = denoise(sample, t, conditioning)
+        mean = ddim_step(schedule, sample, model_output, t, t_prev, eta=eta, noise=torch.zeros_like(sample))
+        sigma = ddim_sigma(schedule.alpha(t), schedule.alpha(t_prev), eta).item()
+        z = (targets[i] - mean) / sigma if sigma > 0 else torch.zeros_like(sample)
+        # Continue from the value the sampler will compute rather than the drawn x_{t−1}, so the
+        # per-step rounding of μ̂ + σz never accumulates into a drift between inversion and sampling.
+        sample = ddim_step(schedule, sample, model_output, t, t_prev, eta=eta, noise=z)
+        zs.append(z)
+        if callback is not None:
+            callback(i, t, sample)
+    return noisy[0], zs
 
 
 def classifier_free_guidance(

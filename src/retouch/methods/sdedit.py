@@ -4,6 +4,9 @@ Section 3 of the paper: perturb x₀ to t₀ = strength·T with the forward proc
 process from there; the smaller the strength, the closer to the input. We run the reverse process
 with DDIM (η configurable; η = 1 is the paper's stochastic sampler) and classifier-free guidance,
 as Stable Diffusion's img2img does.
+
+With ``edit`` and ``source_text`` instead of ``prompt`` it is pix2pix-zero's "SDEdit + word swap"
+baseline (§4.3): the prompt is the input's caption with the source word swapped for the target.
 """
 
 from __future__ import annotations
@@ -12,7 +15,9 @@ from dataclasses import dataclass, field
 
 import torch
 
+from retouch.errors import RetouchError
 from retouch.methods import register
+from retouch.methods.word_swap import check_range, check_sampling, edit_field, source_text_field, swap_prompts
 from retouch.sampling import add_noise, ddim_sample, guided_denoiser, img2img_timesteps
 
 
@@ -25,6 +30,25 @@ class SDEditConfig:
     guidance_scale: float = field(default=7.5, metadata={"help": "classifier-free guidance scale"})
     eta: float = field(default=0.0, metadata={"help": "DDIM η: 0 deterministic, 1 the stochastic DDPM-like sampler"})
     seed: int = field(default=0, metadata={"help": "seed of the added noise"})
+    edit: str = edit_field()
+    source_text: str = source_text_field()
+
+    def validate(self) -> None:
+        if self.edit and self.prompt:
+            raise RetouchError("give either --prompt or --edit with --source-text, not both")
+        if self.source_text and not self.edit:
+            raise RetouchError("--source-text is the caption the --edit word swap applies to; give --edit too")
+        if self.edit:
+            self.target_prompt()  # a bad edit or a caption without the source word fails before any work
+        check_range("--strength", self.strength, 0.0, 1.0)
+        check_range("--eta", self.eta, 0.0, 1.0)
+        check_sampling(self.num_steps, self.guidance_scale)
+
+    def target_prompt(self) -> str:
+        """``prompt``, or the caption with the edit's words swapped (SDEdit + word swap)."""
+        if not self.edit:
+            return self.prompt
+        return swap_prompts(self.edit, self.source_text, "", target_flag="--prompt")[1]
 
 
 @register("sdedit", SDEditConfig, "SDEdit: add noise to the input, denoise towards the prompt (Meng et al. 2022)")
@@ -39,7 +63,7 @@ def sdedit(backbone, images: torch.Tensor, config: SDEditConfig, progress=None) 
     noise = torch.randn(latents.shape, generator=generator, dtype=latents.dtype).to(latents.device)
     latents = add_noise(latents, noise, schedule.alpha(timesteps[0]))
     batch = images.shape[0]
-    cond = backbone.encode_text([config.prompt] * batch)
+    cond = backbone.encode_text([config.target_prompt()] * batch)
     uncond = backbone.encode_text([config.negative_prompt] * batch)
     denoise = guided_denoiser(backbone.denoise, cond, uncond, config.guidance_scale)
     latents = ddim_sample(

@@ -1,0 +1,83 @@
+"""What the word-swap baselines of pix2pix-zero (§4.3, Table 2) share: their text options and inversion.
+
+SDEdit, DDIM and DDPM inversion and prompt-to-prompt all edit by swapping the source word for the
+target word inside a caption of the input ("a photo of a cat" → "a photo of a dog", via
+:func:`retouch.methods.edit_text.swap_words`), or take an explicit target text. The three config
+fields below carry the same name and help in every method, so the CLI shows one option for each.
+"""
+
+from __future__ import annotations
+
+from dataclasses import field
+
+import torch
+
+from retouch.errors import RetouchError
+from retouch.methods.edit_text import parse_edit, prompt_texts
+from retouch.sampling import ddim_invert
+
+INVERSIONS = ("ddim", "regularized")
+
+
+def edit_field():
+    return field(default="", metadata={"help": "word swap SOURCE->TARGET inside --source-text, e.g. cat->dog"})
+
+
+def source_text_field():
+    return field(default="", metadata={"help": "caption of the input image, mentioning the edit's source word"})
+
+
+def target_text_field():
+    return field(default="", metadata={"help": "full text of the edited image (instead of --edit)"})
+
+
+def swap_prompts(edit: str, source_text: str, target_text: str, *, target_flag: str = "--target-text") -> tuple[str, str]:
+    """(source prompt, target prompt): the caption and either its word swap or ``target_text``.
+
+    Raises a one-line RetouchError for conflicting or missing options and for an edit whose source
+    word the caption lacks.
+    """
+    if edit and target_text:
+        raise RetouchError(f"give either --edit or {target_flag}, not both")
+    if not source_text:
+        raise RetouchError("a word-swap edit needs --source-text, a caption of the input image "
+                           "(e.g. 'a photo of a cat' for --edit cat->dog)")
+    return prompt_texts(source_text, parse_edit(edit) if edit else None, target_text or None)
+
+
+def check_choice(flag: str, value: str, choices: tuple[str, ...]) -> None:
+    if value not in choices:
+        raise RetouchError(f"{flag} must be one of {', '.join(choices)}; got {value!r}")
+
+
+def check_range(flag: str, value: float, low: float, high: float) -> None:
+    if not (low <= value <= high):  # also rejects NaN
+        raise RetouchError(f"{flag} must lie in [{low:g}, {high:g}]; got {value:g}")
+
+
+def check_sampling(num_steps: int, guidance_scale: float, flag: str = "--guidance-scale") -> None:
+    if num_steps < 1:
+        raise RetouchError(f"--num-steps must be at least 1; got {num_steps}")
+    if not guidance_scale >= 0:  # also rejects NaN
+        raise RetouchError(f"{flag} must be non-negative; got {guidance_scale:g}")
+
+
+def invert_latents(backbone, latents: torch.Tensor, cond, *, num_steps: int, inversion: str = "ddim") -> torch.Tensor:
+    """x_T of the input latents x₀ with the source caption, without classifier-free guidance.
+
+    ``ddim``: deterministic DDIM inversion, pix2pix-zero Eq. 1–2 (Table 2 config B).
+    ``regularized``: the same with pix2pix-zero's autocorrelation + KL noise regularization (§3.1,
+    Eq. 3, config C) at its defaults, from :mod:`retouch.inversion`.
+    """
+    if inversion == "regularized":
+        return _regularized_inversion()(backbone, latents, cond, num_steps=num_steps)
+    return ddim_invert(backbone.denoise, backbone.schedule, latents, cond, num_steps=num_steps)
+
+
+def _regularized_inversion():
+    try:  # pix2pix-zero owns the regularizer; the baselines only borrow it for Table 2's config C
+        from retouch.inversion import invert_with_noise_regularization
+    except ImportError as err:
+        raise RetouchError("--inversion regularized needs pix2pix-zero's invert_with_noise_regularization, "
+                           "which this installation lacks; use --inversion ddim") from err
+    return invert_with_noise_regularization
