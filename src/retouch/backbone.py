@@ -15,8 +15,8 @@ Weights load from safetensors only unless ``allow_pickle=True`` is passed explic
 
 from __future__ import annotations
 
+import functools
 import json
-import os
 import tempfile
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -496,14 +496,27 @@ def _checkpoint_keys(path: Path) -> list[str]:
 # ---------------------------------------------------------------------------------------------
 # Tiny configurations (diffusers' fast-test shapes)
 # ---------------------------------------------------------------------------------------------
-def _tiny_tokenizer():
-    from retouch.tokenizer import TINY_CORPUS, build_clip_tokenizer
+@functools.lru_cache(maxsize=1)
+def _tiny_vocabulary() -> tuple[dict, list]:
+    """The tiny tokenizer's BPE (vocab, merges), trained once per process.
 
-    cache = Path(os.environ.get("RETOUCH_CACHE", Path.home() / ".cache" / "retouch")) / "tiny-tokenizer"
-    try:
-        return build_clip_tokenizer(TINY_CORPUS, vocab_size=1000, directory=cache)
-    except OSError:  # read-only home: a throwaway folder is as good, the tokenizer is deterministic
-        return build_clip_tokenizer(TINY_CORPUS, vocab_size=1000, directory=Path(tempfile.mkdtemp()))
+    tokenizers' BPE trainer breaks ties between equally frequent pairs nondeterministically, so
+    training it for every tiny model gave the models of one process different vocabularies, hence
+    different text embeddings for the same prompt (and different text-encoder identities).
+    """
+    from retouch.tokenizer import TINY_CORPUS, train_clip_bpe
+
+    return train_clip_bpe(TINY_CORPUS, vocab_size=1000)
+
+
+def _tiny_tokenizer():
+    from retouch.tokenizer import write_clip_tokenizer
+
+    vocab, merges = _tiny_vocabulary()
+    # A private folder per call: a shared one let concurrent processes read each other's half-written
+    # files. The loaded tokenizer keeps everything in memory, so the folder can go at once.
+    with tempfile.TemporaryDirectory(prefix="retouch-tiny-tokenizer-") as folder:
+        return write_clip_tokenizer(vocab, merges, Path(folder))
 
 
 def _tiny_text_encoder(tokenizer, projection_dim: int | None = None, act: str = "quick_gelu"):

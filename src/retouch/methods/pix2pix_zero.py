@@ -1,0 +1,348 @@
+"""pix2pix-zero (Parmar et al., SIGGRAPH 2023): zero-shot image-to-image translation.
+
+1. Caption the input (c, §3: BLIP) — :mod:`retouch.captioning`.
+2. Invert it with DDIM, regularizing the predicted noise towards white noise (§3.1) —
+   :func:`retouch.inversion.invert_with_noise_regularization`.
+3. Find the edit direction Δc_edit from sentence banks around the source and target words (§3.2) —
+   :mod:`retouch.directions`.
+4. Denoise twice from x_inv (§3.3, Algorithm 1): a reconstruction pass with c records the reference
+   cross-attention maps M_t^ref; the edited pass with c_edit = c + Δc_edit takes, at every step, a
+   gradient step x_t ← x_t − λ_xa ∇L_xa (Eq. 5) towards those maps, then the classifier-free-guided
+   DDIM step with c_edit.
+
+The two passes run interleaved, step by step: the reconstruction never depends on the edit, so the
+result is the same as running them one after the other, but only one step's maps are ever held
+(the official code keeps every step's maps of every layer). Only the chosen cross-attention layers
+are hooked; all others keep fused attention. pix2pix-zeroCon (:mod:`retouch.methods.zerocon`) is this
+pipeline with one more guidance term.
+
+Against the official code and diffusers' deprecated pipeline, one knob differs by default
+(``xa_branches``): Algorithm 1 guides the conditional branch's maps M_t^edit only; those
+implementations put both classifier-free-guidance branches through the guidance step on their own
+copies of x_t (the loss averaged over the branches) and continue the DDIM step from the
+unconditional copy. ``xa_branches="both"`` reproduces them exactly (tested against diffusers).
+"""
+
+from __future__ import annotations
+
+from contextlib import ExitStack, contextmanager, nullcontext
+from dataclasses import dataclass, field
+from typing import Callable, Sequence
+
+import torch
+
+from retouch.attention import CrossAttentionRecorder, HookGroup, hooked_attention, select_layers
+from retouch.captioning import caption_images
+from retouch.directions import BANKS, EditDirection, build_direction, load_direction, sentence_banks
+from retouch.errors import RetouchError
+from retouch.guidance import cross_attention_loss
+from retouch.inversion import NoiseRegularization, invert_with_noise_regularization
+from retouch.methods import register
+from retouch.methods.edit_text import EditSpec, parse_edit
+from retouch.sampling import classifier_free_guidance, ddim_step, ddim_timesteps, previous_timestep
+
+__all__ = ["Pix2PixZeroConfig", "CrossAttentionTerm", "guided_edit_latents", "guidance_step", "record_features",
+           "run_pix2pix_zero", "invert_with_noise_regularization"]
+
+XA_BRANCHES = ("conditional", "both")
+PLACES = ("down", "mid", "up")
+INVERSIONS = ("ddim", "regularized")
+
+
+@dataclass
+class Pix2PixZeroConfig:
+    edit: str = field(default="", metadata={
+        "help": "SOURCE->TARGET words whose sentence banks give the edit direction Δc_edit (§3.2), e.g. cat->dog"})
+    source_text: str = field(default="", metadata={
+        "help": "caption c of the input (§3; else --captioner)"})
+    target_text: str = field(default="", metadata={
+        "help": "instead of --edit: Δc = E(this text) − E(--source-text), a one-sentence direction"})
+    directions: str = field(default="", metadata={
+        "help": "cached edit direction (.safetensors from `retouch directions build`) instead of building one"})
+    bank: str = field(default="auto", metadata={
+        "help": "sentence bank for --edit: templates, world (mini-world captions) or auto (world for "
+                "mini-world words on the mini model, else templates)"})
+    bank_size: int = field(default=0, metadata={
+        "help": "sentences per word (0: all 32 templates, 64 world or generated sentences)"})
+    sentence_generator: str = field(default="", metadata={
+        "help": "local transformers causal-LM folder writing the sentence banks (the paper used GPT-3)"})
+    captioner: str = field(default="", metadata={
+        "help": "local BLIP folder captioning the input when --source-text is not given; 'mini' for the "
+                "mini world's judge"})
+    num_steps: int = field(default=50, metadata={
+        "help": "DDIM steps of inversion and editing (official code 50; the paper's experiments 100)"})
+    guidance_scale: float = field(default=5.0, metadata={
+        "help": "classifier-free guidance scale of the edit (official code 5.0; diffusers 7.5)"})
+    caption_as_negative: bool = field(default=True, metadata={
+        "help": "negative prompt = the caption, as the official real-image script (else the empty prompt)"})
+    xa_guidance: float = field(default=0.1, metadata={
+        "help": "λ_xa, step size of x_t ← x_t − λ_xa ∇L_xa (Algorithm 1; official 0.1 real, 0.15 synthetic "
+                "images; keep ≤ 0.01 for SD 2.x); 0 disables the guidance"})
+    xa_branches: str = field(default="conditional", metadata={
+        "help": "guided CFG branches: conditional (Algorithm 1) or both (official code, diffusers)"})
+    xa_places: str = field(default="down,mid,up", metadata={
+        "help": "U-Net parts whose cross-attention maps are guided (the paper: all)"})
+    inversion: str = field(default="regularized", metadata={
+        "help": "ddim, or regularized: DDIM inversion with the autocorrelation + KL noise regularizer (§3.1)"})
+    lambda_auto_corr: float = field(default=20.0, metadata={
+        "help": "step size on the autocorrelation term L_pair (Eq. 3; official code 20)"})
+    lambda_kl: float = field(default=20.0, metadata={
+        "help": "λ, step size on the KL term L_KL (§3.1 and supplement: 20)"})
+    num_reg_steps: int = field(default=5, metadata={
+        "help": "regularization iterations per inversion step (supplement: 5)"})
+    num_auto_corr_rolls: int = field(default=5, metadata={
+        "help": "random offsets δ per iteration (official code: 5)"})
+    auto_corr_min_shift: int = field(default=1, metadata={
+        "help": "smallest offset δ of L_pair (official code 1; diffusers 0)"})
+    auto_corr_rescale: bool = field(default=False, metadata={
+        "help": "multiply each 2×2-pooled pyramid level by 2 as §3.1's text says (official code: no)"})
+    seed: int = field(default=0, metadata={"help": "seed of the regularizer's random offsets"})
+
+    def validate(self) -> None:
+        """One-line RetouchError for a bad value or a missing or conflicting edit."""
+        edit_spec(self)
+        _check_choice("--bank", self.bank, ("auto", *BANKS))
+        _check_choice("--xa-branches", self.xa_branches, XA_BRANCHES)
+        _check_choice("--inversion", self.inversion, INVERSIONS)
+        places(self.xa_places, "--xa-places")
+        for flag, value, low in (("--num-steps", self.num_steps, 1), ("--bank-size", self.bank_size, 0),
+                                 ("--num-reg-steps", self.num_reg_steps, 0),
+                                 ("--num-auto-corr-rolls", self.num_auto_corr_rolls, 1),
+                                 ("--auto-corr-min-shift", self.auto_corr_min_shift, 0)):
+            if value < low:
+                raise RetouchError(f"{flag} must be at least {low}; got {value}")
+        for flag, value in (("--guidance-scale", self.guidance_scale), ("--xa-guidance", self.xa_guidance),
+                            ("--lambda-auto-corr", self.lambda_auto_corr), ("--lambda-kl", self.lambda_kl)):
+            if not value >= 0:  # also rejects NaN
+                raise RetouchError(f"{flag} must be non-negative; got {value:g}")
+
+    def noise_regularization(self) -> NoiseRegularization | None:
+        if self.inversion == "ddim":
+            return None
+        return NoiseRegularization(
+            lambda_auto_corr=self.lambda_auto_corr, lambda_kl=self.lambda_kl, num_reg_steps=self.num_reg_steps,
+            num_auto_corr_rolls=self.num_auto_corr_rolls, min_shift=self.auto_corr_min_shift,
+            rescale=self.auto_corr_rescale,
+        )
+
+
+def _check_choice(flag: str, value: str, choices: Sequence[str]) -> None:
+    if value not in choices:
+        raise RetouchError(f"{flag} must be one of {', '.join(choices)}; got {value!r}")
+
+
+def places(text: str, flag: str) -> tuple[str, ...]:
+    """``"down,mid"`` → ("down", "mid"), checked against the U-Net's parts."""
+    chosen = tuple(part.strip() for part in text.split(",") if part.strip())
+    if not chosen or any(part not in PLACES for part in chosen):
+        raise RetouchError(f"{flag} takes a comma-separated subset of {', '.join(PLACES)}; got {text!r}")
+    return chosen
+
+
+def edit_spec(config: Pix2PixZeroConfig) -> EditSpec | None:
+    """The parsed ``--edit`` (None when the direction comes from a file or two texts); checks conflicts."""
+    if config.edit and config.target_text:
+        raise RetouchError("give either --edit or --target-text, not both")
+    if config.directions and config.target_text:
+        raise RetouchError("give either --directions or --target-text, not both")
+    if config.target_text and not config.source_text:
+        raise RetouchError("--target-text needs --source-text: the direction is the difference of the two texts")
+    if not (config.edit or config.target_text or config.directions):
+        raise RetouchError("pix2pix-zero needs an edit: --edit SOURCE->TARGET (e.g. cat->dog), --directions FILE, "
+                           "or --source-text with --target-text")
+    return parse_edit(config.edit) if config.edit else None
+
+
+def edit_direction(backbone, config: Pix2PixZeroConfig) -> EditDirection:
+    """Δc_edit from the cached file, the sentence banks of ``--edit``, or the two texts."""
+    spec = edit_spec(config)
+    if config.directions:
+        direction = load_direction(config.directions, backbone)
+        if spec is not None and (direction.source, direction.target) != (spec.source, spec.target):
+            raise RetouchError(f"--directions holds {direction.source}->{direction.target} but --edit asks for "
+                               f"{spec}; drop one of them")
+        return direction
+    if spec is None:
+        return build_direction(backbone, [config.source_text], [config.target_text], source=config.source_text,
+                               target=config.target_text, bank="texts")
+    source, target, bank = sentence_banks(
+        spec.source, spec.target, bank=config.bank, count=config.bank_size or None,
+        generator=config.sentence_generator, seed=config.seed, model=backbone.source,
+    )
+    return build_direction(backbone, source, target, source=spec.source, target=spec.target, bank=bank)
+
+
+# ---------------------------------------------------------------------------------------------
+# Guidance terms: a loss between what the edited pass and the reconstruction pass record
+# ---------------------------------------------------------------------------------------------
+class CrossAttentionTerm:
+    """L_xa (Eq. 5) on the cross-attention maps of the chosen layers."""
+
+    name = "xa"
+
+    def __init__(self, unet, places: Sequence[str] = PLACES, weight: float = 1.0):
+        self.layers = select_layers(unet, cross=True, places=tuple(places))
+        if not self.layers:
+            raise RetouchError(f"this U-Net has no cross-attention layers in {', '.join(places)}")
+        self.hook = CrossAttentionRecorder()
+        self.weight = weight
+
+    def forward_hooks(self):
+        return nullcontext()
+
+    def features(self) -> dict[str, torch.Tensor]:
+        """The maps recorded by the last U-Net call, (rows, heads, queries, tokens) per layer."""
+        maps = dict(self.hook.maps)
+        self.hook.clear()
+        return maps
+
+    def loss(self, edited: dict, reference: dict) -> torch.Tensor:
+        return cross_attention_loss(edited, reference)
+
+
+@contextmanager
+def _recording(unet, terms):
+    """Install every term's attention hooks (one processor set) and forward hooks; always remove them."""
+    layers = list({layer.name: layer for term in terms for layer in term.layers}.values())
+    with ExitStack() as stack:
+        stack.enter_context(hooked_attention(unet, HookGroup(*(term.hook for term in terms)), layers))
+        for term in terms:
+            stack.enter_context(term.forward_hooks())
+        yield
+
+
+def guided_edit_latents(
+    backbone,
+    latents: torch.Tensor,
+    cond,
+    edit_cond,
+    uncond,
+    *,
+    num_steps: int,
+    guidance_scale: float,
+    step_size: float,
+    terms: Sequence = (),
+    branches: str = "conditional",
+    callback: Callable[[int, int, torch.Tensor], None] | None = None,
+    trace: list | None = None,
+) -> torch.Tensor:
+    """Algorithm 1 of pix2pix-zero from x_inv = ``latents``: the guided edited pass, x₀ returned.
+
+    At each DDIM step the reconstruction pass (condition ``cond``, negative ``uncond``) records what
+    the ``terms`` need, then the edited pass takes x_t ← x_t − ``step_size``·∇ Σ weight·loss and the
+    classifier-free-guided DDIM step with ``edit_cond``. ``branches`` says which CFG branches are
+    guided (see the module docstring). ``trace``, if given, receives each step's term losses
+    ``{name: (rows,)}`` measured before the gradient step (also when ``step_size`` is 0).
+    """
+    schedule, batch = backbone.schedule, latents.shape[0]
+    use_cfg = guidance_scale != 1.0
+    both = use_cfg and branches == "both"
+    pair = type(cond).cat
+    reference_cond = pair([uncond, cond]) if use_cfg else cond
+    sampling_cond = pair([uncond, edit_cond]) if use_cfg else edit_cond
+    guided_cond = sampling_cond if both else edit_cond
+    # Rows of the reconstruction's batch that correspond to the guided rows of the edited pass.
+    reference_rows = slice(0, 2 * batch) if both else slice(batch if use_cfg else 0, None)
+    steer = bool(terms) and (step_size > 0 or trace is not None)
+
+    def combine(output):
+        return classifier_free_guidance(*output.chunk(2), guidance_scale) if use_cfg else output
+
+    def doubled(x):
+        return torch.cat([x, x]) if use_cfg else x
+
+    reconstruction = edited = latents
+    for i, t in enumerate(ddim_timesteps(schedule, num_steps)):
+        t_prev = previous_timestep(schedule, t, num_steps)
+        x_in = torch.cat([edited, edited]) if both else edited
+        if steer:
+            output, recorded = record_features(backbone, doubled(reconstruction), t, reference_cond, terms)
+            references = [{k: v[reference_rows] for k, v in features.items()} for features in recorded]
+            reconstruction = ddim_step(schedule, reconstruction, combine(output), t, t_prev)
+            x_in = guidance_step(backbone, x_in, t, guided_cond, terms, references, step_size,
+                                 branches=2 if both else 1, trace=trace)
+        output = backbone.denoise(x_in if both else doubled(x_in), t, sampling_cond)
+        # "both": the step continues from the unconditional branch's copy, as the official code does.
+        edited = ddim_step(schedule, x_in[:batch], combine(output), t, t_prev)
+        if callback is not None:
+            callback(i, t, edited)
+    return edited
+
+
+def record_features(backbone, latents, t, cond, terms) -> tuple[torch.Tensor, list[dict]]:
+    """One U-Net call with the terms' hooks in place: (network output, each term's recorded features)."""
+    with _recording(backbone.unet, terms):
+        output = backbone.denoise(latents, t, cond)
+    return output, [term.features() for term in terms]
+
+
+def guidance_step(backbone, x, t, cond, terms, references, step_size: float, *, branches: int = 1,
+                  trace: list | None = None) -> torch.Tensor:
+    """x − step_size · ∇_x Σ_terms weight · loss(features at x, reference) — Algorithm 1's Δx_t step.
+
+    The per-row losses are summed (each image gets its own gradient) and divided by the number of
+    guided CFG ``branches`` stacked in ``x`` (the official code averages over them).
+    """
+    with torch.enable_grad():
+        x = x.detach().requires_grad_()
+        _, recorded = record_features(backbone, x, t, cond, terms)
+        losses = {term.name: term.loss(features, reference)
+                  for term, features, reference in zip(terms, recorded, references)}
+        if trace is not None:
+            trace.append({name: loss.detach() for name, loss in losses.items()})
+        if step_size <= 0:
+            return x.detach()
+        objective = sum(term.weight * losses[term.name] for term in terms).sum() / branches
+        if not objective.requires_grad:  # no term reached x (e.g. every feature map below the patch size)
+            return x.detach()
+        (grad,) = torch.autograd.grad(objective, x)
+    return (x - step_size * grad).detach()
+
+
+# ---------------------------------------------------------------------------------------------
+# The method
+# ---------------------------------------------------------------------------------------------
+def run_pix2pix_zero(
+    backbone,
+    images: torch.Tensor,
+    config: Pix2PixZeroConfig,
+    *,
+    terms: Callable[[object, tuple[int, int]], list] | None = None,
+    progress=None,
+    trace: list | None = None,
+) -> torch.Tensor:
+    """Caption → regularized inversion → guided edit → decode, for a batch of images in [−1, 1].
+
+    ``terms(backbone, latent_size)`` builds the guidance terms (default: L_xa alone, pix2pix-zero);
+    pix2pix-zeroCon adds its contrastive term. Every image is edited independently of the others.
+    """
+    config.validate()
+    direction = edit_direction(backbone, config)
+    with torch.no_grad():
+        captions = caption_images(images, source_text=config.source_text, captioner=config.captioner,
+                                  backbone=backbone)
+        latents = backbone.encode_images(images)
+        cond = backbone.encode_text(captions)
+        if tuple(direction.hidden_states.shape) != tuple(cond.hidden_states.shape[1:]):
+            raise RetouchError(f"the edit direction has shape {tuple(direction.hidden_states.shape)} but this model's "
+                               f"text states are {tuple(cond.hidden_states.shape[1:])}; rebuild it for this model")
+        uncond = backbone.encode_text(captions if config.caption_as_negative else [""] * len(captions))
+        inverted = invert_with_noise_regularization(
+            backbone, latents, cond, num_steps=config.num_steps, regularization=config.noise_regularization(),
+            generator=torch.Generator().manual_seed(config.seed),
+        )
+        build = terms or (lambda bb, _size: [CrossAttentionTerm(bb.unet, places(config.xa_places, "--xa-places"))])
+        edited = guided_edit_latents(
+            backbone, inverted, cond, direction.apply(cond), uncond, num_steps=config.num_steps,
+            guidance_scale=config.guidance_scale, step_size=config.xa_guidance,
+            terms=build(backbone, tuple(latents.shape[-2:])), branches=config.xa_branches, callback=progress,
+            trace=trace,
+        )
+        return backbone.decode_latents(edited)
+
+
+@register("pix2pix-zero", Pix2PixZeroConfig,
+          "pix2pix-zero: regularized DDIM inversion, sentence-bank edit directions, cross-attention guidance "
+          "(Parmar et al. 2023)")
+def pix2pix_zero(backbone, images: torch.Tensor, config: Pix2PixZeroConfig, progress=None) -> torch.Tensor:
+    return run_pix2pix_zero(backbone, images, config, progress=progress)
