@@ -166,12 +166,15 @@ def _method_options(command):
         for field in dataclasses.fields(method.config_class):
             if field.name == "seed" or field.name in seen:
                 continue
-            kind = _CLICK_TYPES[getattr(hints[field.name], "__name__", str(hints[field.name]))]
+            hint = hints[field.name]
+            multiple = typing.get_origin(hint) is tuple  # tuple[str, ...] fields take a repeatable option
+            hint = typing.get_args(hint)[0] if multiple else hint
+            kind = _CLICK_TYPES[getattr(hint, "__name__", str(hint))]
             seen[field.name] = method.name
             option = "--" + field.name.replace("_", "-")
             if kind is bool:
                 option = f"{option}/--no-{field.name.replace('_', '-')}"
-            command = click.option(option, field.name, type=kind, default=None,
+            command = click.option(option, field.name, type=kind, default=None, multiple=multiple,
                                    help=f"[{method.name}] {field.metadata.get('help', '')} (default {field.default!r})")(command)
     return command
 
@@ -205,24 +208,27 @@ def edit(image, output, method_name, model, seed, device, dtype, allow_pickle, o
     method = get_method(method_name)
     config = _method_config(method, seed, method_options)
     outputs = [p for p in (output, compare) if p is not None]
-    _check_outputs(outputs, [image])
+    inputs = [image, *map(Path, getattr(config, "input_files", tuple)())]
+    _check_outputs(outputs, inputs)
     source = load_image(image)
 
     device = ("cuda" if torch.cuda.is_available() else "cpu") if device == "auto" else device
     backbone = load_backbone(model, device=device, dtype=getattr(torch, dtype), allow_pickle=allow_pickle,
                              offline=offline)
     fitted = fit_to_multiple(source, backbone.size_multiple, size_policy)
+    extra = {} if method.prepare is None else method.prepare(
+        config, (fitted.shape[1], fitted.shape[0]), backbone.device, backbone.dtype)
     started = time.perf_counter()
     with _progress(config, method.name) as progress:
         edited = method.edit(backbone, to_tensor(fitted, device=backbone.device, dtype=backbone.dtype), config,
-                             progress=progress)
+                             progress=progress, **extra)
     result = restore_size(from_tensor(edited), source.shape[:2], size_policy, original=source)
-    _save_all(output, result, compare, [source, result], [image])
+    _save_all(output, result, compare, [source, result], inputs)
     click.echo(f"wrote {output} ({method.name} on {model}, {time.perf_counter() - started:.1f} s)")
 
 
 def _method_config(method, seed: int, options: dict):
-    given = {name: value for name, value in options.items() if value is not None}
+    given = {name: value for name, value in options.items() if value is not None and value != ()}
     foreign = sorted(set(given) - set(method.option_names()))
     if foreign:
         flags = ", ".join("--" + name.replace("_", "-") for name in foreign)
@@ -256,6 +262,63 @@ class _progress:
 
 
 # ---------------------------------------------------------------------------------------------
+# retouch directions
+# ---------------------------------------------------------------------------------------------
+@cli.group()
+def directions() -> None:
+    """Edit directions for pix2pix-zero: mean text-embedding differences of sentence banks."""
+
+
+@directions.command("build")
+@click.argument("source")
+@click.argument("target")
+@click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path), required=True,
+              help="the .safetensors file to write")
+@click.option("--model", default="tiny-sd", show_default=True,
+              help="tiny name, diffusers folder, .safetensors file or Hugging Face repo id (its text encoder)")
+@click.option("--bank", type=click.Choice(["auto", "templates", "world"]), default="auto", show_default=True,
+              help="built-in sentences: templates, mini-world captions, or auto (world for mini-world words on "
+                   "the mini model)")
+@click.option("--bank-file", nargs=2, type=click.Path(dir_okay=False, path_type=Path), default=None,
+              metavar="SOURCE_FILE TARGET_FILE", help="your sentence files, one sentence per line")
+@click.option("--generator", "sentence_generator", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="local transformers causal-LM folder that writes the sentences")
+@click.option("--count", type=int, default=None, help="sentences per word (default: 32 templates, else 64)")
+@click.option("--seed", type=int, default=0, show_default=True, help="seed of world and generated sentences")
+@click.option("--device", default="auto", show_default=True, help="cpu, cuda, cuda:1, … or auto")
+@click.option("--allow-pickle", is_flag=True, help="allow loading pickle checkpoints (can run arbitrary code)")
+@click.option("--offline/--online", default=None, help="forbid/allow hub downloads (default: HF_HUB_OFFLINE)")
+def directions_build(source, target, output, model, bank, bank_file, sentence_generator, count, seed, device,
+                     allow_pickle, offline) -> None:
+    """Build the edit direction SOURCE → TARGET (e.g. `cat dog`) for one model's text encoder."""
+    import torch
+
+    from retouch.backbone import load_backbone
+    from retouch.directions import build_direction, save_direction, sentence_banks
+    from retouch.methods.edit_text import parse_edit
+
+    spec = parse_edit(f"{source}->{target}")
+    if output.suffix.lower() != ".safetensors":
+        raise RetouchError(f"an edit direction is saved as .safetensors; got '{output}'")
+    if bank_file and any(output.resolve() == Path(p).resolve() for p in bank_file):
+        raise RetouchError(f"the output '{output}' is one of the sentence files; choose another path")
+    if count is not None and count < 1:
+        raise RetouchError(f"--count must be at least 1; got {count}")
+    device = ("cuda" if torch.cuda.is_available() else "cpu") if device == "auto" else device
+    backbone = load_backbone(model, device=device, allow_pickle=allow_pickle, offline=offline)
+    started = time.perf_counter()
+    source_bank, target_bank, label = sentence_banks(
+        spec.source, spec.target, bank=bank, count=count, generator=sentence_generator or "",
+        files=tuple(bank_file) if bank_file else None, seed=seed, model=backbone.source,
+    )
+    direction = build_direction(backbone, source_bank, target_bank, source=spec.source, target=spec.target,
+                                bank=label)
+    save_direction(direction, output, model=str(model))
+    click.echo(f"wrote {output} ({spec}, {len(source_bank)}+{len(target_bank)} sentences ({label}), text encoder "
+               f"{direction.encoder_id}, {time.perf_counter() - started:.1f} s)")
+
+
+# ---------------------------------------------------------------------------------------------
 # retouch train
 # ---------------------------------------------------------------------------------------------
 @cli.group()
@@ -264,8 +327,8 @@ def train() -> None:
 
 
 @train.command("mini")
-@click.option("--stages", default="vae,clip,unet,export", show_default=True,
-              help="comma-separated subset of vae, clip, unet, export; finished stages are reused")
+@click.option("--stages", default="tokenizer,vae,clip,judge,unet,export", show_default=True,
+              help="comma-separated subset of tokenizer, vae, clip, judge, unet, export; finished stages are reused")
 @click.option("--work-dir", default="out/train-mini", show_default=True, help="checkpoints and logs (resumable)")
 @click.option("--export-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="where the trained models go (default: the package's shipped folder)")
@@ -273,11 +336,13 @@ def train() -> None:
 @click.option("--vae-steps", type=int, default=None)
 @click.option("--clip-steps", type=int, default=None)
 @click.option("--unet-steps", type=int, default=None)
+@click.option("--judge-steps", type=int, default=None)
+@click.option("--judge-batch", type=int, default=None)
 @click.option("--vae-batch", type=int, default=None)
 @click.option("--clip-batch", type=int, default=None)
 @click.option("--unet-batch", type=int, default=None)
-def train_mini(stages, work_dir, export_dir, seed, vae_steps, clip_steps, unet_steps, vae_batch, clip_batch,
-               unet_batch) -> None:
+def train_mini(stages, work_dir, export_dir, seed, vae_steps, clip_steps, unet_steps, judge_steps, judge_batch,
+               vae_batch, clip_batch, unet_batch) -> None:
     """Train the mini world's autoencoder, CLIP-style judge and text-to-image U-Net."""
     from retouch.train.mini import MINI_DIR, STAGES, MiniConfig, run_mini_training
 
@@ -286,7 +351,8 @@ def train_mini(stages, work_dir, export_dir, seed, vae_steps, clip_steps, unet_s
     if unknown:
         raise RetouchError(f"unknown stage(s) {', '.join(unknown)}; choose from {', '.join(STAGES)}")
     overrides = {k: v for k, v in dict(vae_steps=vae_steps, clip_steps=clip_steps, unet_steps=unet_steps,
-                                       vae_batch=vae_batch, clip_batch=clip_batch, unet_batch=unet_batch).items() if v is not None}
+                                       vae_batch=vae_batch, clip_batch=clip_batch, unet_batch=unet_batch,
+                                       judge_steps=judge_steps, judge_batch=judge_batch).items() if v is not None}
     for name, value in overrides.items():
         if value <= 0:
             raise RetouchError(f"--{name.replace('_', '-')} must be positive; got {value}")

@@ -3,7 +3,9 @@
 ``edit(backbone, images, config, progress=None) -> images`` takes and returns image tensors
 (B, 3, H, W) in [−1, 1] at a size the backbone accepts; I/O and validation live in the callers
 (CLI, app). Config fields carry ``metadata={"help": ...}`` with the paper's default and citation;
-the CLI turns them into options one-to-one.
+the CLI turns them into options one-to-one. A method that needs more images than the input
+(exemplars, edit maps) registers a ``prepare(config, size, device, dtype) -> dict`` that loads them
+at the fitted input ``size`` (width, height); the CLI passes the dict to ``edit`` as keyword arguments.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ class Method:
     config_class: type
     edit: Callable
     needs_backbone: bool = True
+    prepare: Callable | None = None
 
     def option_names(self) -> list[str]:
         return [f.name for f in fields(self.config_class)]
@@ -29,11 +32,11 @@ class Method:
 _REGISTRY: dict[str, Method] = {}
 
 
-def register(name: str, config_class: type, summary: str):
-    """Decorator adding an ``edit`` function to the registry under ``name``."""
+def register(name: str, config_class: type, summary: str, prepare: Callable | None = None):
+    """Decorator adding an ``edit`` function (and its optional input-loading ``prepare``) under ``name``."""
 
     def add(edit: Callable) -> Callable:
-        _REGISTRY[name] = Method(name, summary, config_class, edit)
+        _REGISTRY[name] = Method(name, summary, config_class, edit, prepare=prepare)
         return edit
 
     return add
@@ -53,3 +56,7 @@ def get_method(name: str) -> Method:
 
 def _load_builtin_methods() -> None:
     from retouch.methods import sdedit  # noqa: F401  (registers itself)
+    from retouch.methods import pixels, exemplar_baselines  # noqa: F401  (PIXELS and its latent-surgery baselines)
+    from retouch.methods import pix2pix_zero  # noqa: F401  (registers itself)
+    from retouch.methods import zerocon  # noqa: F401  (registers itself)
+    from retouch.methods import ddim_swap, ddpm_inversion, prompt_to_prompt  # noqa: F401  (word-swap baselines)
