@@ -23,10 +23,11 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import time
 
 import numpy as np
 import torch
+
+from _measure import peak_bytes, time_interleaved
 
 from retouch.backbone import load_backbone
 from retouch.imageio import resize_image, to_tensor
@@ -87,41 +88,6 @@ def runners(backbone, args, source, exemplars, maps):
     }
 
 
-def sync(device):
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def peak_bytes(run, device) -> int:
-    """Peak bytes allocated during ``run()`` above the level before it."""
-    if device.type == "cuda":
-        sync(device)
-        torch.cuda.reset_peak_memory_stats(device)
-        before = torch.cuda.memory_allocated(device)
-        run()
-        sync(device)
-        return torch.cuda.max_memory_allocated(device) - before
-    from torch._C._profiler import _EventType
-    from torch.profiler import ProfilerActivity, profile
-
-    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
-        run()
-
-    def walk(nodes):
-        for node in nodes:
-            yield node
-            yield from walk(node.children)
-
-    events = sorted((n for n in walk(prof.profiler.kineto_results.experimental_event_tree())
-                     if n.tag == _EventType.Allocation and str(n.extra_fields.device) == "cpu"),
-                    key=lambda n: n.start_time_ns)
-    if not events:
-        return 0
-    first = events[0].extra_fields
-    before = first.total_allocated - first.alloc_size
-    return max(n.extra_fields.total_allocated for n in events) - before
-
-
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="tiny-sd", help="tiny-sd, tiny-sd2-v, tiny-sdxl, mini, a folder, a file")
@@ -146,17 +112,7 @@ def main():
     jobs = runners(backbone, args, source, exemplars, maps)
 
     with torch.no_grad():
-        for run in jobs.values():  # warm-up: lazy inits, kernel selection, allocator growth
-            run()
-        times = {name: [] for name in jobs}
-        names = list(jobs)
-        for r in range(args.repeats):
-            for name in names[r % len(names):] + names[:r % len(names)]:  # rotate the order every repeat
-                sync(device)
-                started = time.perf_counter()
-                jobs[name]()
-                sync(device)
-                times[name].append(time.perf_counter() - started)
+        times = time_interleaved(jobs, args.repeats, device)
         peaks = {name: peak_bytes(run, device) for name, run in jobs.items()}
 
     threads = torch.get_num_threads()
