@@ -8,25 +8,17 @@ import torch
 from PIL import Image
 
 from retouch.backbone import MINI_DIR, load_backbone
-from retouch.cli import main
 from retouch.world import World
+from helpers import run_cli
 
 
-def run(args, capsys):
-    try:
-        main(list(map(str, args)))
-        code = 0
-    except SystemExit as exit_:
-        code = exit_.code or 0
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
 # ---------------------------------------------------------------------------------------------
 # retouch world
 # ---------------------------------------------------------------------------------------------
 def test_world_command_writes_scenes_masks_and_records(tmp_path, capsys):
-    code, out, err = run(["world", "-o", tmp_path / "w", "--count", 3, "--start", 95, "--grid", tmp_path / "g.png"],
+    code, out, err = run_cli(["world", "-o", tmp_path / "w", "--count", 3, "--start", 95, "--grid", tmp_path / "g.png"],
                          capsys)
     assert code == 0, err
     records = [json.loads(line) for line in (tmp_path / "w" / "scenes.jsonl").read_text().splitlines()]
@@ -45,7 +37,7 @@ def test_world_command_writes_scenes_masks_and_records(tmp_path, capsys):
 
 
 def test_world_pairs_change_the_right_object(tmp_path, capsys):
-    code, _, err = run(["world", "-o", tmp_path, "--count", 2, "--pairs", "pattern=striped,colour=blue"], capsys)
+    code, _, err = run_cli(["world", "-o", tmp_path, "--count", 2, "--pairs", "pattern=striped,colour=blue"], capsys)
     assert code == 0, err
     for line in (tmp_path / "scenes.jsonl").read_text().splitlines():
         record = json.loads(line)
@@ -62,7 +54,7 @@ def test_world_pairs_change_the_right_object(tmp_path, capsys):
     (["--size", 4], "--size"),
 ])
 def test_world_bad_options_give_one_line(tmp_path, capsys, args, message):
-    code, _, err = run(["world", "-o", tmp_path / "w", *args], capsys)
+    code, _, err = run_cli(["world", "-o", tmp_path / "w", *args], capsys)
     assert code == 1 and message in err and len(err.strip().splitlines()) == 1
     assert not (tmp_path / "w").exists()
 
@@ -77,8 +69,8 @@ def smoke_export(tmp_path_factory):
     work = tmp_path_factory.mktemp("work")
     export = tmp_path_factory.mktemp("export")
     config = MiniConfig(work_dir=str(work), vae_steps=2, vae_batch=2, clip_steps=2, clip_batch=4, unet_steps=2,
-                        unet_batch=2, vocab_size=600)
-    run_mini_training(config, ("tokenizer", "vae", "clip", "unet", "export"), export)
+                        unet_batch=2, judge_steps=2, judge_batch=8, vocab_size=600)
+    run_mini_training(config, ("tokenizer", "vae", "clip", "judge", "unet", "export"), export)
     return export
 
 
@@ -92,7 +84,7 @@ def test_export_is_a_diffusers_folder_and_a_local_clip_judge(smoke_export):
     judge = TransformersCLIPJudge(smoke_export / "judge")
     assert judge.encode_images(torch.rand(2, 3, 64, 64)).shape == (2, 128)
     report = json.loads((smoke_export / "training_report.json").read_text())
-    assert set(report["stages"]) == {"vae", "clip", "unet"} and report["config"]["seed"] == 0
+    assert set(report["stages"]) == {"vae", "clip", "judge", "unet"} and report["config"]["seed"] == 0
 
 
 def test_evaluation_and_model_card(smoke_export, tmp_path):
@@ -155,7 +147,7 @@ def test_shipped_weights_fit_the_budget_and_have_a_model_card():
 
 @shipped
 def test_demo_writes_strips(tmp_path, capsys):
-    code, out, err = run(["demo", "-o", tmp_path / "demo"], capsys)
+    code, out, err = run_cli(["demo", "-o", tmp_path / "demo"], capsys)
     assert code == 0, err
     for name in ("input.png", "result.png", "comparison.png"):
         assert (tmp_path / "demo" / name).is_file()

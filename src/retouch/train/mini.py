@@ -45,6 +45,8 @@ class MiniConfig:
     vae_batch: int = 32
     clip_steps: int = 3000
     clip_batch: int = 128
+    judge_steps: int = 1000
+    judge_batch: int = 64
     unet_steps: int = 6000
     unet_batch: int = 32
     vocab_size: int = 1000
@@ -216,6 +218,60 @@ def train_clip(world, config: MiniConfig, tokenizer):
     return model, result
 
 
+def train_judge(world, config: MiniConfig, tokenizer, clip):
+    """Sharpen a copy of the CLIP model into the world's judge with attribute hard negatives.
+
+    Plain contrastive training learns colour and background fast but shape and pattern barely: in a
+    random batch almost every negative already differs in colour, so the loss never needs shape. We
+    add CLIP's own objective with the attribute prompts as the candidate texts — for each
+    single-object scene, softmax over "a photo of a {shape}" for all shapes (and likewise colour,
+    pattern, background) at CLIP's learned temperature, cross-entropy to the true one — i.e.
+    contrastive learning with hard negatives. Training scenes only; the judge is measured on the
+    held-out test split. The U-Net keeps the text tower it was trained with (``clip`` stage); this
+    copy is only the judge, so the judge is not the generator's own text model.
+    """
+    import copy
+
+    from retouch.train.evaluate_mini import JUDGED_ATTRIBUTES, zero_shot_prompts
+
+    model = copy.deepcopy(clip).train()
+    out = Path(config.work_dir) / "judge"
+    prompt_ids = {a: tokenizer(list(zero_shot_prompts(a).values()), padding="max_length", max_length=TEXT_LENGTH,
+                               truncation=True, return_tensors="pt").input_ids for a in JUDGED_ATTRIBUTES}
+    values = {a: list(zero_shot_prompts(a)) for a in JUDGED_ATTRIBUTES}
+
+    def make_batch(step, rank, world_size):
+        images, specs, _, rng = world_batch(world, step, rank, world_size, config.judge_batch, seed_offset=4)
+        ids = tokenizer([partial_caption(s, rng) for s in specs], padding="max_length", max_length=TEXT_LENGTH,
+                        truncation=True, return_tensors="pt").input_ids
+        single = torch.tensor([len(s.objects) == 1 for s in specs])
+        labels = {a: torch.tensor([values[a].index(s.background if a == "background" else getattr(s.objects[0], a))
+                                   for s in specs]) for a in JUDGED_ATTRIBUTES}
+        return (images + 1) / 2, ids, single, labels
+
+    def loss_fn(model, batch, generator):
+        images, ids, single, labels = batch
+        out_ = model(input_ids=ids, pixel_values=_clip_normalize(images), return_loss=True)
+        image_embeds = torch.nn.functional.normalize(out_.image_embeds, dim=-1)
+        scale = model.logit_scale.exp()
+        hard = 0.0
+        for attribute in JUDGED_ATTRIBUTES:
+            text = model.get_text_features(input_ids=prompt_ids[attribute])
+            text = text if isinstance(text, torch.Tensor) else text.pooler_output
+            logits = scale * image_embeds @ torch.nn.functional.normalize(text, dim=-1).T
+            keep = single if attribute != "background" else torch.ones_like(single)
+            if keep.any():
+                hard = hard + torch.nn.functional.cross_entropy(logits[keep], labels[attribute][keep])
+        return out_.loss + hard, {"hard": torch.as_tensor(hard).detach()}
+
+    loop = LoopConfig(output_dir=str(out), max_steps=config.judge_steps, learning_rate=3e-4, warmup_steps=100,
+                      weight_decay=0.1, checkpoint_every=250, seed=config.seed)
+    result = train(model, loss_fn, make_batch, loop, batch_size=config.judge_batch)
+    model.eval()
+    model.save_pretrained(out / "final")
+    return model, result
+
+
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 
@@ -265,7 +321,7 @@ def train_unet(world, config: MiniConfig, vae, text_encoder, tokenizer):
 # ---------------------------------------------------------------------------------------------
 # Orchestration and export
 # ---------------------------------------------------------------------------------------------
-STAGES = ("tokenizer", "vae", "clip", "unet", "export")  # the tokenizer is built by every run that lacks it
+STAGES = ("tokenizer", "vae", "clip", "judge", "unet", "export")  # the tokenizer is built by every run that lacks it
 
 
 def run_mini_training(config: MiniConfig, stages=STAGES, export_dir: Path = MINI_DIR) -> dict:
@@ -304,6 +360,8 @@ def run_mini_training(config: MiniConfig, stages=STAGES, export_dir: Path = MINI
 
     vae = stage("vae", lambda: train_vae(world, config), AutoencoderKL.from_pretrained)
     clip = stage("clip", lambda: train_clip(world, config, tokenizer), CLIPModel.from_pretrained)
+    judge = stage("judge", lambda: train_judge(world, config, tokenizer, clip), CLIPModel.from_pretrained) \
+        if clip is not None else None
     unet = None
     if vae is not None and clip is not None:
         text_encoder = text_encoder_from_clip(clip)
@@ -314,12 +372,12 @@ def run_mini_training(config: MiniConfig, stages=STAGES, export_dir: Path = MINI
         report["stages"] = {**finished, **report["stages"]}
     report_path.write_text(json.dumps(report, indent=2, default=str))
     if "export" in stages:
-        missing = [n for n, m in (("vae", vae), ("clip", clip), ("unet", unet)) if m is None]
+        missing = [n for n, m in (("vae", vae), ("clip", clip), ("judge", judge), ("unet", unet)) if m is None]
         if missing:
             from retouch.errors import RetouchError
 
             raise RetouchError(f"cannot export the mini models: stage(s) {', '.join(missing)} not trained in {work}")
-        export_mini(vae, clip, tokenizer, unet, export_dir, work)
+        export_mini(vae, clip, judge, tokenizer, unet, export_dir, work)
     return report
 
 
@@ -336,7 +394,7 @@ def text_encoder_from_clip(clip):
     return encoder.eval()
 
 
-def export_mini(vae, clip, tokenizer, unet, export_dir: Path, work_dir: Path) -> None:
+def export_mini(vae, clip, judge, tokenizer, unet, export_dir: Path, work_dir: Path) -> None:
     """Write ``backbone/`` (a diffusers SD folder), ``judge/`` (CLIP model + tokenizer)."""
     from diffusers import DDIMScheduler, StableDiffusionPipeline
 
@@ -347,8 +405,8 @@ def export_mini(vae, clip, tokenizer, unet, export_dir: Path, work_dir: Path) ->
         requires_safety_checker=False,
     )
     pipe.save_pretrained(export_dir / "backbone", safe_serialization=True)
-    clip.save_pretrained(export_dir / "judge", safe_serialization=True)
-    judge_processor(tokenizer, clip.config.vision_config.image_size).save_pretrained(export_dir / "judge")
+    judge.save_pretrained(export_dir / "judge", safe_serialization=True)
+    judge_processor(tokenizer, judge.config.vision_config.image_size).save_pretrained(export_dir / "judge")
     for name in ("report.json",):
         source = Path(work_dir) / name
         if source.is_file():
