@@ -18,7 +18,6 @@ GPU comparison the issue asks for; nothing is downloaded.
 from __future__ import annotations
 
 import argparse
-import copy
 import statistics
 import tempfile
 from pathlib import Path
@@ -29,26 +28,9 @@ from _measure import HEADER, peak_bytes, summary_row, time_interleaved
 from retouch.backbone import load_backbone
 from retouch.directions import build_direction, save_direction, template_bank
 from retouch.methods import get_method
-from retouch.methods.pix2pix_zero import Pix2PixZeroConfig
+from retouch.methods.pix2pix_zero import Pix2PixZeroConfig, diffusers_reference_pipeline
 
 CAPTION = "a photo of a red circle on grass"
-
-
-def diffusers_pipeline(backbone):
-    from diffusers import DDIMInverseScheduler, DDIMScheduler
-    from diffusers.pipelines.deprecated.stable_diffusion_variants.pipeline_stable_diffusion_pix2pix_zero import (
-        StableDiffusionPix2PixZeroPipeline,
-    )
-
-    # A copy of the U-Net: the pipeline installs its own attention processors on it for good.
-    pipe = StableDiffusionPix2PixZeroPipeline(
-        vae=backbone.vae, text_encoder=backbone.text_encoder, tokenizer=backbone.tokenizer,
-        unet=copy.deepcopy(backbone.unet), scheduler=DDIMScheduler.from_config(backbone.scheduler_config),
-        inverse_scheduler=DDIMInverseScheduler.from_config(backbone.scheduler_config), feature_extractor=None,
-        safety_checker=None, caption_generator=None, caption_processor=None, requires_safety_checker=False,
-    )
-    pipe.set_progress_bar_config(disable=True)
-    return pipe
 
 
 def sd15_sized_random(device, dtype):
@@ -93,7 +75,7 @@ def main():
     config = Pix2PixZeroConfig(source_text=CAPTION, directions=str(cached), num_steps=args.steps,
                                xa_branches="both", auto_corr_min_shift=0)
     edit = get_method("pix2pix-zero").edit
-    pipe = diffusers_pipeline(backbone)
+    pipe = diffusers_reference_pipeline(backbone)
     source_embeds, target_embeds = pipe.get_embeds(source_bank), pipe.get_embeds(target_bank)
 
     def ours():

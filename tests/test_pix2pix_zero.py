@@ -1,7 +1,6 @@
 """pix2pix-zero and pix2pix-zeroCon on the tiny models: parity with diffusers' deprecated pipeline,
 the losses on hand-computed cases, edit directions, captioning, batching and the CLI."""
 
-import copy
 import dataclasses
 import math
 
@@ -32,7 +31,13 @@ from retouch.guidance import (
 )
 from retouch.inversion import NoiseRegularization, invert_with_noise_regularization, regularize_noise
 from retouch.methods import get_method
-from retouch.methods.pix2pix_zero import CrossAttentionTerm, Pix2PixZeroConfig, guidance_step, record_features
+from retouch.methods.pix2pix_zero import (
+    CrossAttentionTerm,
+    Pix2PixZeroConfig,
+    diffusers_reference_pipeline,
+    guidance_step,
+    record_features,
+)
 from retouch.methods.zerocon import ContrastiveTerm, ZeroConConfig
 from retouch.sampling import ddim_invert
 from helpers import run_cli
@@ -51,24 +56,6 @@ def _config(cls=Pix2PixZeroConfig, **overrides):
 # ---------------------------------------------------------------------------------------------
 # Parity with diffusers' deprecated StableDiffusionPix2PixZeroPipeline
 # ---------------------------------------------------------------------------------------------
-def _diffusers_pipeline(backbone):
-    from diffusers import DDIMInverseScheduler, DDIMScheduler
-    from diffusers.pipelines.deprecated.stable_diffusion_variants.pipeline_stable_diffusion_pix2pix_zero import (
-        StableDiffusionPix2PixZeroPipeline,
-    )
-
-    # Same modules as ours (two build_tiny() calls may train different tokenizers), except a copy of the
-    # U-Net: the pipeline installs its own attention processors on it for good.
-    pipe = StableDiffusionPix2PixZeroPipeline(
-        vae=backbone.vae, text_encoder=backbone.text_encoder, tokenizer=backbone.tokenizer,
-        unet=copy.deepcopy(backbone.unet), scheduler=DDIMScheduler.from_config(backbone.scheduler_config),
-        inverse_scheduler=DDIMInverseScheduler.from_config(backbone.scheduler_config), feature_extractor=None,
-        safety_checker=None, caption_generator=None, caption_processor=None, requires_safety_checker=False,
-    )
-    pipe.set_progress_bar_config(disable=True)
-    return pipe
-
-
 def test_matches_diffusers_pix2pix_zero_pipeline(tiny_backbones):
     """Regularized inversion, edit direction and guided edit against diffusers on the same tiny model.
 
@@ -80,7 +67,7 @@ def test_matches_diffusers_pix2pix_zero_pipeline(tiny_backbones):
     backbone = tiny_backbones["tiny-sd"]
     images = _images(64)
     config = _config(num_steps=6, xa_guidance=100.0, xa_branches="both", auto_corr_min_shift=0, seed=5)
-    pipe = _diffusers_pipeline(backbone)
+    pipe = diffusers_reference_pipeline(backbone)
     with torch.no_grad():
         latents = backbone.encode_images(images)  # the posterior mode, as retouch encodes
     theirs_inverted = pipe.invert(CAPTION, image=latents, num_inference_steps=config.num_steps,

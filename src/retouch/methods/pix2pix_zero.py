@@ -346,3 +346,26 @@ def run_pix2pix_zero(
           "(Parmar et al. 2023)")
 def pix2pix_zero(backbone, images: torch.Tensor, config: Pix2PixZeroConfig, progress=None) -> torch.Tensor:
     return run_pix2pix_zero(backbone, images, config, progress=progress)
+
+
+def diffusers_reference_pipeline(backbone):
+    """diffusers' deprecated ``StableDiffusionPix2PixZeroPipeline`` on this backbone's modules.
+
+    The independent implementation our parity test and benchmark compare against. It gets a copy of
+    the U-Net because it installs its own attention processors on it for good.
+    """
+    import copy
+
+    from diffusers import DDIMInverseScheduler, DDIMScheduler
+    from diffusers.pipelines.deprecated.stable_diffusion_variants.pipeline_stable_diffusion_pix2pix_zero import (
+        StableDiffusionPix2PixZeroPipeline,
+    )
+
+    pipe = StableDiffusionPix2PixZeroPipeline(
+        vae=backbone.vae, text_encoder=backbone.text_encoder, tokenizer=backbone.tokenizer,
+        unet=copy.deepcopy(backbone.unet), scheduler=DDIMScheduler.from_config(backbone.scheduler_config),
+        inverse_scheduler=DDIMInverseScheduler.from_config(backbone.scheduler_config), feature_extractor=None,
+        safety_checker=None, caption_generator=None, caption_processor=None, requires_safety_checker=False,
+    )
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
