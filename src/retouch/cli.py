@@ -473,10 +473,11 @@ def demo(folder: Path, effects: bool, size: int) -> None:
 
 
 def _diffusion_demo(folder: Path) -> None:
+    import numpy as np
     import torch
 
     from retouch.backbone import load_backbone
-    from retouch.imageio import save_image, side_by_side, to_tensor_batch, from_tensor_batch
+    from retouch.imageio import from_tensor_batch, save_image, side_by_side, to_tensor_batch
     from retouch.methods import get_method
     from retouch.train.evaluate_mini import held_out_scenes
     from retouch.world import World
@@ -501,8 +502,6 @@ def _diffusion_demo(folder: Path) -> None:
     rows = [side_by_side([_upscale(image, 4), _upscale(result, 4)], labels=[source, "edited: " + target])
             for image, result, source, target in zip(inputs, results, sources, targets)]
     width = max(row.shape[1] for row in rows)
-    import numpy as np
-
     strip = np.concatenate([np.pad(row, ((0, 0), (0, width - row.shape[1]), (0, 0)), constant_values=1.0)
                             for row in rows])
     save_image(inputs[0], folder / "input.png", make_parents=True)
