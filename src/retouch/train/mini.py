@@ -155,15 +155,9 @@ def build_tokenizer(world, config: MiniConfig, directory: Path):
     rng = np.random.default_rng(config.seed)
     corpus = []
     for index in range(4000):
-        spec, _, caption = world.scene(index, render=False) if _scene_accepts_render(world) else world.scene(index)
+        spec, _, caption = world.scene(index, render=False)
         corpus += [caption, partial_caption(spec, rng)]
     return build_clip_tokenizer(corpus, config.vocab_size, directory, max_length=TEXT_LENGTH)
-
-
-def _scene_accepts_render(world) -> bool:
-    import inspect
-
-    return "render" in inspect.signature(world.scene).parameters
 
 
 def train_vae(world, config: MiniConfig):
