@@ -24,18 +24,23 @@ test: $(STAMP)
 	HF_HUB_OFFLINE=1 $(PY) -m pytest
 
 # Retrain the shipped mini models from scratch on CPU (see src/retouch/assets/mini/MODEL_CARD.md):
-# autoencoder and CLIP side by side on one core each, then the U-Net, then the judge (a CLIP copy
-# sharpened with attribute hard negatives), export, and evaluation.
+# autoencoder and CLIP side by side on one core each, then the U-Net in three resumed phases, then the
+# judge (a CLIP copy sharpened with attribute hard negatives), export, and evaluation.
 MINI_WORK ?= out/train-mini
+PLAIN_MSE = --unet-object-weight 0 --unet-min-snr-gamma 0
 mini-models: $(STAMP)
 	$(VENV)/bin/retouch train mini --stages tokenizer --work-dir $(MINI_WORK)
 	OMP_NUM_THREADS=1 $(VENV)/bin/retouch train mini --stages vae --vae-steps 1000 --vae-batch 16 --work-dir $(MINI_WORK) & \
 	OMP_NUM_THREADS=1 $(VENV)/bin/retouch train mini --stages clip --clip-steps 1800 --clip-batch 64 --work-dir $(MINI_WORK) & \
 	wait
-	$(VENV)/bin/retouch train mini --stages unet --unet-steps 2500 --unet-batch 32 --work-dir $(MINI_WORK)
-	# the shipped U-Net was then resumed from its step-2500 checkpoint to 3600 steps (cosine schedule re-spread)
+	# U-Net: 2500 then 3600 steps of plain ε-MSE (each resume re-spreads the cosine schedule), then
+	# resumed to 7000 steps with the object-weighted, Min-SNR-5 loss (the config's defaults)
+	# (the shipped run set --unet-steps 7600 and was re-spread to 7000 at its step-4250 checkpoint)
+	$(VENV)/bin/retouch train mini --stages unet --unet-steps 2500 --unet-batch 32 $(PLAIN_MSE) --work-dir $(MINI_WORK)
 	mv $(MINI_WORK)/unet/final $(MINI_WORK)/unet/final-2500
-	$(VENV)/bin/retouch train mini --stages unet --unet-steps 3600 --unet-batch 32 --work-dir $(MINI_WORK)
+	$(VENV)/bin/retouch train mini --stages unet --unet-steps 3600 --unet-batch 32 $(PLAIN_MSE) --work-dir $(MINI_WORK)
+	mv $(MINI_WORK)/unet/final $(MINI_WORK)/unet/final-3600
+	$(VENV)/bin/retouch train mini --stages unet --unet-steps 7000 --unet-batch 32 --work-dir $(MINI_WORK)
 	$(VENV)/bin/retouch train mini --stages judge,export --judge-steps 1000 --judge-batch 64 --work-dir $(MINI_WORK)
 	$(PY) -m retouch.train.evaluate_mini
 

@@ -151,3 +151,20 @@ def test_demo_writes_strips(tmp_path, capsys):
     assert code == 0, err
     for name in ("input.png", "result.png", "comparison.png"):
         assert (tmp_path / "demo" / name).is_file()
+
+
+def test_unet_loss_weights_favour_objects_and_noisy_timesteps():
+    from retouch.train.mini import unet_loss_weights
+
+    masks = torch.zeros(2, 1, 64, 64)
+    masks[0, 0, 10:13, 20:22] = 1  # a few pixels: every latent pixel they touch gets the weight
+    alpha_bar = torch.tensor([0.99, 0.2])
+    spatial, per_sample = unet_loss_weights(masks, 16, alpha_bar, object_weight=4.0, min_snr_gamma=5.0)
+    assert spatial.shape == (2, 1, 16, 16)
+    touched = spatial[0, 0] == 5.0
+    assert touched.nonzero().tolist() == [[2, 5], [3, 5]]  # rows 10–12 → latent rows 2–3, cols 20–21 → col 5
+    assert (spatial[0, 0][~touched] == 1.0).all() and (spatial[1] == 1.0).all()
+    snr = 0.99 / 0.01  # above γ: weight γ/SNR; below γ (0.2/0.8 = 0.25): weight 1
+    assert per_sample.tolist() == pytest.approx([5.0 / snr, 1.0])
+    plain_spatial, plain_sample = unet_loss_weights(masks, 16, alpha_bar, object_weight=0.0, min_snr_gamma=0.0)
+    assert (plain_spatial == 1).all() and (plain_sample == 1).all()

@@ -125,7 +125,7 @@ def _check_range(name: str, value: float | None, low: float, high: float) -> Non
 def effects(image, output, blur, blur_angle, grain, reference, mask, sharpen, seed, compare) -> None:
     """Apply compositing effects to IMAGE in the fixed order blur → colour → sharpen → grain → mask."""
     from retouch.effects import EffectsRecipe, apply_effects
-    from retouch.imageio import load_image, load_map, side_by_side
+    from retouch.imageio import load_image, load_map
 
     _check_range("--blur", blur, 0.0, 1.0)
     _check_range("--grain", grain, 1e-6, 0.5)
@@ -341,8 +341,11 @@ def train() -> None:
 @click.option("--vae-batch", type=int, default=None)
 @click.option("--clip-batch", type=int, default=None)
 @click.option("--unet-batch", type=int, default=None)
+@click.option("--unet-object-weight", type=float, default=None,
+              help="extra ε-loss weight on object pixels (0 = plain MSE)")
+@click.option("--unet-min-snr-gamma", type=float, default=None, help="Min-SNR-γ timestep weighting (0 = off)")
 def train_mini(stages, work_dir, export_dir, seed, vae_steps, clip_steps, unet_steps, judge_steps, judge_batch,
-               vae_batch, clip_batch, unet_batch) -> None:
+               vae_batch, clip_batch, unet_batch, unet_object_weight, unet_min_snr_gamma) -> None:
     """Train the mini world's autoencoder, CLIP-style judge and text-to-image U-Net."""
     from retouch.train.mini import MINI_DIR, STAGES, MiniConfig, run_mini_training
 
@@ -356,6 +359,11 @@ def train_mini(stages, work_dir, export_dir, seed, vae_steps, clip_steps, unet_s
     for name, value in overrides.items():
         if value <= 0:
             raise RetouchError(f"--{name.replace('_', '-')} must be positive; got {value}")
+    for name, value in dict(unet_object_weight=unet_object_weight, unet_min_snr_gamma=unet_min_snr_gamma).items():
+        if value is not None:
+            if not value >= 0:
+                raise RetouchError(f"--{name.replace('_', '-')} must be zero or positive; got {value}")
+            overrides[name] = value
     config = MiniConfig(work_dir=work_dir, seed=seed, **overrides)
     report = run_mini_training(config, chosen, export_dir or MINI_DIR)
     for name, stats in report["stages"].items():
