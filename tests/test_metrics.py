@@ -357,6 +357,11 @@ def test_transformers_clip_judge_loads_a_local_folder(tiny_model_dirs):
     assert set(clip_accuracy(judge, images, "a cat", "a dog").tolist()) <= {0.0, 1.0}
 
 
+def test_a_vision_only_folder_is_not_a_judge(tiny_model_dirs):
+    with pytest.raises(RetouchError, match="vit"):
+        TransformersCLIPJudge(tiny_model_dirs / "vit")
+
+
 def test_missing_local_weights_raise_with_the_path(tmp_path):
     missing = tmp_path / "no-such-clip"
     with pytest.raises(RetouchError, match="no-such-clip"):

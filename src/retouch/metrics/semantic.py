@@ -116,7 +116,11 @@ def _first_line(err: BaseException) -> str:
 
 
 class TransformersCLIPJudge:
-    """A LOCAL transformers ``CLIPModel`` + ``CLIPProcessor`` folder as an :class:`ImageTextJudge`.
+    """A LOCAL transformers CLIP-style folder as an :class:`ImageTextJudge`.
+
+    Any model ``AutoModel`` loads that has ``get_image_features``/``get_text_features`` — ``CLIPModel``
+    (OpenAI CLIP, the real-checkpoint case), ``VisionTextDualEncoderModel`` (the mini world's judge),
+    SigLIP — with the processor saved beside it.
 
     Loads with ``local_files_only=True`` and safetensors weights only; nothing is downloaded. Images
     go through the folder's own processor (resize shortest side, centre crop, normalise), so scores
@@ -124,19 +128,21 @@ class TransformersCLIPJudge:
     """
 
     def __init__(self, model_path: str | Path, device: str | torch.device = "cpu"):
-        from transformers import CLIPModel, CLIPProcessor
+        from transformers import AutoModel, AutoProcessor
 
         path = Path(model_path)
         if not path.is_dir():
             raise RetouchError(
-                f"CLIP judge '{path}' not found: give a local folder holding a transformers CLIPModel and "
-                "its CLIPProcessor (config.json, model.safetensors, preprocessor_config.json, tokenizer files)"
+                f"CLIP judge '{path}' not found: give a local folder holding a transformers CLIP-style model and "
+                "its processor (config.json, model.safetensors, preprocessor_config.json, tokenizer files)"
             )
         try:
-            self.model = CLIPModel.from_pretrained(path, local_files_only=True, use_safetensors=True)
-            self.processor = CLIPProcessor.from_pretrained(path, local_files_only=True)
-        except (OSError, ValueError, TypeError) as err:
+            self.model = AutoModel.from_pretrained(path, local_files_only=True, use_safetensors=True)
+            self.processor = AutoProcessor.from_pretrained(path, local_files_only=True)
+        except (OSError, ValueError, TypeError, KeyError) as err:
             raise RetouchError(f"cannot load CLIP judge from '{path}': {_first_line(err)}") from err
+        if not all(hasattr(self.model, name) for name in ("get_image_features", "get_text_features")):
+            raise RetouchError(f"'{path}' holds a {type(self.model).__name__}, not a CLIP-style image/text model")
         self.device = torch.device(device)
         self.model.to(self.device).eval().requires_grad_(False)
         crop = getattr(self.processor.image_processor, "crop_size", None)
