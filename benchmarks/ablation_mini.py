@@ -22,69 +22,32 @@ import argparse
 import time
 from pathlib import Path
 
-import numpy as np
-import torch
+from _grid import save_labelled_rows
 
 from retouch.backbone import MINI_DIR, load_backbone
-from retouch.methods import get_method
+from retouch.methods import edit_by_caption, get_method
 from retouch.methods.ablation import PIX2PIX_ZERO_ABLATION, ablation_run
 from retouch.methods.edit_text import parse_edit
 from retouch.metrics import TransformersCLIPJudge, background_preservation, clip_accuracy, structure_distance
 from retouch.metrics.structure import TransformersViTSpatial
-from retouch.world import VOCABULARIES, World, describe_object, render_scene, sample_scene
+from retouch.world import World
+from retouch.world.edits import edit_scenes
 
 EXTRA = {"zerocon": "zerocon", "p2p": "p2p", "sdedit": "sdedit"}
 
 
-def describe(spec) -> str:
-    """"a photo of a plain red circle on grass": names the pattern even when plain, so plain->striped swaps."""
-    phrase = describe_object(spec.objects[0], plain=True)
-    return f"a photo of {'an' if phrase[0] in 'aeiou' else 'a'} {phrase} on {spec.background}"
-
-
-def edit_scenes(edit, count: int, seed: int = 0):
-    """``count`` held-out single-object scenes whose object carries the edit's source attribute."""
-    attribute = next(name for name, values in VOCABULARIES.items() if edit.source in values)
-    world = World(seed=seed)
-    images, masks, sources, targets = [], [], [], []
-    index = 0
-    while len(images) < count:
-        if world.split(index) == "test":
-            rng = np.random.default_rng([seed, index, 7])
-            spec = sample_scene(rng, n_objects=1, **{attribute: edit.source})
-            rendered = render_scene(spec, world.size)
-            edited_spec = type(spec)(background=spec.background, texture_seed=spec.texture_seed,
-                                     objects=(type(spec.objects[0])(**{**spec.objects[0].__dict__,
-                                                                      attribute: edit.target}),))
-            images.append(rendered.image)
-            masks.append(rendered.masks[0])
-            sources.append(describe(spec))
-            targets.append(describe(edited_spec))
-        index += 1
-    images = torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2).float()
-    masks = torch.from_numpy(np.stack(masks)).float()[:, None]
-    grown = torch.nn.functional.max_pool2d(masks, 5, stride=1, padding=2)
-    return images, grown, sources, targets
-
-
 def run_config(key: str, backbone, images01, sources, edit_text: str, steps: int, batch: int, seed: int):
-    """Edit every image (in batches of images sharing a caption) with one configuration."""
-    outputs = []
-    for start in range(0, len(images01), batch):
-        chunk = images01[start:start + batch] * 2 - 1
-        for caption_text in sorted(set(sources[start:start + batch])):
-            rows = [i for i in range(start, min(start + batch, len(images01))) if sources[i] == caption_text]
-            shared = dict(edit=edit_text, source_text=caption_text, num_steps=steps, seed=seed)
-            if key in PIX2PIX_ZERO_ABLATION:
-                method, config = ablation_run(key, **shared)
-            else:
-                method = get_method(EXTRA[key])
-                names = set(method.option_names())
-                config = method.config_class(**{k: v for k, v in shared.items() if k in names})
-            result = method.edit(backbone, chunk[[r - start for r in rows]], config)
-            outputs += list(zip(rows, ((result.clamp(-1, 1) + 1) / 2).cpu()))
-    outputs.sort(key=lambda pair: pair[0])
-    return torch.stack([image for _, image in outputs])
+    """Edit every image with one configuration (each with its own source caption)."""
+
+    def make_run(caption_text):
+        shared = dict(edit=edit_text, source_text=caption_text, num_steps=steps, seed=seed)
+        if key in PIX2PIX_ZERO_ABLATION:
+            return ablation_run(key, **shared)
+        method = get_method(EXTRA[key])
+        names = set(method.option_names())
+        return method, method.config_class(**{k: v for k, v in shared.items() if k in names})
+
+    return edit_by_caption(backbone, images01, sources, make_run, batch)
 
 
 def main():
@@ -110,7 +73,8 @@ def main():
     grid_rows = []
     for edit_text in args.edits.split(","):
         edit = parse_edit(edit_text)
-        images, masks, sources, targets = edit_scenes(edit, args.scenes, args.seed)
+        scenes = edit_scenes(World(seed=args.seed), edit.source, edit.target, args.scenes)
+        images, masks, sources, targets = scenes.images, scenes.masks, scenes.sources, scenes.targets
         grid_rows.append(images[:4])
         for key in keys:
             started = time.perf_counter()
@@ -125,21 +89,8 @@ def main():
             print(lines[-1], flush=True)
             grid_rows.append(edited[:4])
     args.out.write_text("\n".join(lines) + "\n")
-    save_grid(grid_rows, args.grid, ["input", *keys] * len(args.edits.split(",")))
+    save_labelled_rows(grid_rows, args.grid, ["input", *keys] * len(args.edits.split(",")))
     print(f"wrote {args.out} and {args.grid}")
-
-
-def save_grid(rows, path: Path, labels):
-    """Rows: input then each configuration, 4 scenes per row, labelled on the left."""
-    from retouch.imageio import save_image, side_by_side
-
-    strips = []
-    for row, label in zip(rows, labels):
-        panels = [image.permute(1, 2, 0).numpy().repeat(2, 0).repeat(2, 1) for image in row]
-        strips.append(side_by_side(panels, labels=[label] + [""] * (len(panels) - 1)))
-    width = max(s.shape[1] for s in strips)
-    sheet = np.concatenate([np.pad(s, ((0, 0), (0, width - s.shape[1]), (0, 0)), constant_values=1.0) for s in strips])
-    save_image(sheet, path, make_parents=True)
 
 
 if __name__ == "__main__":

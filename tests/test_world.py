@@ -286,3 +286,17 @@ def test_other_resolutions_and_objects_at_the_border():
     pooled = big.masks.reshape(2, 64, 2, 64, 2).mean((2, 4)) > 0.5
     assert (pooled ^ small.masks).sum() / small.masks.sum() < 0.1
     assert small.masks[0].any() and small.masks[1].any()
+
+
+def test_edit_scenes_hold_the_source_value_and_swap_one_word():
+    from retouch.world.edits import MASK_GROWTH, edit_scenes
+
+    world = World(seed=0, size=64)
+    scenes = edit_scenes(world, "circle", "square", 5, split="test")
+    assert scenes.images.shape == (5, 3, 64, 64) and scenes.masks.shape == (5, 1, 64, 64)
+    for source, target in zip(scenes.sources, scenes.targets):
+        assert "circle" in source and target == source.replace("circle", "square")
+    # the mask covers the object and MASK_GROWTH pixels around it, and not the whole image
+    assert 0 < scenes.masks.mean() < 0.5 and MASK_GROWTH == 2
+    with pytest.raises(ValueError, match="different attributes"):
+        edit_scenes(world, "circle", "red", 1)

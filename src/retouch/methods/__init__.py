@@ -54,6 +54,28 @@ def get_method(name: str) -> Method:
     return methods[name]
 
 
+def edit_by_caption(backbone, images01, captions: list[str], make_run: Callable, batch: int = 25):
+    """Edit images that each have their own source caption: (N, 3, H, W) in [0, 1] → same.
+
+    Methods take one ``source_text`` per call, so each chunk of ``batch`` images is split into groups
+    sharing a caption; ``make_run(caption) -> (method, config)`` builds the run for one group.
+    Outputs come back in input order.
+    """
+    import torch
+
+    outputs = []
+    for start in range(0, len(images01), batch):
+        stop = min(start + batch, len(images01))
+        chunk = images01[start:stop] * 2 - 1
+        for caption in sorted(set(captions[start:stop])):
+            rows = [i for i in range(start, stop) if captions[i] == caption]
+            method, config = make_run(caption)
+            result = method.edit(backbone, chunk[[r - start for r in rows]], config)
+            outputs += list(zip(rows, ((result.clamp(-1, 1) + 1) / 2).cpu()))
+    outputs.sort(key=lambda pair: pair[0])
+    return torch.stack([image for _, image in outputs])
+
+
 def _load_builtin_methods() -> None:
     from retouch.methods import sdedit  # noqa: F401  (registers itself)
     from retouch.methods import pixels, exemplar_baselines  # noqa: F401  (PIXELS and its latent-surgery baselines)

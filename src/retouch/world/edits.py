@@ -1,0 +1,67 @@
+"""Scenes for attribute edits: the inputs every mini-world edit benchmark and distillation run uses.
+
+``edit_scenes(world, "circle", "square", 100)`` gives single-object scenes whose object is a circle,
+from one split, with the object's mask and the captions before and after the edit ("a photo of a
+plain red circle on grass" → "... square ..."). The scene for index ``i`` is drawn from its own
+stream ``(seed, i, 7)``, so it belongs to index ``i``'s split like ``World.scene(i)`` does.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from retouch.world.captions import describe_object
+from retouch.world.render import render_scene
+from retouch.world.scene import sample_scene, with_changes
+from retouch.world.vocabulary import VOCABULARIES
+
+#: Pixels the object mask is grown by: the outline an edit may legitimately move.
+MASK_GROWTH = 2
+
+
+@dataclass
+class EditScenes:
+    images: torch.Tensor  # (N, 3, H, W) in [0, 1]
+    masks: torch.Tensor  # (N, 1, H, W) float: the main object (body ∪ hat) grown by MASK_GROWTH pixels
+    sources: list[str]  # captions of the inputs
+    targets: list[str]  # the same captions after the edit
+
+
+def describe_scene(spec) -> str:
+    """"a photo of a plain red circle on grass": names the pattern even when plain, so plain->striped swaps."""
+    phrase = describe_object(spec.objects[0], plain=True)
+    return f"a photo of {'an' if phrase[0] in 'aeiou' else 'a'} {phrase} on {spec.background}"
+
+
+def edit_attribute(value: str) -> str:
+    """The attribute ("shape", "colour", …) a vocabulary word belongs to."""
+    for name, values in VOCABULARIES.items():
+        if value in values:
+            return name
+    raise ValueError(f"'{value}' is not a mini-world attribute value")
+
+
+def edit_scenes(world, source: str, target: str, count: int, split: str = "test") -> EditScenes:
+    """``count`` single-object scenes of ``split`` whose object has attribute value ``source``."""
+    attribute = edit_attribute(source)
+    if edit_attribute(target) != attribute:
+        raise ValueError(f"'{source}' and '{target}' are values of different attributes")
+    images, masks, sources, targets = [], [], [], []
+    index = 0
+    while len(images) < count:
+        if world.split(index) == split:
+            spec = sample_scene(np.random.default_rng([world.seed, index, 7]), n_objects=1, **{attribute: source})
+            rendered = render_scene(spec, world.size)
+            images.append(rendered.image)
+            masks.append(rendered.masks[0])
+            sources.append(describe_scene(spec))
+            targets.append(describe_scene(with_changes(spec, **{attribute: target})))
+        index += 1
+    tensor = torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2).float()
+    mask = torch.from_numpy(np.stack(masks)).float()[:, None]
+    side = 2 * MASK_GROWTH + 1
+    return EditScenes(tensor, torch.nn.functional.max_pool2d(mask, side, stride=1, padding=MASK_GROWTH),
+                      sources, targets)
