@@ -371,6 +371,46 @@ def train_mini(stages, work_dir, export_dir, seed, vae_steps, clip_steps, unet_s
                    f"final loss {stats['final_loss']:.4f}")
 
 
+@train.command("distill")
+@click.option("--edit", default="red->blue", show_default=True, help="attribute edit on mini-world scenes, SOURCE->TARGET")
+@click.option("--output-dir", default="out/distill", show_default=True, help="translator checkpoints and distill.json")
+@click.option("--model", default="mini", show_default=True, help="backbone that makes the pix2pix-zero pairs")
+@click.option("--judge", "judge_dir", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="local CLIP-style folder scoring the pairs (default: the mini judge)")
+@click.option("--pairs", type=int, default=200, show_default=True, help="pix2pix-zero pairs to collect (paper: 15,000)")
+@click.option("--edit-steps", type=int, default=25, show_default=True, help="DDIM steps of each pix2pix-zero edit")
+@click.option("--train-steps", type=int, default=600, show_default=True)
+@click.option("--batch", type=int, default=32, show_default=True)
+@click.option("--clip-increase", type=float, default=0.10, show_default=True,
+              help="keep pairs whose judge cosine to the target caption rises at least this much (App. A)")
+@click.option("--inside-fraction", type=float, default=0.70, show_default=True,
+              help="keep pairs with at least this share of the pixel change inside the object mask")
+@click.option("--lpips", type=click.Path(dir_okay=False), default=None,
+              help="local LPIPS weights for the perceptual term (App. A: L1 + LPIPS); L1 only without")
+@click.option("--seed", type=int, default=0, show_default=True)
+def train_distill(edit, output_dir, model, judge_dir, pairs, edit_steps, train_steps, batch, clip_increase,
+                  inside_fraction, lpips, seed) -> None:
+    """Distil pix2pix-zero into a one-pass translator (pix2pix-zero §4.5) on mini-world pairs."""
+    from retouch.backbone import MINI_DIR, load_backbone
+    from retouch.metrics import TransformersCLIPJudge
+    from retouch.train.distill import DistillConfig, distill
+    from retouch.world import World
+
+    for flag, value in (("--pairs", pairs), ("--edit-steps", edit_steps), ("--train-steps", train_steps),
+                        ("--batch", batch)):
+        if value < 1:
+            raise RetouchError(f"{flag} must be at least 1; got {value}")
+    if not 0.0 <= inside_fraction <= 1.0:
+        raise RetouchError(f"--inside-fraction must lie in [0, 1]; got {inside_fraction:g}")
+    config = DistillConfig(edit=edit, output_dir=output_dir, pairs=pairs, edit_steps=edit_steps,
+                           train_steps=train_steps, batch=batch, clip_increase=clip_increase,
+                           inside_fraction=inside_fraction, lpips=lpips, seed=seed)
+    judge = TransformersCLIPJudge(judge_dir or MINI_DIR / "judge")
+    report = distill(load_backbone(model), judge, World(seed=0), config)
+    click.echo(f"kept {report['pairs_kept']} of {report['pairs_collected']} pairs; translator in "
+               f"{Path(output_dir) / 'translator' / 'final'} (trained {report['train_seconds'] / 60:.1f} min)")
+
+
 # ---------------------------------------------------------------------------------------------
 # retouch world
 # ---------------------------------------------------------------------------------------------
