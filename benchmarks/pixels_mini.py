@@ -1,0 +1,223 @@
+"""PIXELS on the mini world: CLIP-I and KID per threshold and for both baselines, the strength sweep, Fig. 1.
+
+    .venv/bin/python benchmarks/pixels_mini.py [--triples 100] [--steps 25] [--strength 0.8]
+        [--sweep 0.3,0.5,0.7,0.9,1.0] [--out docs/pixels_mini.md]
+
+Triples come from held-out (test-split) scenes only: the source is one scene, the exemplar another
+scene of the same size, and the edit map is the exemplar's object mask grown by 2 px and faded out
+over 6 px (:func:`retouch.edit_maps.linear_ramp_map`), so the edit asks "put that object, with a soft
+border, into this picture". Measured as PIXELS §4 does:
+
+* **CLIP-I** (adherence): the judge's cosine between the edited region (cropped to the binarised map)
+  and the same region of the exemplar;
+* **KID** (realism): the judge's image features of the edited images against 500 other held-out
+  scenes, unbiased MMD² with the cubic kernel (×10³ in the table).
+
+Rows: PIXELS with each threshold function, the two baselines it argues against (latent surgery,
+spatially scaled noise), and two references without diffusion — the unedited source and a pixel
+paste of the exemplar through the map. The sweep re-runs PIXELS (linear) and both baselines over
+``--sweep`` strengths and plots CLIP-I against KID (the paper's Fig. 6). ``docs/pixels_fig1.png``
+shows a horizontal-ramp edit map (a gradual transition across the image) and a two-exemplar
+single-pass edit, like the paper's Fig. 1. Shipped mini models and judge; nothing is downloaded.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from _grid import save_labelled_rows
+
+from retouch.backbone import MINI_DIR, load_backbone
+from retouch.edit_maps import grow_mask, linear_ramp_map
+from retouch.methods.exemplar_baselines import exemplar_sdedit_latents
+from retouch.methods.pixels import THRESHOLDS, ExemplarConfig, PixelsConfig, pixels_latents
+from retouch.metrics import TransformersCLIPJudge, clip_image_similarity, kid
+from retouch.metrics.semantic import crop_to_mask
+from retouch.world import World
+
+MAP_GROW, MAP_RAMP = 2.0, 6.0
+
+
+def held_out(world: World, count: int, skip: int = 0) -> list[int]:
+    """Indices of the first ``count`` test-split scenes after skipping ``skip`` of them."""
+    found, index = [], 0
+    while len(found) < skip + count:
+        if world.split(index) == "test":
+            found.append(index)
+        index += 1
+    return found[skip:]
+
+
+def build_triples(world: World, count: int):
+    """(sources, exemplars) in [0, 1], soft maps (B, 1, H, W) and the binary regions CLIP-I crops to."""
+    indices = held_out(world, 2 * count)
+    sources, exemplars, maps, regions = [], [], [], []
+    for k in range(count):
+        _, source, _ = world.scene(indices[2 * k])
+        _, exemplar, _ = world.scene(indices[2 * k + 1])
+        mask = exemplar.masks.any(axis=0)
+        soft = linear_ramp_map(grow_mask(mask, MAP_GROW), MAP_RAMP)
+        sources.append(source.image)
+        exemplars.append(exemplar.image)
+        maps.append(soft)
+        regions.append(soft > 0.5)
+    as_images = lambda arrays: torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).float()  # noqa: E731
+    as_masks = lambda arrays: torch.from_numpy(np.stack(arrays)).float()[:, None]  # noqa: E731
+    return as_images(sources), as_images(exemplars), as_masks(maps), as_masks(regions)
+
+
+def run_method(name: str, backbone, sources, exemplars, maps, *, strength: float, steps: int, batch: int):
+    """Edited images in [0, 1] for one method over all triples (in chunks of ``batch``)."""
+    outputs = []
+    for start in range(0, len(sources), batch):
+        chunk = slice(start, start + batch)
+        source, exemplar, edit_map = sources[chunk] * 2 - 1, exemplars[chunk] * 2 - 1, maps[chunk]
+        if name.startswith("pixels-"):
+            config = PixelsConfig(strength=strength, num_steps=steps, threshold=name.split("-", 1)[1])
+            latents = pixels_latents(backbone, source, [exemplar], [edit_map], config)
+        else:
+            config = ExemplarConfig(strength=strength, num_steps=steps)
+            latents = exemplar_sdedit_latents(backbone, source, [exemplar], [edit_map], config,
+                                              scale_noise=name == "scaled-noise")
+        with torch.no_grad():
+            outputs.append(((backbone.decode_latents(latents) + 1) / 2).clamp(0, 1))
+    return torch.cat(outputs)
+
+
+def measure(judge, edited, exemplars, regions, real_features) -> dict:
+    reference = crop_to_mask(exemplars, regions, judge.image_size)
+    adherence = clip_image_similarity(judge, edited, reference, mask=regions).mean().item()
+    with torch.no_grad():
+        fake = torch.cat([judge.encode_images(edited[i:i + 100]) for i in range(0, len(edited), 100)])
+    realism, spread = kid(real_features.numpy(), fake.numpy(), subset_size=len(edited), n_subsets=100)
+    return {"clip_i": adherence, "kid": realism, "kid_std": spread}
+
+
+def plot_tradeoff(sweep: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, axes = plt.subplots(figsize=(5.5, 4.0), dpi=120)
+    for name, points in sweep.items():
+        strengths = sorted(points)
+        axes.plot([points[s]["kid"] * 1e3 for s in strengths], [points[s]["clip_i"] for s in strengths],
+                  marker="o", label=name)
+        for s in strengths:
+            axes.annotate(f"{s:g}", (points[s]["kid"] * 1e3, points[s]["clip_i"]), fontsize=7,
+                          textcoords="offset points", xytext=(3, 3))
+    axes.set_xlabel("KID ×10³ vs held-out scenes (realism; lower is better)")
+    axes.set_ylabel("CLIP-I of edited region to exemplar (higher is better)")
+    axes.set_title("Mini world: adherence vs realism over strength")
+    axes.grid(alpha=0.3)
+    axes.legend(fontsize=8)
+    figure.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    figure.savefig(path)
+    plt.close(figure)
+
+
+def figure_one(backbone, world: World, path: Path, steps: int, strength: float) -> None:
+    """Fig. 1-like rows: a left→right ramp map between two backgrounds, and a two-exemplar single pass."""
+    indices = held_out(world, 12, skip=400)
+    scenes = [world.scene(i)[1] for i in indices]
+    image = lambda k: torch.from_numpy(scenes[k].image).permute(2, 0, 1).float()  # noqa: E731
+    side = world.size
+    ramp = torch.linspace(0, 1, side).expand(side, side)[None]
+    rows, labels = [], []
+    for k in range(0, 8, 2):  # four ramp examples: source k, exemplar k + 1
+        source, exemplar = image(k), image(k + 1)
+        config = PixelsConfig(strength=strength, num_steps=steps)
+        latents = pixels_latents(backbone, source[None] * 2 - 1, [exemplar[None] * 2 - 1], [ramp[None]], config)
+        surgery = exemplar_sdedit_latents(backbone, source[None] * 2 - 1, [exemplar[None] * 2 - 1], [ramp[None]],
+                                          ExemplarConfig(strength=strength, num_steps=steps), scale_noise=False)
+        with torch.no_grad():
+            edited = ((backbone.decode_latents(torch.cat([latents, surgery])) + 1) / 2).clamp(0, 1)
+        rows.append([source, exemplar, ramp, edited[0], edited[1]])
+        labels.append(["source", "exemplar", "ramp map", "PIXELS", "latent surgery"])
+    source, first, second = image(8), image(9), image(10)
+    left = torch.from_numpy(linear_ramp_map(scenes[9].masks.any(axis=0), MAP_RAMP)).float()[None]
+    right = torch.from_numpy(linear_ramp_map(scenes[10].masks.any(axis=0), MAP_RAMP)).float()[None]
+    config = PixelsConfig(strength=strength, num_steps=steps)
+    latents = pixels_latents(backbone, source[None] * 2 - 1, [first[None] * 2 - 1, second[None] * 2 - 1],
+                             [left[None], right[None]], config)
+    with torch.no_grad():
+        edited = ((backbone.decode_latents(latents) + 1) / 2).clamp(0, 1)[0]
+    rows.append([source, first, left, second, right, edited])
+    labels.append(["source", "exemplar 1", "map 1", "exemplar 2", "map 2", "PIXELS, one pass"])
+    save_labelled_rows(rows, path, labels)
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--triples", type=int, default=100)
+    parser.add_argument("--steps", type=int, default=25)
+    parser.add_argument("--strength", type=float, default=0.8)
+    parser.add_argument("--sweep", default="0.3,0.5,0.7,0.9,1.0")
+    parser.add_argument("--batch", type=int, default=50)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--out", type=Path, default=Path("docs/pixels_mini.md"))
+    parser.add_argument("--plot", type=Path, default=Path("docs/pixels_tradeoff.png"))
+    parser.add_argument("--figure", type=Path, default=Path("docs/pixels_fig1.png"))
+    args = parser.parse_args()
+
+    world = World(seed=args.seed, size=64)
+    backbone = load_backbone("mini")
+    judge = TransformersCLIPJudge(MINI_DIR / "judge")
+    sources, exemplars, maps, regions = build_triples(world, args.triples)
+    real = held_out(world, 500, skip=2 * args.triples)
+    real_images = torch.from_numpy(np.stack([world.scene(i)[1].image for i in real])).permute(0, 3, 1, 2).float()
+    with torch.no_grad():
+        real_features = torch.cat([judge.encode_images(real_images[i:i + 100]) for i in range(0, 500, 100)])
+
+    command = (f"python benchmarks/pixels_mini.py --triples {args.triples} --steps {args.steps} "
+               f"--strength {args.strength:g} --sweep {args.sweep}")
+    lines = [f"Mini world, {args.triples} held-out source/exemplar/map triples, strength {args.strength:g}, "
+             f"{args.steps} DDIM steps, empty prompt (`{command}`)", "",
+             "| method | CLIP-I ↑ | KID ×10³ ↓ (± std) | s/image |", "|---|---|---|---|"]
+
+    def row(name, edited, seconds):
+        result = measure(judge, edited, exemplars, regions, real_features)
+        lines.append(f"| {name} | {result['clip_i']:.3f} | {result['kid'] * 1e3:.2f} ± {result['kid_std'] * 1e3:.2f} "
+                     f"| {seconds:.3f} |")
+        print(lines[-1], flush=True)
+        return result
+
+    row("reference: unedited source", sources, 0.0)
+    row("reference: pixel paste through the map", sources * (1 - maps) + exemplars * maps, 0.0)
+    methods = [f"pixels-{name}" for name in THRESHOLDS] + ["latent-surgery", "scaled-noise"]
+    grid = [sources[:6], exemplars[:6], maps[:6]]
+    for name in methods:
+        started = time.perf_counter()
+        edited = run_method(name, backbone, sources, exemplars, maps, strength=args.strength, steps=args.steps,
+                            batch=args.batch)
+        row(name, edited, (time.perf_counter() - started) / len(sources))
+        grid.append(edited[:6])
+
+    sweep: dict = {}
+    strengths = [float(s) for s in args.sweep.split(",") if s.strip()]
+    lines += ["", "Strength sweep (the plot's points):", "", "| method | strength | CLIP-I ↑ | KID ×10³ ↓ |",
+              "|---|---|---|---|"]
+    for name in ("pixels-linear", "latent-surgery", "scaled-noise"):
+        for strength in strengths:
+            edited = run_method(name, backbone, sources, exemplars, maps, strength=strength, steps=args.steps,
+                                batch=args.batch)
+            result = measure(judge, edited, exemplars, regions, real_features)
+            sweep.setdefault(name, {})[strength] = result
+            lines.append(f"| {name} | {strength:g} | {result['clip_i']:.3f} | {result['kid'] * 1e3:.2f} |")
+            print(lines[-1], flush=True)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text("\n".join(lines) + "\n")
+    plot_tradeoff(sweep, args.plot)
+    save_labelled_rows(grid, args.out.with_suffix(".png"), ["source", "exemplar", "map", *methods])
+    figure_one(backbone, world, args.figure, args.steps, args.strength)
+    print(f"wrote {args.out}, {args.out.with_suffix('.png')}, {args.plot} and {args.figure}")
+
+
+if __name__ == "__main__":
+    main()
