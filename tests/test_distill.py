@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from retouch.backbone import MINI_DIR, build_tiny
+from retouch.errors import RetouchError
 from retouch.train.distill import (
     DistillConfig,
     PairSet,
@@ -82,7 +83,7 @@ def test_distill_end_to_end_on_a_tiny_backbone(tmp_path):
     # thresholds nothing passes: one clear error, no translator
     strict = DistillConfig(edit="red->blue", output_dir=str(tmp_path / "e"), pairs=2, edit_steps=2, edit_batch=2,
                            train_steps=2, batch=2, clip_increase=5.0)
-    with pytest.raises(Exception, match="pass the filter"):
+    with pytest.raises(RetouchError, match="pass the filter"):
         distill(build_tiny("tiny-sd"), TransformersCLIPJudge(MINI_DIR / "judge"), World(seed=0, size=64), strict)
     assert not (tmp_path / "e" / "translator" / "final").exists()
 

@@ -100,6 +100,13 @@ def test_evaluation_and_model_card(smoke_export, tmp_path):
     (smoke_export / "evaluation.json").write_text(json.dumps(report))
     card = write_model_card(smoke_export, "retouch train mini").read_text()
     assert "downsampling factor 4" in card and "zero_shot_accuracy" in card and "MiB" in card
+    # a hand-written provenance section survives regeneration, once
+    from retouch.train.mini import PROVENANCE_HEADING
+
+    (smoke_export / "MODEL_CARD.md").write_text(card + f"\n{PROVENANCE_HEADING}\n\nresumed twice.\n")
+    again = write_model_card(smoke_export, "retouch train mini").read_text()
+    assert again.count(PROVENANCE_HEADING) == 1 and again.rstrip().endswith("resumed twice.")
+    assert again.startswith(card.rstrip())
 
 
 def test_reconstruction_psnr_is_infinite_for_an_identity_autoencoder():

@@ -461,8 +461,16 @@ def judge_processor(tokenizer, image_size: int):
     return CLIPProcessor(image_processor=images, tokenizer=tokenizer)
 
 
+#: The model card's hand-written provenance section starts with this heading; regenerating the card keeps it.
+PROVENANCE_HEADING = "## How these weights were actually made"
+
+
 def write_model_card(export_dir: Path, command: str) -> Path:
-    """MODEL_CARD.md beside the weights: architecture, training config/command/hardware/time, results."""
+    """MODEL_CARD.md beside the weights: architecture, training config/command/hardware/time, results.
+
+    A hand-written section headed :data:`PROVENANCE_HEADING` in the existing card (what the JSON
+    cannot say: resumed phases, which numbers miss their targets) is carried over unchanged.
+    """
     export_dir = Path(export_dir)
     training = _read_json(export_dir / "training_report.json")
     evaluation = _read_json(export_dir / "evaluation.json")
@@ -501,6 +509,9 @@ def write_model_card(export_dir: Path, command: str) -> Path:
         "",
     ]
     path = export_dir / "MODEL_CARD.md"
+    previous = path.read_text() if path.is_file() else ""
+    if PROVENANCE_HEADING in previous:
+        lines.append(previous[previous.index(PROVENANCE_HEADING):].rstrip("\n") + "\n")
     path.write_text("\n".join(lines))
     return path
 
