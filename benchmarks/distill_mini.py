@@ -36,6 +36,8 @@ def main():
     parser.add_argument("--test", type=int, default=50)
     parser.add_argument("--edit-steps", type=int, default=25)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--clip-increase", type=float, default=DistillConfig.clip_increase)
+    parser.add_argument("--inside-fraction", type=float, default=DistillConfig.inside_fraction)
     parser.add_argument("--work", default="out/distill")
     parser.add_argument("--out", type=Path, default=Path("docs/distill_mini.md"))
     args = parser.parse_args()
@@ -46,7 +48,8 @@ def main():
     judge = TransformersCLIPJudge(MINI_DIR / "judge")
     structure = TransformersViTSpatial(MINI_DIR / "judge")
     config = DistillConfig(edit=args.edit, output_dir=args.work, pairs=args.pairs, train_steps=args.train_steps,
-                           edit_steps=args.edit_steps)
+                           edit_steps=args.edit_steps, clip_increase=args.clip_increase,
+                           inside_fraction=args.inside_fraction)
     report = distill(backbone, judge, world, config)
     from retouch.train.distill import load_translator
 
@@ -66,12 +69,13 @@ def main():
 
     command = (f"python benchmarks/distill_mini.py --edit {args.edit} --pairs {args.pairs} "
                f"--train-steps {args.train_steps} --test {args.test} --edit-steps {args.edit_steps} "
-               f"--threads {args.threads}")
+               f"--threads {args.threads} --clip-increase {args.clip_increase:g} "
+               f"--inside-fraction {args.inside_fraction:g}")
     lines = [f"Mini world, edit `{args.edit}`: {report['pairs_kept']} of {report['pairs_collected']} pix2pix-zero "
              f"pairs kept by the filter (judge cosine rise ≥ {config.clip_increase:g}, change inside the object ≥ "
              f"{config.inside_fraction:g}); translator trained {args.train_steps} steps "
              f"({report['train_seconds'] / 60:.1f} min); {args.test} held-out test scenes, {args.threads} CPU threads "
-             f"(`{command}`).", "",
+             f"(`{command}`). Pair scores, 10/50/90 % quantiles: {report['score_quantiles_10_50_90']}.", "",
              "| edit by | s/image | speed-up | CLIP-Acc ↑ | BG L1 ↓ | BG SSIM ↑ | structure dist ↓ |",
              "|---|---|---|---|---|---|---|"]
     for name, edited, seconds in (("pix2pix-zero (diffusion)", diffusion, diffusion_seconds),

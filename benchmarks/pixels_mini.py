@@ -17,8 +17,8 @@ Rows: PIXELS with each threshold function, the two baselines it argues against (
 spatially scaled noise), and two references without diffusion — the unedited source and a pixel
 paste of the exemplar through the map. The sweep re-runs PIXELS (linear) and both baselines over
 ``--sweep`` strengths and plots CLIP-I against KID (the paper's Fig. 6). ``docs/pixels_fig1.png``
-shows a horizontal-ramp edit map (a gradual transition across the image) and a two-exemplar
-single-pass edit, like the paper's Fig. 1. Shipped mini models and judge; nothing is downloaded.
+(``--figure-only`` redraws just it) shows a horizontal-ramp edit map (a gradual transition across
+the image) and a two-exemplar single-pass edit, like the paper's Fig. 1. Shipped mini models and judge; nothing is downloaded.
 """
 
 from __future__ import annotations
@@ -127,8 +127,11 @@ def figure_one(backbone, world: World, path: Path, steps: int, strength: float) 
     indices = held_out(world, 12, skip=400)
     scenes = [world.scene(i)[1] for i in indices]
     image = lambda k: torch.from_numpy(scenes[k].image).permute(2, 0, 1).float()  # noqa: E731
+    # 0 on the left fifth, rising linearly, 1 on the right 30 %: Algorithm 1 pastes the exemplar only
+    # where μ_d = 0 (m = 1) and grows the edit from there, so a ramp without a fully edited part
+    # would never bring the exemplar in.
     side = world.size
-    ramp = torch.linspace(0, 1, side).expand(side, side)[None]
+    ramp = ((torch.linspace(0, 1, side) - 0.2) / 0.5).clamp(0, 1).expand(side, side)[None]
     rows, labels = [], []
     for k in range(0, 8, 2):  # four ramp examples: source k, exemplar k + 1
         source, exemplar = image(k), image(k + 1)
@@ -164,10 +167,14 @@ def main():
     parser.add_argument("--out", type=Path, default=Path("docs/pixels_mini.md"))
     parser.add_argument("--plot", type=Path, default=Path("docs/pixels_tradeoff.png"))
     parser.add_argument("--figure", type=Path, default=Path("docs/pixels_fig1.png"))
+    parser.add_argument("--figure-only", action="store_true", help="only redraw the Fig. 1-like grid")
     args = parser.parse_args()
 
     world = World(seed=args.seed, size=64)
     backbone = load_backbone("mini")
+    if args.figure_only:
+        figure_one(backbone, world, args.figure, args.steps, args.strength)
+        return
     judge = TransformersCLIPJudge(MINI_DIR / "judge")
     sources, exemplars, maps, regions = build_triples(world, args.triples)
     real = held_out(world, 500, skip=2 * args.triples)

@@ -76,6 +76,11 @@ def test_distill_end_to_end_on_a_tiny_backbone(tmp_path):
                      config)
     assert report["pairs_collected"] == 2 and report["pairs_kept"] == 2
     assert json.loads((tmp_path / "d" / "distill.json").read_text())["config"]["edit"] == "red->blue"
+    # the pairs are cached: a second run with the same edit/pairs/steps/seed reuses them exactly
+    from retouch.train.distill import cached_pairs
+
+    cached, _ = cached_pairs(None, None, config)  # no backbone needed: nothing is collected again
+    assert (tmp_path / "d" / "pairs.safetensors").is_file() and len(cached.sources) == 2
     model = load_translator(tmp_path / "d" / "translator" / "final")
     with torch.no_grad():
         out = translate(model, torch.rand(1, 3, 64, 64))

@@ -154,29 +154,62 @@ def train_translator(pairs: PairSet, config: DistillConfig):
     return model.eval(), result
 
 
-def distill(backbone, judge, world, config: DistillConfig) -> dict:
-    """Collect, filter, train, save: ``output_dir/translator/final`` and ``output_dir/distill.json``."""
+def _pairs_key(config: DistillConfig) -> dict:
+    """What the collected pairs depend on: a cache written under another key is not reused."""
+    return {k: getattr(config, k) for k in ("edit", "pairs", "edit_steps", "seed")}
+
+
+def cached_pairs(backbone, world, config: DistillConfig) -> tuple[PairSet, float]:
+    """The pairs for ``config``, collected once and kept in ``output_dir/pairs.safetensors`` (+ .json).
+
+    Collection is the slow part (one full pix2pix-zero edit per pair); caching lets the filter
+    thresholds and the translator's training change without redoing it. Returns (pairs, seconds per
+    pair when they were collected).
+    """
     import time
 
+    from safetensors.torch import load_file, save_file
+
+    out = Path(config.output_dir)
+    tensors, meta = out / "pairs.safetensors", out / "pairs.json"
+    if tensors.is_file() and meta.is_file():
+        info = json.loads(meta.read_text())
+        if info.get("key") == _pairs_key(config):
+            data = load_file(str(tensors))
+            return PairSet(data["inputs"], data["edited"], data["masks"], info["sources"], info["targets"]), \
+                info["seconds_per_pair"]
     started = time.perf_counter()
     pairs = collect_pairs(backbone, world, config)
-    collect_seconds = time.perf_counter() - started
+    seconds = (time.perf_counter() - started) / len(pairs.sources)
+    out.mkdir(parents=True, exist_ok=True)
+    save_file({"inputs": pairs.inputs.contiguous(), "edited": pairs.edited.contiguous(),
+               "masks": pairs.masks.contiguous()}, str(tensors))
+    meta.write_text(json.dumps({"key": _pairs_key(config), "sources": pairs.sources, "targets": pairs.targets,
+                                "seconds_per_pair": seconds}))
+    return pairs, seconds
+
+
+def distill(backbone, judge, world, config: DistillConfig) -> dict:
+    """Collect (or reuse), filter, train, save: ``output_dir/translator/final`` and ``output_dir/distill.json``."""
+    pairs, collect_seconds = cached_pairs(backbone, world, config)
     scores = pair_scores(judge, pairs)
     keep = keep_pairs(scores, config.clip_increase, config.inside_fraction)
+    summary = {name: [round(float(q), 4) for q in torch.quantile(values.float(), torch.tensor([0.1, 0.5, 0.9]))]
+               for name, values in scores.items()}
+    report = {"config": asdict(config), "pairs_collected": len(keep), "pairs_kept": int(keep.sum()),
+              "collect_seconds_per_pair": collect_seconds, "score_quantiles_10_50_90": summary}
+    out = Path(config.output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "distill.json").write_text(json.dumps(report, indent=2))
     if int(keep.sum()) < 2:
         raise RetouchError(f"only {int(keep.sum())} of {len(keep)} pairs pass the filter (judge-score rise ≥ "
-                           f"{config.clip_increase:g}, change inside the object ≥ {config.inside_fraction:g}); "
-                           "collect more pairs or lower the thresholds")
+                           f"{config.clip_increase:g}, change inside the object ≥ {config.inside_fraction:g}; "
+                           f"10/50/90 % quantiles {summary}); collect more pairs or lower the thresholds")
     kept = PairSet(pairs.inputs[keep], pairs.edited[keep], pairs.masks[keep],
                    [s for s, k in zip(pairs.sources, keep) if k], [t for t, k in zip(pairs.targets, keep) if k])
     model, result = train_translator(kept, config)
-    out = Path(config.output_dir)
     model.save_pretrained(out / "translator" / "final")
-    report = {"config": asdict(config), "pairs_collected": len(keep), "pairs_kept": int(keep.sum()),
-              "collect_seconds_per_pair": collect_seconds / len(keep),
-              "median_clip_increase": float(scores["clip_increase"].median()),
-              "median_inside_fraction": float(scores["inside_fraction"].median()),
-              "train_seconds": result.seconds, "train_samples_per_second": result.samples_per_second}
+    report.update(train_seconds=result.seconds, train_samples_per_second=result.samples_per_second)
     (out / "distill.json").write_text(json.dumps(report, indent=2))
     return report
 
