@@ -36,6 +36,7 @@ def main():
     parser.add_argument("--test", type=int, default=50)
     parser.add_argument("--edit-steps", type=int, default=25)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--batch", type=int, default=DistillConfig.batch)
     parser.add_argument("--clip-increase", type=float, default=DistillConfig.clip_increase)
     parser.add_argument("--inside-fraction", type=float, default=DistillConfig.inside_fraction)
     parser.add_argument("--work", default="out/distill")
@@ -48,7 +49,7 @@ def main():
     judge = TransformersCLIPJudge(MINI_DIR / "judge")
     structure = TransformersViTSpatial(MINI_DIR / "judge")
     config = DistillConfig(edit=args.edit, output_dir=args.work, pairs=args.pairs, train_steps=args.train_steps,
-                           edit_steps=args.edit_steps, clip_increase=args.clip_increase,
+                           edit_steps=args.edit_steps, batch=args.batch, clip_increase=args.clip_increase,
                            inside_fraction=args.inside_fraction)
     report = distill(backbone, judge, world, config)
     from retouch.train.distill import load_translator
@@ -68,7 +69,7 @@ def main():
         distilled_seconds = (time.perf_counter() - started) / args.test
 
     command = (f"python benchmarks/distill_mini.py --edit {args.edit} --pairs {args.pairs} "
-               f"--train-steps {args.train_steps} --test {args.test} --edit-steps {args.edit_steps} "
+               f"--train-steps {args.train_steps} --batch {args.batch} --test {args.test} --edit-steps {args.edit_steps} "
                f"--threads {args.threads} --clip-increase {args.clip_increase:g} "
                f"--inside-fraction {args.inside_fraction:g}")
     lines = [f"Mini world, edit `{args.edit}`: {report['pairs_kept']} of {report['pairs_collected']} pix2pix-zero "
