@@ -67,11 +67,11 @@ def test_a_translator_with_a_zero_residual_is_the_identity():
 
 
 @pytest.mark.skipif(not (MINI_DIR / "judge" / "config.json").is_file(), reason="shipped mini judge absent")
-def test_distill_end_to_end_on_a_tiny_backbone(tmp_path):
+def test_distill_end_to_end_on_a_tiny_backbone(tmp_path, monkeypatch):
     from retouch.metrics import TransformersCLIPJudge
 
-    config = DistillConfig(edit="red->blue", output_dir=str(tmp_path / "d"), pairs=2, edit_steps=2, edit_batch=2,
-                           train_steps=2, batch=2, clip_increase=-2.0, inside_fraction=0.0)
+    config = DistillConfig(edit="red->blue", model="tiny-sd", output_dir=str(tmp_path / "d"), pairs=2, edit_steps=2,
+                           edit_batch=2, train_steps=2, batch=2, clip_increase=-2.0, inside_fraction=0.0)
     report = distill(build_tiny("tiny-sd"), TransformersCLIPJudge(MINI_DIR / "judge"), World(seed=0, size=64),
                      config)
     assert report["pairs_collected"] == 2 and report["pairs_kept"] == 2
@@ -81,13 +81,21 @@ def test_distill_end_to_end_on_a_tiny_backbone(tmp_path):
 
     cached, _ = cached_pairs(None, None, config)  # no backbone needed: nothing is collected again
     assert (tmp_path / "d" / "pairs.safetensors").is_file() and len(cached.sources) == 2
+    import retouch.train.distill as distill_module
+
+    collected = []
+    monkeypatch.setattr(distill_module, "collect_pairs", lambda *args: collected.append(args) or cached)
+    cached_pairs(None, None, config)
+    assert collected == []  # same key: read back
+    cached_pairs(None, None, DistillConfig(**{**config.__dict__, "model": "tiny-sd2-v"}))
+    assert len(collected) == 1  # another backbone's pairs are not reused
     model = load_translator(tmp_path / "d" / "translator" / "final")
     with torch.no_grad():
         out = translate(model, torch.rand(1, 3, 64, 64))
     assert out.shape == (1, 3, 64, 64) and torch.isfinite(out).all()
     # thresholds nothing passes: one clear error, no translator
-    strict = DistillConfig(edit="red->blue", output_dir=str(tmp_path / "e"), pairs=2, edit_steps=2, edit_batch=2,
-                           train_steps=2, batch=2, clip_increase=5.0)
+    strict = DistillConfig(edit="red->blue", model="tiny-sd", output_dir=str(tmp_path / "e"), pairs=2, edit_steps=2,
+                           edit_batch=2, train_steps=2, batch=2, clip_increase=5.0)
     with pytest.raises(RetouchError, match="pass the filter"):
         distill(build_tiny("tiny-sd"), TransformersCLIPJudge(MINI_DIR / "judge"), World(seed=0, size=64), strict)
     assert not (tmp_path / "e" / "translator" / "final").exists()

@@ -372,7 +372,8 @@ def train_mini(stages, work_dir, export_dir, seed, vae_steps, clip_steps, unet_s
 
 
 @train.command("distill")
-@click.option("--edit", default="red->blue", show_default=True, help="attribute edit on mini-world scenes, SOURCE->TARGET")
+@click.option("--edit", default="red->blue", show_default=True,
+              help="attribute edit on mini-world scenes, SOURCE->TARGET")
 @click.option("--output-dir", default="out/distill", show_default=True, help="translator checkpoints and distill.json")
 @click.option("--model", default="mini", show_default=True, help="backbone that makes the pix2pix-zero pairs")
 @click.option("--judge", "judge_dir", type=click.Path(file_okay=False, path_type=Path), default=None,
@@ -402,7 +403,7 @@ def train_distill(edit, output_dir, model, judge_dir, pairs, edit_steps, train_s
             raise RetouchError(f"{flag} must be at least 1; got {value}")
     if not 0.0 <= inside_fraction <= 1.0:
         raise RetouchError(f"--inside-fraction must lie in [0, 1]; got {inside_fraction:g}")
-    config = DistillConfig(edit=edit, output_dir=output_dir, pairs=pairs, edit_steps=edit_steps,
+    config = DistillConfig(edit=edit, model=model, output_dir=output_dir, pairs=pairs, edit_steps=edit_steps,
                            train_steps=train_steps, batch=batch, clip_increase=clip_increase,
                            inside_fraction=inside_fraction, lpips=lpips, seed=seed)
     judge = TransformersCLIPJudge(judge_dir or MINI_DIR / "judge")

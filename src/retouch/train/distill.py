@@ -34,6 +34,7 @@ from retouch.train.loop import LoopConfig, train
 @dataclass
 class DistillConfig:
     edit: str = "red->blue"
+    model: str = "mini"  # the backbone's name or path, as given to load_backbone (part of the pair cache's key)
     output_dir: str = "out/distill"
     pairs: int = 200  # App. A collects 15,000
     edit_steps: int = 25
@@ -156,7 +157,7 @@ def train_translator(pairs: PairSet, config: DistillConfig):
 
 def _pairs_key(config: DistillConfig) -> dict:
     """What the collected pairs depend on: a cache written under another key is not reused."""
-    return {k: getattr(config, k) for k in ("edit", "pairs", "edit_steps", "seed")}
+    return {k: getattr(config, k) for k in ("model", "edit", "pairs", "edit_steps", "seed")}
 
 
 def cached_pairs(backbone, world, config: DistillConfig) -> tuple[PairSet, float]:
@@ -207,6 +208,15 @@ def distill(backbone, judge, world, config: DistillConfig) -> dict:
                            f"10/50/90 % quantiles {summary}); collect more pairs or lower the thresholds")
     kept = PairSet(pairs.inputs[keep], pairs.edited[keep], pairs.masks[keep],
                    [s for s, k in zip(pairs.sources, keep) if k], [t for t, k in zip(pairs.targets, keep) if k])
+    # Training resumes from translator/checkpoints; checkpoints made on another set of pairs are stale.
+    kept_record = out / "translator" / "kept.json"
+    kept_rows = keep.nonzero().flatten().tolist()
+    if kept_record.is_file() and json.loads(kept_record.read_text()) != kept_rows:
+        import shutil
+
+        shutil.rmtree(out / "translator", ignore_errors=True)
+    kept_record.parent.mkdir(parents=True, exist_ok=True)
+    kept_record.write_text(json.dumps(kept_rows))
     model, result = train_translator(kept, config)
     model.save_pretrained(out / "translator" / "final")
     report.update(train_seconds=result.seconds, train_samples_per_second=result.samples_per_second)
