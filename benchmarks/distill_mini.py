@@ -23,7 +23,7 @@ from retouch.backbone import MINI_DIR, load_backbone
 from retouch.metrics import TransformersCLIPJudge, background_preservation, clip_accuracy, structure_distance
 from retouch.metrics.structure import TransformersViTSpatial
 from retouch.methods.edit_text import parse_edit
-from retouch.train.distill import DistillConfig, distill, pix2pix_zero_edits, translate
+from retouch.train.distill import DistillConfig, distill, load_translator, pix2pix_zero_edits, translate
 from retouch.world import World
 from retouch.world.edits import edit_scenes
 
@@ -52,8 +52,6 @@ def main():
                            edit_steps=args.edit_steps, batch=args.batch, clip_increase=args.clip_increase,
                            inside_fraction=args.inside_fraction)
     report = distill(backbone, judge, world, config)
-    from retouch.train.distill import load_translator
-
     model = load_translator(Path(args.work) / "translator" / "final")
 
     edit = parse_edit(args.edit)

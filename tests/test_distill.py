@@ -103,7 +103,7 @@ def test_distill_end_to_end_on_a_tiny_backbone(tmp_path, monkeypatch):
 
 @pytest.mark.parametrize("args, message", [
     (["--edit", "red->circle"], "different attributes"),
-    (["--edit", "red->purple-ish"], "not a mini-world attribute value"),
+    (["--edit", "red->purple-ish"], "is not a mini-world word"),
     (["--pairs", "0"], "--pairs must be at least 1"),
     (["--inside-fraction", "1.5"], "--inside-fraction must lie in"),
 ])

@@ -16,7 +16,7 @@ import torch
 from retouch.world.captions import describe_object
 from retouch.world.render import render_scene
 from retouch.world.scene import sample_scene, with_changes
-from retouch.world.vocabulary import VOCABULARIES
+from retouch.world.vocabulary import attribute_of
 
 #: Pixels the object mask is grown by: the outline an edit may legitimately move.
 MASK_GROWTH = 2
@@ -36,18 +36,10 @@ def describe_scene(spec) -> str:
     return f"a photo of {'an' if phrase[0] in 'aeiou' else 'a'} {phrase} on {spec.background}"
 
 
-def edit_attribute(value: str) -> str:
-    """The attribute ("shape", "colour", …) a vocabulary word belongs to."""
-    for name, values in VOCABULARIES.items():
-        if value in values:
-            return name
-    raise ValueError(f"'{value}' is not a mini-world attribute value")
-
-
 def edit_scenes(world, source: str, target: str, count: int, split: str = "test") -> EditScenes:
     """``count`` single-object scenes of ``split`` whose object has attribute value ``source``."""
-    attribute = edit_attribute(source)
-    if edit_attribute(target) != attribute:
+    attribute = attribute_of(source)
+    if attribute_of(target) != attribute:
         raise ValueError(f"'{source}' and '{target}' are values of different attributes")
     images, masks, sources, targets = [], [], [], []
     index = 0
