@@ -6,6 +6,7 @@ from diffusers.models.attention_processor import AttnProcessor2_0
 
 from retouch.attention import (
     CrossAttentionRecorder,
+    Gate,
     HookGroup,
     MapEditor,
     SelfAttentionRecorder,
@@ -38,6 +39,22 @@ def test_recording_leaves_output_unchanged_and_maps_are_distributions(tiny_backb
         assert torch.allclose(probs.sum(-1), torch.ones(()), atol=1e-5)
     for layer_name, hidden in selfs.outputs.items():
         assert hidden.shape[:2] == selfs.inputs[layer_name].shape[:2]
+
+
+def test_a_closed_gate_records_nothing_and_computes_what_an_unhooked_unet_does(tiny_backbones):
+    backbone = tiny_backbones["tiny-sd"]
+    cond = backbone.encode_text(["a photo of a cat"])
+    latents = torch.randn(1, 4, 32, 32, generator=torch.Generator().manual_seed(0))
+    stock = backbone.denoise(latents, 500, cond)
+    recorder, selfs = CrossAttentionRecorder(), SelfAttentionRecorder()
+    gate = Gate(HookGroup(recorder, selfs))
+    with hooked_attention(backbone.unet, gate):
+        with gate.closed():
+            closed = backbone.denoise(latents, 500, cond)
+        assert not recorder.maps and not selfs.outputs and gate.open
+        backbone.denoise(latents, 500, cond)
+        assert recorder.maps and selfs.outputs
+    assert (closed - stock).abs().max().item() <= 1e-6
 
 
 def test_gradients_flow_from_maps_to_latents(tiny_backbones):

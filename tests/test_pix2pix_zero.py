@@ -23,8 +23,10 @@ from retouch.directions import (
 )
 from retouch.errors import RetouchError
 from retouch.guidance import (
+    autocorrelation_gradient,
     autocorrelation_loss,
     cross_attention_loss,
+    kl_gradient,
     kl_loss,
     noise_regularization_loss,
     patch_nce_loss,
@@ -130,6 +132,44 @@ def test_autocorrelation_of_white_noise_is_small_and_of_smooth_noise_large():
     assert white_loss.shape == (2,) and (white_loss < 0.05).all()
     assert (smooth_loss > 100 * white_loss).all()
     assert torch.equal(autocorrelation_loss(smooth, seed(1)), smooth_loss)  # deterministic with its generator
+
+
+def _autocorrelation_by_channel_loop(noise, generator, min_shift, rescale):
+    """Independent L_pair: one channel at a time with torch.roll (the order diffusers draws offsets)."""
+    total = noise.new_zeros(noise.shape[0])
+    for channel in range(noise.shape[1]):
+        level = noise[:, channel]
+        while True:
+            side = min(level.shape[-2:])
+            shift = int(torch.randint(min_shift, max(side // 2, min_shift + 1), (1,), generator=generator).item())
+            for dim in (-2, -1):
+                total = total + ((level * torch.roll(level, shift, dim)).mean(dim=(-2, -1))) ** 2
+            if side <= 8:
+                break
+            level = F.avg_pool2d(level[:, None], 2)[:, 0] * (2.0 if rescale else 1.0)
+    return total
+
+
+@pytest.mark.parametrize("shape, min_shift, rescale", [
+    ((2, 4, 16, 16), 1, False), ((1, 4, 64, 64), 0, False), ((2, 3, 20, 34), 1, True), ((1, 2, 8, 8), 1, False),
+])
+def test_autocorrelation_loss_and_closed_form_gradient_match_a_loop_and_autograd(shape, min_shift, rescale):
+    noise = torch.randn(*shape, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    seed = torch.Generator().manual_seed
+    loss = autocorrelation_loss(noise, seed(5), min_shift=min_shift, rescale=rescale)
+    assert torch.allclose(loss, _autocorrelation_by_channel_loop(noise, seed(5), min_shift, rescale))
+    x = noise.clone().requires_grad_()
+    (expected,) = torch.autograd.grad(autocorrelation_loss(x, seed(5), min_shift=min_shift, rescale=rescale).sum(), x)
+    got = autocorrelation_gradient(noise, seed(5), min_shift=min_shift, rescale=rescale)
+    assert expected.abs().max() > 0 and torch.allclose(got, expected, atol=1e-12)
+
+
+@pytest.mark.parametrize("per_channel", [False, True])
+def test_kl_closed_form_gradient_matches_autograd(per_channel):
+    noise = torch.randn(3, 4, 8, 8, generator=torch.Generator().manual_seed(0), dtype=torch.float64) * 1.7 + 0.3
+    x = noise.clone().requires_grad_()
+    (expected,) = torch.autograd.grad(kl_loss(x, per_channel=per_channel).sum(), x)
+    assert torch.allclose(kl_gradient(noise, per_channel=per_channel), expected, atol=1e-12)
 
 
 def test_kl_loss_hand_cases():

@@ -125,6 +125,32 @@ class HookGroup(AttentionHook):
         return hidden_out
 
 
+class Gate(AttentionHook):
+    """Passes every call to ``hook`` while open; while closed the hooked layers compute plain fused
+    attention, so hooks can stay installed across calls that should not record (installing and
+    removing processors costs a walk over the whole U-Net each time)."""
+
+    def __init__(self, hook: AttentionHook):
+        self.hook, self.open = hook, True
+
+    def wants_probabilities(self, layer):
+        return self.open and self.hook.wants_probabilities(layer)
+
+    def on_probabilities(self, layer, probabilities):
+        return self.hook.on_probabilities(layer, probabilities)
+
+    def on_output(self, layer, hidden_in, hidden_out):
+        return self.hook.on_output(layer, hidden_in, hidden_out) if self.open else hidden_out
+
+    @contextmanager
+    def closed(self) -> Iterator[None]:
+        was_open, self.open = self.open, False
+        try:
+            yield
+        finally:
+            self.open = was_open
+
+
 class HookedAttnProcessor:
     """A diffusers attention processor that routes through an :class:`AttentionHook`.
 

@@ -19,7 +19,7 @@ from typing import Callable
 
 import torch
 
-from retouch.guidance import autocorrelation_loss, kl_loss
+from retouch.guidance import autocorrelation_gradient, kl_gradient
 from retouch.sampling import ddim_timesteps, ddim_transition, to_epsilon
 
 
@@ -43,24 +43,19 @@ def regularize_noise(
     Each round takes ``num_auto_corr_rolls`` steps of size λ_ac/rolls on L_pair, each with fresh random
     offsets, then one step of size λ_KL on L_KL — the official code's schedule, which spreads the
     autocorrelation weight over several offsets per round. Losses are per image and summed, so every
-    image of a batch is regularized on its own. The steps run in float32 even for half-precision
-    models: the coefficients are means over thousands of products.
+    image of a batch is regularized on its own. The gradients are the closed forms of
+    :mod:`retouch.guidance` (no autograd: 30 of them per inversion step). The steps run in float32
+    even for half-precision models: the coefficients are means over thousands of products.
     """
     eps = noise.detach().float()
-    with torch.enable_grad():
-        for _ in range(regularization.num_reg_steps):
-            if regularization.lambda_auto_corr > 0:
-                step = regularization.lambda_auto_corr / regularization.num_auto_corr_rolls
-                for _ in range(regularization.num_auto_corr_rolls):
-                    eps = eps.requires_grad_()
-                    loss = autocorrelation_loss(eps, generator, min_shift=regularization.min_shift,
-                                                rescale=regularization.rescale).sum()
-                    (grad,) = torch.autograd.grad(loss, eps)
-                    eps = (eps - step * grad).detach()
-            if regularization.lambda_kl > 0:
-                eps = eps.requires_grad_()
-                (grad,) = torch.autograd.grad(kl_loss(eps).sum(), eps)
-                eps = (eps - regularization.lambda_kl * grad).detach()
+    for _ in range(regularization.num_reg_steps):
+        if regularization.lambda_auto_corr > 0:
+            step = regularization.lambda_auto_corr / regularization.num_auto_corr_rolls
+            for _ in range(regularization.num_auto_corr_rolls):
+                eps = eps - step * autocorrelation_gradient(eps, generator, min_shift=regularization.min_shift,
+                                                            rescale=regularization.rescale)
+        if regularization.lambda_kl > 0:
+            eps = eps - regularization.lambda_kl * kl_gradient(eps)
     return eps.to(noise.dtype)
 
 

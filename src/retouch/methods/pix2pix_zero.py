@@ -27,11 +27,11 @@ from __future__ import annotations
 
 from contextlib import ExitStack, contextmanager, nullcontext
 from dataclasses import dataclass, field
-from typing import Callable, Sequence
+from typing import Callable, Iterator, Sequence
 
 import torch
 
-from retouch.attention import CrossAttentionRecorder, HookGroup, hooked_attention, select_layers
+from retouch.attention import CrossAttentionRecorder, Gate, HookGroup, hooked_attention, select_layers
 from retouch.captioning import caption_images
 from retouch.directions import BANKS, EditDirection, build_direction, load_direction, sentence_banks
 from retouch.errors import RetouchError
@@ -41,7 +41,7 @@ from retouch.methods import register
 from retouch.methods.edit_text import EditSpec, parse_edit
 from retouch.sampling import classifier_free_guidance, ddim_step, ddim_timesteps, previous_timestep
 
-__all__ = ["Pix2PixZeroConfig", "CrossAttentionTerm", "guided_edit_latents", "guidance_step", "record_features",
+__all__ = ["Pix2PixZeroConfig", "CrossAttentionTerm", "guided_edit_latents", "guidance_step", "record_features", "recording",
            "run_pix2pix_zero", "invert_with_noise_regularization"]
 
 XA_BRANCHES = ("conditional", "both")
@@ -187,7 +187,7 @@ class CrossAttentionTerm:
         self.hook = CrossAttentionRecorder()
         self.weight = weight
 
-    def forward_hooks(self):
+    def forward_hooks(self, gate: Gate):
         return nullcontext()
 
     def features(self) -> dict[str, torch.Tensor]:
@@ -201,14 +201,19 @@ class CrossAttentionTerm:
 
 
 @contextmanager
-def _recording(unet, terms):
-    """Install every term's attention hooks (one processor set) and forward hooks; always remove them."""
+def recording(unet, terms) -> Iterator[Gate]:
+    """Install every term's attention hooks (one processor set) and forward hooks; always remove them.
+
+    Yields the :class:`~retouch.attention.Gate` in front of them: U-Net calls made under
+    ``gate.closed()`` run as if nothing were installed.
+    """
     layers = list({layer.name: layer for term in terms for layer in term.layers}.values())
+    gate = Gate(HookGroup(*(term.hook for term in terms)))
     with ExitStack() as stack:
-        stack.enter_context(hooked_attention(unet, HookGroup(*(term.hook for term in terms)), layers))
+        stack.enter_context(hooked_attention(unet, gate, layers))
         for term in terms:
-            stack.enter_context(term.forward_hooks())
-        yield
+            stack.enter_context(term.forward_hooks(gate))
+        yield gate
 
 
 def guided_edit_latents(
@@ -252,32 +257,38 @@ def guided_edit_latents(
         return torch.cat([x, x]) if use_cfg else x
 
     reconstruction = edited = latents
-    for i, t in enumerate(ddim_timesteps(schedule, num_steps)):
-        t_prev = previous_timestep(schedule, t, num_steps)
-        x_in = torch.cat([edited, edited]) if both else edited
-        if steer:
-            output, recorded = record_features(backbone, doubled(reconstruction), t, reference_cond, terms)
-            references = [{k: v[reference_rows] for k, v in features.items()} for features in recorded]
-            reconstruction = ddim_step(schedule, reconstruction, combine(output), t, t_prev)
-            x_in = guidance_step(backbone, x_in, t, guided_cond, terms, references, step_size,
-                                 branches=2 if both else 1, trace=trace)
-        output = backbone.denoise(x_in if both else doubled(x_in), t, sampling_cond)
-        # "both": the step continues from the unconditional branch's copy, as the official code does.
-        edited = ddim_step(schedule, x_in[:batch], combine(output), t, t_prev)
-        if callback is not None:
-            callback(i, t, edited)
+    with recording(backbone.unet, terms) if steer else nullcontext() as gate:
+        for i, t in enumerate(ddim_timesteps(schedule, num_steps)):
+            t_prev = previous_timestep(schedule, t, num_steps)
+            x_in = torch.cat([edited, edited]) if both else edited
+            if steer:
+                output, recorded = record_features(backbone, doubled(reconstruction), t, reference_cond, terms,
+                                                   installed=True)
+                references = [{k: v[reference_rows] for k, v in features.items()} for features in recorded]
+                reconstruction = ddim_step(schedule, reconstruction, combine(output), t, t_prev)
+                x_in = guidance_step(backbone, x_in, t, guided_cond, terms, references, step_size,
+                                     branches=2 if both else 1, trace=trace, installed=True)
+            with gate.closed() if steer else nullcontext():
+                output = backbone.denoise(x_in if both else doubled(x_in), t, sampling_cond)
+            # "both": the step continues from the unconditional branch's copy, as the official code does.
+            edited = ddim_step(schedule, x_in[:batch], combine(output), t, t_prev)
+            if callback is not None:
+                callback(i, t, edited)
     return edited
 
 
-def record_features(backbone, latents, t, cond, terms) -> tuple[torch.Tensor, list[dict]]:
-    """One U-Net call with the terms' hooks in place: (network output, each term's recorded features)."""
-    with _recording(backbone.unet, terms):
+def record_features(backbone, latents, t, cond, terms, *, installed: bool = False) -> tuple[torch.Tensor, list[dict]]:
+    """One U-Net call with the terms' hooks in place: (network output, each term's recorded features).
+
+    ``installed=True`` means the caller holds :func:`recording` open (one install for a whole edit).
+    """
+    with nullcontext() if installed else recording(backbone.unet, terms):
         output = backbone.denoise(latents, t, cond)
     return output, [term.features() for term in terms]
 
 
 def guidance_step(backbone, x, t, cond, terms, references, step_size: float, *, branches: int = 1,
-                  trace: list | None = None) -> torch.Tensor:
+                  trace: list | None = None, installed: bool = False) -> torch.Tensor:
     """x − step_size · ∇_x Σ_terms weight · loss(features at x, reference) — Algorithm 1's Δx_t step.
 
     The per-row losses are summed (each image gets its own gradient) and divided by the number of
@@ -285,7 +296,7 @@ def guidance_step(backbone, x, t, cond, terms, references, step_size: float, *, 
     """
     with torch.enable_grad():
         x = x.detach().requires_grad_()
-        _, recorded = record_features(backbone, x, t, cond, terms)
+        _, recorded = record_features(backbone, x, t, cond, terms, installed=installed)
         losses = {term.name: term.loss(features, reference)
                   for term, features, reference in zip(terms, recorded, references)}
         if trace is not None:

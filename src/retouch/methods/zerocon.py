@@ -94,10 +94,11 @@ class ContrastiveTerm:
         self.outputs: dict[str, torch.Tensor] = {}
 
     @contextmanager
-    def forward_hooks(self):
+    def forward_hooks(self, gate):
         def saver(name):
             def save(_module, _inputs, output):
-                self.outputs[name] = output
+                if gate.open:
+                    self.outputs[name] = output
             return save
 
         handles = [module.register_forward_hook(saver(name)) for name, module in self.modules]
