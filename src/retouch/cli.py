@@ -327,13 +327,15 @@ def train() -> None:
 
 
 @train.command("mini")
-@click.option("--stages", default="tokenizer,vae,clip,judge,unet,export", show_default=True,
-              help="comma-separated subset of tokenizer, vae, clip, judge, unet, export; finished stages are reused")
+@click.option("--stages", default="tokenizer,vae,decoder,clip,judge,unet,export", show_default=True,
+              help="comma-separated subset of tokenizer, vae, decoder, clip, judge, unet, export; finished stages "
+                   "are reused")
 @click.option("--work-dir", default="out/train-mini", show_default=True, help="checkpoints and logs (resumable)")
 @click.option("--export-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="where the trained models go (default: the package's shipped folder)")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--vae-steps", type=int, default=None)
+@click.option("--decoder-steps", type=int, default=None, help="local-decoder fine-tuning steps (encoder frozen)")
 @click.option("--clip-steps", type=int, default=None)
 @click.option("--unet-steps", type=int, default=None)
 @click.option("--judge-steps", type=int, default=None)
@@ -344,8 +346,8 @@ def train() -> None:
 @click.option("--unet-object-weight", type=float, default=None,
               help="extra ε-loss weight on object pixels (0 = plain MSE)")
 @click.option("--unet-min-snr-gamma", type=float, default=None, help="Min-SNR-γ timestep weighting (0 = off)")
-def train_mini(stages, work_dir, export_dir, seed, vae_steps, clip_steps, unet_steps, judge_steps, judge_batch,
-               vae_batch, clip_batch, unet_batch, unet_object_weight, unet_min_snr_gamma) -> None:
+def train_mini(stages, work_dir, export_dir, seed, vae_steps, decoder_steps, clip_steps, unet_steps, judge_steps,
+               judge_batch, vae_batch, clip_batch, unet_batch, unet_object_weight, unet_min_snr_gamma) -> None:
     """Train the mini world's autoencoder, CLIP-style judge and text-to-image U-Net."""
     from retouch.train.mini import MINI_DIR, STAGES, MiniConfig, run_mini_training
 
@@ -353,7 +355,8 @@ def train_mini(stages, work_dir, export_dir, seed, vae_steps, clip_steps, unet_s
     unknown = sorted(set(chosen) - set(STAGES))
     if unknown:
         raise RetouchError(f"unknown stage(s) {', '.join(unknown)}; choose from {', '.join(STAGES)}")
-    overrides = {k: v for k, v in dict(vae_steps=vae_steps, clip_steps=clip_steps, unet_steps=unet_steps,
+    overrides = {k: v for k, v in dict(vae_steps=vae_steps, decoder_steps=decoder_steps, clip_steps=clip_steps,
+                                       unet_steps=unet_steps,
                                        vae_batch=vae_batch, clip_batch=clip_batch, unet_batch=unet_batch,
                                        judge_steps=judge_steps, judge_batch=judge_batch).items() if v is not None}
     for name, value in overrides.items():
@@ -415,6 +418,59 @@ def train_distill(edit, output_dir, model, judge_dir, pairs, edit_steps, train_s
 # ---------------------------------------------------------------------------------------------
 # retouch world
 # ---------------------------------------------------------------------------------------------
+@cli.group()
+def data() -> None:
+    """Build datasets (offline, from local images and procedural sources)."""
+
+
+@data.command("compositing")
+@click.option("-o", "--output", type=click.Path(file_okay=False, path_type=Path), required=True,
+              help="new folder for the shards, manifest.jsonl and dataset.json")
+@click.option("--images", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="folder of your own images (random crops, hash split)")
+@click.option("--world-scenes", type=int, default=400, show_default=True, help="mini-world scenes")
+@click.option("--dead-leaves", type=int, default=400, show_default=True, help="dead-leaves images")
+@click.option("--photos/--no-photos", default=True, show_default=True,
+              help="scikit-image's photographs as the held-out 'photos' split")
+@click.option("--crop", type=int, default=64, show_default=True, help="side of the square crops")
+@click.option("--crops-per-image", type=int, default=4, show_default=True, help="crops per folder image or photo")
+@click.option("--split", default="0.8,0.1,0.1", show_default=True, help="train,val,test fractions")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--grain-samples", type=int, default=800, show_default=True,
+              help="film grain's Monte-Carlo samples per pixel (Newson et al.: 800; fewer is faster and noisier)")
+@click.option("--shard-size", type=int, default=256, show_default=True, help="samples per tar shard")
+def data_compositing(output: Path, images, world_scenes, dead_leaves, photos, crop, crops_per_image, split, seed,
+                     grain_samples, shard_size) -> None:
+    """The multi-task paper's compositing benchmark: crops with blur, grain ×5, colour, mask, sharpen targets."""
+    from retouch.data.compositing import CompositingConfig, build_compositing_dataset
+
+    try:
+        fractions = tuple(float(part) for part in split.split(","))
+    except ValueError:
+        fractions = ()
+    if len(fractions) != 3:
+        raise RetouchError(f"--split takes three comma-separated fractions, e.g. 0.8,0.1,0.1; got {split!r}")
+    config = CompositingConfig(images=str(images) if images else None, world_scenes=world_scenes,
+                               dead_leaves=dead_leaves, photos=photos, crop=crop, crops_per_image=crops_per_image,
+                               split=fractions, seed=seed, grain_samples=grain_samples, shard_size=shard_size)
+    from tqdm.auto import tqdm
+
+    bars = []  # opened on the first finished sample, so a refused build prints only its error line
+
+    def progress(done, total):
+        if not bars:
+            bars.append(tqdm(total=total, desc="building", unit="sample", file=sys.stderr))
+        bars[0].update(done - bars[0].n)
+
+    try:
+        summary = build_compositing_dataset(config, output, progress)
+    finally:
+        for bar in bars:
+            bar.close()
+    counts = ", ".join(f"{split_name} {n}" for split_name, n in summary["counts"].items())
+    click.echo(f"wrote {output}: {counts}")
+
+
 @cli.command("world")
 @click.option("-o", "--output", "folder", type=click.Path(file_okay=False, path_type=Path), required=True,
               help="folder for scene PNGs, mask PNGs and scenes.jsonl")

@@ -11,6 +11,7 @@ one line naming the file and what to do, never a Pillow or OS traceback.
 
 from __future__ import annotations
 
+import io
 import os
 import stat
 import struct
@@ -429,6 +430,23 @@ def save_image(
 
     _atomic_write(path, lambda handle: _encode(pixels, handle, image_format), name)
     return path
+
+
+def png_bytes(image: np.ndarray, name: str = "a PNG record") -> bytes:
+    """A float image (H, W, 3) or map (H, W) in [0, 1] as 8-bit PNG bytes (for archives such as dataset shards)."""
+    buffer = io.BytesIO()
+    _encode(_to_uint8(image, name), buffer, "PNG")
+    return buffer.getvalue()
+
+
+def image_from_png_bytes(data: bytes, name: str = "a PNG record") -> np.ndarray:
+    """Inverse of :func:`png_bytes`: float32 (H, W, 3), or (H, W) for a single-channel PNG, in [0, 1]."""
+    try:
+        with Image.open(io.BytesIO(data)) as img:
+            pixels = np.asarray(img.convert("L" if img.mode in ("L", "1") else "RGB"))
+    except (OSError, ValueError) as error:
+        raise RetouchError(f"cannot read {name}: not a valid PNG ({error})") from None
+    return pixels.astype(np.float32) / 255.0
 
 
 def atomic_write_text(path: PathLike, text: str) -> Path:

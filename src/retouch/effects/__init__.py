@@ -37,8 +37,11 @@ class EffectsRecipe:
     seed: int = field(default=0, metadata={"help": "seed for the grain realisation and a random blur angle"})
 
 
-def apply_effects(image: np.ndarray, recipe: EffectsRecipe) -> np.ndarray:
-    """Apply the recipe's effects in the fixed order of this module's docstring."""
+def apply_effects(image: np.ndarray, recipe: EffectsRecipe, *, grain_samples: int = 800) -> np.ndarray:
+    """Apply the recipe's effects in the fixed order of this module's docstring.
+
+    ``grain_samples`` is film grain's Monte-Carlo sample count (Newson et al.'s default 800).
+    """
     out = np.asarray(image, np.float32)
     if recipe.blur:
         out = motion_blur(out, recipe.blur, angle=recipe.blur_angle, seed=recipe.seed)
@@ -47,7 +50,7 @@ def apply_effects(image: np.ndarray, recipe: EffectsRecipe) -> np.ndarray:
     if recipe.sharpen is not None:
         out = unsharp_mask(out, *recipe.sharpen)
     if recipe.grain:
-        out = film_grain(out, recipe.grain, seed=recipe.seed)
+        out = film_grain(out, recipe.grain, seed=recipe.seed, n_samples=grain_samples)
     if recipe.mask is not None:
         out = apply_inpainting_mask(out, recipe.mask)
     return out

@@ -1,0 +1,309 @@
+"""The compositing benchmark of the multi-task paper (§4.1, "Datasets"), built from any images, offline.
+
+Every sample is one square crop with its single-task targets (the paper's five tasks):
+
+* ``blur`` — motion blur of degree β ∈ [0.1, 1] at a random angle;
+* ``grain_010`` … ``grain_100`` — film grain (Newson et al. 2017) at the paper's five radii
+  {0.010, 0.025, 0.050, 0.075, 0.100};
+* ``colour`` — Reinhard colour transfer towards another crop of the *same split*, the reference
+  (its key is in the parameters, its pixels are stored as ``reference``);
+* ``mask`` — a free-form inpainting mask (Yu et al. 2019; the task's input is the crop times 1 − M and
+  its target is the crop itself);
+* ``sharpen`` — unsharp masking with amount λ ∈ [1, 3] and threshold μ ∈ [0, 0.1];
+
+and, on the ``test`` and ``photos`` splits, the multi-task targets of the paper's Table 3 plus one
+more, made with :func:`retouch.effects.apply_effects` (its fixed order: blur → colour → sharpen →
+grain) and the sample's own parameters at one of the five grain radii: ``blur+grain``,
+``grain+colour``, ``blur+grain+colour``, ``grain+colour+sharpen``.
+
+Sources: a folder of the user's images (random crops), mini-world scenes (their own train/val/test
+split) and dead-leaves images (natural-image statistics), and scikit-image's photographs, which
+form a split of their own (``photos``) that no model trains on: the unseen distribution.
+
+Storage streams: per split, tar shards of PNG records ``{key}.{name}.png`` plus ``{key}.json`` (the
+sample's parameters), in key order; ``manifest.jsonl`` lists every sample with its shard and
+parameters, and ``dataset.json`` (written last) the build config and counts. The whole folder is
+built under a temporary name and renamed when complete, so an interrupted build leaves nothing.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+import shutil
+import tarfile
+import tempfile
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+
+from retouch.effects import (
+    GRAIN_RADII,
+    EffectsRecipe,
+    apply_effects,
+    film_grain,
+    free_form_mask,
+    motion_blur,
+    reinhard_color_transfer,
+    unsharp_mask,
+)
+from retouch.errors import RetouchError
+from retouch.imageio import image_from_png_bytes, load_image, png_bytes, resize_image
+
+SPLITS = ("train", "val", "test", "photos")
+GRAIN_NAMES = {radius: f"grain_{round(radius * 1000):03d}" for radius in GRAIN_RADII}
+MULTI_TASKS = {  # name → the recipe fields it turns on (Table 3's combinations, and grain+colour+sharpen)
+    "blur+grain": ("blur", "grain"),
+    "grain+colour": ("grain", "reference"),
+    "blur+grain+colour": ("blur", "grain", "reference"),
+    "grain+colour+sharpen": ("grain", "reference", "sharpen"),
+}
+PHOTOS = ("astronaut", "coffee", "chelsea", "rocket", "immunohistochemistry", "cat", "coins", "camera")
+
+
+@dataclass
+class CompositingConfig:
+    """What ``retouch data compositing`` builds."""
+
+    images: str | None = field(default=None, metadata={"help": "folder of your own images (searched recursively)"})
+    world_scenes: int = field(default=400, metadata={"help": "mini-world scenes (the world's own split)"})
+    dead_leaves: int = field(default=400, metadata={"help": "dead-leaves images (hash split)"})
+    photos: bool = field(default=True, metadata={"help": "scikit-image's photographs as the held-out 'photos' split"})
+    crop: int = field(default=64, metadata={"help": "side of the square crops in pixels"})
+    crops_per_image: int = field(default=4, metadata={"help": "random crops per folder image or photograph"})
+    split: tuple[float, float, float] = field(default=(0.8, 0.1, 0.1), metadata={
+        "help": "train, val, test fractions for folder and dead-leaves images"})
+    seed: int = 0
+    grain_samples: int = field(default=800, metadata={"help": "Monte-Carlo samples per grain pixel (Newson: 800)"})
+    shard_size: int = field(default=256, metadata={"help": "samples per tar shard"})
+
+    def validate(self) -> None:
+        if self.crop < 16:
+            raise RetouchError(f"--crop must be at least 16 pixels; got {self.crop}")
+        if min(self.world_scenes, self.dead_leaves) < 0 or self.crops_per_image < 1 or self.shard_size < 1:
+            raise RetouchError("--world-scenes and --dead-leaves must be ≥ 0, --crops-per-image and --shard-size ≥ 1")
+        if len(self.split) != 3 or min(self.split) < 0 or not abs(sum(self.split) - 1) < 1e-6:
+            raise RetouchError(f"--split takes three non-negative fractions summing to 1; got {self.split}")
+        if self.grain_samples < 1:
+            raise RetouchError(f"--grain-samples must be positive; got {self.grain_samples}")
+        if self.images is not None and not Path(self.images).is_dir():
+            raise RetouchError(f"--images: no folder '{self.images}'")
+
+
+@dataclass
+class Crop:
+    key: str
+    split: str
+    origin: str
+    image: np.ndarray  # (crop, crop, 3) float32 in [0, 1], on the 8-bit grid
+
+    def __post_init__(self):
+        # The stored source PNG must be exactly the image the targets were made from (the sharpening
+        # threshold, for one, flips on sub-8-bit differences), so crops are quantized up front.
+        self.image = (np.round(np.clip(self.image, 0.0, 1.0) * 255.0) / 255.0).astype(np.float32)
+
+
+# ---------------------------------------------------------------------------------------------
+# Sources and splits
+# ---------------------------------------------------------------------------------------------
+def hash_split(name: str, seed: int, fractions: tuple[float, float, float]) -> str:
+    """train/val/test for an image by a stable hash of its name: adding images never moves others."""
+    digest = hashlib.sha256(f"{seed}:{name}".encode()).digest()
+    u = int.from_bytes(digest[:8], "big") / 2**64
+    return "train" if u < fractions[0] else "val" if u < fractions[0] + fractions[1] else "test"
+
+
+def random_crops(image: np.ndarray, side: int, count: int, rng: np.random.Generator) -> list[np.ndarray]:
+    """``count`` random square crops; an image smaller than ``side`` is first scaled up to it."""
+    height, width = image.shape[:2]
+    if min(height, width) < side:
+        scale = side / min(height, width)
+        image = resize_image(image, (max(side, round(height * scale)), max(side, round(width * scale))))
+        height, width = image.shape[:2]
+    crops = []
+    for _ in range(count):
+        top, left = int(rng.integers(0, height - side + 1)), int(rng.integers(0, width - side + 1))
+        crops.append(np.ascontiguousarray(image[top:top + side, left:left + side], np.float32))
+    return crops
+
+
+def collect_crops(config: CompositingConfig) -> list[Crop]:
+    """Every crop of the build with its split, in a deterministic order."""
+    from retouch.data.dead_leaves import dead_leaves
+    from retouch.world import World
+
+    crops: list[Crop] = []
+    rng = np.random.default_rng([config.seed, 0xC0])
+    if config.images is not None:
+        folder = Path(config.images)
+        files = sorted(p for p in folder.rglob("*") if p.suffix.lower() in (".png", ".jpg", ".jpeg", ".webp"))
+        if not files:
+            raise RetouchError(f"--images: no PNG, JPEG or WebP files under '{folder}'")
+        for path in files:
+            name = path.relative_to(folder).as_posix()
+            split = hash_split(name, config.seed, config.split)
+            for k, crop in enumerate(random_crops(load_image(path), config.crop, config.crops_per_image, rng)):
+                crops.append(Crop(f"folder-{len(crops):06d}", split, f"folder:{name}#{k}", crop))
+    if config.world_scenes:
+        world = World(seed=config.seed, size=config.crop)
+        for index in range(config.world_scenes):
+            _, rendered, _ = world.scene(index)
+            crops.append(Crop(f"world-{index:06d}", world.split(index), f"world:{index}", rendered.image))
+    for index in range(config.dead_leaves):
+        image = dead_leaves(config.crop, seed=config.seed * 1_000_003 + index)
+        crops.append(Crop(f"leaves-{index:06d}", hash_split(f"leaves:{index}", config.seed, config.split),
+                          f"dead-leaves:{index}", image))
+    if config.photos:
+        from skimage import data
+
+        for name in PHOTOS:
+            photo = getattr(data, name)()
+            photo = np.repeat(photo[..., None], 3, axis=-1) if photo.ndim == 2 else photo[..., :3]
+            for k, crop in enumerate(random_crops(photo.astype(np.float32) / 255.0, config.crop,
+                                                  config.crops_per_image, rng)):
+                crops.append(Crop(f"photo-{name}-{k}", "photos", f"skimage:{name}#{k}", crop))
+    return crops
+
+
+# ---------------------------------------------------------------------------------------------
+# Targets
+# ---------------------------------------------------------------------------------------------
+def sample_parameters(key: str, split_keys: list[str], config: CompositingConfig) -> dict:
+    """The random effect parameters of one crop (a pure function of the seed, its key and its split's keys).
+
+    The colour reference is another crop of the same split (the paper: "another sharp image randomly
+    selected from the training set"), or the crop itself in a split of one.
+    """
+    rng = np.random.default_rng([config.seed, int(hashlib.sha256(key.encode()).hexdigest()[:12], 16)])
+    pick = int(rng.integers(0, max(1, len(split_keys) - 1)))
+    others = [k for k in split_keys if k != key]
+    return {
+        "blur": round(float(rng.uniform(0.1, 1.0)), 4),
+        "blur_angle": round(float(rng.uniform(0.0, 180.0)), 2),
+        "grain_seed": int(rng.integers(0, 2**31 - 1)),
+        "reference": others[pick] if others else key,
+        "mask_seed": int(rng.integers(0, 2**31 - 1)),
+        "sharpen": [round(float(rng.uniform(1.0, 3.0)), 4), round(float(rng.uniform(0.0, 0.1)), 4)],
+        "multi_grain": float(GRAIN_RADII[int(rng.integers(0, len(GRAIN_RADII)))]),
+    }
+
+
+def render_targets(image: np.ndarray, reference: np.ndarray, params: dict, *, multi: bool,
+                   grain_samples: int) -> dict[str, np.ndarray]:
+    """The source, its single-task targets and (when ``multi``) the multi-task targets."""
+    side = image.shape[0]
+    grain = dict(seed=params["grain_seed"], n_samples=grain_samples)
+    out = {"source": image, "reference": reference,
+           "blur": motion_blur(image, params["blur"], angle=params["blur_angle"]),
+           "colour": reinhard_color_transfer(image, reference),
+           "mask": free_form_mask(side, side, seed=params["mask_seed"]).astype(np.float32),
+           "sharpen": unsharp_mask(image, *params["sharpen"])}
+    for radius, name in GRAIN_NAMES.items():
+        out[name] = film_grain(image, radius, **grain)
+    if multi:
+        full = {"blur": params["blur"], "grain": params["multi_grain"], "reference": reference,
+                "sharpen": tuple(params["sharpen"])}
+        for name, fields in MULTI_TASKS.items():
+            recipe = EffectsRecipe(blur_angle=params["blur_angle"], seed=params["grain_seed"],
+                                   **{f: full[f] for f in fields})
+            out[name] = apply_effects(image, recipe, grain_samples=grain_samples)
+    return {name: np.clip(np.asarray(value, np.float32), 0.0, 1.0) for name, value in out.items()}
+
+
+# ---------------------------------------------------------------------------------------------
+# Build and read
+# ---------------------------------------------------------------------------------------------
+def build_compositing_dataset(config: CompositingConfig, output: Path, progress=None) -> dict:
+    """Build the dataset into ``output`` (which must not exist, or be an empty folder); returns the summary."""
+    config.validate()
+    output = Path(output)
+    if output.exists() and (not output.is_dir() or any(output.iterdir())):
+        raise RetouchError(f"'{output}' already exists and is not an empty folder; choose a new output folder")
+    parent = output.resolve().parent
+    if not parent.is_dir() or not os.access(parent, os.W_OK):
+        raise RetouchError(f"cannot write the dataset: folder '{parent}' does not exist or is not writable")
+    crops = collect_crops(config)
+    by_split = {split: [c for c in crops if c.split == split] for split in SPLITS}
+    images = {c.key: c.image for c in crops}
+    staging = Path(tempfile.mkdtemp(prefix=f".{output.name}.", dir=parent))
+    try:
+        manifest, counts, done = [], {}, 0
+        for split, members in by_split.items():
+            counts[split] = len(members)
+            keys = [c.key for c in members]
+            for start in range(0, len(members), config.shard_size):
+                shard = f"{split}-{start // config.shard_size:05d}.tar"
+                with tarfile.open(staging / shard, "w") as archive:
+                    for crop in members[start:start + config.shard_size]:
+                        params = sample_parameters(crop.key, keys, config)
+                        targets = render_targets(crop.image, images[params["reference"]], params,
+                                                 multi=split in ("test", "photos"),
+                                                 grain_samples=config.grain_samples)
+                        record = {"key": crop.key, "split": split, "shard": shard, "origin": crop.origin,
+                                  "params": params, "images": sorted(targets)}
+                        _add(archive, f"{crop.key}.json", json.dumps(record).encode())
+                        for name, target in targets.items():
+                            _add(archive, f"{crop.key}.{name}.png", png_bytes(target))
+                        manifest.append(record)
+                        done += 1
+                        if progress is not None:
+                            progress(done, len(crops))
+        (staging / "manifest.jsonl").write_text("".join(json.dumps(r) + "\n" for r in manifest))
+        summary = {"config": asdict(config), "counts": counts, "grain_radii": list(GRAIN_RADII),
+                   "multi_tasks": list(MULTI_TASKS), "format": "tar shards of {key}.{name}.png + {key}.json"}
+        (staging / "dataset.json").write_text(json.dumps(summary, indent=2))
+        if output.exists():
+            output.rmdir()
+        os.replace(staging, output)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return summary
+
+
+def _add(archive: tarfile.TarFile, name: str, payload: bytes) -> None:
+    info = tarfile.TarInfo(name)
+    info.size = len(payload)
+    archive.addfile(info, io.BytesIO(payload))
+
+
+@dataclass
+class CompositingSample:
+    key: str
+    split: str
+    params: dict
+    images: dict[str, np.ndarray]  # name → (H, W, 3) float32, "mask" (H, W)
+
+
+def read_summary(folder: Path) -> dict:
+    path = Path(folder) / "dataset.json"
+    if not path.is_file():
+        raise RetouchError(f"'{folder}' is not a compositing dataset (no dataset.json); build one with "
+                           "`retouch data compositing`")
+    return json.loads(path.read_text())
+
+
+def iter_compositing(folder: Path, split: str) -> Iterator[CompositingSample]:
+    """Stream one split's samples shard by shard, in build order (one sample in memory at a time)."""
+    folder = Path(folder)
+    read_summary(folder)
+    if split not in SPLITS:
+        raise RetouchError(f"unknown split {split!r}; choose from {', '.join(SPLITS)}")
+    for shard in sorted(folder.glob(f"{split}-*.tar")):
+        with tarfile.open(shard, "r") as archive:
+            record, images = None, {}
+            for member in archive:
+                payload = archive.extractfile(member).read()
+                key, _, rest = member.name.partition(".")
+                if rest == "json":
+                    if record is not None:
+                        yield CompositingSample(record["key"], split, record["params"], images)
+                    record, images = json.loads(payload), {}
+                else:
+                    images[rest.removesuffix(".png")] = image_from_png_bytes(payload, f"{shard.name}:{member.name}")
+            if record is not None:
+                yield CompositingSample(record["key"], split, record["params"], images)
