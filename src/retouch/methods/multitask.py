@@ -1,0 +1,298 @@
+"""Multi-task image-to-image diffusion with fine-grained control (the multitask paper, §3.2, Table 1).
+
+One latent diffusion model learns five compositing effects at once. The denoiser ε_θ(z_0^A, I_ref, C,
+z_t^B, t) sees, concatenated on its input channels, the noisy target latent z_t^B, the source latent
+z_0^A and the colour reference I_ref as RGB downsampled to the latent size; the *editing vector*
+
+    C = [β, σ, λ, μ, e1, e2, e3, e4, e5]
+
+(blur degree, grain size, sharpening amount and threshold, then the binary activation labels of blur,
+grain, colour transfer, inpainting and sharpening, in the paper's order) goes through the mapping
+network f_θ — two linear layers with a SiLU between — into the U-Net's cross-attention. Inactive
+tasks' conditions are zero (their scalars, their label, a zero reference); inpainting multiplies the
+source image by the mask before encoding. Training minimises ‖ε_θ − ε‖_p^p with p = 1 (Eq. 2) on
+examples labelled with no task or one task; at inference any combination of tasks can be switched on.
+
+Palette++ (the paper's baseline) is the same network with everything concatenated: z_A, I_ref and C
+broadcast over the latent grid, and a constant, all-zero cross-attention context.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from retouch.errors import RetouchError
+
+TASKS = ("blur", "grain", "colour", "inpaint", "sharpen")  # e1..e5, the paper's label order (§4.1)
+SCALARS = ("beta", "sigma", "lambda", "mu")  # β, σ, λ, μ (Table 1)
+RANGES = {"beta": (0.0, 1.0), "sigma": (0.0, 0.1), "lambda": (1.0, 3.0), "mu": (0.0, 0.1)}  # Table 1
+CONDITIONINGS = ("cross-attention", "concat")  # ours, Palette++
+
+
+@dataclass(frozen=True)
+class EditingVector:
+    """Which tasks are on, with their sliders. ``None`` / ``False`` = the task is off."""
+
+    blur: float | None = None  # β ∈ [0, 1]
+    grain: float | None = None  # σ ∈ [0, 0.1]
+    colour: bool = False  # a colour reference is given
+    inpaint: bool = False  # an inpainting mask is given
+    sharpen: tuple[float, float] | None = None  # (λ ∈ [1, 3], μ ∈ [0, 0.1])
+
+    def validate(self) -> None:
+        values = {"beta": self.blur, "sigma": self.grain}
+        if self.sharpen is not None:
+            values["lambda"], values["mu"] = self.sharpen
+        flags = {"beta": "--blur", "sigma": "--grain", "lambda": "--sharpen amount", "mu": "--sharpen threshold"}
+        for name, value in values.items():
+            if value is None:
+                continue
+            low, high = RANGES[name]
+            if not low <= float(value) <= high:  # NaN fails too
+                raise RetouchError(f"{flags[name]} must lie in [{low:g}, {high:g}] (multitask paper, Table 1); "
+                                   f"got {value}")
+
+    @property
+    def active(self) -> tuple[bool, ...]:
+        return (self.blur is not None, self.grain is not None, self.colour, self.inpaint, self.sharpen is not None)
+
+    def as_tensor(self, labels: bool = True) -> torch.Tensor:
+        """C = [β, σ, λ, μ, e1..e5] (or the first four only, for the no-labels ablation), float32."""
+        lam, mu = self.sharpen if self.sharpen is not None else (0.0, 0.0)
+        scalars = [self.blur or 0.0, self.grain or 0.0, lam, mu]
+        return torch.tensor(scalars + ([float(a) for a in self.active] if labels else []), dtype=torch.float32)
+
+
+class MappingNetwork(nn.Module):
+    """f_θ: the editing vector → a cross-attention context of ``tokens`` vectors of size ``width``.
+
+    ``depth`` linear layers with SiLU between them (the paper: 2; its ablation: 0, 1, 2, 4). Depth 0
+    passes C through, zero-padded to ``width``.
+    """
+
+    def __init__(self, in_features: int, width: int, depth: int = 2, tokens: int = 1):
+        super().__init__()
+        if depth < 0 or tokens < 1 or (depth == 0 and (in_features > width or tokens != 1)):
+            raise RetouchError(f"mapping network: depth {depth} with {tokens} token(s) cannot map {in_features} "
+                               f"features to width {width}")
+        self.in_features, self.width, self.depth, self.tokens = in_features, width, depth, tokens
+        layers: list[nn.Module] = []
+        sizes = [in_features] + [width] * (depth - 1) + [width * tokens] if depth else []
+        for k in range(depth):
+            layers.append(nn.Linear(sizes[k], sizes[k + 1]))
+            if k < depth - 1:
+                layers.append(nn.SiLU())
+        self.layers = nn.Sequential(*layers)
+
+    def forward(self, vector: torch.Tensor) -> torch.Tensor:
+        if self.depth == 0:
+            return F.pad(vector, (0, self.width - self.in_features))[:, None, :]
+        return self.layers(vector).view(vector.shape[0], self.tokens, self.width)
+
+
+@dataclass
+class MultitaskSpec:
+    """What a saved multitask model is (``multitask.json``)."""
+
+    conditioning: str = "cross-attention"
+    labels: bool = True
+    mapping_depth: int = 2
+    mapping_tokens: int = 1
+    latent_channels: int = 4
+
+    @property
+    def vector_size(self) -> int:
+        return len(SCALARS) + (len(TASKS) if self.labels else 0)
+
+    @property
+    def input_channels(self) -> int:
+        extra = self.vector_size if self.conditioning == "concat" else 0
+        return 2 * self.latent_channels + 3 + extra
+
+
+class MultitaskDenoiser(nn.Module):
+    """ε_θ(z_0^A, I_ref, C, z_t^B, t): the U-Net with widened input and its conditioning (Fig. 1)."""
+
+    def __init__(self, unet, mapping: MappingNetwork, spec: MultitaskSpec):
+        super().__init__()
+        if spec.conditioning not in CONDITIONINGS:
+            raise RetouchError(f"unknown conditioning {spec.conditioning!r}; choose from {', '.join(CONDITIONINGS)}")
+        if unet.config.in_channels != spec.input_channels:
+            raise RetouchError(f"the U-Net takes {unet.config.in_channels} input channels; this model needs "
+                               f"{spec.input_channels}")
+        self.unet, self.mapping, self.spec = unet, mapping, spec
+
+    def context(self, vector: torch.Tensor) -> torch.Tensor:
+        if self.spec.conditioning == "concat":  # Palette++: nothing through cross-attention
+            return vector.new_zeros(vector.shape[0], 1, self.unet.config.cross_attention_dim)
+        return self.mapping(vector)
+
+    def forward(self, noisy, t, source_latents, reference_small, vector) -> torch.Tensor:
+        parts = [noisy, source_latents, reference_small.to(noisy.dtype)]
+        if self.spec.conditioning == "concat":
+            parts.append(vector[:, :, None, None].expand(-1, -1, *noisy.shape[-2:]).to(noisy.dtype))
+        context = self.context(vector.to(noisy.dtype))
+        return self.unet(torch.cat(parts, dim=1), t, encoder_hidden_states=context).sample
+
+
+def widen_conv_in(unet, in_channels: int):
+    """A copy of ``unet`` taking ``in_channels`` inputs; the new input channels start with zero weights.
+
+    So the widened network initially computes what the pretrained one does on z_t alone (§3.2: "the
+    denoising U-Net is initialized from a pretrained text-to-image model").
+    """
+    from diffusers import UNet2DConditionModel
+
+    config = dict(unet.config)
+    old = config["in_channels"]
+    if in_channels < old:
+        raise RetouchError(f"cannot narrow a U-Net from {old} to {in_channels} input channels")
+    config["in_channels"] = in_channels
+    wide = UNet2DConditionModel.from_config(config)
+    state = unet.state_dict()
+    weight = state["conv_in.weight"]
+    state["conv_in.weight"] = torch.cat([weight, weight.new_zeros(weight.shape[0], in_channels - old,
+                                                                   *weight.shape[2:])], dim=1)
+    wide.load_state_dict(state)
+    return wide.to(weight.device, weight.dtype)
+
+
+@dataclass
+class MultitaskModel:
+    """The autoencoder, the denoiser and the noise schedule: everything a multitask edit needs."""
+
+    vae: object
+    denoiser: MultitaskDenoiser
+    scheduler_config: dict
+
+    @property
+    def spec(self) -> MultitaskSpec:
+        return self.denoiser.spec
+
+    @classmethod
+    def from_backbone(cls, backbone, spec: MultitaskSpec | None = None) -> "MultitaskModel":
+        """Initialise from a text-to-image backbone's U-Net and VAE (the paper's initialisation)."""
+        spec = spec or MultitaskSpec(latent_channels=backbone.unet.config.in_channels)
+        unet = widen_conv_in(backbone.unet, spec.input_channels)
+        mapping = MappingNetwork(spec.vector_size, unet.config.cross_attention_dim, spec.mapping_depth,
+                                 spec.mapping_tokens)
+        return cls(backbone.vae, MultitaskDenoiser(unet, mapping, spec), dict(backbone.scheduler_config))
+
+    def save(self, folder: Path) -> None:
+        from safetensors.torch import save_file
+
+        folder = Path(folder)
+        folder.mkdir(parents=True, exist_ok=True)
+        self.vae.save_pretrained(folder / "vae", safe_serialization=True)
+        self.denoiser.unet.save_pretrained(folder / "unet", safe_serialization=True)
+        save_file({k: v.contiguous() for k, v in self.denoiser.mapping.state_dict().items()} or
+                  {"_empty": torch.zeros(0)}, str(folder / "mapping.safetensors"))
+        (folder / "multitask.json").write_text(json.dumps({"spec": asdict(self.spec),
+                                                           "scheduler": self.scheduler_config}, indent=2))
+
+    @classmethod
+    def load(cls, folder: Path, device: str | torch.device = "cpu") -> "MultitaskModel":
+        from diffusers import AutoencoderKL, UNet2DConditionModel
+        from safetensors.torch import load_file
+
+        folder = Path(folder)
+        meta_path = folder / "multitask.json"
+        if not meta_path.is_file():
+            raise RetouchError(f"'{folder}' is not a multitask model folder (no multitask.json)")
+        meta = json.loads(meta_path.read_text())
+        spec = MultitaskSpec(**meta["spec"])
+        try:
+            vae = AutoencoderKL.from_pretrained(folder / "vae").to(device).eval()
+            unet = UNet2DConditionModel.from_pretrained(folder / "unet").to(device).eval()
+            weights = load_file(str(folder / "mapping.safetensors"))
+        except (OSError, ValueError) as error:
+            raise RetouchError(f"cannot load the multitask model in '{folder}': {str(error).splitlines()[0]}") from None
+        mapping = MappingNetwork(spec.vector_size, unet.config.cross_attention_dim, spec.mapping_depth,
+                                 spec.mapping_tokens)
+        mapping.load_state_dict({k: v for k, v in weights.items() if k != "_empty"})
+        return cls(vae, MultitaskDenoiser(unet, mapping.to(device).eval(), spec), meta["scheduler"])
+
+
+# ---------------------------------------------------------------------------------------------
+# Conditioning inputs, loss, sampling
+# ---------------------------------------------------------------------------------------------
+def conditioning_inputs(model: MultitaskModel, images: torch.Tensor, vector: EditingVector,
+                        reference: torch.Tensor | None = None, mask: torch.Tensor | None = None):
+    """(z_0^A, I_ref at latent size, C) for images (B, 3, H, W) in [−1, 1].
+
+    ``mask`` (B, 1, H, W), 1 = keep, 0 = hole, is applied to the source before encoding when the
+    inpainting task is on; ``reference`` (B or 1, 3, h, w) in [−1, 1] is resized to the latent grid
+    when colour transfer is on; otherwise the reference input is zero (§4.1).
+    """
+    if vector.inpaint:
+        if mask is None:
+            raise RetouchError("the inpainting task needs a mask")
+        images = images * mask.to(images)
+    latents = encode(model, images)
+    if vector.colour:
+        if reference is None:
+            raise RetouchError("the colour-transfer task needs a reference image")
+        small = F.interpolate(reference.to(latents), size=latents.shape[-2:], mode="area")
+        small = small.expand(latents.shape[0], -1, -1, -1)
+    else:
+        small = latents.new_zeros(latents.shape[0], 3, *latents.shape[-2:])
+    c = vector.as_tensor(model.spec.labels).to(latents.device)[None].expand(latents.shape[0], -1)
+    return latents, small, c
+
+
+def encode(model: MultitaskModel, images: torch.Tensor) -> torch.Tensor:
+    vae = model.vae
+    return vae.encode(images.to(vae.dtype)).latent_dist.mode() * vae.config.scaling_factor
+
+
+def decode(model: MultitaskModel, latents: torch.Tensor) -> torch.Tensor:
+    vae = model.vae
+    return vae.decode(latents / vae.config.scaling_factor).sample
+
+
+def multitask_loss(denoiser: MultitaskDenoiser, alphas_cumprod: torch.Tensor, target_latents, source_latents,
+                   reference_small, vectors, generator: torch.Generator | None = None, p: float = 1.0):
+    """Eq. 2: E ‖ε_θ(z_0^A, I_ref, C, z_t^B, t) − ε‖_p^p with t uniform, p = 1 by default (mean over elements)."""
+    from retouch.sampling import add_noise
+
+    t = torch.randint(0, len(alphas_cumprod), (target_latents.shape[0],), generator=generator)
+    noise = torch.randn(target_latents.shape, generator=generator).to(target_latents)
+    noisy = add_noise(target_latents, noise, alphas_cumprod[t].to(target_latents))
+    prediction = denoiser(noisy, t.to(target_latents.device), source_latents, reference_small, vectors)
+    return (prediction.float() - noise.float()).abs().pow(p).mean()
+
+
+@torch.no_grad()
+def multitask_edit(model: MultitaskModel, images: torch.Tensor, vector: EditingVector, *,
+                   reference: torch.Tensor | None = None, mask: torch.Tensor | None = None, num_steps: int = 50,
+                   seed: int = 0, start: str = "noise", progress=None) -> torch.Tensor:
+    """Edit images (B, 3, H, W) in [−1, 1] with any combination of tasks; DDIM from random noise.
+
+    ``start="ddim-inversion"`` starts from the DDIM inversion of the source latents instead (the paper
+    tried it and found it harder to edit; offered for comparison).
+    """
+    from retouch.sampling import NoiseSchedule, ddim_invert, ddim_sample, ddim_timesteps
+
+    vector.validate()
+    if start not in ("noise", "ddim-inversion"):
+        raise RetouchError(f"--start must be noise or ddim-inversion; got {start!r}")
+    schedule = NoiseSchedule.from_scheduler_config(model.scheduler_config)
+    source, small, c = conditioning_inputs(model, images, vector, reference, mask)
+
+    def denoise(latents, t, _cond):
+        return model.denoiser(latents, torch.full((latents.shape[0],), t, device=latents.device), source, small, c)
+
+    timesteps = ddim_timesteps(schedule, num_steps)
+    if start == "noise":
+        generator = torch.Generator().manual_seed(seed)
+        latents = torch.randn(source.shape, generator=generator).to(source)
+    else:
+        latents = ddim_invert(denoise, schedule, source, None, num_steps=num_steps)
+    latents = ddim_sample(denoise, schedule, latents, timesteps, None, num_steps=num_steps, callback=progress)
+    return decode(model, latents)

@@ -1,0 +1,116 @@
+"""The multitask model: editing vector layout, widened U-Net, mapping network, loss, sampling, save/load."""
+
+import pytest
+import torch
+
+from retouch.errors import RetouchError
+from retouch.methods.multitask import (
+    EditingVector,
+    MappingNetwork,
+    MultitaskModel,
+    MultitaskSpec,
+    conditioning_inputs,
+    multitask_edit,
+    multitask_loss,
+    widen_conv_in,
+)
+from retouch.sampling import NoiseSchedule
+
+
+def test_editing_vector_is_the_papers_layout_with_inactive_tasks_zeroed():
+    vector = EditingVector(blur=0.6, sharpen=(2.0, 0.05), colour=True)
+    assert vector.as_tensor().tolist() == pytest.approx([0.6, 0.0, 2.0, 0.05, 1, 0, 1, 0, 1])
+    assert vector.as_tensor(labels=False).tolist() == pytest.approx([0.6, 0.0, 2.0, 0.05])
+    assert EditingVector().as_tensor().abs().sum() == 0  # "none": everything off
+    for bad in (EditingVector(blur=1.5), EditingVector(grain=0.2), EditingVector(sharpen=(0.5, 0.0)),
+                EditingVector(sharpen=(2.0, float("nan")))):
+        with pytest.raises(RetouchError, match="Table 1"):
+            bad.validate()
+
+
+@pytest.mark.parametrize("depth", [0, 1, 2, 4])
+def test_mapping_network_depths(depth):
+    mapping = MappingNetwork(9, 32, depth)
+    linear = [m for m in mapping.modules() if isinstance(m, torch.nn.Linear)]
+    assert len(linear) == depth and sum(isinstance(m, torch.nn.SiLU) for m in mapping.modules()) == max(0, depth - 1)
+    out = mapping(torch.rand(3, 9))
+    assert out.shape == (3, 1, 32)
+    if depth == 0:
+        assert torch.equal(out[:, 0, 9:], torch.zeros(3, 23))
+
+
+def test_widened_unet_computes_the_pretrained_one_until_trained(tiny_backbones):
+    unet = tiny_backbones["tiny-sd"].unet
+    wide = widen_conv_in(unet, 11)
+    x = torch.randn(2, 4, 32, 32, generator=torch.Generator().manual_seed(0))
+    context = torch.randn(2, 1, unet.config.cross_attention_dim)
+    extra = torch.randn(2, 7, 32, 32)  # anything: its weights start at zero
+    with torch.no_grad():
+        expected = unet(x, 10, encoder_hidden_states=context).sample
+        got = wide(torch.cat([x, extra], 1), 10, encoder_hidden_states=context).sample
+    assert torch.allclose(got, expected, atol=1e-5)
+
+
+@pytest.mark.parametrize("conditioning", ["cross-attention", "concat"])
+def test_conditions_reach_the_output_and_training_lowers_the_loss(tiny_backbones, conditioning):
+    torch.manual_seed(0)
+    model = MultitaskModel.from_backbone(tiny_backbones["tiny-sd"], MultitaskSpec(conditioning=conditioning))
+    denoiser = model.denoiser
+    images = torch.rand(2, 3, 64, 64) * 2 - 1
+    reference = torch.rand(1, 3, 64, 64) * 2 - 1
+    source, small, c = conditioning_inputs(model, images, EditingVector(blur=0.5, colour=True), reference)
+    assert source.shape == (2, 4, 32, 32) and small.shape == (2, 3, 32, 32) and c.shape == (2, 9)
+    weight = denoiser.unet.conv_in.weight.data  # give the new input channels weight so the test sees them
+    weight[:, 4:] = torch.randn_like(weight[:, 4:]) * 0.1
+    noisy = torch.randn_like(source)
+    t = torch.tensor([500, 500])
+    with torch.no_grad():
+        base = denoiser(noisy, t, source, small, c)
+        other_vector = denoiser(noisy, t, source, small, EditingVector(grain=0.05).as_tensor()[None].expand(2, -1))
+        other_reference = denoiser(noisy, t, source, torch.zeros_like(small), c)
+    assert (base - other_vector).abs().max() > 1e-4 and (base - other_reference).abs().max() > 1e-4
+
+    schedule = NoiseSchedule.from_scheduler_config(model.scheduler_config)
+    target = source.flip(0)
+    optimizer = torch.optim.Adam(denoiser.parameters(), lr=1e-3)
+    losses = []
+    for step in range(30):
+        loss = multitask_loss(denoiser, schedule.alphas_cumprod, target, source, small, c,
+                              torch.Generator().manual_seed(step % 3))
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        losses.append(loss.item())
+    assert sum(losses[-3:]) < 0.8 * sum(losses[:3])
+
+
+def test_inpainting_masks_the_source_and_missing_inputs_fail(tiny_backbones):
+    model = MultitaskModel.from_backbone(tiny_backbones["tiny-sd"])
+    images = torch.rand(1, 3, 64, 64) * 2 - 1
+    mask = torch.ones(1, 1, 64, 64)
+    mask[..., :32] = 0
+    masked, _, c = conditioning_inputs(model, images, EditingVector(inpaint=True), mask=mask)
+    plain, _, _ = conditioning_inputs(model, images * mask, EditingVector())
+    assert torch.allclose(masked, plain) and c[0, 7] == 1
+    with pytest.raises(RetouchError, match="mask"):
+        conditioning_inputs(model, images, EditingVector(inpaint=True))
+    with pytest.raises(RetouchError, match="reference"):
+        conditioning_inputs(model, images, EditingVector(colour=True))
+
+
+def test_edit_is_seeded_and_survives_save_and_load(tiny_backbones, tmp_path):
+    torch.manual_seed(0)
+    model = MultitaskModel.from_backbone(tiny_backbones["tiny-sd"])
+    images = torch.rand(1, 3, 64, 64) * 2 - 1
+    vector = EditingVector(blur=0.3, grain=0.05)
+    first = multitask_edit(model, images, vector, num_steps=4, seed=1)
+    assert first.shape == images.shape and torch.isfinite(first).all()
+    assert torch.equal(first, multitask_edit(model, images, vector, num_steps=4, seed=1))
+    assert not torch.equal(first, multitask_edit(model, images, vector, num_steps=4, seed=2))
+    inverted = multitask_edit(model, images, vector, num_steps=4, start="ddim-inversion")
+    assert not torch.equal(first, inverted)
+    model.save(tmp_path / "model")
+    loaded = MultitaskModel.load(tmp_path / "model")
+    assert torch.allclose(multitask_edit(loaded, images, vector, num_steps=4, seed=1), first, atol=1e-5)
+    with pytest.raises(RetouchError, match="multitask.json"):
+        MultitaskModel.load(tmp_path)
