@@ -24,8 +24,9 @@ test: $(STAMP)
 	HF_HUB_OFFLINE=1 $(PY) -m pytest
 
 # Retrain the shipped mini models from scratch on CPU (see src/retouch/assets/mini/MODEL_CARD.md):
-# autoencoder and CLIP side by side on one core each, then the U-Net in three resumed phases, then the
-# judge (a CLIP copy sharpened with attribute hard negatives), export, and evaluation.
+# autoencoder and CLIP side by side on one core each, the autoencoder's local decoder, then the U-Net in
+# three resumed phases, then the judge (a CLIP copy sharpened with attribute hard negatives), export,
+# and evaluation.
 MINI_WORK ?= out/train-mini
 PLAIN_MSE = --unet-object-weight 0 --unet-min-snr-gamma 0
 mini-models: $(STAMP)
@@ -33,6 +34,11 @@ mini-models: $(STAMP)
 	OMP_NUM_THREADS=1 $(VENV)/bin/retouch train mini --stages vae --vae-steps 1000 --vae-batch 16 --work-dir $(MINI_WORK) & \
 	OMP_NUM_THREADS=1 $(VENV)/bin/retouch train mini --stages clip --clip-steps 1800 --clip-batch 64 --work-dir $(MINI_WORK) & \
 	wait
+	# Local decoder (encoder frozen, so the U-Net's latent space is unchanged): 600 steps, then
+	# resumed to 2000 (the resume re-spreads the cosine schedule), as the shipped decoder was made.
+	$(VENV)/bin/retouch train mini --stages decoder --decoder-steps 600 --work-dir $(MINI_WORK)
+	mv $(MINI_WORK)/decoder/final $(MINI_WORK)/decoder/final-600
+	$(VENV)/bin/retouch train mini --stages decoder --decoder-steps 2000 --work-dir $(MINI_WORK)
 	# U-Net: 2500 then 3600 steps of plain ε-MSE (each resume re-spreads the cosine schedule), then
 	# resumed to 7000 steps with the object-weighted, Min-SNR-5 loss (the config's defaults)
 	# (the shipped run set --unet-steps 7600 and was re-spread to 7000 at its step-4250 checkpoint)

@@ -1,6 +1,7 @@
 """The mini world on the command line, the mini training/export/evaluation pipeline, and the shipped models."""
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -68,9 +69,9 @@ def smoke_export(tmp_path_factory):
 
     work = tmp_path_factory.mktemp("work")
     export = tmp_path_factory.mktemp("export")
-    config = MiniConfig(work_dir=str(work), vae_steps=2, vae_batch=2, clip_steps=2, clip_batch=4, unet_steps=2,
-                        unet_batch=2, judge_steps=2, judge_batch=8, vocab_size=600)
-    run_mini_training(config, ("tokenizer", "vae", "clip", "judge", "unet", "export"), export)
+    config = MiniConfig(work_dir=str(work), vae_steps=2, vae_batch=2, decoder_steps=2, decoder_batch=2, clip_steps=2,
+                        clip_batch=4, unet_steps=2, unet_batch=2, judge_steps=2, judge_batch=8, vocab_size=600)
+    run_mini_training(config, ("tokenizer", "vae", "decoder", "clip", "judge", "unet", "export"), export)
     return export
 
 
@@ -84,7 +85,43 @@ def test_export_is_a_diffusers_folder_and_a_local_clip_judge(smoke_export):
     judge = TransformersCLIPJudge(smoke_export / "judge")
     assert judge.encode_images(torch.rand(2, 3, 64, 64)).shape == (2, 128)
     report = json.loads((smoke_export / "training_report.json").read_text())
-    assert set(report["stages"]) == {"vae", "clip", "judge", "unet"} and report["config"]["seed"] == 0
+    assert set(report["stages"]) == {"vae", "decoder", "clip", "judge", "unet"} and report["config"]["seed"] == 0
+    # The shipped autoencoder is the decoder stage's: the vae stage's encoder, a fine-tuned decoder.
+    from diffusers import AutoencoderKL
+
+    first = AutoencoderKL.from_pretrained(Path(report["config"]["work_dir"]) / "vae" / "final")
+    shipped = backbone.vae.state_dict()
+    unchanged = {k: torch.equal(v, shipped[k]) for k, v in first.state_dict().items()}
+    assert all(same for k, same in unchanged.items() if k.startswith(("encoder.", "quant_conv.")))
+    assert not all(same for k, same in unchanged.items() if k.startswith("decoder."))
+
+
+def test_latent_composites_splice_the_same_cells_in_latents_and_pixels():
+    from diffusers import AutoencoderKL
+
+    from retouch.train.mini import latent_composites, mini_vae
+
+    torch.manual_seed(0)
+    vae: AutoencoderKL = mini_vae().eval()
+    first, second = torch.rand(6, 3, 64, 64) * 2 - 1, torch.rand(6, 3, 64, 64) * 2 - 1
+    objects = torch.zeros(6, 1, 64, 64)
+    objects[:, :, 10:20, 30:41] = 1  # grown to latent cells 2..4 × 7..10
+    latents, target = latent_composites(vae, first, second, objects, np.random.default_rng(0),
+                                        torch.Generator().manual_seed(0))
+    assert latents.shape == (6, 4, 16, 16) and target.shape == first.shape
+    generator = torch.Generator().manual_seed(0)  # replay the posterior samples
+    samples = []
+    for images in (first, second):
+        posterior = vae.encode(images).latent_dist
+        samples.append(posterior.mean + posterior.std * torch.randn(posterior.mean.shape, generator=generator))
+    for row in range(6):
+        from_second = (target[row] == second[row]).all(dim=0)
+        assert ((target[row] == first[row]).all(dim=0) | from_second).all()  # every pixel from one image
+        cells = from_second[::4, ::4]
+        assert torch.equal(from_second, cells.repeat_interleave(4, 0).repeat_interleave(4, 1))  # whole 4×4 cells
+        assert torch.allclose(latents[row], torch.where(cells, samples[1][row], samples[0][row]), atol=1e-6)
+    kinds = [(target[r] == second[r]).all(dim=0).sum().item() for r in range(6)]
+    assert 0 in kinds and any(k > 0 for k in kinds)  # plain rows and spliced rows both occur
 
 
 def test_evaluation_and_model_card(smoke_export, tmp_path):

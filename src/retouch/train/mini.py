@@ -45,6 +45,8 @@ class MiniConfig:
     image_size: int = 64
     vae_steps: int = 3000
     vae_batch: int = 32
+    decoder_steps: int = 600
+    decoder_batch: int = 16
     clip_steps: int = 3000
     clip_batch: int = 128
     judge_steps: int = 1000
@@ -200,6 +202,79 @@ def train_vae(world, config: MiniConfig):
     vae.register_to_config(scaling_factor=float(1.0 / latents.std()))
     vae.save_pretrained(out / "final")
     return vae, result
+
+
+def latent_composites(vae, first: torch.Tensor, second: torch.Tensor, second_objects: torch.Tensor,
+                      rng: np.random.Generator, generator: torch.Generator | None = None, *, sample: bool = True,
+                      kinds: tuple[int, ...] = (0, 1, 2)) -> tuple[torch.Tensor, torch.Tensor]:
+    """Latents spliced from two images' encodings, and the pixel composite they should decode to.
+
+    Latent surgery and PIXELS paste one image's latent cells into another's; a decoder trained only
+    on whole scenes decodes such a composite as *one* scene (a water/snow splice comes out as sand).
+    Each row gets one of: no splice (plain reconstruction), a straight cut at a random place and
+    orientation, or ``second``'s objects (their mask, grown to whole latent cells) pasted over
+    ``first``. The pixel target uses the same cells, upsampled, so the decoder learns to keep each
+    cell's own content. ``kinds`` restricts the draw (0 plain, 1 cut, 2 objects). Latents are
+    posterior samples as in the autoencoder stage, or the posterior mode (what editing methods
+    use) when ``sample`` is false.
+    """
+    def encode(images):
+        posterior = vae.encode(images).latent_dist
+        if not sample:
+            return posterior.mode()
+        return posterior.mean + posterior.std * torch.randn(posterior.mean.shape, generator=generator)
+
+    with torch.no_grad():
+        latent_first, latent_second = encode(first), encode(second)
+    rows, _, side, _ = latent_first.shape
+    factor = first.shape[-1] // side
+    objects = torch.nn.functional.max_pool2d(second_objects, factor) > 0  # (B, 1, side, side)
+    cells = torch.zeros(rows, 1, side, side, dtype=torch.bool)
+    for row in range(rows):
+        kind = kinds[int(rng.integers(0, len(kinds)))]
+        if kind == 1:
+            cut = int(rng.integers(1, side))
+            grid = torch.arange(side)[:, None].expand(side, side) if rng.random() < 0.5 else \
+                torch.arange(side)[None, :].expand(side, side)
+            cells[row, 0] = grid >= cut if rng.random() < 0.5 else grid < cut
+        elif kind == 2:
+            cells[row] = objects[row]
+    latents = torch.where(cells, latent_second, latent_first)
+    pixels = cells.repeat_interleave(factor, dim=-2).repeat_interleave(factor, dim=-1)
+    return latents, torch.where(pixels, second, first)
+
+
+def train_local_decoder(world, config: MiniConfig, vae):
+    """Fine-tune the autoencoder's decoder (encoder frozen) on :func:`latent_composites`.
+
+    The latent space, and so every model trained on it, is unchanged; only decoding of spliced
+    latents becomes local. Half of each batch's rows are plain reconstructions (see the splice kinds).
+    """
+    import copy
+
+    model = copy.deepcopy(vae)
+    model.requires_grad_(False)
+    for part in (model.decoder, model.post_quant_conv):
+        part.requires_grad_(True)
+    out = Path(config.work_dir) / "decoder"
+
+    def make_batch(step, rank, world_size):
+        first = world_batch(world, step, rank, world_size, config.decoder_batch, seed_offset=5)
+        second = world_batch(world, step, rank, world_size, config.decoder_batch, seed_offset=6)
+        return first.images, second.images, second.object_masks, first.rng
+
+    def loss_fn(model, batch, generator):
+        first, second, second_objects, rng = batch
+        latents, target = latent_composites(model, first, second, second_objects, rng, generator)
+        l1 = (model.decode(latents).sample - target).abs().mean()
+        return l1, {"l1": l1.detach()}
+
+    loop = LoopConfig(output_dir=str(out), max_steps=config.decoder_steps, learning_rate=3e-4, warmup_steps=50,
+                      checkpoint_every=200, seed=config.seed)
+    result = train(model, loss_fn, make_batch, loop, batch_size=config.decoder_batch)
+    model.eval()
+    model.save_pretrained(out / "final")
+    return model, result
 
 
 def train_clip(world, config: MiniConfig, tokenizer):
@@ -359,7 +434,8 @@ def train_unet(world, config: MiniConfig, vae, text_encoder, tokenizer):
 # ---------------------------------------------------------------------------------------------
 # Orchestration and export
 # ---------------------------------------------------------------------------------------------
-STAGES = ("tokenizer", "vae", "clip", "judge", "unet", "export")  # the tokenizer is built by every run that lacks it
+# The tokenizer is built by every run that lacks it.
+STAGES = ("tokenizer", "vae", "decoder", "clip", "judge", "unet", "export")
 
 
 def run_mini_training(config: MiniConfig, stages=STAGES, export_dir: Path = MINI_DIR) -> dict:
@@ -397,6 +473,9 @@ def run_mini_training(config: MiniConfig, stages=STAGES, export_dir: Path = MINI
         return loader(final) if final.is_dir() else None
 
     vae = stage("vae", lambda: train_vae(world, config), AutoencoderKL.from_pretrained)
+    # The U-Net only needs the encoder (unchanged by this stage); the export ships the local decoder.
+    decoder = stage("decoder", lambda: train_local_decoder(world, config, vae), AutoencoderKL.from_pretrained) \
+        if vae is not None else None
     clip = stage("clip", lambda: train_clip(world, config, tokenizer), CLIPModel.from_pretrained)
     judge = stage("judge", lambda: train_judge(world, config, tokenizer, clip), CLIPModel.from_pretrained) \
         if clip is not None else None
@@ -415,7 +494,7 @@ def run_mini_training(config: MiniConfig, stages=STAGES, export_dir: Path = MINI
             from retouch.errors import RetouchError
 
             raise RetouchError(f"cannot export the mini models: stage(s) {', '.join(missing)} not trained in {work}")
-        export_mini(vae, clip, judge, tokenizer, unet, export_dir, work)
+        export_mini(decoder if decoder is not None else vae, clip, judge, tokenizer, unet, export_dir, work)
     return report
 
 
@@ -483,7 +562,8 @@ def write_model_card(export_dir: Path, command: str) -> Path:
         "",
         "| part | class | notes |",
         "|---|---|---|",
-        "| `backbone/vae` | diffusers `AutoencoderKL` | downsampling factor 4 (64² RGB → 4×16² latents), channels (32, 64, 64) |",
+        "| `backbone/vae` | diffusers `AutoencoderKL` | downsampling factor 4 (64² RGB → 4×16² latents), channels "
+        "(32, 64, 64); decoder fine-tuned on latent splices (`decoder` stage) |",
         "| `backbone/text_encoder` | transformers `CLIPTextModel` | the judge's text tower (hidden 128, 4 layers, 32 tokens) |",
         "| `backbone/unet` | diffusers `UNet2DConditionModel` | channels (64, 128, 128), cross-attention 128, ε-prediction, EMA weights |",
         "| `judge` | transformers `CLIPModel` + `CLIPProcessor` | ViT on 8×8 patches; the world's CLIP-Acc/CLIP-I/KID judge |",
