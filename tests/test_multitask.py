@@ -160,3 +160,45 @@ def test_train_multitask_runs_resumes_and_saves(tiny_backbones, tiny_dataset, tm
     with pytest.raises(RetouchError, match="--tasks"):
         train_multitask(MultitaskTrainConfig(data=str(tiny_dataset), tasks=("fog",)),
                         backbone=tiny_backbones["tiny-sd"])
+
+
+def test_cli_edits_with_a_trained_folder_and_explains_missing_models(tiny_backbones, tiny_dataset, tmp_path, capsys):
+    import numpy as np
+    from helpers import run_cli
+
+    from retouch.imageio import load_image, save_image
+    from retouch.train.multitask import MultitaskTrainConfig, train_multitask
+
+    folder = tmp_path / "run"
+    train_multitask(MultitaskTrainConfig(data=str(tiny_dataset), output_dir=str(folder), steps=2, batch=2,
+                                         ema_decay=None), backbone=tiny_backbones["tiny-sd"], progress=False)
+    rng = np.random.default_rng(0)
+    image, reference = tmp_path / "in.png", tmp_path / "ref.png"
+    save_image(rng.random((40, 40, 3)).astype(np.float32), image)
+    save_image(rng.random((20, 30, 3)).astype(np.float32), reference)
+    mask = np.zeros((40, 40), np.float32)
+    mask[10:20, 10:30] = 1
+    save_image(mask, tmp_path / "mask.png")
+    before = image.read_bytes()
+    code, out, err = run_cli(["edit", image, "-o", tmp_path / "out.png", "--method", "multitask", "--model",
+                              folder / "final", "--blur", "0.6", "--grain", "0.05", "--reference", reference,
+                              "--sharpen", "2.0,0.05", "--mask", tmp_path / "mask.png", "--num-steps", "2"], capsys)
+    assert code == 0, err
+    assert load_image(tmp_path / "out.png").shape == (40, 40, 3) and image.read_bytes() == before
+    for args, message in ((["--blur", "1.5"], "Table 1"), (["--sharpen", "0.5"], "Table 1"), ([], "no task"),
+                          (["--blur", "0.5", "--start", "x"], "--start")):
+        code, _, err = run_cli(["edit", image, "-o", tmp_path / "bad.png", "--method", "multitask", "--model",
+                                folder / "final", *args], capsys)
+        assert code != 0 and message in err and not (tmp_path / "bad.png").exists()
+    code, _, err = run_cli(["edit", image, "-o", tmp_path / "bad.png", "--method", "multitask", "--blur", "0.5"],
+                           capsys)
+    assert code != 0 and "no multitask model is shipped yet" in err
+
+
+def test_train_command_refuses_bad_input_with_one_line(tmp_path, capsys):
+    from helpers import run_cli
+
+    code, _, err = run_cli(["train", "multitask", "--data", tmp_path, "--steps", "1"], capsys)
+    assert code != 0 and "not a compositing dataset" in err and len(err.strip().splitlines()) == 1
+    code, _, err = run_cli(["train", "multitask", "--data", tmp_path, "--steps", "0"], capsys)
+    assert code != 0 and "--steps" in err

@@ -85,16 +85,11 @@ def info() -> None:
 # retouch effects
 # ---------------------------------------------------------------------------------------------
 def _parse_sharpen(text: str | None) -> tuple[float, float] | None:
+    from retouch.effects.sharpen import parse_sharpen
+
     if text is None:
         return None
-    parts = text.split(",")
-    try:
-        values = [float(p) for p in parts]
-    except ValueError:
-        raise RetouchError(f"--sharpen takes AMOUNT[,THRESHOLD] (e.g. 2.0,0.05); got '{text}'") from None
-    if len(values) not in (1, 2):
-        raise RetouchError(f"--sharpen takes AMOUNT[,THRESHOLD] (e.g. 2.0,0.05); got '{text}'")
-    amount, threshold = values[0], values[1] if len(values) == 2 else 0.0
+    amount, threshold = parse_sharpen(text)
     _check_range("--sharpen amount λ", amount, 0.0, 3.0)
     _check_range("--sharpen threshold μ", threshold, 0.0, 1.0)
     return amount, threshold
@@ -167,6 +162,8 @@ def _method_options(command):
             if field.name == "seed" or field.name in seen:
                 continue
             hint = hints[field.name]
+            if type(None) in typing.get_args(hint):  # ``float | None``: an option that may be left out
+                hint = next(arg for arg in typing.get_args(hint) if arg is not type(None))
             multiple = typing.get_origin(hint) is tuple  # tuple[str, ...] fields take a repeatable option
             hint = typing.get_args(hint)[0] if multiple else hint
             kind = _CLICK_TYPES[getattr(hint, "__name__", str(hint))]
@@ -184,8 +181,9 @@ def _method_options(command):
 @click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path), required=True,
               help="where to write the result (.png, .jpg, .webp)")
 @click.option("--method", "method_name", required=True, help="editing method (see `retouch info`)")
-@click.option("--model", default="tiny-sd", show_default=True,
-              help="tiny name, diffusers folder, .safetensors file or Hugging Face repo id")
+@click.option("--model", default=None,
+              help="tiny name, diffusers folder, .safetensors file or Hugging Face repo id (default: tiny-sd; "
+                   "for --method multitask the shipped multitask model)")
 @click.option("--seed", type=int, default=0, show_default=True, help="makes the edit deterministic")
 @click.option("--device", default="auto", show_default=True, help="cpu, cuda, cuda:1, … or auto")
 @click.option("--dtype", type=click.Choice(["float32", "float16", "bfloat16"]), default="float32", show_default=True)
@@ -213,8 +211,9 @@ def edit(image, output, method_name, model, seed, device, dtype, allow_pickle, o
     source = load_image(image)
 
     device = ("cuda" if torch.cuda.is_available() else "cpu") if device == "auto" else device
-    backbone = load_backbone(model, device=device, dtype=getattr(torch, dtype), allow_pickle=allow_pickle,
-                             offline=offline)
+    model = model or method.default_model or "tiny-sd"
+    loader = method.load_model or load_backbone
+    backbone = loader(model, device=device, dtype=getattr(torch, dtype), allow_pickle=allow_pickle, offline=offline)
     fitted = fit_to_multiple(source, backbone.size_multiple, size_policy)
     extra = {} if method.prepare is None else method.prepare(
         config, (fitted.shape[1], fitted.shape[0]), backbone.device, backbone.dtype)
@@ -372,6 +371,39 @@ def train_mini(stages, work_dir, export_dir, seed, vae_steps, decoder_steps, cli
     for name, stats in report["stages"].items():
         click.echo(f"{name}: {stats['seconds'] / 60:.1f} min, {stats['samples_per_second']:.1f} samples/s, "
                    f"final loss {stats['final_loss']:.4f}")
+
+
+@train.command("multitask")
+@click.option("--data", type=click.Path(file_okay=False, path_type=Path), required=True,
+              help="a dataset folder from `retouch data compositing`")
+@click.option("--output-dir", default="out/train-multitask", show_default=True,
+              help="checkpoints (resumable) and the trained model in final/")
+@click.option("--init", default="mini", show_default=True, help="backbone to initialise the U-Net and VAE from")
+@click.option("--steps", type=int, default=3000, show_default=True)
+@click.option("--batch", type=int, default=16, show_default=True)
+@click.option("--learning-rate", type=float, default=1e-4, show_default=True)
+@click.option("--loss-p", type=float, default=1.0, show_default=True, help="p of Eq. 2's ‖ε_θ − ε‖_p^p (paper: 1)")
+@click.option("--conditioning", type=click.Choice(["cross-attention", "concat"]), default="cross-attention",
+              show_default=True, help="ours (C through f_θ into cross-attention) or Palette++ (all concatenated)")
+@click.option("--labels/--no-labels", default=True, show_default=True, help="binary task labels in C (ablation)")
+@click.option("--mapping-depth", type=int, default=2, show_default=True, help="linear layers in f_θ (0, 1, 2, 4)")
+@click.option("--tasks", default="blur,grain,colour,inpaint,sharpen", show_default=True,
+              help="tasks to train on (one task: the 'ours-single' baseline)")
+@click.option("--mixed-precision", type=click.Choice(["no", "fp16", "bf16"]), default="no", show_default=True)
+@click.option("--seed", type=int, default=0, show_default=True)
+def train_multitask_command(data, output_dir, init, steps, batch, learning_rate, loss_p, conditioning, labels,
+                            mapping_depth, tasks, mixed_precision, seed) -> None:
+    """Train the multi-task compositing model (multitask paper §3.2, §4.1) on a compositing dataset."""
+    from retouch.train.multitask import MultitaskTrainConfig, train_multitask
+
+    config = MultitaskTrainConfig(data=str(data), output_dir=output_dir, init=init, steps=steps, batch=batch,
+                                  learning_rate=learning_rate, loss_p=loss_p, conditioning=conditioning,
+                                  labels=labels, mapping_depth=mapping_depth,
+                                  tasks=tuple(t.strip() for t in tasks.split(",") if t.strip()),
+                                  mixed_precision=mixed_precision, seed=seed)
+    _, report = train_multitask(config)
+    click.echo(f"trained {report['steps']} steps in {report['seconds'] / 60:.1f} min "
+               f"({report['samples_per_second']:.1f} samples/s); model in {Path(output_dir) / 'final'}")
 
 
 @train.command("distill")

@@ -17,3 +17,16 @@ def unsharp_mask(image: np.ndarray, amount: float, threshold: float = 0.0, blur_
     detail = image - ndimage.gaussian_filter(image, sigma=sigma, mode="reflect")
     detail = np.where(np.abs(detail) > threshold, detail, 0.0)
     return np.clip(image + amount * detail, 0.0, 1.0).astype(np.float32)
+
+
+def parse_sharpen(text: str) -> tuple[float, float]:
+    """``"AMOUNT[,THRESHOLD]"`` (e.g. ``"2.0,0.05"``) → (λ, μ), μ = 0 when omitted; ranges are the caller's."""
+    from retouch.errors import RetouchError
+
+    try:
+        values = [float(part) for part in text.split(",")]
+    except ValueError:
+        values = []
+    if len(values) not in (1, 2):
+        raise RetouchError(f"--sharpen takes AMOUNT[,THRESHOLD] (e.g. 2.0,0.05); got '{text}'")
+    return values[0], values[1] if len(values) == 2 else 0.0

@@ -24,6 +24,10 @@ class Method:
     edit: Callable
     needs_backbone: bool = True
     prepare: Callable | None = None
+    #: ``load_model(name, device=, dtype=, allow_pickle=, offline=)`` for methods whose model is not a
+    #: text-to-image backbone (default: :func:`retouch.backbone.load_backbone`), and their default ``--model``.
+    load_model: Callable | None = None
+    default_model: str | None = None
 
     def option_names(self) -> list[str]:
         return [f.name for f in fields(self.config_class)]
@@ -32,11 +36,13 @@ class Method:
 _REGISTRY: dict[str, Method] = {}
 
 
-def register(name: str, config_class: type, summary: str, prepare: Callable | None = None):
+def register(name: str, config_class: type, summary: str, prepare: Callable | None = None, *,
+             load_model: Callable | None = None, default_model: str | None = None):
     """Decorator adding an ``edit`` function (and its optional input-loading ``prepare``) under ``name``."""
 
     def add(edit: Callable) -> Callable:
-        _REGISTRY[name] = Method(name, summary, config_class, edit, prepare=prepare)
+        _REGISTRY[name] = Method(name, summary, config_class, edit, prepare=prepare, load_model=load_model,
+                                 default_model=default_model)
         return edit
 
     return add
@@ -77,8 +83,16 @@ def edit_by_caption(backbone, images01, captions: list[str], make_run: Callable,
 
 
 def _load_builtin_methods() -> None:
-    from retouch.methods import sdedit  # noqa: F401  (registers itself)
-    from retouch.methods import pixels, exemplar_baselines  # noqa: F401  (PIXELS and its latent-surgery baselines)
-    from retouch.methods import pix2pix_zero  # noqa: F401  (registers itself)
-    from retouch.methods import zerocon  # noqa: F401  (registers itself)
-    from retouch.methods import ddim_swap, ddpm_inversion, prompt_to_prompt  # noqa: F401  (word-swap baselines)
+    # Each module registers its methods on import: SDEdit, PIXELS and its latent-surgery baselines,
+    # pix2pix-zero, zeroCon, the word-swap baselines and the multitask compositing model.
+    from retouch.methods import (  # noqa: F401
+        ddim_swap,
+        ddpm_inversion,
+        exemplar_baselines,
+        multitask,
+        pix2pix_zero,
+        pixels,
+        prompt_to_prompt,
+        sdedit,
+        zerocon,
+    )

@@ -20,7 +20,7 @@ broadcast over the latent grid, and a constant, all-zero cross-attention context
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
@@ -175,6 +175,20 @@ class MultitaskModel:
     def spec(self) -> MultitaskSpec:
         return self.denoiser.spec
 
+    @property
+    def device(self) -> torch.device:
+        return next(self.denoiser.parameters()).device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return next(self.denoiser.parameters()).dtype
+
+    @property
+    def size_multiple(self) -> int:
+        """Image sides must be multiples of this: the VAE's factor times the U-Net's downsamplings."""
+        vae_factor = 2 ** (len(self.vae.config.block_out_channels) - 1)
+        return vae_factor * 2 ** (len(self.denoiser.unet.config.block_out_channels) - 1)
+
     @classmethod
     def from_backbone(cls, backbone, spec: MultitaskSpec | None = None) -> "MultitaskModel":
         """Initialise from a text-to-image backbone's U-Net and VAE (the paper's initialisation)."""
@@ -296,3 +310,88 @@ def multitask_edit(model: MultitaskModel, images: torch.Tensor, vector: EditingV
         latents = ddim_invert(denoise, schedule, source, None, num_steps=num_steps)
     latents = ddim_sample(denoise, schedule, latents, timesteps, None, num_steps=num_steps, callback=progress)
     return decode(model, latents)
+
+
+# ---------------------------------------------------------------------------------------------
+# The method, as `retouch edit --method multitask`
+# ---------------------------------------------------------------------------------------------
+#: Where the shipped multitask model lives (the default ``--model`` of ``--method multitask``).
+SHIPPED_MODEL = Path(__file__).resolve().parent.parent / "assets" / "mini" / "multitask"
+
+
+@dataclass
+class MultitaskConfig:
+    """The effects to apply, with the option names of ``retouch effects``; a task is on when given."""
+
+    blur: float | None = field(default=None, metadata={"help": "β, motion-blur degree in [0, 1] (Table 1)"})
+    grain: float | None = field(default=None, metadata={"help": "σ, film-grain size in [0, 0.1] (Table 1)"})
+    reference: str = field(default="", metadata={"help": "colour reference image I_ref: turns colour transfer on"})
+    sharpen: str = field(default="", metadata={"help": "λ,μ: sharpening amount [1, 3] and threshold [0, 0.1]"})
+    mask: str = field(default="", metadata={"help": "inpainting mask image, white = hole: turns inpainting on"})
+    num_steps: int = field(default=50, metadata={"help": "DDIM steps"})
+    start: str = field(default="noise", metadata={
+        "help": "noise (the paper) or ddim-inversion of the input (which the paper found harder to edit)"})
+    seed: int = field(default=0, metadata={"help": "seed of the starting noise"})
+
+    def vector(self) -> EditingVector:
+        from retouch.effects.sharpen import parse_sharpen
+
+        return EditingVector(blur=self.blur, grain=self.grain, colour=bool(self.reference), inpaint=bool(self.mask),
+                             sharpen=parse_sharpen(self.sharpen) if self.sharpen else None)
+
+    def validate(self) -> None:
+        vector = self.vector()
+        vector.validate()
+        if not any(vector.active):
+            raise RetouchError("no task chosen: give at least one of --blur, --grain, --reference, --mask, --sharpen")
+        if self.num_steps < 1:
+            raise RetouchError(f"--num-steps must be positive; got {self.num_steps}")
+        if self.start not in ("noise", "ddim-inversion"):
+            raise RetouchError(f"--start must be noise or ddim-inversion; got {self.start!r}")
+
+    def input_files(self) -> tuple[str, ...]:
+        return tuple(path for path in (self.reference, self.mask) if path)
+
+
+def load_multitask_inputs(config: MultitaskConfig, size: tuple[int, int], device, dtype) -> dict:
+    """The CLI's ``prepare`` hook: the reference image and the keep-mask (1 − hole) at ``size`` (w, h)."""
+    from retouch.imageio import load_image, load_map, resize_image, to_tensor
+
+    inputs = {}
+    if config.reference:
+        inputs["reference"] = to_tensor(resize_image(load_image(config.reference), (size[1], size[0])),
+                                        device=device, dtype=dtype)
+    if config.mask:
+        hole = load_map(config.mask, size=size) > 0.5
+        inputs["mask"] = torch.from_numpy(~hole).to(device, dtype)[None, None]
+    return inputs
+
+
+def load_multitask_model(model: str, *, device="cpu", dtype=torch.float32, **_) -> MultitaskModel:
+    """``--model`` for ``--method multitask``: a folder written by ``retouch train multitask``."""
+    folder = Path(model)
+    if not (folder / "multitask.json").is_file():
+        if folder == SHIPPED_MODEL:
+            raise RetouchError("no multitask model is shipped yet; train one with `retouch train multitask` "
+                               "and pass its folder with --model")
+        raise RetouchError(f"--model '{model}' is not a multitask model folder (no multitask.json); "
+                           "train one with `retouch train multitask`")
+    loaded = MultitaskModel.load(folder, device=device)
+    loaded.vae.to(dtype)
+    loaded.denoiser.to(dtype)
+    return loaded
+
+
+def _register() -> None:
+    from retouch.methods import register
+
+    @register("multitask", MultitaskConfig, "multi-task compositing: blur, grain, colour, inpaint, sharpen with "
+              "sliders (multitask paper)", prepare=load_multitask_inputs, load_model=load_multitask_model,
+              default_model=str(SHIPPED_MODEL))
+    def multitask(model: MultitaskModel, images: torch.Tensor, config: MultitaskConfig, progress=None, *,
+                  reference=None, mask=None) -> torch.Tensor:
+        return multitask_edit(model, images, config.vector(), reference=reference, mask=mask,
+                              num_steps=config.num_steps, seed=config.seed, start=config.start, progress=progress)
+
+
+_register()
