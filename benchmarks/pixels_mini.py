@@ -133,16 +133,20 @@ def figure_one(backbone, world: World, path: Path, steps: int, strength: float) 
     side = world.size
     ramp = ((torch.linspace(0, 1, side) - 0.2) / 0.5).clamp(0, 1).expand(side, side)[None]
     rows, labels = [], []
+    # Several strengths per row: the mini U-Net only knows one-background scenes and pulls a long
+    # edit back to one of them, so the transition shows best at moderate t_ds^max.
+    strengths = sorted({0.4, 0.6, strength})
     for k in range(0, 8, 2):  # four ramp examples: source k, exemplar k + 1
         source, exemplar = image(k), image(k + 1)
-        config = PixelsConfig(strength=strength, num_steps=steps)
-        latents = pixels_latents(backbone, source[None] * 2 - 1, [exemplar[None] * 2 - 1], [ramp[None]], config)
+        edits = [pixels_latents(backbone, source[None] * 2 - 1, [exemplar[None] * 2 - 1], [ramp[None]],
+                                PixelsConfig(strength=s, num_steps=steps)) for s in strengths]
         surgery = exemplar_sdedit_latents(backbone, source[None] * 2 - 1, [exemplar[None] * 2 - 1], [ramp[None]],
                                           ExemplarConfig(strength=strength, num_steps=steps), scale_noise=False)
         with torch.no_grad():
-            edited = ((backbone.decode_latents(torch.cat([latents, surgery])) + 1) / 2).clamp(0, 1)
-        rows.append([source, exemplar, ramp, edited[0], edited[1]])
-        labels.append(["source", "exemplar", "ramp map", "PIXELS", "latent surgery"])
+            edited = ((backbone.decode_latents(torch.cat([*edits, surgery])) + 1) / 2).clamp(0, 1)
+        rows.append([source, exemplar, ramp, *edited])
+        labels.append(["source", "exemplar", "ramp map", *(f"PIXELS {s:g}" for s in strengths),
+                       f"surgery {strength:g}"])
     source, first, second = image(8), image(9), image(10)
     left = torch.from_numpy(linear_ramp_map(scenes[9].masks.any(axis=0), MAP_RAMP)).float()[None]
     right = torch.from_numpy(linear_ramp_map(scenes[10].masks.any(axis=0), MAP_RAMP)).float()[None]
