@@ -202,3 +202,45 @@ def test_train_command_refuses_bad_input_with_one_line(tmp_path, capsys):
     assert code != 0 and "not a compositing dataset" in err and len(err.strip().splitlines()) == 1
     code, _, err = run_cli(["train", "multitask", "--data", tmp_path, "--steps", "0"], capsys)
     assert code != 0 and "--steps" in err
+
+
+def test_evaluation_tables_score_edits_against_targets(tiny_backbones, tmp_path, capsys):
+    from helpers import run_cli
+
+    from retouch.data.compositing import CompositingConfig, build_compositing_dataset
+    from retouch.train.evaluate_multitask import cases, evaluate, markdown_table, score
+
+    data = tmp_path / "data"
+    build_compositing_dataset(CompositingConfig(world_scenes=0, dead_leaves=0, photos=True, crop=32,
+                                                crops_per_image=1, grain_samples=4), data)
+    blur_cases = cases(data, "photos", "blur", limit=3)
+    assert len(blur_cases) == 3 and blur_cases[0].vector.active == (True, False, False, False, False)
+    combo = cases(data, "photos", "blur+grain+colour", limit=2)[0]
+    assert combo.vector.active == (True, True, True, False, False) and combo.reference is not None
+    inpaint = cases(data, "photos", "inpaint", limit=1)[0]
+    assert torch.equal(inpaint.target, inpaint.source) and inpaint.keep is not None
+
+    targets = torch.stack([c.target for c in blur_cases])
+    perfect = score(targets, targets, extractor=lambda x: x.mean(dim=(2, 3)))
+    assert perfect["l1"] == 0 and perfect["ssim"] == pytest.approx(1.0) and perfect["lpips"] is None
+    worse = score(-targets, targets)
+    assert worse["l1"] > 0.1 and worse["ssim"] < perfect["ssim"]
+
+    torch.manual_seed(0)
+    model = MultitaskModel.from_backbone(tiny_backbones["tiny-sd"])
+    rows = evaluate({"ours": model, "ours-single": {"blur": model, "grain": model}}, data, "photos",
+                    ["blur", "blur+grain"], num_steps=2, limit=2, extractor=lambda x: x.mean(dim=(2, 3)))
+    assert [(r["task"], r["model"]) for r in rows] == [("blur", "ours"), ("blur", "ours-single"),
+                                                       ("blur+grain", "ours"), ("blur+grain", "ours-single")]
+    assert all(r["n"] == 2 and 0 <= r["l1"] <= 2 for r in rows)
+    assert "| blur+grain | ours-single | 2 |" in markdown_table(rows, "mean colour")
+
+    model.save(tmp_path / "m")
+    code, out, err = run_cli(["eval", "multitask", "--data", data, "--model", f"ours={tmp_path / 'm'}",
+                              "--split", "photos", "--tasks", "blur,grain+colour", "--steps", "2", "--limit", "2",
+                              "-o", tmp_path / "table.md"], capsys)
+    assert code == 0, err
+    assert "| grain+colour | ours | 2 |" in (tmp_path / "table.md").read_text()
+    code, _, err = run_cli(["eval", "multitask", "--data", data, "--model", "nameless", "-o", tmp_path / "t.md"],
+                           capsys)
+    assert code != 0 and "NAME=FOLDER" in err

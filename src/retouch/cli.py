@@ -450,6 +450,67 @@ def train_distill(edit, output_dir, model, judge_dir, pairs, edit_steps, train_s
 # ---------------------------------------------------------------------------------------------
 # retouch world
 # ---------------------------------------------------------------------------------------------
+@cli.group("eval")
+def evaluate() -> None:
+    """Evaluate trained models on their benchmarks and write tables."""
+
+
+def _named_folders(pairs, flag: str) -> dict[str, str]:
+    named = {}
+    for pair in pairs:
+        name, sep, folder = pair.partition("=")
+        if not sep or not name or not folder:
+            raise RetouchError(f"{flag} takes NAME=FOLDER; got {pair!r}")
+        named[name] = folder
+    return named
+
+
+@evaluate.command("multitask")
+@click.option("--data", type=click.Path(file_okay=False, path_type=Path), required=True,
+              help="a dataset folder from `retouch data compositing`")
+@click.option("--model", "models", multiple=True, required=True, metavar="NAME=FOLDER",
+              help="a trained multitask model (repeat: ours, palette++, ablations, …)")
+@click.option("--single", "singles", multiple=True, metavar="TASK=FOLDER",
+              help="single-task models applied in sequence, reported as 'ours-single' (one per task)")
+@click.option("--split", default="test", show_default=True, help="test, val or photos (the unseen photographs)")
+@click.option("--tasks", default="blur,grain,colour,inpaint,sharpen,blur+grain,grain+colour,blur+grain+colour,"
+              "grain+colour+sharpen", show_default=True, help="single tasks and multi-task combinations")
+@click.option("--steps", type=int, default=25, show_default=True, help="DDIM steps per edit")
+@click.option("--limit", type=int, default=None, help="at most this many crops per task")
+@click.option("--judge", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="a local CLIP-style folder whose image features KID uses (default: the mini judge)")
+@click.option("--lpips", "lpips_weights", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="local LPIPS weights (.pth); without them the LPIPS column is empty")
+@click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path), required=True,
+              help="Markdown file for the table")
+def eval_multitask(data, models, singles, split, tasks, steps, limit, judge, lpips_weights, output) -> None:
+    """Tables 2–4 of the multitask paper: L1, SSIM, LPIPS, KID per task and model."""
+    from retouch.backbone import MINI_DIR
+    from retouch.imageio import atomic_write_text
+    from retouch.methods.multitask import load_multitask_model
+    from retouch.metrics import TransformersCLIPJudge, load_lpips
+    from retouch.train.evaluate_multitask import evaluate as run_evaluation
+    from retouch.train.evaluate_multitask import markdown_table
+
+    if output.suffix.lower() != ".md":
+        raise RetouchError(f"--output must be a .md file; got '{output}'")
+    if not output.parent.is_dir():
+        raise RetouchError(f"cannot write '{output}': folder '{output.parent}' does not exist")
+    loaded = {name: load_multitask_model(folder) for name, folder in _named_folders(models, "--model").items()}
+    if singles:
+        loaded["ours-single"] = {task: load_multitask_model(folder)
+                                 for task, folder in _named_folders(singles, "--single").items()}
+    judge_folder = judge or MINI_DIR / "judge"
+    extractor = TransformersCLIPJudge(judge_folder).encode_images
+    lpips = load_lpips(lpips_weights) if lpips_weights else None
+    chosen = [t.strip() for t in tasks.split(",") if t.strip()]
+    rows = run_evaluation(loaded, data, split, chosen, num_steps=steps, limit=limit, extractor=extractor,
+                          lpips=lpips)
+    label = "mini-world judge features" if judge is None else f"{judge_folder.name} features"
+    atomic_write_text(output, f"Split `{split}`, {steps} DDIM steps from noise.\n\n" + markdown_table(rows, label))
+    click.echo(f"wrote {output} ({len(rows)} rows)")
+
+
 @cli.group()
 def data() -> None:
     """Build datasets (offline, from local images and procedural sources)."""
