@@ -244,3 +244,40 @@ def test_evaluation_tables_score_edits_against_targets(tiny_backbones, tmp_path,
     code, _, err = run_cli(["eval", "multitask", "--data", data, "--model", "nameless", "-o", tmp_path / "t.md"],
                            capsys)
     assert code != 0 and "NAME=FOLDER" in err
+
+
+def test_n_pair_loss_pulls_same_labels_together_and_pushes_others_apart():
+    import math
+
+    from retouch.methods.multitask import n_pair_loss
+
+    labels = torch.tensor([[1, 0], [1, 0], [0, 1]])
+    features = torch.tensor([[0.0, 0.0], [0.0, 0.0], [3.0, 4.0]])  # same pair at distance 0, others at 5
+    expected = (0.0 + 2 * math.log1p(math.exp(-5.0) / 2)) / 3
+    assert n_pair_loss(features, labels).item() == pytest.approx(expected, abs=1e-6)
+    x = torch.tensor([[0.0, 0.0], [1.0, 0.0], [1.2, 0.0]], requires_grad=True)
+    (grad,) = torch.autograd.grad(n_pair_loss(x, labels), x)
+    assert torch.isfinite(grad).all()
+    assert grad[1, 0] > 0  # descending moves point 1 towards point 0 (same label)…
+    assert grad[2, 0] < 0  # …and point 2 away from both (other label)
+    coincident = torch.zeros(2, 3, requires_grad=True)  # same-label points on top of each other
+    (grad,) = torch.autograd.grad(n_pair_loss(coincident, labels[:2]), coincident)
+    assert torch.isfinite(grad).all()
+
+
+@pytest.mark.parametrize("n_pair", ["bottleneck", "labels"])
+def test_n_pair_term_joins_the_training_loss(tiny_backbones, n_pair):
+    torch.manual_seed(0)
+    model = MultitaskModel.from_backbone(tiny_backbones["tiny-sd"])
+    schedule = NoiseSchedule.from_scheduler_config(model.scheduler_config)
+    latents = torch.randn(4, 4, 16, 16)
+    small = torch.zeros(4, 3, 16, 16)
+    vectors = torch.stack([EditingVector(blur=0.5).as_tensor(), EditingVector(blur=0.2).as_tensor(),
+                           EditingVector(grain=0.05).as_tensor(), EditingVector().as_tensor()])
+    plain = multitask_loss(model.denoiser, schedule.alphas_cumprod, latents, latents, small, vectors,
+                           torch.Generator().manual_seed(0))
+    joined = multitask_loss(model.denoiser, schedule.alphas_cumprod, latents, latents, small, vectors,
+                            torch.Generator().manual_seed(0), n_pair=n_pair, n_pair_weight=1.0)
+    assert joined.item() > plain.item()
+    joined.backward()
+    assert all(torch.isfinite(p.grad).all() for p in model.denoiser.parameters() if p.grad is not None)

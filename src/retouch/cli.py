@@ -389,10 +389,13 @@ def train_mini(stages, work_dir, export_dir, seed, vae_steps, decoder_steps, cli
 @click.option("--mapping-depth", type=int, default=2, show_default=True, help="linear layers in f_θ (0, 1, 2, 4)")
 @click.option("--tasks", default="blur,grain,colour,inpaint,sharpen", show_default=True,
               help="tasks to train on (one task: the 'ours-single' baseline)")
+@click.option("--n-pair", type=click.Choice(["bottleneck", "labels"]), default=None,
+              help="add Eq. 3's N-pair loss on U-Net bottleneck (config A) or label (config B) features")
+@click.option("--n-pair-weight", type=float, default=0.1, show_default=True, help="its weight (not in the paper)")
 @click.option("--mixed-precision", type=click.Choice(["no", "fp16", "bf16"]), default="no", show_default=True)
 @click.option("--seed", type=int, default=0, show_default=True)
 def train_multitask_command(data, output_dir, init, steps, batch, learning_rate, loss_p, conditioning, labels,
-                            mapping_depth, tasks, mixed_precision, seed) -> None:
+                            mapping_depth, tasks, n_pair, n_pair_weight, mixed_precision, seed) -> None:
     """Train the multi-task compositing model (multitask paper §3.2, §4.1) on a compositing dataset."""
     from retouch.train.multitask import MultitaskTrainConfig, train_multitask
 
@@ -400,7 +403,8 @@ def train_multitask_command(data, output_dir, init, steps, batch, learning_rate,
                                   learning_rate=learning_rate, loss_p=loss_p, conditioning=conditioning,
                                   labels=labels, mapping_depth=mapping_depth,
                                   tasks=tuple(t.strip() for t in tasks.split(",") if t.strip()),
-                                  mixed_precision=mixed_precision, seed=seed)
+                                  n_pair=n_pair, n_pair_weight=n_pair_weight, mixed_precision=mixed_precision,
+                                  seed=seed)
     _, report = train_multitask(config)
     click.echo(f"trained {report['steps']} steps in {report['seconds'] / 60:.1f} min "
                f"({report['samples_per_second']:.1f} samples/s); model in {Path(output_dir) / 'final'}")

@@ -20,6 +20,7 @@ broadcast over the latent grid, and a constant, all-zero cross-attention context
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -271,15 +272,59 @@ def decode(model: MultitaskModel, latents: torch.Tensor) -> torch.Tensor:
 
 
 def multitask_loss(denoiser: MultitaskDenoiser, alphas_cumprod: torch.Tensor, target_latents, source_latents,
-                   reference_small, vectors, generator: torch.Generator | None = None, p: float = 1.0):
-    """Eq. 2: E ‖ε_θ(z_0^A, I_ref, C, z_t^B, t) − ε‖_p^p with t uniform, p = 1 by default (mean over elements)."""
+                   reference_small, vectors, generator: torch.Generator | None = None, p: float = 1.0,
+                   n_pair: str | None = None, n_pair_weight: float = 0.0):
+    """Eq. 2: E ‖ε_θ(z_0^A, I_ref, C, z_t^B, t) − ε‖_p^p with t uniform, p = 1 by default (mean over elements).
+
+    ``n_pair`` adds ``n_pair_weight`` × the N-pair loss of Eq. 3 (§5, Table 5) on the U-Net's bottleneck
+    features (``"bottleneck"``, the paper's config A) or on the label features f_θ(C) (``"labels"``,
+    config B), with the binary task labels of C as the classes.
+    """
     from retouch.sampling import add_noise
 
     t = torch.randint(0, len(alphas_cumprod), (target_latents.shape[0],), generator=generator)
     noise = torch.randn(target_latents.shape, generator=generator).to(target_latents)
     noisy = add_noise(target_latents, noise, alphas_cumprod[t].to(target_latents))
-    prediction = denoiser(noisy, t.to(target_latents.device), source_latents, reference_small, vectors)
-    return (prediction.float() - noise.float()).abs().pow(p).mean()
+    captured = {}
+    handle = None
+    if n_pair == "bottleneck":
+        handle = denoiser.unet.mid_block.register_forward_hook(lambda _m, _i, out: captured.update(mid=out))
+    try:
+        prediction = denoiser(noisy, t.to(target_latents.device), source_latents, reference_small, vectors)
+    finally:
+        if handle is not None:
+            handle.remove()
+    loss = (prediction.float() - noise.float()).abs().pow(p).mean()
+    if n_pair is None or n_pair_weight == 0:
+        return loss
+    if not denoiser.spec.labels:
+        raise RetouchError("the N-pair loss needs the binary task labels in C (train without --no-labels)")
+    if n_pair == "bottleneck":
+        features = captured["mid"].float().mean(dim=(2, 3))
+    elif n_pair == "labels":
+        features = denoiser.mapping(vectors).flatten(1).float()
+    else:
+        raise RetouchError(f"--n-pair must be bottleneck or labels; got {n_pair!r}")
+    return loss + n_pair_weight * n_pair_loss(features, vectors[:, len(SCALARS):])
+
+
+def n_pair_loss(features: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """The N-pair loss of the multitask paper's Eq. 3 (after Aksoy et al. 2018), over one batch P.
+
+        L = 1/|P| Σ_{p<q} 𝟙[l_p = l_q] log((1 + exp(‖f_p − f_q‖)) / 2) + 𝟙[l_p ≠ l_q] log(1 + exp(−‖f_p − f_q‖) / 2)
+
+    Same-label pairs are pulled together (the first term is 0 at distance 0 and grows), different-label
+    pairs pushed apart (the second falls towards 0 with distance). The second term is read as printed,
+    log(1 + e^{−d}/2), which keeps the loss non-negative. ``labels`` (B, L): rows equal ⇔ same class.
+    """
+    count = features.shape[0]
+    diff = features[:, None, :] - features[None, :, :]
+    distance = (diff.pow(2).sum(-1) + 1e-12).sqrt()  # the epsilon keeps the gradient finite at 0
+    same = (labels[:, None, :] == labels[None, :, :]).all(dim=-1)
+    pull = F.softplus(distance) - math.log(2.0)
+    push = torch.log1p(torch.exp(-distance) / 2)
+    pairs = torch.triu(torch.ones(count, count, dtype=torch.bool, device=features.device), diagonal=1)
+    return torch.where(same, pull, push)[pairs].sum() / count
 
 
 @torch.no_grad()

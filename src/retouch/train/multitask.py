@@ -46,6 +46,8 @@ class MultitaskTrainConfig:
     labels: bool = True  # binary task labels in C (ablation: False)
     mapping_depth: int = 2  # f_θ depth (ablation: 0, 1, 2, 4)
     tasks: tuple[str, ...] = TASKS  # train a single-task model ("ours-single") with one task
+    n_pair: str | None = None  # Eq. 3 on "bottleneck" (config A) or "labels" (config B) features
+    n_pair_weight: float = 0.1  # not given by the paper
     ema_decay: float | None = 0.999
     mixed_precision: str = "no"
     seed: int = 0
@@ -53,6 +55,10 @@ class MultitaskTrainConfig:
     def validate(self) -> None:
         if self.steps < 1 or self.batch < 1 or not self.learning_rate > 0 or not self.loss_p > 0:
             raise RetouchError("--steps, --batch, --learning-rate and --loss-p must be positive")
+        if self.n_pair not in (None, "bottleneck", "labels"):
+            raise RetouchError(f"--n-pair must be bottleneck or labels; got {self.n_pair!r}")
+        if self.n_pair is not None and not self.labels:
+            raise RetouchError("the N-pair loss needs the binary task labels: drop --no-labels")
         unknown = set(self.tasks) - set(TASKS)
         if unknown or not self.tasks:
             raise RetouchError(f"--tasks takes a non-empty subset of {', '.join(TASKS)}; got {', '.join(self.tasks)}")
@@ -140,7 +146,8 @@ def train_multitask(config: MultitaskTrainConfig, *, backbone=None,
     def loss_fn(denoiser, batch, generator):
         target_latents, source_latents, reference_small, vectors = batch
         loss = multitask_loss(denoiser, schedule.alphas_cumprod, target_latents, source_latents, reference_small,
-                              vectors, generator, p=config.loss_p)
+                              vectors, generator, p=config.loss_p, n_pair=config.n_pair,
+                              n_pair_weight=config.n_pair_weight)
         return loss, {}
 
     loop = LoopConfig(output_dir=config.output_dir, max_steps=config.steps, learning_rate=config.learning_rate,
