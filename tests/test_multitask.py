@@ -281,3 +281,43 @@ def test_n_pair_term_joins_the_training_loss(tiny_backbones, n_pair):
     assert joined.item() > plain.item()
     joined.backward()
     assert all(torch.isfinite(p.grad).all() for p in model.denoiser.parameters() if p.grad is not None)
+
+
+def test_pix2pix_baseline_trains_on_the_same_examples_and_is_evaluated_alike(tiny_dataset, tmp_path):
+    from retouch.methods.pix2pix_gan import PatchDiscriminator, Pix2PixGAN, gan_condition, pix2pix_edit
+    from retouch.train.evaluate_multitask import load_compositing_model
+    from retouch.train.multitask import MultitaskTrainConfig, train_multitask
+
+    condition = gan_condition(torch.zeros(2, 3, 32, 32), EditingVector(blur=0.5))
+    assert condition.shape == (2, 15, 32, 32) and torch.all(condition[:, 6] == 0.5) and torch.all(condition[:, 10] == 1)
+    patches = PatchDiscriminator(18)(condition, torch.zeros(2, 3, 32, 32))
+    assert patches.shape[:2] == (2, 1) and patches.shape[-1] > 1  # a map of patch logits, not one score
+
+    config = MultitaskTrainConfig(data=str(tiny_dataset), output_dir=str(tmp_path / "gan"), steps=3, batch=2,
+                                  architecture="pix2pix", ema_decay=None, learning_rate=2e-4)
+    model, report = train_multitask(config, progress=False)
+    assert isinstance(model, Pix2PixGAN) and report["final_loss"] is not None
+    loaded = load_compositing_model(tmp_path / "gan" / "final")
+    images = torch.rand(1, 3, 32, 32) * 2 - 1
+    out = pix2pix_edit(loaded, images, EditingVector(grain=0.05))
+    assert out.shape == images.shape and out.abs().max() <= 1
+    assert torch.allclose(out, pix2pix_edit(model.eval(), images, EditingVector(grain=0.05)), atol=1e-5)
+
+
+def test_pix2pix_losses_reach_only_their_own_network():
+    from retouch.methods.pix2pix_gan import Pix2PixGAN, Pix2PixSpec
+
+    torch.manual_seed(0)
+    gan = Pix2PixGAN(Pix2PixSpec(size=32, generator_channels=(32, 32)))
+    condition, target = torch.randn(2, 15, 32, 32), torch.rand(2, 3, 32, 32) * 2 - 1
+    _, logs = gan.loss(condition, target)
+    # The discriminator's parameters get gradient only from L_D: compare with L_D alone.
+    fake = gan.generate(condition).detach()
+    real_logits, fake_logits = gan.discriminator(condition, target), gan.discriminator(condition, fake)
+    loss_d = 0.5 * (torch.nn.functional.binary_cross_entropy_with_logits(real_logits, torch.ones_like(real_logits))
+                    + torch.nn.functional.binary_cross_entropy_with_logits(fake_logits, torch.zeros_like(fake_logits)))
+    expected = torch.autograd.grad(loss_d, list(gan.discriminator.parameters()))
+    total, _ = gan.loss(condition, target)
+    got = torch.autograd.grad(total, list(gan.discriminator.parameters()))
+    assert all(torch.allclose(a, b, atol=1e-6) for a, b in zip(got, expected))
+    assert logs["d"] > 0 and logs["l1"] > 0

@@ -383,6 +383,8 @@ def train_mini(stages, work_dir, export_dir, seed, vae_steps, decoder_steps, cli
 @click.option("--batch", type=int, default=16, show_default=True)
 @click.option("--learning-rate", type=float, default=1e-4, show_default=True)
 @click.option("--loss-p", type=float, default=1.0, show_default=True, help="p of Eq. 2's ‖ε_θ − ε‖_p^p (paper: 1)")
+@click.option("--architecture", type=click.Choice(["diffusion", "pix2pix"]), default="diffusion", show_default=True,
+              help="the multitask diffusion model, or the pix2pix conditional-GAN baseline")
 @click.option("--conditioning", type=click.Choice(["cross-attention", "concat"]), default="cross-attention",
               show_default=True, help="ours (C through f_θ into cross-attention) or Palette++ (all concatenated)")
 @click.option("--labels/--no-labels", default=True, show_default=True, help="binary task labels in C (ablation)")
@@ -394,13 +396,14 @@ def train_mini(stages, work_dir, export_dir, seed, vae_steps, decoder_steps, cli
 @click.option("--n-pair-weight", type=float, default=0.1, show_default=True, help="its weight (not in the paper)")
 @click.option("--mixed-precision", type=click.Choice(["no", "fp16", "bf16"]), default="no", show_default=True)
 @click.option("--seed", type=int, default=0, show_default=True)
-def train_multitask_command(data, output_dir, init, steps, batch, learning_rate, loss_p, conditioning, labels,
-                            mapping_depth, tasks, n_pair, n_pair_weight, mixed_precision, seed) -> None:
+def train_multitask_command(data, output_dir, init, steps, batch, learning_rate, loss_p, architecture, conditioning,
+                            labels, mapping_depth, tasks, n_pair, n_pair_weight, mixed_precision, seed) -> None:
     """Train the multi-task compositing model (multitask paper §3.2, §4.1) on a compositing dataset."""
     from retouch.train.multitask import MultitaskTrainConfig, train_multitask
 
     config = MultitaskTrainConfig(data=str(data), output_dir=output_dir, init=init, steps=steps, batch=batch,
-                                  learning_rate=learning_rate, loss_p=loss_p, conditioning=conditioning,
+                                  learning_rate=learning_rate, loss_p=loss_p, architecture=architecture,
+                                  conditioning=conditioning,
                                   labels=labels, mapping_depth=mapping_depth,
                                   tasks=tuple(t.strip() for t in tasks.split(",") if t.strip()),
                                   n_pair=n_pair, n_pair_weight=n_pair_weight, mixed_precision=mixed_precision,
@@ -473,7 +476,7 @@ def _named_folders(pairs, flag: str) -> dict[str, str]:
 @click.option("--data", type=click.Path(file_okay=False, path_type=Path), required=True,
               help="a dataset folder from `retouch data compositing`")
 @click.option("--model", "models", multiple=True, required=True, metavar="NAME=FOLDER",
-              help="a trained multitask model (repeat: ours, palette++, ablations, …)")
+              help="a trained multitask or pix2pix model (repeat: ours, palette++, pix2pix, ablations, …)")
 @click.option("--single", "singles", multiple=True, metavar="TASK=FOLDER",
               help="single-task models applied in sequence, reported as 'ours-single' (one per task)")
 @click.option("--split", default="test", show_default=True, help="test, val or photos (the unseen photographs)")
@@ -491,18 +494,17 @@ def eval_multitask(data, models, singles, split, tasks, steps, limit, judge, lpi
     """Tables 2–4 of the multitask paper: L1, SSIM, LPIPS, KID per task and model."""
     from retouch.backbone import MINI_DIR
     from retouch.imageio import atomic_write_text
-    from retouch.methods.multitask import load_multitask_model
     from retouch.metrics import TransformersCLIPJudge, load_lpips
     from retouch.train.evaluate_multitask import evaluate as run_evaluation
-    from retouch.train.evaluate_multitask import markdown_table
+    from retouch.train.evaluate_multitask import load_compositing_model, markdown_table
 
     if output.suffix.lower() != ".md":
         raise RetouchError(f"--output must be a .md file; got '{output}'")
     if not output.parent.is_dir():
         raise RetouchError(f"cannot write '{output}': folder '{output.parent}' does not exist")
-    loaded = {name: load_multitask_model(folder) for name, folder in _named_folders(models, "--model").items()}
+    loaded = {name: load_compositing_model(folder) for name, folder in _named_folders(models, "--model").items()}
     if singles:
-        loaded["ours-single"] = {task: load_multitask_model(folder)
+        loaded["ours-single"] = {task: load_compositing_model(folder)
                                  for task, folder in _named_folders(singles, "--single").items()}
     judge_folder = judge or MINI_DIR / "judge"
     extractor = TransformersCLIPJudge(judge_folder).encode_images

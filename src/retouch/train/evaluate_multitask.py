@@ -75,14 +75,29 @@ def cases(folder: Path, split: str, task: str, limit: int | None = None) -> list
     return out
 
 
-def run_model(model: MultitaskModel | dict[str, MultitaskModel], case: Case, *, num_steps: int, seed: int):
-    """Edit one case: one multitask model, or a dict task → single-task model applied in ``ORDER``."""
-    def edit(m, image, vector):
-        return multitask_edit(m, image[None], vector, num_steps=num_steps, seed=seed,
-                              reference=None if case.reference is None else case.reference[None],
-                              mask=None if case.keep is None else case.keep[None])[0].clamp(-1, 1)
+def load_compositing_model(folder: str | Path):
+    """A multitask diffusion model (``multitask.json``) or a pix2pix GAN (``pix2pix.json``) folder."""
+    from retouch.methods.multitask import load_multitask_model
+    from retouch.methods.pix2pix_gan import Pix2PixGAN
 
-    if isinstance(model, MultitaskModel):
+    if (Path(folder) / "pix2pix.json").is_file():
+        return Pix2PixGAN.load(folder)
+    return load_multitask_model(str(folder))
+
+
+def run_model(model, case: Case, *, num_steps: int, seed: int):
+    """Edit one case: a multitask model, a pix2pix GAN, or a dict task → single-task model in ``ORDER``."""
+    from retouch.methods.pix2pix_gan import Pix2PixGAN, pix2pix_edit
+
+    def edit(m, image, vector):
+        reference = None if case.reference is None else case.reference[None]
+        mask = None if case.keep is None else case.keep[None]
+        if isinstance(m, Pix2PixGAN):
+            return pix2pix_edit(m, image[None], vector, reference=reference, mask=mask)[0].clamp(-1, 1)
+        return multitask_edit(m, image[None], vector, num_steps=num_steps, seed=seed, reference=reference,
+                              mask=mask)[0].clamp(-1, 1)
+
+    if not isinstance(model, dict):
         return edit(model, case.source, case.vector)
     image = case.source
     v = case.vector

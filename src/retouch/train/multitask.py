@@ -46,6 +46,7 @@ class MultitaskTrainConfig:
     labels: bool = True  # binary task labels in C (ablation: False)
     mapping_depth: int = 2  # f_θ depth (ablation: 0, 1, 2, 4)
     tasks: tuple[str, ...] = TASKS  # train a single-task model ("ours-single") with one task
+    architecture: str = "diffusion"  # or "pix2pix" (the GAN baseline, methods/pix2pix_gan.py)
     n_pair: str | None = None  # Eq. 3 on "bottleneck" (config A) or "labels" (config B) features
     n_pair_weight: float = 0.1  # not given by the paper
     ema_decay: float | None = 0.999
@@ -55,6 +56,8 @@ class MultitaskTrainConfig:
     def validate(self) -> None:
         if self.steps < 1 or self.batch < 1 or not self.learning_rate > 0 or not self.loss_p > 0:
             raise RetouchError("--steps, --batch, --learning-rate and --loss-p must be positive")
+        if self.architecture not in ("diffusion", "pix2pix"):
+            raise RetouchError(f"--architecture must be diffusion or pix2pix; got {self.architecture!r}")
         if self.n_pair not in (None, "bottleneck", "labels"):
             raise RetouchError(f"--n-pair must be bottleneck or labels; got {self.n_pair!r}")
         if self.n_pair is not None and not self.labels:
@@ -111,36 +114,55 @@ def training_example(data: TrainingSet, index: int, label: str | None, rng: np.r
 def train_multitask(config: MultitaskTrainConfig, *, backbone=None,
                     progress: bool = True) -> tuple[MultitaskModel, dict]:
     """Initialise from ``config.init`` (or ``backbone``), train, save to ``output_dir/final``; returns the model."""
+    config.validate()
+    data = TrainingSet(Path(config.data))
+    labels = (None, *config.tasks)
+    if config.architecture == "pix2pix":
+        model, network, make_example_batch, loss_fn = _pix2pix_parts(config, data)
+    else:
+        model, network, make_example_batch, loss_fn = _diffusion_parts(config, data, backbone)
+
+    def make_batch(step, rank, world_size):
+        rng = np.random.default_rng([config.seed, step, rank])
+        examples = [training_example(data, int(rng.integers(0, len(data))), labels[int(rng.integers(0, len(labels)))],
+                                     rng) for _ in range(config.batch)]
+        return make_example_batch(examples)
+
+    loop = LoopConfig(output_dir=config.output_dir, max_steps=config.steps, learning_rate=config.learning_rate,
+                      warmup_steps=min(200, config.steps // 10), ema_decay=config.ema_decay,
+                      mixed_precision=config.mixed_precision, checkpoint_every=250, seed=config.seed)
+    result = train(network, loss_fn, make_batch, loop, batch_size=config.batch, progress=progress)
+    network.eval()
+    model.save(Path(config.output_dir) / "final")
+    report = {"config": asdict(config), "steps": result.steps, "seconds": result.seconds,
+              "samples_per_second": result.samples_per_second,
+              "final_loss": result.losses[-1][1] if result.losses else None}
+    return model, report
+
+
+def _diffusion_parts(config: MultitaskTrainConfig, data: TrainingSet, backbone):
+    """The multitask diffusion model (or Palette++): latents in, Eq. 2 (+ Eq. 3) out."""
     from retouch.backbone import load_backbone
     from retouch.sampling import NoiseSchedule
 
-    config.validate()
     backbone = backbone or load_backbone(config.init)
     spec = MultitaskSpec(conditioning=config.conditioning, labels=config.labels, mapping_depth=config.mapping_depth,
                          latent_channels=backbone.unet.config.in_channels)
     model = MultitaskModel.from_backbone(backbone, spec)
     model.vae.requires_grad_(False).eval()
-    data = TrainingSet(Path(config.data))
     schedule = NoiseSchedule.from_scheduler_config(model.scheduler_config)
-    labels = (None, *config.tasks)
 
-    def make_batch(step, rank, world_size):
-        rng = np.random.default_rng([config.seed, step, rank])
-        sources, targets, references, vectors = [], [], [], []
-        for _ in range(config.batch):
-            index = int(rng.integers(0, len(data)))
-            label = labels[int(rng.integers(0, len(labels)))]
-            source, target, reference, keep, vector = training_example(data, index, label, rng)
-            with torch.no_grad():  # one example at a time: each has its own active conditions
+    def make_example_batch(examples):
+        sources, references, vectors = [], [], []
+        with torch.no_grad():  # one example at a time: each has its own active conditions
+            for source, _, reference, keep, vector in examples:
                 latents, small, c = conditioning_inputs(model, source[None], vector,
                                                         None if reference is None else reference[None],
                                                         None if keep is None else keep[None])
-            sources.append(latents)
-            references.append(small)
-            vectors.append(c)
-            targets.append(target)
-        with torch.no_grad():
-            target_latents = encode(model, torch.stack(targets))
+                sources.append(latents)
+                references.append(small)
+                vectors.append(c)
+            target_latents = encode(model, torch.stack([target for _, target, *_ in examples]))
         return target_latents, torch.cat(sources), torch.cat(references), torch.cat(vectors)
 
     def loss_fn(denoiser, batch, generator):
@@ -150,13 +172,23 @@ def train_multitask(config: MultitaskTrainConfig, *, backbone=None,
                               n_pair_weight=config.n_pair_weight)
         return loss, {}
 
-    loop = LoopConfig(output_dir=config.output_dir, max_steps=config.steps, learning_rate=config.learning_rate,
-                      warmup_steps=min(200, config.steps // 10), ema_decay=config.ema_decay,
-                      mixed_precision=config.mixed_precision, checkpoint_every=250, seed=config.seed)
-    result = train(model.denoiser, loss_fn, make_batch, loop, batch_size=config.batch, progress=progress)
-    model.denoiser.eval()
-    model.save(Path(config.output_dir) / "final")
-    report = {"config": asdict(config), "steps": result.steps, "seconds": result.seconds,
-              "samples_per_second": result.samples_per_second,
-              "final_loss": result.losses[-1][1] if result.losses else None}
-    return model, report
+    return model, model.denoiser, make_example_batch, loss_fn
+
+
+def _pix2pix_parts(config: MultitaskTrainConfig, data: TrainingSet):
+    """The pix2pix GAN baseline on the same examples: pixels in, L1 + adversarial out."""
+    from retouch.methods.pix2pix_gan import Pix2PixGAN, Pix2PixSpec, gan_condition
+
+    size = data.images["source"].shape[1]
+    model = Pix2PixGAN(Pix2PixSpec(size=size, vector_size=EditingVector().as_tensor(config.labels).numel()))
+
+    def make_example_batch(examples):
+        conditions = [gan_condition(source[None], vector, None if reference is None else reference[None],
+                                    None if keep is None else keep[None], labels=config.labels)
+                      for source, _, reference, keep, vector in examples]
+        return torch.cat(conditions), torch.stack([target for _, target, *_ in examples])
+
+    def loss_fn(network, batch, generator):
+        return network.loss(*batch)
+
+    return model, model, make_example_batch, loss_fn
