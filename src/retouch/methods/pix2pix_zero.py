@@ -41,8 +41,8 @@ from retouch.methods import register
 from retouch.methods.edit_text import EditSpec, parse_edit
 from retouch.sampling import classifier_free_guidance, ddim_step, ddim_timesteps, previous_timestep
 
-__all__ = ["Pix2PixZeroConfig", "CrossAttentionTerm", "guided_edit_latents", "guidance_step", "record_features", "recording",
-           "run_pix2pix_zero", "invert_with_noise_regularization"]
+__all__ = ["Pix2PixZeroConfig", "CrossAttentionTerm", "guided_edit_latents", "guidance_step", "record_features",
+           "recording", "run_pix2pix_zero", "invert_with_noise_regularization"]
 
 XA_BRANCHES = ("conditional", "both")
 PLACES = ("down", "mid", "up")
@@ -277,7 +277,8 @@ def guided_edit_latents(
     return edited
 
 
-def record_features(backbone, latents, t, cond, terms, *, installed: bool = False) -> tuple[torch.Tensor, list[dict]]:
+def record_features(backbone, latents, t, cond, terms, *,
+                    installed: bool = False) -> tuple[torch.Tensor, list[dict]]:
     """One U-Net call with the terms' hooks in place: (network output, each term's recorded features).
 
     ``installed=True`` means the caller holds :func:`recording` open (one install for a whole edit).
