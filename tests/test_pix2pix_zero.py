@@ -3,6 +3,7 @@ the losses on hand-computed cases, edit directions, captioning, batching and the
 
 import dataclasses
 import math
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -383,6 +384,30 @@ def test_a_batch_equals_its_images_edited_one_by_one(tiny_sd_float64, method):
     apart = torch.cat([edit(tiny_sd_float64, images[i : i + 1], config) for i in range(2)])
     assert (together - apart).abs().max().item() <= 1e-9
     assert not torch.allclose(together[0], together[1])
+
+
+@pytest.mark.parametrize("method, branches", [("pix2pix-zero", "conditional"), ("pix2pix-zero", "both"),
+                                              ("zerocon", "conditional")])
+def test_one_reconstruction_branch_when_the_negative_prompt_is_the_caption(tiny_sd_float64, monkeypatch, method,
+                                                                            branches):
+    """Caption as negative prompt: the reconstruction runs one CFG branch; the edit equals the two-branch run."""
+    from retouch.methods import pix2pix_zero
+
+    images = _images(32)
+    config = _config(ZeroConConfig if method == "zerocon" else Pix2PixZeroConfig, xa_guidance=50.0,
+                     xa_branches=branches)
+    calls = []
+    real_denoise = tiny_sd_float64.denoise
+    monkeypatch.setattr(tiny_sd_float64, "denoise", lambda x, t, c: calls.append(x.shape[0]) or real_denoise(x, t, c))
+    single = get_method(method).edit(tiny_sd_float64, images, config)
+    single_calls = list(calls)
+    calls.clear()
+    monkeypatch.setattr(pix2pix_zero, "_same_conditioning", lambda a, b: False)
+    double = get_method(method).edit(tiny_sd_float64, images, config)
+    assert sum(single_calls) < sum(calls)  # fewer U-Net rows...
+    assert (single - double).abs().max().item() <= 1e-9  # ...for the same edit
+    other = get_method(method).edit(tiny_sd_float64, images, replace(config, caption_as_negative=False))
+    assert (other - double).abs().max().item() > 1e-4  # an empty negative prompt is a different edit
 
 
 @pytest.mark.parametrize("name", ["tiny-sd2-v", "tiny-sdxl"])

@@ -243,11 +243,12 @@ def guided_edit_latents(
     use_cfg = guidance_scale != 1.0
     both = use_cfg and branches == "both"
     pair = type(cond).cat
-    reference_cond = pair([uncond, cond]) if use_cfg else cond
+    # With the caption as negative prompt (the official real-image setting) the reconstruction's two
+    # CFG branches are the same call and ε_u + s(ε_c − ε_u) = ε_c: one branch does, exactly.
+    single_reference = not use_cfg or _same_conditioning(cond, uncond)
+    reference_cond = cond if single_reference else pair([uncond, cond])
     sampling_cond = pair([uncond, edit_cond]) if use_cfg else edit_cond
     guided_cond = sampling_cond if both else edit_cond
-    # Rows of the reconstruction's batch that correspond to the guided rows of the edited pass.
-    reference_rows = slice(0, 2 * batch) if both else slice(batch if use_cfg else 0, None)
     steer = bool(terms) and (step_size > 0 or trace is not None)
 
     def combine(output):
@@ -256,16 +257,23 @@ def guided_edit_latents(
     def doubled(x):
         return torch.cat([x, x]) if use_cfg else x
 
+    def reference_rows(feature):
+        """The reconstruction's rows matching the guided rows of the edited pass."""
+        if single_reference:
+            return torch.cat([feature, feature]) if both else feature
+        return feature if both else feature[batch:]
+
     reconstruction = edited = latents
     with recording(backbone.unet, terms) if steer else nullcontext() as gate:
         for i, t in enumerate(ddim_timesteps(schedule, num_steps)):
             t_prev = previous_timestep(schedule, t, num_steps)
             x_in = torch.cat([edited, edited]) if both else edited
             if steer:
-                output, recorded = record_features(backbone, doubled(reconstruction), t, reference_cond, terms,
-                                                   installed=True)
-                references = [{k: v[reference_rows] for k, v in features.items()} for features in recorded]
-                reconstruction = ddim_step(schedule, reconstruction, combine(output), t, t_prev)
+                output, recorded = record_features(backbone, reconstruction if single_reference else
+                                                   doubled(reconstruction), t, reference_cond, terms, installed=True)
+                references = [{k: reference_rows(v) for k, v in features.items()} for features in recorded]
+                reconstruction = ddim_step(schedule, reconstruction, output if single_reference else combine(output),
+                                           t, t_prev)
                 x_in = guidance_step(backbone, x_in, t, guided_cond, terms, references, step_size,
                                      branches=2 if both else 1, trace=trace, installed=True)
             with gate.closed() if steer else nullcontext():
@@ -275,6 +283,12 @@ def guided_edit_latents(
             if callback is not None:
                 callback(i, t, edited)
     return edited
+
+
+def _same_conditioning(a, b) -> bool:
+    """Whether two conditionings are the same tensors (then their U-Net calls are the same call)."""
+    return all((x is None and y is None) or (x is not None and y is not None and torch.equal(x, y))
+               for x, y in ((a.hidden_states, b.hidden_states), (a.pooled, b.pooled), (a.time_ids, b.time_ids)))
 
 
 def record_features(backbone, latents, t, cond, terms, *,
