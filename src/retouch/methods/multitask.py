@@ -245,20 +245,30 @@ def conditioning_inputs(model: MultitaskModel, images: torch.Tensor, vector: Edi
     inpainting task is on; ``reference`` (B or 1, 3, h, w) in [−1, 1] is resized to the latent grid
     when colour transfer is on; otherwise the reference input is zero (§4.1).
     """
-    if vector.inpaint:
-        if mask is None:
-            raise RetouchError("the inpainting task needs a mask")
-        images = images * mask.to(images)
+    images = masked_input(images, vector, mask)
     latents = encode(model, images)
-    if vector.colour:
-        if reference is None:
-            raise RetouchError("the colour-transfer task needs a reference image")
-        small = F.interpolate(reference.to(latents), size=latents.shape[-2:], mode="area")
-        small = small.expand(latents.shape[0], -1, -1, -1)
-    else:
-        small = latents.new_zeros(latents.shape[0], 3, *latents.shape[-2:])
+    small = reference_input(reference, vector, latents)
     c = vector.as_tensor(model.spec.labels).to(latents.device)[None].expand(latents.shape[0], -1)
     return latents, small, c
+
+
+def masked_input(images: torch.Tensor, vector: EditingVector, keep: torch.Tensor | None) -> torch.Tensor:
+    """The source as the model sees it: times the keep-mask when inpainting is on (§4.1)."""
+    if not vector.inpaint:
+        return images
+    if keep is None:
+        raise RetouchError("the inpainting task needs a mask")
+    return images * keep.to(images)
+
+
+def reference_input(reference: torch.Tensor | None, vector: EditingVector, like: torch.Tensor) -> torch.Tensor:
+    """I_ref area-resized to ``like``'s grid and batch when colour transfer is on, else zeros (§4.1)."""
+    if not vector.colour:
+        return like.new_zeros(like.shape[0], 3, *like.shape[-2:])
+    if reference is None:
+        raise RetouchError("the colour-transfer task needs a reference image")
+    small = F.interpolate(reference.to(like), size=like.shape[-2:], mode="area")
+    return small.expand(like.shape[0], -1, -1, -1)
 
 
 def encode(model: MultitaskModel, images: torch.Tensor) -> torch.Tensor:

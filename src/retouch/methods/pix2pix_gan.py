@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from retouch.errors import RetouchError
-from retouch.methods.multitask import EditingVector
+from retouch.methods.multitask import EditingVector, masked_input, reference_input
 
 L1_WEIGHT = 100.0  # pix2pix's λ
 
@@ -120,17 +120,8 @@ class Pix2PixGAN(nn.Module):
 def gan_condition(images: torch.Tensor, vector: EditingVector, reference: torch.Tensor | None = None,
                   keep: torch.Tensor | None = None, labels: bool = True) -> torch.Tensor:
     """(B, 3 + 3 + |C|, H, W): the (masked) input, the reference (zero when off), C broadcast."""
-    if vector.inpaint:
-        if keep is None:
-            raise RetouchError("the inpainting task needs a mask")
-        images = images * keep.to(images)
-    if vector.colour:
-        if reference is None:
-            raise RetouchError("the colour-transfer task needs a reference image")
-        reference = F.interpolate(reference.to(images), size=images.shape[-2:], mode="area")
-        reference = reference.expand(images.shape[0], -1, -1, -1)
-    else:
-        reference = torch.zeros_like(images)
+    images = masked_input(images, vector, keep)
+    reference = reference_input(reference, vector, images)
     c = vector.as_tensor(labels).to(images)[None, :, None, None].expand(images.shape[0], -1, *images.shape[-2:])
     return torch.cat([images, reference, c], dim=1)
 
