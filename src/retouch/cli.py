@@ -15,7 +15,7 @@ from pathlib import Path
 
 import click
 
-from retouch.errors import RetouchError
+from retouch.errors import RetouchError, check_range
 
 EXIT_ERROR = 1
 
@@ -90,16 +90,9 @@ def _parse_sharpen(text: str | None) -> tuple[float, float] | None:
     if text is None:
         return None
     amount, threshold = parse_sharpen(text)
-    _check_range("--sharpen amount λ", amount, 0.0, 3.0)
-    _check_range("--sharpen threshold μ", threshold, 0.0, 1.0)
+    check_range("--sharpen amount λ", amount, 0.0, 3.0)
+    check_range("--sharpen threshold μ", threshold, 0.0, 1.0)
     return amount, threshold
-
-
-def _check_range(name: str, value: float | None, low: float, high: float) -> None:
-    if value is None:
-        return
-    if not (low <= value <= high):  # also rejects NaN
-        raise RetouchError(f"{name} must lie in [{low:g}, {high:g}]; got {value:g}")
 
 
 @cli.command()
@@ -122,8 +115,8 @@ def effects(image, output, blur, blur_angle, grain, reference, mask, sharpen, se
     from retouch.effects import EffectsRecipe, apply_effects
     from retouch.imageio import load_image, load_map
 
-    _check_range("--blur", blur, 0.0, 1.0)
-    _check_range("--grain", grain, 1e-6, 0.5)
+    check_range("--blur", blur, 0.0, 1.0)
+    check_range("--grain", grain, 1e-6, 0.5)
     sharpen_values = _parse_sharpen(sharpen)
     inputs = [p for p in (image, reference, mask) if p is not None]
     outputs = [p for p in (output, compare) if p is not None]
@@ -199,9 +192,8 @@ def edit(image, output, method_name, model, seed, device, dtype, allow_pickle, o
     """Edit IMAGE with a diffusion method and write the result to OUTPUT."""
     import torch
 
-    from retouch.backbone import load_backbone
-    from retouch.imageio import fit_to_multiple, from_tensor, load_image, restore_size, to_tensor
-    from retouch.methods import get_method
+    from retouch.imageio import load_image
+    from retouch.methods import edit_image, get_method, load_method_model, model_name
 
     method = get_method(method_name)
     config = _method_config(method, seed, method_options)
@@ -210,23 +202,18 @@ def edit(image, output, method_name, model, seed, device, dtype, allow_pickle, o
     _check_outputs(outputs, inputs)
     source = load_image(image)
 
-    device = ("cuda" if torch.cuda.is_available() else "cpu") if device == "auto" else device
-    model = model or method.default_model or "tiny-sd"
-    loader = method.load_model or load_backbone
-    backbone = loader(model, device=device, dtype=getattr(torch, dtype), allow_pickle=allow_pickle, offline=offline)
-    fitted = fit_to_multiple(source, backbone.size_multiple, size_policy)
-    extra = {} if method.prepare is None else method.prepare(
-        config, (fitted.shape[1], fitted.shape[0]), backbone.device, backbone.dtype)
+    backbone = load_method_model(method, model, device=device, dtype=getattr(torch, dtype),
+                                 allow_pickle=allow_pickle, offline=offline)
     started = time.perf_counter()
     with _progress(config, method.name) as progress:
-        edited = method.edit(backbone, to_tensor(fitted, device=backbone.device, dtype=backbone.dtype), config,
-                             progress=progress, **extra)
-    result = restore_size(from_tensor(edited), source.shape[:2], size_policy, original=source)
+        result = edit_image(method, backbone, source, config, size_policy=size_policy, progress=progress)
     _save_all(output, result, compare, [source, result], inputs)
-    click.echo(f"wrote {output} ({method.name} on {model}, {time.perf_counter() - started:.1f} s)")
+    click.echo(f"wrote {output} ({method.name} on {model_name(method, model)}, {time.perf_counter() - started:.1f} s)")
 
 
 def _method_config(method, seed: int, options: dict):
+    from retouch.methods import make_config
+
     given = {name: value for name, value in options.items() if value is not None and value != ()}
     foreign = sorted(set(given) - set(method.option_names()))
     if foreign:
@@ -235,11 +222,7 @@ def _method_config(method, seed: int, options: dict):
                            + ", ".join("--" + n.replace("_", "-") for n in method.option_names()))
     if "seed" in method.option_names():
         given["seed"] = seed
-    config = method.config_class(**given)
-    validate = getattr(config, "validate", None)
-    if validate is not None:
-        validate()
-    return config
+    return make_config(method, **given)
 
 
 class _progress:

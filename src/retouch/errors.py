@@ -11,3 +11,11 @@ class RetouchError(Exception):
 
     def __init__(self, message: str):
         super().__init__(" ".join(str(message).split()))
+
+
+def check_range(name: str, value: float | None, low: float, high: float) -> None:
+    """Refuse ``value`` outside [low, high] (and NaN) with one line naming it; ``None`` means "not given"."""
+    if value is None:
+        return
+    if not (low <= value <= high):  # also rejects NaN
+        raise RetouchError(f"{name} must lie in [{low:g}, {high:g}]; got {value:g}")

@@ -55,6 +55,7 @@ def load_image(
     path: PathLike,
     *,
     max_pixels: int = DEFAULT_MAX_PIXELS,
+    max_side: int | None = None,
     background: Sequence[float] = WHITE,
 ) -> np.ndarray:
     """Read an image file as float32 RGB (H, W, 3) in [0, 1], upright per its EXIF orientation.
@@ -66,10 +67,11 @@ def load_image(
     float grey is clipped to [0, 1]; CMYK and YCbCr are converted by Pillow. Note Pillow itself reads
     16-bit-per-channel *colour* PNGs as 8-bit RGB.
 
-    Images with more than ``max_pixels`` pixels are refused from their header, before decoding.
+    Images with more than ``max_pixels`` pixels, or a side longer than ``max_side``, are refused from
+    their header, before decoding.
     """
     background = _check_background(background)
-    with _open_decoded(path, max_pixels) as img:
+    with _open_decoded(path, max_pixels, max_side) as img:
         rgb = _to_float_rgb(img, background, name=_quoted(path))
     return rgb
 
@@ -79,6 +81,7 @@ def load_map(
     *,
     size: tuple[int, int] | None = None,
     max_pixels: int = DEFAULT_MAX_PIXELS,
+    max_side: int | None = None,
     background: float = 0.0,
 ) -> np.ndarray:
     """Read an edit map or mask as float32 (H, W) in [0, 1]: the image's luminance.
@@ -90,7 +93,7 @@ def load_map(
     """
     if not 0.0 <= float(background) <= 1.0:
         raise RetouchError(f"map background must lie in [0, 1]; got {background}")
-    with _open_decoded(path, max_pixels) as img:
+    with _open_decoded(path, max_pixels, max_side) as img:
         rgb = _to_float_rgb(img, (float(background),) * 3, name=_quoted(path))
     luminance = np.clip(rgb @ _LUMA_WEIGHTS, 0.0, 1.0)
     if size is not None:
@@ -128,7 +131,24 @@ def validate_map(array, *, name: str = "edit map", tolerance: float = 1e-3) -> n
     return np.ascontiguousarray(np.clip(array, 0.0, 1.0))
 
 
-def _open_decoded(path: PathLike, max_pixels: int) -> Image.Image:
+def check_image_size(width: int, height: int, *, name: str, max_pixels: int = DEFAULT_MAX_PIXELS,
+                     max_side: int | None = None) -> None:
+    """Refuse a ``width`` × ``height`` image over the pixel or side limit, or without pixels, in one line.
+
+    :func:`load_image` applies it to a file's header; callers holding pixels from elsewhere (the web
+    app's canvas) apply it to their arrays, so both refuse the same sizes with the same words.
+    """
+    if width * height > max_pixels:
+        raise RetouchError(f"cannot read image {name}: {width}x{height} is {width * height} pixels, more than the "
+                           f"limit of {max_pixels}; downscale it first or raise max_pixels")
+    if max_side is not None and max(width, height) > max_side:
+        raise RetouchError(f"cannot read image {name}: {width}x{height} has a side longer than the limit of "
+                           f"{max_side} pixels; downscale it first")
+    if width == 0 or height == 0:
+        raise RetouchError(f"cannot read image {name}: it has no pixels ({width}x{height}); re-export it")
+
+
+def _open_decoded(path: PathLike, max_pixels: int, max_side: int | None = None) -> Image.Image:
     """Open ``path``, fully decoded and upright, or raise a one-line RetouchError.
 
     Decoding (``img.load()``) happens here, inside the try, so a truncated file fails at load time
@@ -170,14 +190,7 @@ def _open_decoded(path: PathLike, max_pixels: int) -> Image.Image:
         except _DECODE_ERRORS as error:
             raise refuse(f"file is truncated or corrupt ({_reason(error)}); re-export it") from None
         with img:
-            width, height = img.size
-            if width * height > max_pixels:
-                raise refuse(
-                    f"{width}x{height} is {width * height} pixels, more than the limit of "
-                    f"{max_pixels}; downscale it first or raise max_pixels"
-                )
-            if width == 0 or height == 0:
-                raise refuse(f"it has no pixels ({width}x{height}); re-export it")
+            check_image_size(*img.size, name=name, max_pixels=max_pixels, max_side=max_side)
             try:
                 img.load()
                 # Always a new image, so it outlives the file handle closed by ``with img``.
@@ -641,6 +654,7 @@ def from_tensor_batch(tensor: torch.Tensor) -> list[np.ndarray]:
 
 __all__ = [
     "DEFAULT_MAX_PIXELS",
+    "check_image_size",
     "check_output_path",
     "FIT_POLICIES",
     "SAVE_FORMATS",

@@ -60,6 +60,56 @@ def get_method(name: str) -> Method:
     return methods[name]
 
 
+def make_config(method: Method, **values):
+    """``method``'s config from field values, checked by its ``validate`` (a one-line RetouchError)."""
+    config = method.config_class(**values)
+    validate = getattr(config, "validate", None)
+    if validate is not None:
+        validate()
+    return config
+
+
+def resolve_device(device: str = "auto") -> str:
+    """``auto`` → ``cuda`` when a GPU is visible, else ``cpu``; anything else unchanged."""
+    import torch
+
+    return ("cuda" if torch.cuda.is_available() else "cpu") if device == "auto" else device
+
+
+def model_name(method: Method, model: str | None) -> str:
+    """The model a run uses: the given one, else the method's default, else the ``tiny-sd`` test model."""
+    return model or method.default_model or "tiny-sd"
+
+
+def load_method_model(method: Method, model: str | None = None, *, device: str = "auto", dtype=None,
+                      allow_pickle: bool = False, offline: bool | None = None):
+    """Load what ``method.edit`` runs on: a backbone, or the method's own model (``load_model``)."""
+    import torch
+
+    from retouch.backbone import load_backbone
+
+    loader = method.load_model or load_backbone
+    return loader(model_name(method, model), device=resolve_device(device), dtype=dtype or torch.float32,
+                  allow_pickle=allow_pickle, offline=offline)
+
+
+def edit_image(method: Method, model, image, config, *, size_policy: str = "resize", progress=None):
+    """Run ``method`` on one float image (H, W, 3) in [0, 1]; returns the edited image at the input's size.
+
+    The one path from image to result that the CLI and the web app share: fit the image to the model's
+    size multiple, load the config's extra inputs with the method's ``prepare`` hook at that size, edit,
+    and undo the fitting.
+    """
+    from retouch.imageio import fit_to_multiple, from_tensor, restore_size, to_tensor
+
+    fitted = fit_to_multiple(image, model.size_multiple, size_policy)
+    extra = {} if method.prepare is None else method.prepare(
+        config, (fitted.shape[1], fitted.shape[0]), model.device, model.dtype)
+    edited = method.edit(model, to_tensor(fitted, device=model.device, dtype=model.dtype), config,
+                         progress=progress, **extra)
+    return restore_size(from_tensor(edited), image.shape[:2], size_policy, original=image)
+
+
 def edit_by_caption(backbone, images01, captions: list[str], make_run: Callable, batch: int = 25):
     """Edit images that each have their own source caption: (N, 3, H, W) in [0, 1] → same.
 
