@@ -1,6 +1,7 @@
 """The compositing dataset builder and its dead-leaves source: splits, targets, streaming, atomicity."""
 
 import json
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -100,6 +101,15 @@ def test_rebuilding_is_deterministic_and_never_overwrites(small_dataset, tmp_pat
     assert (again / "train-00000.tar").read_bytes() == (folder / "train-00000.tar").read_bytes()
     with pytest.raises(RetouchError, match="already exists"):
         build_compositing_dataset(config, folder)
+
+
+def test_worker_processes_write_the_same_dataset(small_dataset, tmp_path):
+    folder, config, _ = small_dataset
+    parallel = tmp_path / "parallel"
+    build_compositing_dataset(replace(config, workers=2), parallel)
+    assert (parallel / "manifest.jsonl").read_text() == (folder / "manifest.jsonl").read_text()
+    for shard in sorted(folder.glob("*.tar")):
+        assert (parallel / shard.name).read_bytes() == shard.read_bytes()
 
 
 def test_an_interrupted_build_leaves_nothing_behind(tmp_path, monkeypatch):

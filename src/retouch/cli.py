@@ -244,6 +244,30 @@ class _progress:
 
 
 # ---------------------------------------------------------------------------------------------
+# retouch serve
+# ---------------------------------------------------------------------------------------------
+@cli.command()
+@click.option("--host", default="127.0.0.1", show_default=True, help="address to bind; 0.0.0.0 exposes it to the network")
+@click.option("--port", type=click.IntRange(1, 65535), default=7860, show_default=True)
+@click.option("--output-dir", type=click.Path(file_okay=False, path_type=Path), default=Path("out/app"),
+              show_default=True, help="the only folder the app writes to: results, directions, upload cache")
+@click.option("--max-upload-mb", type=click.FloatRange(0.01, 1024), default=10.0, show_default=True,
+              help="largest upload accepted")
+@click.option("--max-side", type=click.IntRange(16, 16384), default=1024, show_default=True,
+              help="longest image side accepted, in pixels")
+@click.option("--concurrency", type=click.IntRange(1, 64), default=1, show_default=True,
+              help="jobs computed at once; the rest wait in the queue")
+@click.option("--model", "models", multiple=True, type=click.Path(exists=True, path_type=Path),
+              help="also offer this local diffusers folder, .safetensors file or multitask model folder (repeatable)")
+def serve(host, port, output_dir, max_upload_mb, max_side, concurrency, models) -> None:
+    """Start the web app: a tab per method, the shipped mini models, a request queue. Offline."""
+    from retouch.app.server import serve as run_server
+
+    run_server(output_dir, host=host, port=port, max_upload_mb=max_upload_mb, max_side=max_side,
+               concurrency=concurrency, models=tuple(str(m) for m in models))
+
+
+# ---------------------------------------------------------------------------------------------
 # retouch directions
 # ---------------------------------------------------------------------------------------------
 @cli.group()
@@ -521,8 +545,10 @@ def data() -> None:
 @click.option("--grain-samples", type=int, default=800, show_default=True,
               help="film grain's Monte-Carlo samples per pixel (Newson et al.: 800; fewer is faster and noisier)")
 @click.option("--shard-size", type=int, default=256, show_default=True, help="samples per tar shard")
+@click.option("--workers", type=int, default=1, show_default=True,
+              help="processes rendering the targets (the dataset's bytes do not depend on it)")
 def data_compositing(output: Path, images, world_scenes, dead_leaves, photos, crop, crops_per_image, split, seed,
-                     grain_samples, shard_size) -> None:
+                     grain_samples, shard_size, workers) -> None:
     """The multi-task paper's compositing benchmark: crops with blur, grain ×5, colour, mask, sharpen targets."""
     from retouch.data.compositing import CompositingConfig, build_compositing_dataset
 
@@ -534,7 +560,8 @@ def data_compositing(output: Path, images, world_scenes, dead_leaves, photos, cr
         raise RetouchError(f"--split takes three comma-separated fractions, e.g. 0.8,0.1,0.1; got {split!r}")
     config = CompositingConfig(images=str(images) if images else None, world_scenes=world_scenes,
                                dead_leaves=dead_leaves, photos=photos, crop=crop, crops_per_image=crops_per_image,
-                               split=fractions, seed=seed, grain_samples=grain_samples, shard_size=shard_size)
+                               split=fractions, seed=seed, grain_samples=grain_samples, shard_size=shard_size,
+                               workers=workers)
     from tqdm.auto import tqdm
 
     bars = []  # opened on the first finished sample, so a refused build prints only its error line

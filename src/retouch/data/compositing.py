@@ -80,6 +80,7 @@ class CompositingConfig:
     seed: int = 0
     grain_samples: int = field(default=800, metadata={"help": "Monte-Carlo samples per grain pixel (Newson: 800)"})
     shard_size: int = field(default=256, metadata={"help": "samples per tar shard"})
+    workers: int = field(default=1, metadata={"help": "processes rendering targets (the output is the same)"})
 
     def validate(self) -> None:
         if self.crop < 16:
@@ -88,6 +89,8 @@ class CompositingConfig:
             raise RetouchError("--world-scenes and --dead-leaves must be ≥ 0, --crops-per-image and --shard-size ≥ 1")
         if len(self.split) != 3 or min(self.split) < 0 or not abs(sum(self.split) - 1) < 1e-6:
             raise RetouchError(f"--split takes three non-negative fractions summing to 1; got {self.split}")
+        if self.workers < 1:
+            raise RetouchError(f"--workers must be positive; got {self.workers}")
         if self.grain_samples < 1:
             raise RetouchError(f"--grain-samples must be positive; got {self.grain_samples}")
         if self.images is not None and not Path(self.images).is_dir():
@@ -229,29 +232,41 @@ def build_compositing_dataset(config: CompositingConfig, output: Path, progress=
     crops = collect_crops(config)
     by_split = {split: [c for c in crops if c.split == split] for split in SPLITS}
     images = {c.key: c.image for c in crops}
+    jobs = []  # (split, shard, crop, params) in storage order
+    for split, members in by_split.items():
+        keys = [c.key for c in members]
+        for index, crop in enumerate(members):
+            jobs.append((split, f"{split}-{index // config.shard_size:05d}.tar", crop,
+                         sample_parameters(crop.key, keys, config)))
     staging = Path(tempfile.mkdtemp(prefix=f".{output.name}.", dir=parent))
+    pool = None
     try:
-        manifest, counts, done = [], {}, 0
-        for split, members in by_split.items():
-            counts[split] = len(members)
-            keys = [c.key for c in members]
-            for start in range(0, len(members), config.shard_size):
-                shard = f"{split}-{start // config.shard_size:05d}.tar"
-                with tarfile.open(staging / shard, "w") as archive:
-                    for crop in members[start:start + config.shard_size]:
-                        params = sample_parameters(crop.key, keys, config)
-                        targets = render_targets(crop.image, images[params["reference"]], params,
-                                                 multi=split in ("test", "photos"),
-                                                 grain_samples=config.grain_samples)
-                        record = {"key": crop.key, "split": split, "shard": shard, "origin": crop.origin,
-                                  "params": params, "images": sorted(targets)}
-                        _add(archive, f"{crop.key}.json", json.dumps(record).encode())
-                        for name, target in targets.items():
-                            _add(archive, f"{crop.key}.{name}.png", png_bytes(target))
-                        manifest.append(record)
-                        done += 1
-                        if progress is not None:
-                            progress(done, len(crops))
+        renders = ((crop.image, images[params["reference"]], params, split in ("test", "photos"),
+                    config.grain_samples) for split, _, crop, params in jobs)
+        if config.workers > 1:  # film grain is GIL-bound numpy: processes, not threads, use the cores
+            from concurrent.futures import ProcessPoolExecutor
+
+            pool = ProcessPoolExecutor(config.workers)
+            rendered = pool.map(_render_job, renders, chunksize=4)
+        else:
+            rendered = map(_render_job, renders)
+        manifest, archive, open_shard = [], None, None
+        for done, ((split, shard, crop, params), targets) in enumerate(zip(jobs, rendered), start=1):
+            if shard != open_shard:
+                if archive is not None:
+                    archive.close()
+                archive, open_shard = tarfile.open(staging / shard, "w"), shard
+            record = {"key": crop.key, "split": split, "shard": shard, "origin": crop.origin,
+                      "params": params, "images": sorted(targets)}
+            _add(archive, f"{crop.key}.json", json.dumps(record).encode())
+            for name, target in targets.items():
+                _add(archive, f"{crop.key}.{name}.png", png_bytes(target))
+            manifest.append(record)
+            if progress is not None:
+                progress(done, len(crops))
+        if archive is not None:
+            archive.close()
+        counts = {split: len(members) for split, members in by_split.items()}
         (staging / "manifest.jsonl").write_text("".join(json.dumps(r) + "\n" for r in manifest))
         summary = {"config": asdict(config), "counts": counts, "grain_radii": list(GRAIN_RADII),
                    "multi_tasks": list(MULTI_TASKS), "format": "tar shards of {key}.{name}.png + {key}.json"}
@@ -260,9 +275,18 @@ def build_compositing_dataset(config: CompositingConfig, output: Path, progress=
             output.rmdir()
         os.replace(staging, output)
     except BaseException:
+        if pool is not None:
+            pool.shutdown(cancel_futures=True)
         shutil.rmtree(staging, ignore_errors=True)
         raise
+    if pool is not None:
+        pool.shutdown()
     return summary
+
+
+def _render_job(job) -> dict[str, np.ndarray]:
+    image, reference, params, multi, grain_samples = job
+    return render_targets(image, reference, params, multi=multi, grain_samples=grain_samples)
 
 
 def _add(archive: tarfile.TarFile, name: str, payload: bytes) -> None:
