@@ -130,20 +130,48 @@ def test_training_examples_follow_the_papers_labelling(tiny_dataset):
     import numpy as np
 
     from retouch.data.compositing import GRAIN_NAMES
-    from retouch.train.multitask import TrainingSet, training_example
+    from retouch.train.multitask import LABELS, TrainingSet, draw_examples, training_example
 
     data = TrainingSet(tiny_dataset)
-    rng = np.random.default_rng(0)
-    source, target, reference, keep, vector = training_example(data, 0, None, rng)
+    source, target, reference, keep, vector = training_example(data, (0, None, None))
     assert torch.equal(source, target) and reference is None and keep is None and not any(vector.active)
-    _, target, _, _, vector = training_example(data, 0, "grain", rng)
-    assert torch.equal(target, data.image(GRAIN_NAMES[vector.grain], 0)) and vector.active == (0, 1, 0, 0, 0)
-    source, target, _, keep, vector = training_example(data, 0, "inpaint", rng)
+    _, target, _, _, vector = training_example(data, (0, "grain", 0.05))
+    assert torch.equal(target, data.image(GRAIN_NAMES[0.05], 0)) and vector.active == (0, 1, 0, 0, 0)
+    source, target, _, keep, vector = training_example(data, (0, "inpaint", None))
     assert torch.equal(source, target) and torch.equal(keep, 1 - data.image("mask", 0)) and vector.inpaint
-    _, target, reference, _, vector = training_example(data, 0, "colour", rng)
+    _, target, reference, _, vector = training_example(data, (0, "colour", None))
     assert torch.equal(reference, data.image("reference", 0)) and torch.equal(target, data.image("colour", 0))
-    _, _, _, _, vector = training_example(data, 0, "sharpen", rng)
+    _, _, _, _, vector = training_example(data, (0, "sharpen", None))
     assert vector.sharpen == tuple(data.params[0]["sharpen"])
+    draws = draw_examples(data, LABELS, 600, np.random.default_rng(0))
+    counts = {label: sum(d[1] == label for d in draws) for label in LABELS}
+    assert min(counts.values()) > 60  # all six label vectors of §4.1 are drawn, about equally often
+    assert {d[2] for d in draws if d[1] == "grain"} == set(GRAIN_NAMES)
+    assert all(d[2] is None for d in draws if d[1] != "grain")
+
+
+def test_latent_cache_gives_what_encoding_each_batch_gives(tiny_backbones, tiny_dataset):
+    """The trainer encodes every latent once; a batch from the cache must equal the per-example path
+    (masking, encoding, reference resize and C built one example at a time)."""
+    from retouch.methods.multitask import encode
+    from retouch.train.multitask import LatentCache, TrainingSet, target_name, training_example
+
+    data = TrainingSet(tiny_dataset)
+    torch.manual_seed(0)
+    model = MultitaskModel.from_backbone(tiny_backbones["tiny-sd"])
+    draws = [(0, None, None), (1, "blur", None), (2, "grain", 0.025), (0, "colour", None), (3, "inpaint", None),
+             (1, "sharpen", None)]
+    cache = LatentCache(model, data, {target_name(label, radius) for _, label, radius in draws}, batch=2)
+    targets, sources, references, vectors = cache.batch(draws, labels=True)
+    for k, draw in enumerate(draws):
+        source, target, reference, keep, vector = training_example(data, draw)
+        latents, small, c = conditioning_inputs(model, source[None], vector,
+                                                None if reference is None else reference[None],
+                                                None if keep is None else keep[None])
+        torch.testing.assert_close(sources[k], latents[0], atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(targets[k], encode(model, target[None])[0], atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(references[k], small[0])
+        assert torch.equal(vectors[k], c[0])
 
 
 def test_train_multitask_runs_resumes_and_saves(tiny_backbones, tiny_dataset, tmp_path):

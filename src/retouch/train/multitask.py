@@ -24,7 +24,6 @@ from retouch.methods.multitask import (
     EditingVector,
     MultitaskModel,
     MultitaskSpec,
-    conditioning_inputs,
     encode,
     multitask_loss,
 )
@@ -92,23 +91,36 @@ class TrainingSet:
         return array.permute(2, 0, 1) * 2 - 1
 
 
-def training_example(data: TrainingSet, index: int, label: str | None, rng: np.random.Generator):
+def draw_examples(data: TrainingSet, labels, count: int, rng: np.random.Generator) -> list[tuple]:
+    """``count`` draws (crop index, label, grain radius): a uniform crop, a uniform label (§4.1), and for
+    grain one of the five radii at random."""
+    draws = []
+    for _ in range(count):
+        index, label = int(rng.integers(0, len(data))), labels[int(rng.integers(0, len(labels)))]
+        radius = list(GRAIN_NAMES)[int(rng.integers(0, len(GRAIN_NAMES)))] if label == "grain" else None
+        draws.append((index, label, radius))
+    return draws
+
+
+def example_vector(params: dict, label: str | None, radius: float | None) -> EditingVector:
+    """The editing vector of one training example: only its task is on, with the crop's sliders."""
+    return EditingVector(blur=params["blur"] if label == "blur" else None, grain=radius if label == "grain" else None,
+                         colour=label == "colour", inpaint=label == "inpaint",
+                         sharpen=tuple(params["sharpen"]) if label == "sharpen" else None)
+
+
+def target_name(label: str | None, radius: float | None) -> str:
+    """Which stored image is the target (the crop itself for "none" and for inpainting)."""
+    return {None: "source", "inpaint": "source", "grain": GRAIN_NAMES.get(radius)}.get(label, label)
+
+
+def training_example(data: TrainingSet, draw: tuple):
     """(input image, target image, reference image or None, keep-mask or None, editing vector)."""
-    params, source = data.params[index], data.image("source", index)
-    if label is None:
-        return source, source, None, None, EditingVector()
-    if label == "blur":
-        return source, data.image("blur", index), None, None, EditingVector(blur=params["blur"])
-    if label == "grain":
-        radius = list(GRAIN_NAMES)[int(rng.integers(0, len(GRAIN_NAMES)))]
-        return source, data.image(GRAIN_NAMES[radius], index), None, None, EditingVector(grain=radius)
-    if label == "colour":
-        return source, data.image("colour", index), data.image("reference", index), None, EditingVector(colour=True)
-    if label == "inpaint":
-        keep = 1.0 - data.image("mask", index)  # stored masks are 1 in the hole
-        return source, source, None, keep, EditingVector(inpaint=True)
-    lam, mu = params["sharpen"]
-    return source, data.image("sharpen", index), None, None, EditingVector(sharpen=(lam, mu))
+    index, label, radius = draw
+    vector = example_vector(data.params[index], label, radius)
+    reference = data.image("reference", index) if label == "colour" else None
+    keep = 1.0 - data.image("mask", index) if label == "inpaint" else None  # stored masks are 1 in the hole
+    return data.image("source", index), data.image(target_name(label, radius), index), reference, keep, vector
 
 
 def train_multitask(config: MultitaskTrainConfig, *, backbone=None,
@@ -123,10 +135,8 @@ def train_multitask(config: MultitaskTrainConfig, *, backbone=None,
         model, network, make_example_batch, loss_fn = _diffusion_parts(config, data, backbone)
 
     def make_batch(step, rank, world_size):
-        rng = np.random.default_rng([config.seed, step, rank])
-        examples = [training_example(data, int(rng.integers(0, len(data))), labels[int(rng.integers(0, len(labels)))],
-                                     rng) for _ in range(config.batch)]
-        return make_example_batch(examples)
+        return make_example_batch(draw_examples(data, labels, config.batch,
+                                                np.random.default_rng([config.seed, step, rank])))
 
     loop = LoopConfig(output_dir=config.output_dir, max_steps=config.steps, learning_rate=config.learning_rate,
                       warmup_steps=min(200, config.steps // 10), ema_decay=config.ema_decay,
@@ -152,18 +162,11 @@ def _diffusion_parts(config: MultitaskTrainConfig, data: TrainingSet, backbone):
     model.vae.requires_grad_(False).eval()
     schedule = NoiseSchedule.from_scheduler_config(model.scheduler_config)
 
-    def make_example_batch(examples):
-        sources, references, vectors = [], [], []
-        with torch.no_grad():  # one example at a time: each has its own active conditions
-            for source, _, reference, keep, vector in examples:
-                latents, small, c = conditioning_inputs(model, source[None], vector,
-                                                        None if reference is None else reference[None],
-                                                        None if keep is None else keep[None])
-                sources.append(latents)
-                references.append(small)
-                vectors.append(c)
-            target_latents = encode(model, torch.stack([target for _, target, *_ in examples]))
-        return target_latents, torch.cat(sources), torch.cat(references), torch.cat(vectors)
+    cache = LatentCache(model, data, {target_name(label, radius) for label in (None, *config.tasks)
+                                      for radius in (GRAIN_NAMES if label == "grain" else (None,))})
+
+    def make_example_batch(draws):
+        return cache.batch(draws, model.spec.labels)
 
     def loss_fn(denoiser, batch, generator):
         target_latents, source_latents, reference_small, vectors = batch
@@ -175,6 +178,39 @@ def _diffusion_parts(config: MultitaskTrainConfig, data: TrainingSet, backbone):
     return model, model.denoiser, make_example_batch, loss_fn
 
 
+class LatentCache:
+    """Every latent a training batch can need, encoded once: the autoencoder is frozen and encodes with
+    the posterior mode, so this is exactly what encoding each batch would give, without a VAE pass per
+    step. Holds z_0 of the source, of the masked source (inpainting input) and of each target, plus
+    the colour references area-resized to the latent grid."""
+
+    def __init__(self, model: MultitaskModel, data: TrainingSet, targets: set[str], batch: int = 64):
+        self.latents: dict[str, torch.Tensor] = {}
+        keep_all = torch.stack([1.0 - data.image("mask", k) for k in range(len(data))])
+        with torch.no_grad():
+            for name in sorted(targets | {"source", "masked"}):
+                images = torch.stack([data.image("source" if name == "masked" else name, k)
+                                      for k in range(len(data))])
+                if name == "masked":
+                    images = images * keep_all
+                self.latents[name] = torch.cat([encode(model, images[k:k + batch]).float()
+                                                for k in range(0, len(images), batch)])
+            references = torch.stack([data.image("reference", k) for k in range(len(data))])
+            self.references = torch.nn.functional.interpolate(references, size=self.latents["source"].shape[-2:],
+                                                              mode="area")
+        self.params = data.params
+
+    def batch(self, draws, labels: bool):
+        """(target latents, source latents, references at latent size, C) for the draws."""
+        targets, sources, references, vectors = [], [], [], []
+        for index, label, radius in draws:
+            targets.append(self.latents[target_name(label, radius)][index])
+            sources.append(self.latents["masked" if label == "inpaint" else "source"][index])
+            references.append(self.references[index] if label == "colour" else torch.zeros_like(self.references[0]))
+            vectors.append(example_vector(self.params[index], label, radius).as_tensor(labels))
+        return torch.stack(targets), torch.stack(sources), torch.stack(references), torch.stack(vectors)
+
+
 def _pix2pix_parts(config: MultitaskTrainConfig, data: TrainingSet):
     """The pix2pix GAN baseline on the same examples: pixels in, L1 + adversarial out."""
     from retouch.methods.pix2pix_gan import Pix2PixGAN, Pix2PixSpec, gan_condition
@@ -182,7 +218,8 @@ def _pix2pix_parts(config: MultitaskTrainConfig, data: TrainingSet):
     size = data.images["source"].shape[1]
     model = Pix2PixGAN(Pix2PixSpec(size=size, vector_size=EditingVector().as_tensor(config.labels).numel()))
 
-    def make_example_batch(examples):
+    def make_example_batch(draws):
+        examples = [training_example(data, draw) for draw in draws]
         conditions = [gan_condition(source[None], vector, None if reference is None else reference[None],
                                     None if keep is None else keep[None], labels=config.labels)
                       for source, _, reference, keep, vector in examples]
