@@ -7,7 +7,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-$(shell cat requirements.txt pyproject.toml | sha1sum | cut -c1-12)
 DEMO_OUT ?= out/demo
 
-.PHONY: demo test venv clean mini-models
+.PHONY: demo test venv clean mini-models chromium
 
 venv: $(STAMP)
 
@@ -20,8 +20,15 @@ $(STAMP): requirements.txt pyproject.toml
 demo: $(STAMP)
 	HF_HUB_OFFLINE=1 $(VENV)/bin/retouch demo --output $(DEMO_OUT)
 
-test: $(STAMP)
+# The web app's browser tests drive Debian's Chromium through Playwright (never `playwright install`,
+# which downloads a browser); installed here when missing, as CI runs `make test` on a fresh machine.
+test: $(STAMP) chromium
 	HF_HUB_OFFLINE=1 $(PY) -m pytest
+
+chromium:
+	@test -x /usr/bin/chromium || { apt-get update -qq && \
+		DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; } || \
+		echo "make: could not install chromium (needs root and Debian's registry); browser tests will skip"
 
 # Retrain the shipped mini models from scratch on CPU (see src/retouch/assets/mini/MODEL_CARD.md):
 # autoencoder and CLIP side by side on one core each, the autoencoder's local decoder, then the U-Net in

@@ -1,0 +1,336 @@
+"""What the web app runs, without any UI: limits, the model cache, the output folder, one function per tab.
+
+The Gradio layer (:mod:`retouch.app.server`) only turns widget values into these functions' arguments
+and :class:`~retouch.errors.RetouchError` into a message on the page. Everything here goes through the
+same method registry (:func:`retouch.methods.edit_image`), image I/O and effects as the CLI, so the two
+cannot drift apart; ``tests/test_app.py`` calls these functions directly.
+"""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+import threading
+import time
+import uuid
+from collections import OrderedDict
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from retouch.errors import RetouchError, check_range
+from retouch.imageio import check_image_size, load_image, load_map, save_image, side_by_side
+
+MINI = "mini"
+MB = 1024 * 1024
+# Rec. 601 luma, as imageio.load_map reads an uploaded map, so painted and uploaded maps agree.
+_LUMA = np.array([0.299, 0.587, 0.114], dtype=np.float32)
+
+#: ``report(done, total, description)``: how a job tells the page how far it is.
+Report = Callable[[int, int | None, str], None]
+
+
+def _silent(done: int, total: int | None, description: str) -> None:
+    pass
+
+
+@dataclass(frozen=True)
+class Limits:
+    """Upload limits: the file size and the longest side of any image (pixels = side², imageio's check)."""
+
+    max_upload_mb: float = 10.0
+    max_side: int = 1024
+
+    @property
+    def max_upload_bytes(self) -> int:
+        return int(self.max_upload_mb * MB)
+
+    @property
+    def max_pixels(self) -> int:
+        return self.max_side * self.max_side
+
+
+class ModelCache:
+    """Loaded models keyed by loader, model and dtype; at most ``capacity`` stay in memory (least recent goes).
+
+    One lock around look-up and load: two requests for a model not yet loaded load it once, and a
+    second model never loads while another is loading (two loads at once could exceed memory).
+    """
+
+    def __init__(self, capacity: int = 2, *, dtype: str = "float32", device: str = "auto"):
+        self.capacity, self.dtype, self.device = capacity, dtype, device
+        self._models: OrderedDict = OrderedDict()
+        self._lock = threading.Lock()
+
+    def get(self, method, model: str):
+        import torch
+
+        from retouch.methods import load_method_model
+
+        key = (method.load_model, model, self.dtype)
+        with self._lock:
+            if key not in self._models:
+                # The app never downloads: repo ids resolve from the local cache only.
+                self._models[key] = load_method_model(method, model, device=self.device,
+                                                      dtype=getattr(torch, self.dtype), offline=True)
+                while len(self._models) > self.capacity:
+                    self._models.popitem(last=False)
+            self._models.move_to_end(key)
+            return self._models[key]
+
+    def loaded(self) -> list[str]:
+        with self._lock:
+            return [model for _, model, _ in self._models]
+
+
+class OutputFolder:
+    """The only folder the app writes to: results, comparison strips, built directions, per-run scratch."""
+
+    def __init__(self, root: str | Path):
+        self.root = Path(root).resolve()
+        self.directions_dir = self.root / "directions"
+        try:
+            self.directions_dir.mkdir(parents=True, exist_ok=True)
+        except OSError as error:
+            raise RetouchError(f"cannot use output folder '{root}': {error.strerror or error}") from None
+
+    def save_result(self, stem: str, before: np.ndarray, after: np.ndarray) -> tuple[Path, Path]:
+        """Write ``after`` and a before | after strip atomically under a fresh name; returns both paths."""
+        name = f"{stem}-{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}"
+        result = save_image(after, self.root / f"{name}.png")
+        strip = save_image(side_by_side([before, after], labels=["before", "after"]),
+                           self.root / f"{name}-comparison.png")
+        return result, strip
+
+    @contextmanager
+    def scratch(self):
+        """A private folder for one run's painted maps and canvases, removed afterwards whatever happens."""
+        work = self.root / ".work"
+        work.mkdir(exist_ok=True)
+        folder = Path(tempfile.mkdtemp(dir=work))
+        try:
+            yield folder
+        finally:
+            shutil.rmtree(folder, ignore_errors=True)
+
+    def directions(self) -> list[str]:
+        return sorted(p.name for p in self.directions_dir.glob("*.safetensors"))
+
+    def direction_path(self, name: str) -> Path:
+        """A saved direction by its file name; nothing outside the directions folder can be named."""
+        if name not in self.directions():
+            raise RetouchError(f"no saved direction named {name!r}; build one first (choices: "
+                               f"{', '.join(self.directions()) or 'none yet'})")
+        return self.directions_dir / name
+
+
+@dataclass
+class Result:
+    result: Path
+    comparison: Path
+    summary: str
+
+
+@dataclass
+class App:
+    """Everything a request needs: where to write, the limits, which models may be used, the cache."""
+
+    output: OutputFolder
+    limits: Limits = field(default_factory=Limits)
+    #: Models the operator offered with ``retouch serve --model`` besides the shipped ones.
+    extra_models: tuple[str, ...] = ()
+    cache: ModelCache = field(default_factory=ModelCache)
+
+    def backbone_models(self) -> list[str]:
+        return [MINI, *(m for m in self.extra_models if not _is_multitask_folder(m))]
+
+    def multitask_models(self) -> list[str]:
+        from retouch.methods.multitask import SHIPPED_MODEL
+
+        shipped = [str(SHIPPED_MODEL)] if _is_multitask_folder(SHIPPED_MODEL) else []
+        return [*shipped, *(m for m in self.extra_models if _is_multitask_folder(m))]
+
+    def model(self, method, name: str):
+        """The loaded model ``name`` for ``method``, if the operator offered it (a client cannot name files)."""
+        offered = self.multitask_models() if method.name == "multitask" else self.backbone_models()
+        if name not in offered:
+            if not offered:
+                raise RetouchError("no multitask model is available; train one with `retouch train multitask` "
+                                   "and start the app with `retouch serve --model FOLDER`")
+            raise RetouchError(f"model {name!r} is not offered here; choose one of {', '.join(offered)}")
+        return self.cache.get(method, name)
+
+    # ---- inputs -------------------------------------------------------------------------------------
+    def read_image(self, path: str | Path, label: str) -> np.ndarray:
+        """An uploaded file as float RGB, refused over the limits or when it is no image, naming the upload."""
+        return self._read(load_image, path, label)
+
+    def read_map(self, path: str | Path, label: str) -> np.ndarray:
+        """An uploaded edit map or mask as float (H, W), its luminance (imageio's reading of maps)."""
+        return self._read(load_map, path, label)
+
+    def _read(self, loader, path: str | Path, label: str) -> np.ndarray:
+        path = Path(path)
+        size = path.stat().st_size if path.is_file() else 0
+        if size > self.limits.max_upload_bytes:
+            raise RetouchError(f"the {label} '{path.name}' is {size / MB:.1f} MB, more than the upload limit of "
+                               f"{self.limits.max_upload_mb:g} MB")
+        try:
+            return loader(path, max_pixels=self.limits.max_pixels, max_side=self.limits.max_side)
+        except RetouchError as error:
+            # The upload's own name, not the server's cache path, is what the user recognises.
+            raise RetouchError(str(error).replace(f"'{path}'", f"'{path.name}' (the {label})")) from None
+
+    def canvas_image(self, pixels, label: str) -> np.ndarray:
+        """An image drawn by the browser (an editor's background), 8-bit RGB(A), checked like an upload."""
+        pixels = np.asarray(pixels)
+        if pixels.ndim != 3 or pixels.shape[-1] not in (3, 4):
+            raise RetouchError(f"the {label} must be an RGB image; got an array of shape {pixels.shape}")
+        check_image_size(pixels.shape[1], pixels.shape[0], name=f"'{label}'", max_pixels=self.limits.max_pixels,
+                         max_side=self.limits.max_side)
+        return np.ascontiguousarray(pixels[..., :3], dtype=np.float32) / 255.0
+
+
+def map_from_layers(layers) -> np.ndarray | None:
+    """The edit map painted on an editor's layers, float32 (H, W) in [0, 1]; None when nothing is painted.
+
+    Each stroke counts with its grey value times its opacity, layers stacked in order over black (0 =
+    keep the input), so a grey or half-transparent brush paints a partial edit.
+    """
+    painted = None
+    for layer in layers or ():
+        rgba = np.asarray(layer, dtype=np.float32) / 255.0
+        if rgba.ndim != 3 or rgba.shape[-1] != 4:
+            raise RetouchError(f"a painted layer must be RGBA; got an array of shape {rgba.shape}")
+        alpha = rgba[..., 3]
+        painted = np.zeros(alpha.shape, np.float32) if painted is None else painted
+        painted = painted * (1.0 - alpha) + (rgba[..., :3] @ _LUMA) * alpha
+    if painted is None or not painted.any():
+        return None
+    return np.clip(painted, 0.0, 1.0).astype(np.float32)
+
+
+def _is_multitask_folder(model: str | Path) -> bool:
+    return (Path(model) / "multitask.json").is_file()
+
+
+class _Steps:
+    """The methods' per-step callback, counted and passed on as ``report(done, total, ...)``."""
+
+    def __init__(self, report: Report, total: int | None, description: str):
+        self.report, self.total, self.description, self.done = report, total, description, 0
+
+    def __call__(self, *_):
+        self.done += 1
+        self.report(min(self.done, self.total or self.done), self.total, self.description)
+
+
+# ---------------------------------------------------------------------------------------------------
+# One function per tab
+# ---------------------------------------------------------------------------------------------------
+def run_edit(app: App, method_name: str, model: str, image: np.ndarray, values: dict, *,
+             report: Report = _silent) -> Result:
+    """Any registered method on a float image with config field ``values``, through the CLI's own path."""
+    from retouch.methods import edit_image, get_method, make_config
+
+    method = get_method(method_name)
+    config = make_config(method, **values)
+    report(0, None, f"loading {Path(model).name}")
+    loaded = app.model(method, model)
+    started = time.perf_counter()
+    steps = _Steps(report, getattr(config, "num_steps", None), f"{method.name}: denoising")
+    report(0, steps.total, f"{method.name}: preparing (inversion, directions)")
+    result = edit_image(method, loaded, image, config, progress=steps)
+    paths = app.output.save_result(method.name, image, result)
+    return Result(*paths, f"{method.name} on {Path(model).name}: {image.shape[1]}×{image.shape[0]}, "
+                          f"{time.perf_counter() - started:.1f} s")
+
+
+@dataclass
+class Exemplar:
+    """One PIXELS exemplar with its edit map (1 = take the exemplar), both float arrays in [0, 1]."""
+
+    image: np.ndarray
+    edit_map: np.ndarray
+
+
+def run_pixels(app: App, model: str, image: np.ndarray, exemplars: list[Exemplar], values: dict, *,
+               report: Report = _silent) -> Result:
+    """PIXELS with in-memory exemplars and maps: written to scratch files, read back by its ``prepare`` hook.
+
+    Going through the files keeps one loading path (fitting, map resizing, grow/ramp/blur) for the CLI
+    and the app; at the editor's sizes the PNG round trip costs milliseconds.
+    """
+    if not exemplars:
+        raise RetouchError("PIXELS needs at least one exemplar with an edit map: upload an exemplar and paint "
+                           "(or upload) where it should go")
+    with app.output.scratch() as folder:
+        files = {"exemplar": [], "map": []}
+        for k, exemplar in enumerate(exemplars, start=1):
+            files["exemplar"].append(str(save_image(exemplar.image, folder / f"exemplar{k}.png")))
+            files["map"].append(str(save_image(exemplar.edit_map, folder / f"map{k}.png")))
+        values = {**values, "exemplar": tuple(files["exemplar"]), "map": tuple(files["map"])}
+        return run_edit(app, "pixels", model, image, values, report=report)
+
+
+def run_multitask(app: App, model: str, image: np.ndarray, values: dict, *, reference: str | None = None,
+                  hole: np.ndarray | None = None, report: Report = _silent) -> Result:
+    """The multitask model; the colour reference upload and the painted hole mask (1 = hole) turn tasks on."""
+    with app.output.scratch() as folder:
+        values = dict(values)
+        if reference:
+            app.read_image(reference, "colour reference")
+            values["reference"] = str(reference)
+        if hole is not None:
+            values["mask"] = str(save_image(hole, folder / "mask.png"))
+        return run_edit(app, "multitask", model, image, values, report=report)
+
+
+def run_effects(app: App, image: np.ndarray, *, blur: float | None = None, blur_angle: float | None = None,
+                grain: float | None = None, grain_samples: int = 800, reference: str | None = None,
+                hole: np.ndarray | None = None, sharpen: tuple[float, float] | None = None, seed: int = 0,
+                report: Report = _silent) -> Result:
+    """The compositing operators of ``retouch effects`` (same order, ranges and hole threshold)."""
+    from retouch.effects import EffectsRecipe, apply_effects
+    from retouch.imageio import resize_image
+
+    check_range("blur β", blur, 0.0, 1.0)
+    check_range("grain σ", grain, 1e-6, 0.5)
+    check_range("grain samples", grain_samples, 1, 800)
+    if sharpen is not None:
+        check_range("sharpen amount λ", sharpen[0], 0.0, 3.0)
+        check_range("sharpen threshold μ", sharpen[1], 0.0, 1.0)
+    if not any(v is not None for v in (blur, grain, reference, hole, sharpen)):
+        raise RetouchError("no effect chosen: set motion blur, film grain, sharpening, a colour reference or "
+                           "paint an inpainting mask")
+    if hole is not None and hole.shape != image.shape[:2]:
+        hole = resize_image(hole, (image.shape[1], image.shape[0]))
+    recipe = EffectsRecipe(blur=blur, blur_angle=blur_angle, grain=grain, seed=seed,
+                           reference=app.read_image(reference, "colour reference") if reference else None,
+                           mask=hole > 0.5 if hole is not None else None, sharpen=sharpen)
+    report(0, None, "effects: applying")
+    started = time.perf_counter()
+    result = apply_effects(image, recipe, grain_samples=int(grain_samples))
+    paths = app.output.save_result("effects", image, result)
+    return Result(*paths, f"effects: {image.shape[1]}×{image.shape[0]}, {time.perf_counter() - started:.1f} s")
+
+
+def build_direction(app: App, model: str, source: str, target: str, bank: str = "auto") -> str:
+    """``retouch directions build`` into the output folder's directions/; returns the saved file's name."""
+    import re
+
+    from retouch.directions import build_direction as build, save_direction, sentence_banks
+    from retouch.methods import get_method
+    from retouch.methods.edit_text import parse_edit
+
+    spec = parse_edit(f"{(source or '').strip()}->{(target or '').strip()}")
+    backbone = app.model(get_method("pix2pix-zero"), model)
+    source_bank, target_bank, label = sentence_banks(spec.source, spec.target, bank=bank, model=backbone.source)
+    direction = build(backbone, source_bank, target_bank, source=spec.source, target=spec.target, bank=label)
+    # Only letters, digits and dashes in the name: it is shown in a picker and must stay a plain file name.
+    stem = re.sub(r"[^A-Za-z0-9]+", "-", f"{spec.source}-{spec.target}-{Path(model).name}").strip("-")
+    save_direction(direction, app.output.directions_dir / f"{stem}.safetensors", model=str(model))
+    return f"{stem}.safetensors"
