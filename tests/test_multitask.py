@@ -349,3 +349,30 @@ def test_pix2pix_losses_reach_only_their_own_network():
     got = torch.autograd.grad(total, list(gan.discriminator.parameters()))
     assert all(torch.allclose(a, b, atol=1e-6) for a, b in zip(got, expected))
     assert logs["d"] > 0 and logs["l1"] > 0
+
+
+def test_batched_evaluation_edits_equal_one_case_at_a_time(tiny_backbones, tiny_dataset):
+    """Cases with different tasks on, references and masks edited in one batch give each case's own edit."""
+    from retouch.methods.pix2pix_gan import Pix2PixGAN, Pix2PixSpec, pix2pix_edit
+    from retouch.train.evaluate_multitask import cases, run_model
+
+    torch.manual_seed(0)
+    model = MultitaskModel.from_backbone(tiny_backbones["tiny-sd"])
+    torch.nn.init.normal_(model.denoiser.unet.conv_in.weight, std=0.05)  # so the conditions matter
+    batch = cases(tiny_dataset, "train", "colour", limit=2) + cases(tiny_dataset, "train", "inpaint", limit=2)
+    batch[1].vector = EditingVector(colour=True, blur=0.3)
+    together = run_model(model, batch, num_steps=3, seed=5, chunk=3)
+    for k, case in enumerate(batch):
+        alone = multitask_edit(model, case.source[None], case.vector, num_steps=3, seed=5 + k,
+                               reference=None if case.reference is None else case.reference[None],
+                               mask=None if case.keep is None else case.keep[None]).clamp(-1, 1)
+        torch.testing.assert_close(together[k], alone[0], atol=2e-5, rtol=1e-4)
+    assert not torch.allclose(together[0], together[2], atol=1e-3)
+
+    gan = Pix2PixGAN(Pix2PixSpec(size=32)).eval()
+    together = run_model(gan, batch, num_steps=1, seed=0)
+    for k, case in enumerate(batch):
+        alone = pix2pix_edit(gan, case.source[None], case.vector,
+                             reference=None if case.reference is None else case.reference[None],
+                             mask=None if case.keep is None else case.keep[None])
+        torch.testing.assert_close(together[k], alone[0].clamp(-1, 1), atol=1e-5, rtol=1e-4)

@@ -346,23 +346,35 @@ def multitask_edit(model: MultitaskModel, images: torch.Tensor, vector: EditingV
     ``start="ddim-inversion"`` starts from the DDIM inversion of the source latents instead (the paper
     tried it and found it harder to edit; offered for comparison).
     """
+    vector.validate()
+    source, small, c = conditioning_inputs(model, images, vector, reference, mask)
+    noise = torch.randn(source.shape, generator=torch.Generator().manual_seed(seed)).to(source)
+    return sample_conditioned(model, source, small, c, noise, num_steps=num_steps, start=start, progress=progress)
+
+
+@torch.no_grad()
+def sample_conditioned(model: MultitaskModel, source_latents: torch.Tensor, reference_small: torch.Tensor,
+                       vectors: torch.Tensor, noise: torch.Tensor, *, num_steps: int = 50, start: str = "noise",
+                       progress=None) -> torch.Tensor:
+    """DDIM sampling of z_0^B given each example's own conditions (z_0^A, I_ref small, C), then decode.
+
+    Every example of the batch may switch on different tasks; ``noise`` is the start for ``"noise"``.
+    """
     from retouch.sampling import NoiseSchedule, ddim_invert, ddim_sample, ddim_timesteps
 
-    vector.validate()
     if start not in ("noise", "ddim-inversion"):
         raise RetouchError(f"--start must be noise or ddim-inversion; got {start!r}")
     schedule = NoiseSchedule.from_scheduler_config(model.scheduler_config)
-    source, small, c = conditioning_inputs(model, images, vector, reference, mask)
 
     def denoise(latents, t, _cond):
-        return model.denoiser(latents, torch.full((latents.shape[0],), t, device=latents.device), source, small, c)
+        return model.denoiser(latents, torch.full((latents.shape[0],), t, device=latents.device), source_latents,
+                              reference_small, vectors)
 
     timesteps = ddim_timesteps(schedule, num_steps)
     if start == "noise":
-        generator = torch.Generator().manual_seed(seed)
-        latents = torch.randn(source.shape, generator=generator).to(source)
+        latents = noise
     else:
-        latents = ddim_invert(denoise, schedule, source, None, num_steps=num_steps)
+        latents = ddim_invert(denoise, schedule, source_latents, None, num_steps=num_steps)
     latents = ddim_sample(denoise, schedule, latents, timesteps, None, num_steps=num_steps, callback=progress)
     return decode(model, latents)
 

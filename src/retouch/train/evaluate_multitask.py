@@ -85,31 +85,58 @@ def load_compositing_model(folder: str | Path):
     return load_multitask_model(str(folder))
 
 
-def run_model(model, case: Case, *, num_steps: int, seed: int):
-    """Edit one case: a multitask model, a pix2pix GAN, or a dict task → single-task model in ``ORDER``."""
-    from retouch.methods.pix2pix_gan import Pix2PixGAN, pix2pix_edit
+def single_task_vector(vector: EditingVector, task: str) -> EditingVector:
+    """``vector`` with every task but ``task`` switched off (one ours-single stage)."""
+    return EditingVector(blur=vector.blur if task == "blur" else None, grain=vector.grain if task == "grain" else None,
+                         colour=vector.colour and task == "colour", inpaint=vector.inpaint and task == "inpaint",
+                         sharpen=vector.sharpen if task == "sharpen" else None)
 
-    def edit(m, image, vector):
-        reference = None if case.reference is None else case.reference[None]
-        mask = None if case.keep is None else case.keep[None]
-        if isinstance(m, Pix2PixGAN):
-            return pix2pix_edit(m, image[None], vector, reference=reference, mask=mask)[0].clamp(-1, 1)
-        return multitask_edit(m, image[None], vector, num_steps=num_steps, seed=seed, reference=reference,
-                              mask=mask)[0].clamp(-1, 1)
 
+@torch.no_grad()
+def edit_batch(model, images: torch.Tensor, batch: list[Case], vectors: list[EditingVector], *, num_steps: int,
+               seed: int) -> torch.Tensor:
+    """Edit images (B, 3, H, W), example k with ``vectors[k]`` and case k's reference and mask, in one batch.
+
+    Example k of a diffusion model starts from the noise of seed ``seed + k``: the edit a batch of one
+    with that seed would give.
+    """
+    from retouch.methods.multitask import conditioning_inputs, sample_conditioned
+    from retouch.methods.pix2pix_gan import Pix2PixGAN, gan_condition
+
+    def extras(case):
+        return (None if case.reference is None else case.reference[None], None if case.keep is None else case.keep[None])
+
+    for vector in vectors:
+        vector.validate()
+    if isinstance(model, Pix2PixGAN):
+        labels = model.spec.vector_size == EditingVector().as_tensor().numel()
+        condition = torch.cat([gan_condition(images[k:k + 1], v, *extras(c), labels=labels)
+                               for k, (c, v) in enumerate(zip(batch, vectors))])
+        return model.generate(condition).clamp(-1, 1)
+    parts = [conditioning_inputs(model, images[k:k + 1], v, *extras(c)) for k, (c, v) in enumerate(zip(batch, vectors))]
+    source, small, c = (torch.cat(column) for column in zip(*parts))
+    noise = torch.cat([torch.randn((1, *source.shape[1:]), generator=torch.Generator().manual_seed(seed + k))
+                       for k in range(len(batch))]).to(source)
+    return sample_conditioned(model, source, small, c, noise, num_steps=num_steps).clamp(-1, 1)
+
+
+def run_model(model, batch: list[Case], *, num_steps: int, seed: int, chunk: int = 64) -> torch.Tensor:
+    """Edit the cases: a multitask model or a pix2pix GAN in one pass each, or a dict task → single-task
+    model applied in ``ORDER``, each stage on the previous stage's output (ours-single)."""
+    def in_chunks(m, images, vectors):
+        return torch.cat([edit_batch(m, images[k:k + chunk], batch[k:k + chunk], vectors[k:k + chunk],
+                                     num_steps=num_steps, seed=seed + k) for k in range(0, len(batch), chunk)])
+
+    images = torch.stack([c.source for c in batch])
     if not isinstance(model, dict):
-        return edit(model, case.source, case.vector)
-    image = case.source
-    v = case.vector
+        return in_chunks(model, images, [c.vector for c in batch])
     for task in ORDER:
-        single = {"blur": EditingVector(blur=v.blur), "grain": EditingVector(grain=v.grain),
-                  "colour": EditingVector(colour=v.colour), "inpaint": EditingVector(inpaint=v.inpaint),
-                  "sharpen": EditingVector(sharpen=v.sharpen)}[task]
-        if any(single.active):
+        vectors = [single_task_vector(c.vector, task) for c in batch]
+        if any(any(v.active) for v in vectors):
             if task not in model:
                 raise RetouchError(f"ours-single has no model for task '{task}'")
-            image = edit(model[task], image, single)
-    return image
+            images = in_chunks(model[task], images, vectors)
+    return images
 
 
 def score(edited: torch.Tensor, targets: torch.Tensor, extractor=None, lpips=None) -> dict:
@@ -135,8 +162,7 @@ def evaluate(models: dict[str, MultitaskModel | dict], folder: Path, split: str,
         batch = cases(folder, split, task, limit)
         targets = torch.stack([c.target for c in batch])
         for name, model in models.items():
-            edited = torch.stack([run_model(model, c, num_steps=num_steps, seed=seed + k)
-                                  for k, c in enumerate(batch)])
+            edited = run_model(model, batch, num_steps=num_steps, seed=seed)
             rows.append({"task": task, "model": name, "n": len(batch), **score(edited, targets, extractor, lpips)})
     return rows
 
