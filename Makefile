@@ -7,7 +7,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-$(shell cat requirements.txt pyproject.toml | sha1sum | cut -c1-12)
 DEMO_OUT ?= out/demo
 
-.PHONY: demo test venv clean mini-models chromium
+.PHONY: demo test venv clean mini-models chromium multitask-models
 
 venv: $(STAMP)
 
@@ -59,3 +59,27 @@ mini-models: $(STAMP)
 
 clean:
 	rm -rf $(VENV) out .pytest_cache
+
+# The multitask paper's models on the compositing benchmark (docs/multitask.md): the dataset, then ours,
+# Palette++, no binary labels, pix2pix and ours-single (one model per task, each a third of ours' steps,
+# so it sees its own task as often as ours does), two runs at a time on one thread each; then the
+# tables, the control figure and the shipped copy of ours.
+MT_DATA ?= out/compositing
+MT_WORK ?= out/train-multitask
+MT_STEPS ?= 1200
+MT_TRAIN = OMP_NUM_THREADS=1 $(VENV)/bin/retouch train multitask --data $(MT_DATA) --batch 16 --learning-rate 2e-4
+multitask-models: $(STAMP)
+	test -d $(MT_DATA) || $(VENV)/bin/retouch data compositing -o $(MT_DATA) --world-scenes 300 --dead-leaves 300 \
+		--grain-samples 100 --workers 2
+	$(MT_TRAIN) --steps $(MT_STEPS) --output-dir $(MT_WORK)/ours & \
+	$(MT_TRAIN) --steps $(MT_STEPS) --output-dir $(MT_WORK)/palette --conditioning concat & \
+	wait
+	$(MT_TRAIN) --steps $(MT_STEPS) --output-dir $(MT_WORK)/no-labels --no-labels & \
+	( $(MT_TRAIN) --steps $(MT_STEPS) --output-dir $(MT_WORK)/pix2pix --architecture pix2pix && \
+	  for task in blur grain colour inpaint sharpen; do \
+	    $(MT_TRAIN) --steps $$(( $(MT_STEPS) / 3 )) --output-dir $(MT_WORK)/single-$$task --tasks $$task || exit 1; \
+	  done ) & \
+	wait
+	$(PY) benchmarks/multitask_tables.py --data $(MT_DATA) --work $(MT_WORK)
+	$(PY) benchmarks/multitask_control.py --model $(MT_WORK)/ours/final --data $(MT_DATA) --split photos
+	$(PY) -m retouch.train.multitask --ship $(MT_WORK)/ours/final

@@ -376,3 +376,23 @@ def test_batched_evaluation_edits_equal_one_case_at_a_time(tiny_backbones, tiny_
                              reference=None if case.reference is None else case.reference[None],
                              mask=None if case.keep is None else case.keep[None])
         torch.testing.assert_close(together[k], alone[0].clamp(-1, 1), atol=1e-5, rtol=1e-4)
+
+
+def test_shipping_halves_the_unet_and_keeps_the_edits(tiny_backbones, tmp_path):
+    from retouch.methods.multitask import load_multitask_model
+    from retouch.train.multitask import ship_multitask_model
+
+    torch.manual_seed(0)
+    model = MultitaskModel.from_backbone(tiny_backbones["tiny-sd"])
+    torch.nn.init.normal_(model.denoiser.unet.conv_in.weight, std=0.05)
+    model.save(tmp_path / "run" / "final")
+    shipped = ship_multitask_model(tmp_path / "run" / "final", tmp_path / "assets" / "multitask")
+    full = (tmp_path / "run" / "final" / "unet" / "diffusion_pytorch_model.safetensors").stat().st_size
+    half = (shipped / "unet" / "diffusion_pytorch_model.safetensors").stat().st_size
+    assert half < 0.6 * full and not (tmp_path / "assets" / "multitask.tmp").exists()
+    loaded = load_multitask_model(str(shipped))
+    assert loaded.dtype == torch.float32
+    images = torch.rand(1, 3, 32, 32) * 2 - 1
+    vector = EditingVector(blur=0.4, sharpen=(2.0, 0.05))
+    expected = multitask_edit(model, images, vector, num_steps=3)
+    torch.testing.assert_close(multitask_edit(loaded, images, vector, num_steps=3), expected, atol=5e-3, rtol=0)

@@ -11,6 +11,7 @@ crops is a few hundred MB); batches are a pure function of the step, so runs res
 
 from __future__ import annotations
 
+import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -146,7 +147,9 @@ def train_multitask(config: MultitaskTrainConfig, *, backbone=None,
     model.save(Path(config.output_dir) / "final")
     report = {"config": asdict(config), "steps": result.steps, "seconds": result.seconds,
               "samples_per_second": result.samples_per_second,
-              "final_loss": result.losses[-1][1] if result.losses else None}
+              "final_loss": result.losses[-1][1] if result.losses else None, "losses": result.losses,
+              "threads": torch.get_num_threads()}
+    (Path(config.output_dir) / "report.json").write_text(json.dumps(report, indent=2))
     return model, report
 
 
@@ -229,3 +232,33 @@ def _pix2pix_parts(config: MultitaskTrainConfig, data: TrainingSet):
         return network.loss(*batch)
 
     return model, model, make_example_batch, loss_fn
+
+
+def ship_multitask_model(folder: Path, destination: Path | None = None) -> Path:
+    """Copy a trained model to the package's assets (``--method multitask``'s default): the U-Net in
+    float16 (half the bytes; loading casts it back to the edit's dtype), f_θ and the VAE as trained, and
+    the training report beside it for the model card."""
+    import shutil
+
+    from retouch.methods.multitask import SHIPPED_MODEL
+
+    folder, destination = Path(folder), Path(destination or SHIPPED_MODEL)
+    model = MultitaskModel.load(folder)
+    model.denoiser.unet.to(torch.float16)
+    staging = destination.with_name(destination.name + ".tmp")
+    shutil.rmtree(staging, ignore_errors=True)
+    model.save(staging)
+    report = folder.parent / "report.json"
+    if report.is_file():
+        shutil.copyfile(report, staging / "training_report.json")
+    shutil.rmtree(destination, ignore_errors=True)
+    staging.rename(destination)
+    return destination
+
+
+if __name__ == "__main__":
+    import argparse
+
+    parser = argparse.ArgumentParser(description="ship a trained multitask model as the package default")
+    parser.add_argument("--ship", type=Path, required=True, help="a trained model folder (…/final)")
+    print(f"shipped to {ship_multitask_model(parser.parse_args().ship)}")

@@ -1,0 +1,107 @@
+"""The multitask paper's Tables 2–4 on our compositing benchmark, for every model `make multitask-models` trains.
+
+    .venv/bin/python benchmarks/multitask_tables.py --data out/compositing --work out/train-multitask \
+        [--splits test,photos] [--steps 25] [--limit N] [--out docs/multitask_tables.md]
+
+Models are the folders under ``--work`` that hold a trained ``final/``: ``ours``, ``palette``
+(Palette++), ``pix2pix``, ``no-labels``, any other ablation (``depth-0``, ``n-pair-a`` …), and the
+``single-<task>`` models, chained as "ours-single". For each split: Table 2 (single tasks), Table 3
+(task combinations), and Table 4 (the ablations against ours, averaged over the single tasks and over
+the combinations, the layout of the paper's Table 4). KID uses the mini world's judge image features
+(the paper: Inception; none is available offline) and is labelled so; LPIPS needs local weights
+(``--lpips``), otherwise its column is empty. Also prints each training run's samples/s.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+from retouch.backbone import MINI_DIR
+from retouch.data.compositing import MULTI_TASKS
+from retouch.metrics import TransformersCLIPJudge, load_lpips
+from retouch.train.evaluate_multitask import SINGLE_TASKS, evaluate, load_compositing_model, markdown_table
+
+MAIN_MODELS = ("ours", "palette", "pix2pix", "ours-single")  # Tables 2 and 3 ("palette" is Palette++)
+
+
+def load_models(work: Path) -> dict:
+    models, singles = {}, {}
+    for folder in sorted(p for p in work.iterdir() if (p / "final").is_dir()):
+        if folder.name.startswith("single-"):
+            singles[folder.name.removeprefix("single-")] = load_compositing_model(folder / "final")
+        else:
+            models[folder.name] = load_compositing_model(folder / "final")
+    if singles:
+        models["ours-single"] = singles
+    return models
+
+
+def averaged(rows: list[dict], tasks) -> list[dict]:
+    """One row per model: the mean of each metric over ``tasks``."""
+    out = []
+    for model in dict.fromkeys(r["model"] for r in rows):
+        mine = [r for r in rows if r["model"] == model and r["task"] in tasks]
+        if not mine:
+            continue
+        row = {"task": "mean", "model": model, "n": sum(r["n"] for r in mine)}
+        for key in ("l1", "ssim", "lpips", "kid_x1e3"):
+            values = [r[key] for r in mine if r[key] is not None]
+            row[key] = sum(values) / len(values) if len(values) == len(mine) else None
+        out.append(row)
+    return out
+
+
+def throughput(work: Path) -> str:
+    lines = ["| run | steps | batch | threads | samples/s | minutes |", "|---|---|---|---|---|---|"]
+    for report_path in sorted(work.glob("*/report.json")):
+        report = json.loads(report_path.read_text())
+        lines.append(f"| {report_path.parent.name} | {report['steps']} | {report['config']['batch']} | "
+                     f"{report.get('threads', '?')} | {report['samples_per_second']:.1f} | {report['seconds'] / 60:.1f} |")
+    return "\n".join(lines) + "\n"
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--data", type=Path, required=True)
+    parser.add_argument("--work", type=Path, required=True)
+    parser.add_argument("--splits", default="test,photos")
+    parser.add_argument("--steps", type=int, default=25)
+    parser.add_argument("--limit", type=int, default=None)
+    parser.add_argument("--lpips", type=Path, default=None)
+    parser.add_argument("--out", type=Path, default=Path("docs/multitask_tables.md"))
+    args = parser.parse_args()
+
+    models = load_models(args.work)
+    extractor = TransformersCLIPJudge(MINI_DIR / "judge").encode_images
+    lpips = load_lpips(args.lpips) if args.lpips else None
+    label = "mini judge features"
+    text = [f"# Multitask paper, Tables 2–4 on the compositing benchmark\n\n`{' '.join(sys.argv)}` — "
+            f"{args.steps} DDIM steps from noise; KID ×10³ on {label}.\n\n## Training throughput\n\n",
+            throughput(args.work)]
+    all_rows = {}
+    for split in args.splits.split(","):
+        started = time.perf_counter()
+        rows = evaluate(models, args.data, split, SINGLE_TASKS + tuple(MULTI_TASKS), num_steps=args.steps,
+                        limit=args.limit, extractor=extractor, lpips=lpips)
+        all_rows[split] = rows
+        main_rows = [r for r in rows if r["model"] in MAIN_MODELS]
+        ablations = [r for r in rows if r["model"] not in MAIN_MODELS or r["model"] == "ours"]
+        text += [f"\n## Split `{split}`\n\n### Table 2: single tasks\n\n",
+                 markdown_table([r for r in main_rows if r["task"] in SINGLE_TASKS], label),
+                 "\n### Table 3: task combinations (trained on single tasks only)\n\n",
+                 markdown_table([r for r in main_rows if r["task"] in MULTI_TASKS], label),
+                 "\n### Table 4: ablations, mean over single tasks / over combinations\n\n",
+                 markdown_table(averaged(ablations, SINGLE_TASKS), label).replace("| mean |", "| single (mean) |"),
+                 "\n", markdown_table(averaged(ablations, MULTI_TASKS), label).replace("| mean |", "| combined (mean) |")]
+        print(f"{split}: {len(rows)} rows in {time.perf_counter() - started:.0f} s")
+    args.out.write_text("".join(text))
+    args.out.with_suffix(".json").write_text(json.dumps(all_rows, indent=2))
+    print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()
