@@ -10,6 +10,7 @@ request must still be answered, and bad uploads must be refused with their messa
 from __future__ import annotations
 
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -127,22 +128,40 @@ def page(browser, server):
     assert not elsewhere, f"the page requested outside the app (offline machines hang on these): {elsewhere}"
 
 
-def _tab(page, name):
+def _tab(page, name, prefix):
     page.get_by_role("tab", name=name, exact=True).click()
+    page.locator(f"#{prefix}-run").wait_for()  # the tab's widgets are mounted, uploads will register
 
 
 def _upload(page, elem_id, path):
     page.locator(f"#{elem_id} input[type=file]").set_input_files(str(path))
 
 
-def _paint(page, editor_id, strokes):
-    """Mouse strokes on an editor's canvas; points are fractions of the shown image's box."""
+def _upload_to_editor(page, editor_id, path):
+    """Upload an editor's background; retried, as an upload racing the editor's first mount is dropped."""
+    from playwright.sync_api import TimeoutError as PlaywrightTimeout
+
+    for _ in range(3):
+        _upload(page, editor_id, path)
+        try:
+            page.locator(f"#{editor_id}").get_by_text("Upload an image").wait_for(state="hidden", timeout=10_000)
+            return
+        except PlaywrightTimeout:
+            continue
+    pytest.fail(f"the upload into #{editor_id} never showed in the editor")
+
+
+def _paint(page, editor_id, strokes, size):
+    """Mouse strokes on an editor's canvas; points are fractions of the image (``size`` = (w, h)) shown in it."""
     editor = page.locator(f"#{editor_id}")
-    editor.locator("img, canvas").first.wait_for()
     editor.get_by_role("button", name="Brush", exact=True).click()
     box = editor.locator("canvas").last.bounding_box()
+    # The editor centres the image in its canvas at the zoom it shows ("466%").
+    zoom = float(re.search(r"(\d+)%", editor.inner_text()).group(1)) / 100
+    width, height = size[0] * zoom, size[1] * zoom
+    left, top = box["x"] + (box["width"] - width) / 2, box["y"] + (box["height"] - height) / 2
     for stroke in strokes:
-        points = [(box["x"] + x * box["width"], box["y"] + y * box["height"]) for x, y in stroke]
+        points = [(left + x * width, top + y * height) for x, y in stroke]
         page.mouse.move(*points[0])
         page.mouse.down()
         for start, end in zip(points, points[1:]):
@@ -178,10 +197,10 @@ def _differs(result: Image.Image, original: Path) -> float:
 
 
 def test_pixels_with_a_painted_map_in_the_browser(page, files, tmp_path):
-    _tab(page, "PIXELS")
+    _tab(page, "PIXELS", "pixels")
     _upload(page, "pixels-source", files["scene"])
-    _upload(page, "pixels-exemplar1", files["exemplar"])
-    _paint(page, "pixels-exemplar1", [[(0.3, 0.3), (0.7, 0.35), (0.65, 0.7), (0.3, 0.65)]])
+    _upload_to_editor(page, "pixels-exemplar1", files["exemplar"])
+    _paint(page, "pixels-exemplar1", [[(0.3, 0.3), (0.7, 0.35), (0.65, 0.7), (0.3, 0.65)]], (64, 64))
     page.get_by_text("more settings").click()
     _set_number(page, "pixels-steps", 8)
     result = _run_and_download(page, "pixels", tmp_path)
@@ -203,17 +222,19 @@ def test_pix2pix_zero_in_the_browser(page, files, tmp_path):
 
 
 def test_effects_and_multitask_tabs_run_with_a_painted_hole(page, files, tmp_path):
-    _tab(page, "effects")
-    _upload(page, "effects-input", files["photo"])
-    _paint(page, "effects-input", [[(0.2, 0.8), (0.5, 0.6), (0.8, 0.8)]])
+    _tab(page, "effects", "effects")
+    _upload_to_editor(page, "effects-input", files["photo"])
+    _paint(page, "effects-input", [[(0.2, 0.8), (0.5, 0.6), (0.8, 0.8)]], (128, 128))
     _set_number(page, "effects-blur", 0.3)
     result = _run_and_download(page, "effects", tmp_path)
     assert result.size == (128, 128) and _differs(result, files["photo"]) > 1.0
+    pixels = np.asarray(result.convert("RGB"))
+    assert pixels[77, 64].max() == 0 and pixels[10, 64].max() > 0  # the painted stroke is a hole, the sky is not
     _shot(page, "effects")
 
-    _tab(page, "multitask")
-    _upload(page, "multitask-input", files["scene"])
-    _paint(page, "multitask-input", [[(0.4, 0.4), (0.6, 0.6)]])
+    _tab(page, "multitask", "multitask")
+    _upload_to_editor(page, "multitask-input", files["scene"])
+    _paint(page, "multitask-input", [[(0.4, 0.4), (0.6, 0.6)]], (64, 64))
     _set_number(page, "multitask-grain", 0.05)
     result = _run_and_download(page, "multitask", tmp_path)
     assert result.size == (64, 64)

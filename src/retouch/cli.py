@@ -247,7 +247,8 @@ class _progress:
 # retouch serve
 # ---------------------------------------------------------------------------------------------
 @cli.command()
-@click.option("--host", default="127.0.0.1", show_default=True, help="address to bind; 0.0.0.0 exposes it to the network")
+@click.option("--host", default="127.0.0.1", show_default=True,
+              help="address to bind; 0.0.0.0 exposes it to the network")
 @click.option("--port", type=click.IntRange(1, 65535), default=7860, show_default=True)
 @click.option("--output-dir", type=click.Path(file_okay=False, path_type=Path), default=Path("out/app"),
               show_default=True, help="the only folder the app writes to: results, directions, upload cache")

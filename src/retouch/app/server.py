@@ -91,6 +91,7 @@ def build_blocks(app: App, *, concurrency: int = 1):
 
     upload = _upload_class()
     heavy = dict(concurrency_limit=concurrency, concurrency_id="jobs")  # one queue across all tabs
+    jobs = []
 
     def slider(config_class, name, low, high, step, label, value=None, elem_id=None):
         default, info = _help(config_class, name)
@@ -98,8 +99,8 @@ def build_blocks(app: App, *, concurrency: int = 1):
                          elem_id=elem_id)
 
     def editor(label, elem_id):
-        return gr.ImageEditor(label=label, elem_id=elem_id, type="numpy", image_mode="RGBA", sources=["upload"], layers=False,
-                              transforms=(), format="png", height=360, elem_classes="pixelated",
+        return gr.ImageEditor(label=label, elem_id=elem_id, type="numpy", image_mode="RGBA", sources=["upload"],
+                              layers=False, transforms=(), format="png", height=360, elem_classes="pixelated",
                               brush=gr.Brush(colors=BRUSH_COLOURS, default_color="#ffffff", default_size=6,
                                              color_mode="defaults"),
                               eraser=gr.Eraser(default_size=6))
@@ -150,7 +151,8 @@ def build_blocks(app: App, *, concurrency: int = 1):
                         p_saved = gr.Dropdown(app.output.directions(), label="saved direction", scale=3)
                         p_build = gr.Button("build and save the two words' direction", scale=2)
                     with gr.Accordion("guidance and inversion", open=False):
-                        p_steps = slider(Pix2PixZeroConfig, "num_steps", 1, 100, 1, "DDIM steps", elem_id="pix2pix-steps")
+                        p_steps = slider(Pix2PixZeroConfig, "num_steps", 1, 100, 1, "DDIM steps",
+                                         elem_id="pix2pix-steps")
                         p_cfg = slider(Pix2PixZeroConfig, "guidance_scale", 0, 15, 0.5, "classifier-free guidance")
                         p_xa = slider(Pix2PixZeroConfig, "xa_guidance", 0, 0.5, 0.01, "cross-attention guidance λ_xa")
                         p_inversion = gr.Radio(["regularized", "ddim"], value="regularized", label="inversion",
@@ -188,9 +190,9 @@ def build_blocks(app: App, *, concurrency: int = 1):
                     values["directions"] = str(app.output.direction_path(saved or ""))
                 return _outputs(picture, run_edit(app, method, model, picture, values, report=_report(progress)))
 
-        p_run.click(pix2pix, [p_image, p_method, p_model, p_caption, p_mode, p_source, p_target, p_bank, p_sentence,
-                              p_saved, p_steps, p_cfg, p_xa, p_inversion, p_lac, p_lkl, p_lxa, p_lcut, p_seed],
-                    p_out, api_name="pix2pix", **heavy)
+        p_inputs = [p_image, p_method, p_model, p_caption, p_mode, p_source, p_target, p_bank, p_sentence, p_saved,
+                    p_steps, p_cfg, p_xa, p_inversion, p_lac, p_lkl, p_lxa, p_lcut, p_seed]
+        jobs.append(p_run.click(pix2pix, p_inputs, p_out, api_name="pix2pix", **heavy))
 
         def build(model, source, target, bank):
             with _user_errors():
@@ -268,8 +270,9 @@ def build_blocks(app: App, *, concurrency: int = 1):
                 result = run_pixels(app, model, picture, exemplars, values, report=_report(progress))
                 return _outputs(picture, result)
 
-        x_run.click(pixels, [x_image, x_model, x_threshold, x_strength, x_steps, x_cfg, x_prompt, x_blur,
-                             x_iterative, x_seed, *slots], x_out, api_name="pixels", **heavy)
+        x_inputs = [x_image, x_model, x_threshold, x_strength, x_steps, x_cfg, x_prompt, x_blur, x_iterative, x_seed,
+                    *slots]
+        jobs.append(x_run.click(pixels, x_inputs, x_out, api_name="pixels", **heavy))
 
         # ---- multitask and effects share the compositing controls --------------------------------------
         def compositing_controls(prefix, config_class):
@@ -321,7 +324,8 @@ def build_blocks(app: App, *, concurrency: int = 1):
                                        report=_report(progress))
                 return _outputs(picture, result)
 
-        m_run.click(multitask, [m_model, *m_controls, m_steps, m_start, m_seed], m_out, api_name="multitask", **heavy)
+        jobs.append(m_run.click(multitask, [m_model, *m_controls, m_steps, m_start, m_seed], m_out,
+                                api_name="multitask", **heavy))
 
         # ---- effects -----------------------------------------------------------------------------------
         with gr.Tab("effects", id="effects"):
@@ -350,7 +354,8 @@ def build_blocks(app: App, *, concurrency: int = 1):
                                      report=_report(progress))
                 return _outputs(picture, result)
 
-        e_run.click(effects, [*e_controls, e_angle, e_random, e_samples, e_seed], e_out, api_name="effects", **heavy)
+        jobs.append(e_run.click(effects, [*e_controls, e_angle, e_random, e_samples, e_seed], e_out,
+                                api_name="effects", **heavy))
 
         def describe():
             loaded = ", ".join(Path(m).name for m in app.cache.loaded()) or "none yet"
@@ -359,6 +364,8 @@ def build_blocks(app: App, *, concurrency: int = 1):
                     f"at a time, {QUEUE_SIZE} waiting at most")
 
         blocks.load(describe, None, status, queue=False, api_name="status")
+        for job in jobs:  # after each job, so "models in memory" stays true
+            job.then(describe, None, status, queue=False, api_name=False)
     return blocks
 
 
