@@ -79,8 +79,12 @@ def test_effects_write_only_fresh_files_in_the_output_folder(app, scenes):
     edited = load_image(result.result)
     assert edited.shape == image.shape and np.abs(edited - image).mean() > 0.01
     assert np.all(edited[:8] == edited[0, 0])  # the painted hole is filled with one colour, the mask's
-    second = run_effects(app, image, blur=0.4)
+    second = run_effects(app, image, random_hole=True, seed=5)
     assert second.result != result.result and len(_written(app)) == 4
+    from retouch.effects import free_form_mask
+
+    drawn = free_form_mask(64, 64, seed=5)
+    assert np.all(load_image(second.result)[drawn] == 0) and drawn.any()  # the seed's strokes are the hole
     for bad, message in ((dict(blur=1.5), "blur β must lie in"), (dict(), "no effect chosen"),
                          (dict(sharpen=(4.0, 0.0)), "sharpen amount λ")):
         with pytest.raises(RetouchError, match=message):
@@ -137,7 +141,8 @@ def test_only_offered_models_load_and_multitask_explains_its_absence(app, scenes
 
     for name in ("tiny-sd", str(tmp_path)):
         with pytest.raises(RetouchError, match="is not offered here"):
-            app.model(get_method("sdedit"), name)
+            with app.model(get_method("sdedit"), name):
+                pass
     if not app.multitask_models():  # nothing shipped yet: the tab says how to get a model
         with pytest.raises(RetouchError, match="no multitask model is available"):
             run_multitask(app, "", scenes[0], dict(blur=0.5))
@@ -176,6 +181,20 @@ def test_the_model_cache_loads_once_under_concurrency_and_evicts_the_oldest():
     cache.get(method, "a")  # "a" is now the most recent: "b" goes when "c" arrives
     cache.get(method, "c")
     assert cache.loaded() == ["a", "c"] and loads == ["a", "b", "c"]
+    # Jobs on one model take turns (they hook its attention); jobs on another model need not wait.
+    with cache.using(method, "a"):
+        def take_a_turn():
+            with cache.using(method, "a"):
+                pass
+
+        waiting = threading.Thread(target=take_a_turn)
+        waiting.start()
+        waiting.join(timeout=0.5)
+        assert waiting.is_alive()
+        with cache.using(method, "c"):
+            pass
+    waiting.join(timeout=5)
+    assert not waiting.is_alive()
 
 
 def test_serve_refuses_a_missing_model_before_starting(tmp_path, capsys):

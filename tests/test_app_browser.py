@@ -9,6 +9,7 @@ request must still be answered, and bad uploads must be refused with their messa
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import socket
@@ -297,3 +298,13 @@ def test_only_the_output_folder_is_served(server, files):
     repository_file = Path(__file__).resolve().parent.parent / "README.md"
     for path in ("/etc/hostname", str(repository_file)):
         assert _get(f"{server['url']}gradio_api/file={path}") in (403, 404)
+    # Nor can a client hand the server a path of its own in place of an upload.
+    call = f"{server['url']}gradio_api/call/pix2pix"
+    forged = {"data": [{"path": "/etc/hostname", "meta": {"_type": "gradio.FileData"}},
+                       *_pix2pix_arguments(None)[1:], 0]}
+    request = urllib.request.Request(call, data=json.dumps(forged).encode(),
+                                     headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(request, timeout=10) as response:
+        event = json.load(response)["event_id"]
+    with urllib.request.urlopen(f"{call}/{event}", timeout=60) as response:
+        assert "not uploaded by a user" in response.read().decode()

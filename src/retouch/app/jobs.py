@@ -64,6 +64,7 @@ class ModelCache:
         self.capacity, self.dtype, self.device = capacity, dtype, device
         self._models: OrderedDict = OrderedDict()
         self._lock = threading.Lock()
+        self._in_use: dict = {}
 
     def get(self, method, model: str):
         import torch
@@ -76,10 +77,19 @@ class ModelCache:
                 # The app never downloads: repo ids resolve from the local cache only.
                 self._models[key] = load_method_model(method, model, device=self.device,
                                                       dtype=getattr(torch, self.dtype), offline=True)
+                self._in_use.setdefault(key, threading.Lock())
                 while len(self._models) > self.capacity:
                     self._models.popitem(last=False)
             self._models.move_to_end(key)
             return self._models[key]
+
+    @contextmanager
+    def using(self, method, model: str):
+        """The model, held for one job: methods hook the shared U-Net's attention, so two jobs on one model
+        must not overlap (``--concurrency`` above 1 overlaps jobs on different models and the effects)."""
+        loaded = self.get(method, model)
+        with self._in_use[(method.load_model, model, self.dtype)]:
+            yield loaded
 
     def loaded(self) -> list[str]:
         with self._lock:
@@ -154,14 +164,14 @@ class App:
         return [*shipped, *(m for m in self.extra_models if _is_multitask_folder(m))]
 
     def model(self, method, name: str):
-        """The loaded model ``name`` for ``method``, if the operator offered it (a client cannot name files)."""
+        """``name`` for ``method``, held for one job, if the operator offered it (a client cannot name files)."""
         offered = self.multitask_models() if method.name == "multitask" else self.backbone_models()
         if name not in offered:
             if not offered:
                 raise RetouchError("no multitask model is available; train one with `retouch train multitask` "
                                    "and start the app with `retouch serve --model FOLDER`")
             raise RetouchError(f"model {name!r} is not offered here; choose one of {', '.join(offered)}")
-        return self.cache.get(method, name)
+        return self.cache.using(method, name)
 
     # ---- inputs -------------------------------------------------------------------------------------
     def read_image(self, path: str | Path, label: str) -> np.ndarray:
@@ -239,11 +249,11 @@ def run_edit(app: App, method_name: str, model: str, image: np.ndarray, values: 
     method = get_method(method_name)
     config = make_config(method, **values)
     report(0, None, f"loading {Path(model).name}")
-    loaded = app.model(method, model)
-    started = time.perf_counter()
-    steps = _Steps(report, getattr(config, "num_steps", None), f"{method.name}: denoising")
-    report(0, steps.total, f"{method.name}: preparing (inversion, directions)")
-    result = edit_image(method, loaded, image, config, progress=steps)
+    with app.model(method, model) as loaded:
+        started = time.perf_counter()
+        steps = _Steps(report, getattr(config, "num_steps", None), f"{method.name}: denoising")
+        report(0, steps.total, f"{method.name}: preparing (inversion, directions)")
+        result = edit_image(method, loaded, image, config, progress=steps)
     paths = app.output.save_result(method.name, image, result)
     return Result(*paths, f"{method.name} on {Path(model).name}: {image.shape[1]}×{image.shape[0]}, "
                           f"{time.perf_counter() - started:.1f} s")
@@ -291,10 +301,14 @@ def run_multitask(app: App, model: str, image: np.ndarray, values: dict, *, refe
 
 def run_effects(app: App, image: np.ndarray, *, blur: float | None = None, blur_angle: float | None = None,
                 grain: float | None = None, grain_samples: int = 800, reference: str | None = None,
-                hole: np.ndarray | None = None, sharpen: tuple[float, float] | None = None, seed: int = 0,
-                report: Report = _silent) -> Result:
-    """The compositing operators of ``retouch effects`` (same order, ranges and hole threshold)."""
-    from retouch.effects import EffectsRecipe, apply_effects
+                hole: np.ndarray | None = None, random_hole: bool = False,
+                sharpen: tuple[float, float] | None = None, seed: int = 0, report: Report = _silent) -> Result:
+    """The compositing operators of ``retouch effects`` (same order, ranges and hole threshold).
+
+    ``random_hole`` adds a free-form hole drawn from ``seed`` (Yu et al. 2019's strokes, the multitask
+    paper's inpainting masks) to any painted one.
+    """
+    from retouch.effects import EffectsRecipe, apply_effects, free_form_mask
     from retouch.imageio import resize_image
 
     check_range("blur β", blur, 0.0, 1.0)
@@ -303,6 +317,9 @@ def run_effects(app: App, image: np.ndarray, *, blur: float | None = None, blur_
     if sharpen is not None:
         check_range("sharpen amount λ", sharpen[0], 0.0, 3.0)
         check_range("sharpen threshold μ", sharpen[1], 0.0, 1.0)
+    if random_hole:
+        drawn = free_form_mask(*image.shape[:2], seed=seed).astype(np.float32)
+        hole = drawn if hole is None else np.maximum(drawn, resize_image(hole, (image.shape[1], image.shape[0])))
     if not any(v is not None for v in (blur, grain, reference, hole, sharpen)):
         raise RetouchError("no effect chosen: set motion blur, film grain, sharpening, a colour reference or "
                            "paint an inpainting mask")
@@ -327,9 +344,9 @@ def build_direction(app: App, model: str, source: str, target: str, bank: str = 
     from retouch.methods.edit_text import parse_edit
 
     spec = parse_edit(f"{(source or '').strip()}->{(target or '').strip()}")
-    backbone = app.model(get_method("pix2pix-zero"), model)
-    source_bank, target_bank, label = sentence_banks(spec.source, spec.target, bank=bank, model=backbone.source)
-    direction = build(backbone, source_bank, target_bank, source=spec.source, target=spec.target, bank=label)
+    with app.model(get_method("pix2pix-zero"), model) as backbone:
+        source_bank, target_bank, label = sentence_banks(spec.source, spec.target, bank=bank, model=backbone.source)
+        direction = build(backbone, source_bank, target_bank, source=spec.source, target=spec.target, bank=label)
     # Only letters, digits and dashes in the name: it is shown in a picker and must stay a plain file name.
     stem = re.sub(r"[^A-Za-z0-9]+", "-", f"{spec.source}-{spec.target}-{Path(model).name}").strip("-")
     save_direction(direction, app.output.directions_dir / f"{stem}.safetensors", model=str(model))

@@ -65,7 +65,9 @@ def _user_errors():
         yield
     except RetouchError as error:
         raise gr.Error(str(error), print_exception=False) from None
-    except MemoryError:
+    except (MemoryError, RuntimeError) as error:  # torch's out-of-memory errors are RuntimeErrors
+        if isinstance(error, RuntimeError) and "out of memory" not in str(error):
+            raise
         raise gr.Error("out of memory: try a smaller image, fewer exemplars or fewer steps",
                        print_exception=False) from None
 
@@ -339,22 +341,24 @@ def build_blocks(app: App, *, concurrency: int = 1):
                         e_samples = gr.Slider(1, 800, value=800, step=1, label="grain Monte-Carlo samples",
                                               info="Newson et al.: 800; fewer is faster and noisier")
                         e_seed = gr.Number(0, label="seed", precision=0)
+                    e_free = gr.Checkbox(False, label="add a random free-form hole from the seed",
+                                         info="Yu et al. 2019's brush strokes, the multitask paper's inpainting masks")
                     e_run = gr.Button("Run", variant="primary", elem_id="effects-run")
                 with gr.Column():
                     e_out = results("effects")
 
         def effects(value, mask_path, reference, blur, grain, amount, threshold, angle, random, samples, seed,
-                    progress=gr.Progress()):
+                    free, progress=gr.Progress()):
             with _user_errors():
                 picture = _editor_image(app, value, "input image")
                 result = run_effects(app, picture, blur=blur or None, blur_angle=None if random else angle,
                                      grain=grain or None, grain_samples=int(samples), reference=reference,
-                                     hole=read_hole(value, mask_path, "hole mask"),
+                                     hole=read_hole(value, mask_path, "hole mask"), random_hole=free,
                                      sharpen=(amount, threshold) if amount else None, seed=int(seed or 0),
                                      report=_report(progress))
                 return _outputs(picture, result)
 
-        jobs.append(e_run.click(effects, [*e_controls, e_angle, e_random, e_samples, e_seed], e_out,
+        jobs.append(e_run.click(effects, [*e_controls, e_angle, e_random, e_samples, e_seed, e_free], e_out,
                                 api_name="effects", **heavy))
 
         def describe():
