@@ -18,14 +18,25 @@ import numpy as np
 from scipy import ndimage
 
 from retouch.errors import RetouchError
+from retouch.imageio import validate_map
+
+# Beyond this many times the map's longest side, a reflect-bordered Gaussian blur is the map's mean to
+# float32 precision; capping σ there keeps an absurd σ from allocating a kernel of 8σ + 1 taps.
+_MAX_SIGMA_PER_SIDE = 16
 
 
 def _binary(mask) -> np.ndarray:
     mask = np.asarray(mask)
     if mask.ndim != 2:
         raise RetouchError(f"a mask must be 2-D (height, width); got shape {mask.shape}")
+    if mask.dtype == np.bool_:
+        return mask
+    if not (np.issubdtype(mask.dtype, np.integer) or np.issubdtype(mask.dtype, np.floating)):
+        raise RetouchError(f"a mask must hold numbers or booleans; got dtype {mask.dtype}")
+    if not np.isfinite(mask).all():  # NaN > 0.5 is False: a NaN mask would silently become "keep"
+        raise RetouchError("a mask contains NaN or infinite values; fix whatever produced it")
     # A soft map passed where a mask is expected is binarised at one half, the usual reading of a grey mask.
-    return mask > 0.5 if mask.dtype != np.bool_ else mask
+    return mask > 0.5
 
 
 def _outside_distance(mask: np.ndarray) -> np.ndarray:
@@ -37,18 +48,25 @@ def _outside_distance(mask: np.ndarray) -> np.ndarray:
 
 def grow_mask(mask, pixels: float) -> np.ndarray:
     """Dilate a binary mask by a disc of radius ``pixels`` (Euclidean), returned as a 0/1 float map."""
-    if pixels < 0:
+    if not pixels >= 0:  # also rejects NaN, which would grow nothing
         raise RetouchError(f"grow radius must be ≥ 0 pixels; got {pixels}")
-    return (_outside_distance(_binary(mask)) <= pixels).astype(np.float32)
+    mask = _binary(mask)
+    if not mask.any():  # its distances are all inf, which an infinite radius would otherwise reach
+        return np.zeros(mask.shape, np.float32)
+    return (_outside_distance(mask) <= pixels).astype(np.float32)
 
 
 def blur_map(edit_map, sigma: float) -> np.ndarray:
-    """Gaussian blur with standard deviation ``sigma`` pixels; borders reflect so edges do not darken."""
-    if sigma < 0:
+    """Gaussian blur with standard deviation ``sigma`` pixels; borders reflect so edges do not darken.
+
+    The map is checked like :func:`retouch.imageio.validate_map` (2-D, finite, in [0, 1]).
+    """
+    if not sigma >= 0:  # also rejects NaN, which scipy would silently treat as no blur
         raise RetouchError(f"blur σ must be ≥ 0 pixels; got {sigma}")
-    edit_map = np.asarray(edit_map, dtype=np.float32)
+    edit_map = validate_map(edit_map)  # a fresh float32 copy
     if sigma == 0:
-        return edit_map.copy()
+        return edit_map
+    sigma = min(sigma, _MAX_SIGMA_PER_SIDE * max(edit_map.shape))
     return np.clip(ndimage.gaussian_filter(edit_map, sigma, mode="reflect"), 0.0, 1.0).astype(np.float32)
 
 
@@ -58,7 +76,9 @@ def linear_ramp_map(mask, width: float) -> np.ndarray:
     Unlike a blur this never lowers the mask itself below 1, so every masked pixel stays a full
     edit (in PIXELS: takes the exemplar) and the ramp lies entirely in the surroundings.
     """
-    if width <= 0:
+    if not width > 0:  # also rejects NaN, which would make the whole map NaN
         raise RetouchError(f"ramp width must be > 0 pixels; got {width}")
-    distance = _outside_distance(_binary(mask))
-    return np.clip(1.0 - distance / width, 0.0, 1.0).astype(np.float32)
+    mask = _binary(mask)
+    if not mask.any():  # inf / inf is NaN for an infinite width
+        return np.zeros(mask.shape, np.float32)
+    return np.clip(1.0 - _outside_distance(mask) / width, 0.0, 1.0).astype(np.float32)

@@ -45,6 +45,9 @@ _READABLE_HINT = "PNG, JPEG, WebP or another format Pillow can open (BMP, TIFF, 
 _DECODE_ERRORS = (OSError, SyntaxError, ValueError, EOFError, struct.error, zlib.error, IndexError)
 # Rec. 601 luma, the weights Pillow's convert("L") uses, so grey maps load identically either way.
 _LUMA_WEIGHTS = np.array([0.299, 0.587, 0.114], dtype=np.float32)
+# The encoders' own limits on a side: WebP stores sides in 14 bits, JPEG in 16 (libjpeg stops at 65500).
+# Pillow only finds out mid-encode, with a ValueError (WebP) or a vague "broken data stream" (JPEG).
+_MAX_SAVE_SIDE = {"JPEG": 65500, "WEBP": 16383}
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -265,8 +268,16 @@ def _reason(error: BaseException) -> str:
 
 
 def resize_image(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:
-    """Resize an image (H, W, 3) or map (H, W) to ``size`` = (width, height) with Lanczos, clipped to [0, 1]."""
+    """Resize an image (H, W, 3) or map (H, W) to ``size`` = (width, height) with Lanczos, clipped to [0, 1].
+
+    Float (or bool) values only: integer arrays raise :class:`RetouchError`, as clipping 0-255 to [0, 1]
+    would silently turn them white.
+    """
     width, height = _check_size(size)
+    image = np.asarray(image)
+    if not (np.issubdtype(image.dtype, np.floating) or image.dtype == np.bool_):
+        raise RetouchError(f"cannot resize an image of dtype {image.dtype}: expected float values in [0, 1]; "
+                           f"divide 8-bit values by 255")
     return np.clip(_resize(image, (width, height), Image.Resampling.LANCZOS), 0.0, 1.0)
 
 
@@ -434,6 +445,10 @@ def save_image(
     name = _quoted(path)
     image_format = check_output_path(path, inputs=inputs, overwrite=overwrite, make_parents=make_parents)
     pixels = _to_uint8(image, name)
+    limit = _MAX_SAVE_SIDE.get(image_format)
+    if limit is not None and max(pixels.shape[:2]) > limit:
+        raise RetouchError(f"cannot save {name}: {pixels.shape[1]}x{pixels.shape[0]} has a side longer than the "
+                           f"{image_format} limit of {limit} pixels; save as .png or downscale it")
     folder = path.parent
     if not folder.exists():
         try:
@@ -453,12 +468,18 @@ def png_bytes(image: np.ndarray, name: str = "a PNG record") -> bytes:
 
 
 def image_from_png_bytes(data: bytes, name: str = "a PNG record") -> np.ndarray:
-    """Inverse of :func:`png_bytes`: float32 (H, W, 3), or (H, W) for a single-channel PNG, in [0, 1]."""
+    """Inverse of :func:`png_bytes`: float32 (H, W, 3), or (H, W) for a single-channel PNG, in [0, 1].
+
+    Damaged or oversized records (more than :data:`DEFAULT_MAX_PIXELS`) raise :class:`RetouchError`.
+    """
     try:
-        with Image.open(io.BytesIO(data)) as img:
-            pixels = np.asarray(img.convert("L" if img.mode in ("L", "1") else "RGB"))
-    except (OSError, ValueError) as error:
-        raise RetouchError(f"cannot read {name}: not a valid PNG ({error})") from None
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # check_image_size is the policy
+            with Image.open(io.BytesIO(data)) as img:
+                check_image_size(*img.size, name=name)
+                pixels = np.asarray(img.convert("L" if img.mode in ("L", "1") else "RGB"))
+    except (*_DECODE_ERRORS, Image.DecompressionBombError) as error:
+        raise RetouchError(f"cannot read {name}: not a valid PNG ({_reason(error)})") from None
     return pixels.astype(np.float32) / 255.0
 
 
@@ -624,8 +645,15 @@ def to_tensor_batch(
     device: torch.device | str | None = None,
     dtype: torch.dtype = torch.float32,
 ) -> torch.Tensor:
-    """Same-size images (a list, or an array (B, H, W, 3)) → (B, 3, H, W) in [-1, 1]."""
-    stacked = np.stack([np.asarray(i, dtype=np.float32) for i in images])
+    """Same-size float images (a list, or an array (B, H, W, 3)) in [0, 1] → (B, 3, H, W) in [-1, 1].
+
+    Raises ``ValueError`` for other shapes and for integer dtypes (0-255 values would leave [-1, 1]).
+    """
+    arrays = [np.asarray(i) for i in images]
+    for array in arrays:
+        if not np.issubdtype(array.dtype, np.floating):
+            raise ValueError(f"expected float images in [0, 1]; got dtype {array.dtype} (divide 8-bit values by 255)")
+    stacked = np.stack([a.astype(np.float32, copy=False) for a in arrays])
     if stacked.ndim != 4 or stacked.shape[-1] != 3:
         raise ValueError(f"expected images of shape (H, W, 3); got a stack of shape {stacked.shape}")
     batch = torch.from_numpy(stacked).permute(0, 3, 1, 2)  # (B, 3, H, W)

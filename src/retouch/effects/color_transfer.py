@@ -32,7 +32,17 @@ def lab_to_rgb(lab: np.ndarray) -> np.ndarray:
 
 
 def reinhard_color_transfer(image: np.ndarray, reference: np.ndarray) -> np.ndarray:
-    """Give ``image`` the colour statistics of ``reference`` (any size); result clipped to [0, 1]."""
+    """Give ``image`` the colour statistics of ``reference`` (any size); result clipped to [0, 1].
+
+    Both must be RGB (H, W, 3); anything else raises :class:`~retouch.errors.RetouchError`.
+    """
+    for name, array in (("image", image), ("reference", reference)):
+        shape = np.shape(array)
+        # A grey (H, 3) image would otherwise be read as H pixels of RGB and silently mangled.
+        if len(shape) != 3 or shape[2] != 3 or 0 in shape:
+            from retouch.errors import RetouchError
+
+            raise RetouchError(f"colour transfer needs RGB images (H, W, 3); the {name} has shape {shape}")
     source, target = rgb_to_lab(image), rgb_to_lab(reference)
     src_mean, src_std = source.reshape(-1, 3).mean(0), source.reshape(-1, 3).std(0)
     ref_mean, ref_std = target.reshape(-1, 3).mean(0), target.reshape(-1, 3).std(0)
