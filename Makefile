@@ -66,7 +66,7 @@ clean:
 # tables, the control figure and the shipped copy of ours.
 MT_DATA ?= out/compositing
 MT_WORK ?= out/train-multitask
-MT_STEPS ?= 1200
+MT_STEPS ?= 900
 MT_TRAIN = OMP_NUM_THREADS=1 $(VENV)/bin/retouch train multitask --data $(MT_DATA) --batch 16 --learning-rate 2e-4
 multitask-models: $(STAMP)
 	test -d $(MT_DATA) || $(VENV)/bin/retouch data compositing -o $(MT_DATA) --world-scenes 300 --dead-leaves 300 \

@@ -23,7 +23,13 @@ from pathlib import Path
 from retouch.backbone import MINI_DIR
 from retouch.data.compositing import MULTI_TASKS
 from retouch.metrics import TransformersCLIPJudge, load_lpips
-from retouch.train.evaluate_multitask import SINGLE_TASKS, evaluate, load_compositing_model, markdown_table
+from retouch.train.evaluate_multitask import (
+    SINGLE_TASKS,
+    InvertedStart,
+    evaluate,
+    load_compositing_model,
+    markdown_table,
+)
 
 MAIN_MODELS = ("ours", "palette", "pix2pix", "ours-single")  # Tables 2 and 3 ("palette" is Palette++)
 
@@ -37,6 +43,8 @@ def load_models(work: Path) -> dict:
             models[folder.name] = load_compositing_model(folder / "final")
     if singles:
         models["ours-single"] = singles
+    if "ours" in models:  # the start the paper tried and dropped, as an ablation row
+        models["ours-ddim-inversion"] = InvertedStart(models["ours"])
     return models
 
 

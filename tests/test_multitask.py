@@ -368,6 +368,12 @@ def test_batched_evaluation_edits_equal_one_case_at_a_time(tiny_backbones, tiny_
                                mask=None if case.keep is None else case.keep[None]).clamp(-1, 1)
         torch.testing.assert_close(together[k], alone[0], atol=2e-5, rtol=1e-4)
     assert not torch.allclose(together[0], together[2], atol=1e-3)
+    from retouch.train.evaluate_multitask import InvertedStart
+
+    inverted = run_model(InvertedStart(model), batch[:1], num_steps=3, seed=5)
+    alone = multitask_edit(model, batch[0].source[None], batch[0].vector, num_steps=3, start="ddim-inversion",
+                           reference=batch[0].reference[None]).clamp(-1, 1)
+    torch.testing.assert_close(inverted, alone, atol=2e-5, rtol=1e-4)
 
     gan = Pix2PixGAN(Pix2PixSpec(size=32)).eval()
     together = run_model(gan, batch, num_steps=1, seed=0)

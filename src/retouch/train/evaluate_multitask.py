@@ -85,6 +85,14 @@ def load_compositing_model(folder: str | Path):
     return load_multitask_model(str(folder))
 
 
+@dataclass
+class InvertedStart:
+    """A multitask model sampled from the DDIM inversion of the source latents instead of from noise
+    (the paper tried that start and found the results harder to edit)."""
+
+    model: MultitaskModel
+
+
 def single_task_vector(vector: EditingVector, task: str) -> EditingVector:
     """``vector`` with every task but ``task`` switched off (one ours-single stage)."""
     return EditingVector(blur=vector.blur if task == "blur" else None, grain=vector.grain if task == "grain" else None,
@@ -113,11 +121,14 @@ def edit_batch(model, images: torch.Tensor, batch: list[Case], vectors: list[Edi
         condition = torch.cat([gan_condition(images[k:k + 1], v, *extras(c), labels=labels)
                                for k, (c, v) in enumerate(zip(batch, vectors))])
         return model.generate(condition).clamp(-1, 1)
+    start = "noise"
+    if isinstance(model, InvertedStart):
+        model, start = model.model, "ddim-inversion"
     parts = [conditioning_inputs(model, images[k:k + 1], v, *extras(c)) for k, (c, v) in enumerate(zip(batch, vectors))]
     source, small, c = (torch.cat(column) for column in zip(*parts))
     noise = torch.cat([torch.randn((1, *source.shape[1:]), generator=torch.Generator().manual_seed(seed + k))
                        for k in range(len(batch))]).to(source)
-    return sample_conditioned(model, source, small, c, noise, num_steps=num_steps).clamp(-1, 1)
+    return sample_conditioned(model, source, small, c, noise, num_steps=num_steps, start=start).clamp(-1, 1)
 
 
 def run_model(model, batch: list[Case], *, num_steps: int, seed: int, chunk: int = 64) -> torch.Tensor:
