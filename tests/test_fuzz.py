@@ -240,6 +240,7 @@ def test_blur_map_returns_a_fresh_map_in_range(edit_map, sigma):
 @given(array=hnp.arrays(st.sampled_from(ALL_DTYPES + (np.float16,)), hnp.array_shapes(min_dims=1, max_dims=3,
                                                                                      min_side=0, max_side=6)),
        value=st.floats(allow_nan=True, allow_infinity=True), which=st.sampled_from(["blur", "ramp", "grow"]))
+@example(array=np.ones((1, 1), bool), value=1e-175, which="ramp")  # found by the deep profile: 0/0 in float32
 def test_edit_map_helpers_refuse_or_return_a_map(array, value, which):
     """Any array and any parameter (NaN, ±inf, negative): a RetouchError, or a finite map in [0, 1]."""
     call = {"blur": edit_maps.blur_map, "ramp": edit_maps.linear_ramp_map, "grow": edit_maps.grow_mask}[which]

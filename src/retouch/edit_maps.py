@@ -81,4 +81,5 @@ def linear_ramp_map(mask, width: float) -> np.ndarray:
     mask = _binary(mask)
     if not mask.any():  # inf / inf is NaN for an infinite width
         return np.zeros(mask.shape, np.float32)
-    return np.clip(1.0 - _outside_distance(mask) / width, 0.0, 1.0).astype(np.float32)
+    # In float64: a tiny width cast to the float32 distances would underflow to 0, and 0 / 0 is NaN.
+    return np.clip(1.0 - _outside_distance(mask) / np.float64(width), 0.0, 1.0).astype(np.float32)
