@@ -60,11 +60,18 @@ class TrainResult:
 
 
 def latest_checkpoint(output_dir: str | Path) -> Path | None:
-    folder = Path(output_dir) / "checkpoints"
+    """The finished checkpoint with the highest step: ``step-N`` folders only, never a ``step-N.tmp``."""
+    done = _finished_checkpoints(Path(output_dir) / "checkpoints")
+    return done[-1] if done else None
+
+
+def _finished_checkpoints(folder: Path) -> list[Path]:
+    """``step-N`` folders by step; anything else there (a save's ``.tmp``, a user's copy) is not ours."""
     if not folder.is_dir():
-        return None
-    done = [p for p in folder.iterdir() if p.is_dir() and p.name.startswith(CHECKPOINT_PREFIX) and not p.name.endswith(".tmp")]
-    return max(done, key=lambda p: int(p.name[len(CHECKPOINT_PREFIX):]), default=None)
+        return []
+    done = [p for p in folder.iterdir()
+            if p.is_dir() and p.name.startswith(CHECKPOINT_PREFIX) and p.name[len(CHECKPOINT_PREFIX):].isdigit()]
+    return sorted(done, key=lambda p: int(p.name[len(CHECKPOINT_PREFIX):]))
 
 
 def train(
@@ -176,9 +183,7 @@ def _save_checkpoint(accelerator, output_dir: Path, step: int, keep: int, losses
         (temporary / "losses.json").write_text(json.dumps(losses))
         shutil.rmtree(final, ignore_errors=True)
         os.replace(temporary, final)
-        old = sorted((p for p in folder.iterdir() if p.is_dir() and not p.name.endswith(".tmp")),
-                     key=lambda p: int(p.name[len(CHECKPOINT_PREFIX):]))
-        for stale in old[:-keep] if keep > 0 else []:
+        for stale in _finished_checkpoints(folder)[:-keep] if keep > 0 else []:
             shutil.rmtree(stale, ignore_errors=True)
     accelerator.wait_for_everyone()
 
