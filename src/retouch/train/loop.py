@@ -1,8 +1,11 @@
 """The one training loop every retouch model uses, on ``accelerate``.
 
 The same script runs on one CPU core, one GPU or ``accelerate launch`` over several processes and
-nodes: data parallelism, mixed precision and gradient synchronisation are accelerate's. What this
-file adds is what our experiments need to be reproducible:
+nodes: data parallelism, mixed precision and gradient synchronisation are accelerate's (on CPUs,
+accelerate joins the processes only with ``ACCELERATE_USE_CPU=1``, e.g.
+``ACCELERATE_USE_CPU=1 accelerate launch --multi_gpu --num_processes 2 script.py``, gloo backend). A step
+is a global step at any world size: the LR schedule advances once per step. What this file adds is
+what our experiments need to be reproducible:
 
 * batches are a pure function of (step, process): ``make_batch(step, rank, world_size)``, and any
   randomness inside a loss is drawn from ``step_generator(seed, step, rank)`` — so a run resumed
@@ -94,6 +97,14 @@ def train(
     from tqdm import tqdm
 
     accelerator = accelerator or Accelerator(mixed_precision=config.mixed_precision)
+    launched = int(os.environ.get("WORLD_SIZE", "1"))
+    if launched > 1 and accelerator.num_processes == 1:
+        from retouch.errors import RetouchError
+
+        # Each process would train alone, all into the same folder: on a CPU-only machine accelerate
+        # only joins the processes when told to use the CPU.
+        raise RetouchError(f"launched as {launched} processes (WORLD_SIZE) but accelerate runs "
+                           f"{accelerator.num_processes}; on CPUs set ACCELERATE_USE_CPU=1 (or Accelerator(cpu=True))")
     output_dir = Path(config.output_dir)
     if accelerator.is_main_process:
         output_dir.mkdir(parents=True, exist_ok=True)
@@ -128,7 +139,11 @@ def train(
         if config.grad_clip is not None:
             accelerator.clip_grad_norm_(model.parameters(), config.grad_clip)
         optimizer.step()
-        schedule.step()
+        # Not schedule.step(): a prepared scheduler steps once per process, as if each process's data were
+        # 1/N of the epoch. Our steps are global steps, so the schedule advances once per step at any
+        # world size (and, like accelerate's, not when a mixed-precision step was skipped).
+        if not optimizer.step_was_skipped:
+            schedule.scheduler.step()
         optimizer.zero_grad(set_to_none=True)
         if ema is not None:
             ema.step(accelerator.unwrap_model(model).parameters())
