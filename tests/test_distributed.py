@@ -47,13 +47,15 @@ def runs(tmp_path_factory):
               "--main_process_ip", "127.0.0.1", "--main_process_port", str(_free_port()),
               str(JOB), "--output-dir", str(root / "two"), *ARGS]
     single = [sys.executable, str(JOB), "--output-dir", str(root / "one"), *ARGS]
-    processes = [subprocess.Popen(command, env=_env(ACCELERATE_USE_CPU="1"), stdout=subprocess.PIPE,
+    # An empty HF_HOME: a user's `accelerate config` default file must not change what is launched.
+    env = _env(ACCELERATE_USE_CPU="1", HF_HOME=str(root / "hf-home"))
+    processes = [subprocess.Popen(command, env=env, stdout=subprocess.PIPE,
                                   stderr=subprocess.STDOUT, text=True) for command in (launch, single)]
     for process in processes:
         log, _ = process.communicate(timeout=300)
         assert process.returncode == 0, log
-    return {name: [_outcome(root / name, rank) for rank in range(n)] for name, n in (("two", 2), ("one", 1))} | {
-        "root": root}
+    return {"two": [_outcome(root / "two", 0), _outcome(root / "two", 1)], "one": [_outcome(root / "one", 0)],
+            "root": root}
 
 
 def _outcome(folder: Path, rank: int) -> dict:

@@ -244,13 +244,17 @@ def test_blur_map_returns_a_fresh_map_in_range(edit_map, sigma):
 def test_edit_map_helpers_refuse_or_return_a_map(array, value, which):
     """Any array and any parameter (NaN, ±inf, negative): a RetouchError, or a finite map in [0, 1]."""
     call = {"blur": edit_maps.blur_map, "ramp": edit_maps.linear_ramp_map, "grow": edit_maps.grow_mask}[which]
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", RuntimeWarning)  # float16 overflow while casting is refused below
-            out = call(array, value)
-    except RetouchError:
+    finite = np.isfinite(array.astype(np.float64)).all()
+    if which == "blur":  # a soft map, checked like validate_map
+        valid = (value >= 0 and array.ndim == 2 and array.size > 0 and finite
+                 and array.astype(np.float64).min() >= -1e-3 and array.astype(np.float64).max() <= 1 + 1e-3)
+    else:  # a mask: any 2-D numbers, binarised at one half
+        valid = (value > 0 if which == "ramp" else value >= 0) and array.ndim == 2 and finite
+    if not valid:
+        with pytest.raises(RetouchError):
+            call(array, value)
         return
-    check_unit_float32(out, array.shape)
+    check_unit_float32(call(array, value), array.shape)
 
 
 @pytest.mark.parametrize("name", sorted(THRESHOLDS))
@@ -292,13 +296,14 @@ def test_png_bytes_refuses_or_encodes(array, poison):
     if poison is not None and np.issubdtype(array.dtype, np.floating) and array.size:
         array = array.copy()
         array.flat[0] = poison
-    try:
-        data = imageio.png_bytes(array)
-    except RetouchError:
-        return
     # Only float (H, W) / (H, W, 3) arrays of finite values are encoded; out-of-range ones are clipped.
-    assert np.issubdtype(array.dtype, np.floating) and np.isfinite(array).all()
-    back = imageio.image_from_png_bytes(data)
+    valid = (np.issubdtype(array.dtype, np.floating) and array.size > 0 and np.isfinite(array).all()
+             and (array.ndim == 2 or (array.ndim == 3 and array.shape[2] == 3)))
+    if not valid:
+        with pytest.raises(RetouchError):
+            imageio.png_bytes(array)
+        return
+    back = imageio.image_from_png_bytes(imageio.png_bytes(array))
     assert back.shape == array.shape
     check_unit_float32(back, array.shape)
 
@@ -355,12 +360,18 @@ def test_validate_map_refuses_or_returns_a_unit_map(array, scale):
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", RuntimeWarning)
             array = (array * scale).astype(array.dtype)
-    try:
-        out = imageio.validate_map(array)
-    except RetouchError:
+    with warnings.catch_warnings(), np.errstate(over="ignore"):
+        warnings.simplefilter("ignore", RuntimeWarning)
+        as_float = array.astype(np.float32)
+    valid = (array.ndim == 2 and array.size > 0 and np.isfinite(as_float).all()
+             and as_float.min() >= -1e-3 and as_float.max() <= 1 + 1e-3)
+    if not valid:
+        with pytest.raises(RetouchError):
+            imageio.validate_map(array)
         return
+    out = imageio.validate_map(array)
     check_unit_float32(out, array.shape)
-    assert array.ndim == 2 and array.size > 0
+    np.testing.assert_array_equal(out, np.clip(as_float, 0, 1))
 
 
 # --- image I/O: files -----------------------------------------------------------------------------

@@ -53,7 +53,7 @@ def grow_mask(mask, pixels: float) -> np.ndarray:
     mask = _binary(mask)
     if not mask.any():  # its distances are all inf, which an infinite radius would otherwise reach
         return np.zeros(mask.shape, np.float32)
-    return (_outside_distance(mask) <= pixels).astype(np.float32)
+    return (_outside_distance(mask) <= np.float64(pixels)).astype(np.float32)  # no float32 overflow of a huge radius
 
 
 def blur_map(edit_map, sigma: float) -> np.ndarray:
