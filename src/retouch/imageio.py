@@ -647,7 +647,7 @@ def to_tensor_batch(
 ) -> torch.Tensor:
     """Same-size float images (a list, or an array (B, H, W, 3)) in [0, 1] → (B, 3, H, W) in [-1, 1].
 
-    Raises ``ValueError`` for other shapes and for integer dtypes (0-255 values would leave [-1, 1]).
+    Raises ``ValueError`` for other shapes and non-float dtypes (0-255 integers would leave [-1, 1]).
     """
     arrays = [np.asarray(i) for i in images]
     for array in arrays:
