@@ -185,6 +185,14 @@ def test_train_multitask_runs_resumes_and_saves(tiny_backbones, tiny_dataset, tm
     images = torch.rand(1, 3, 32, 32) * 2 - 1
     out = multitask_edit(loaded, images, EditingVector(blur=0.5), num_steps=3)
     assert out.shape == images.shape and torch.isfinite(out).all()
+    from retouch.train.multitask import export_checkpoint
+
+    # Without EMA the last checkpoint holds the final weights: exporting it gives the same model.
+    exported = MultitaskModel.load(export_checkpoint(tmp_path / "run", 4, tmp_path / "step-4",
+                                                        backbone=tiny_backbones["tiny-sd"]))
+    torch.testing.assert_close(multitask_edit(exported, images, EditingVector(blur=0.5), num_steps=3), out)
+    with pytest.raises(RetouchError, match="no checkpoint at step 3"):
+        export_checkpoint(tmp_path / "run", 3, tmp_path / "step-3")
     with pytest.raises(RetouchError, match="--tasks"):
         train_multitask(MultitaskTrainConfig(data=str(tiny_dataset), tasks=("fog",)),
                         backbone=tiny_backbones["tiny-sd"])

@@ -128,6 +128,8 @@ def train_multitask(config: MultitaskTrainConfig, *, backbone=None,
                     progress: bool = True) -> tuple[MultitaskModel, dict]:
     """Initialise from ``config.init`` (or ``backbone``), train, save to ``output_dir/final``; returns the model."""
     config.validate()
+    Path(config.output_dir).mkdir(parents=True, exist_ok=True)
+    (Path(config.output_dir) / "run_config.json").write_text(json.dumps(asdict(config), indent=2))
     data = TrainingSet(Path(config.data))
     labels = (None, *config.tasks)
     if config.architecture == "pix2pix":
@@ -232,6 +234,34 @@ def _pix2pix_parts(config: MultitaskTrainConfig, data: TrainingSet):
         return network.loss(*batch)
 
     return model, model, make_example_batch, loss_fn
+
+
+def export_checkpoint(run_dir: Path, step: int, output: Path, *, backbone=None) -> Path:
+    """Write the model of a diffusion run's ``checkpoints/step-N`` (its raw, not EMA, weights) as a model
+    folder, e.g. to compare two runs at the same step of the same schedule. ``backbone`` is the one the
+    run started from, if it was not given by name (``--init``)."""
+    from safetensors.torch import load_file
+
+    from retouch.backbone import load_backbone
+
+    run_dir = Path(run_dir)
+    config_path = run_dir / "run_config.json"
+    if not config_path.is_file():
+        config_path = run_dir / "report.json"
+    saved = json.loads(config_path.read_text())
+    saved = saved.get("config", saved)
+    if saved.get("architecture", "diffusion") != "diffusion":
+        raise RetouchError("only diffusion runs can be exported from a checkpoint")
+    weights = run_dir / "checkpoints" / f"step-{step}" / "model.safetensors"
+    if not weights.is_file():
+        raise RetouchError(f"no checkpoint at step {step} in '{run_dir}'")
+    backbone = backbone or load_backbone(saved["init"])
+    spec = MultitaskSpec(conditioning=saved["conditioning"], labels=saved["labels"],
+                         mapping_depth=saved["mapping_depth"], latent_channels=backbone.unet.config.in_channels)
+    model = MultitaskModel.from_backbone(backbone, spec)
+    model.denoiser.load_state_dict(load_file(str(weights)))
+    model.save(Path(output))
+    return Path(output)
 
 
 def ship_multitask_model(folder: Path, destination: Path | None = None) -> Path:
