@@ -28,7 +28,6 @@ CSS = """
 /* the mini models work at 64²: show small images enlarged, with crisp pixels */
 .pixelated img { image-rendering: pixelated; width: 100%; height: 100%; object-fit: contain; }
 .pixelated canvas { image-rendering: pixelated; }
-footer { display: none !important; }
 """
 WORDS, SENTENCE, SAVED = "sentence banks of two words", "one target sentence", "a saved direction"
 
