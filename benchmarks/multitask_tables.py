@@ -26,12 +26,13 @@ from retouch.metrics import TransformersCLIPJudge, load_lpips
 from retouch.train.evaluate_multitask import (
     SINGLE_TASKS,
     InvertedStart,
+    Unedited,
     evaluate,
     load_compositing_model,
     markdown_table,
 )
 
-MAIN_MODELS = ("ours", "palette", "pix2pix", "ours-single")  # Tables 2 and 3 ("palette" is Palette++)
+MAIN_MODELS = ("unedited input", "ours", "palette", "pix2pix", "ours-single")  # Tables 2 and 3 ("palette" is Palette++)
 
 
 def load_models(work: Path) -> dict:
@@ -45,6 +46,7 @@ def load_models(work: Path) -> dict:
         models["ours-single"] = singles
     if "ours" in models:  # the start the paper tried and dropped, as an ablation row
         models["ours-ddim-inversion"] = InvertedStart(models["ours"])
+    models["unedited input"] = Unedited()  # the scale: what copying the input scores
     return models
 
 

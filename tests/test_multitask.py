@@ -376,7 +376,10 @@ def test_batched_evaluation_edits_equal_one_case_at_a_time(tiny_backbones, tiny_
                                mask=None if case.keep is None else case.keep[None]).clamp(-1, 1)
         torch.testing.assert_close(together[k], alone[0], atol=2e-5, rtol=1e-4)
     assert not torch.allclose(together[0], together[2], atol=1e-3)
-    from retouch.train.evaluate_multitask import InvertedStart
+    from retouch.train.evaluate_multitask import InvertedStart, Unedited
+
+    copied = run_model(Unedited(), batch, num_steps=1, seed=0)
+    assert torch.equal(copied[0], batch[0].source) and torch.equal(copied[2], batch[2].source * batch[2].keep)
 
     inverted = run_model(InvertedStart(model), batch[:1], num_steps=3, seed=5)
     alone = multitask_edit(model, batch[0].source[None], batch[0].vector, num_steps=3, start="ddim-inversion",

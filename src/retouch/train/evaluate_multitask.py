@@ -93,6 +93,11 @@ class InvertedStart:
     model: MultitaskModel
 
 
+class Unedited:
+    """The reference row "do nothing": the input as a model receives it (times the mask when
+    inpainting), i.e. what a model that only copies z_0^A would produce."""
+
+
 def single_task_vector(vector: EditingVector, task: str) -> EditingVector:
     """``vector`` with every task but ``task`` switched off (one ours-single stage)."""
     return EditingVector(blur=vector.blur if task == "blur" else None, grain=vector.grain if task == "grain" else None,
@@ -108,7 +113,7 @@ def edit_batch(model, images: torch.Tensor, batch: list[Case], vectors: list[Edi
     Example k of a diffusion model starts from the noise of seed ``seed + k``: the edit a batch of one
     with that seed would give.
     """
-    from retouch.methods.multitask import conditioning_inputs, sample_conditioned
+    from retouch.methods.multitask import conditioning_inputs, masked_input, sample_conditioned
     from retouch.methods.pix2pix_gan import Pix2PixGAN, gan_condition
 
     def extras(case):
@@ -116,6 +121,8 @@ def edit_batch(model, images: torch.Tensor, batch: list[Case], vectors: list[Edi
 
     for vector in vectors:
         vector.validate()
+    if isinstance(model, Unedited):
+        return torch.cat([masked_input(images[k:k + 1], v, extras(c)[1]) for k, (c, v) in enumerate(zip(batch, vectors))])
     if isinstance(model, Pix2PixGAN):
         labels = model.spec.vector_size == EditingVector().as_tensor().numel()
         condition = torch.cat([gan_condition(images[k:k + 1], v, *extras(c), labels=labels)

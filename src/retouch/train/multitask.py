@@ -281,6 +281,8 @@ def ship_multitask_model(folder: Path, destination: Path | None = None) -> Path:
     report = folder.parent / "report.json"
     if report.is_file():
         shutil.copyfile(report, staging / "training_report.json")
+    if (destination / "MODEL_CARD.md").is_file():  # hand-written: provenance and results survive a reship
+        shutil.copyfile(destination / "MODEL_CARD.md", staging / "MODEL_CARD.md")
     shutil.rmtree(destination, ignore_errors=True)
     staging.rename(destination)
     return destination
