@@ -94,6 +94,7 @@ def train(
     this process's share of the global batch. Returns timings and the logged loss curve.
     """
     from accelerate import Accelerator
+    from accelerate.utils import send_to_device
     from tqdm import tqdm
 
     accelerator = accelerator or Accelerator(mixed_precision=config.mixed_precision)
@@ -132,7 +133,8 @@ def train(
     started = time.perf_counter()
     model.train()
     for step in range(start_step, config.max_steps):
-        batch = make_batch(step, rank, world)
+        # Batches are built on the CPU (pure functions of the step); the model may live on a GPU.
+        batch = send_to_device(make_batch(step, rank, world), accelerator.device)
         with accelerator.autocast():
             loss, logs = loss_fn(model, batch, step_generator(config.seed, step, rank))
         accelerator.backward(loss)

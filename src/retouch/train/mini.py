@@ -186,7 +186,8 @@ def train_vae(world, config: MiniConfig):
 
     def loss_fn(model, images, generator):
         posterior = model.encode(images).latent_dist
-        latents = posterior.mean + posterior.std * torch.randn(posterior.mean.shape, generator=generator)
+        latents = posterior.mean + posterior.std * torch.randn(posterior.mean.shape, generator=generator).to(
+            posterior.mean)
         reconstruction = model.decode(latents).sample
         l1 = (reconstruction - images).abs().mean()
         kl = posterior.kl().mean() / images[0].numel()
@@ -222,7 +223,8 @@ def latent_composites(vae, first: torch.Tensor, second: torch.Tensor, second_obj
         posterior = vae.encode(images).latent_dist
         if not sample:
             return posterior.mode()
-        return posterior.mean + posterior.std * torch.randn(posterior.mean.shape, generator=generator)
+        return posterior.mean + posterior.std * torch.randn(posterior.mean.shape, generator=generator).to(
+            posterior.mean)
 
     with torch.no_grad():
         latent_first, latent_second = encode(first), encode(second)
@@ -413,10 +415,10 @@ def train_unet(world, config: MiniConfig, vae, text_encoder, tokenizer):
     def loss_fn(model, batch, generator):
         latents, states, masks = batch
         t = torch.randint(0, schedule.num_train_timesteps, (latents.shape[0],), generator=generator)
-        noise = torch.randn(latents.shape, generator=generator)
-        alpha_bar = schedule.alphas_cumprod[t]
+        noise = torch.randn(latents.shape, generator=generator).to(latents)  # CPU draws: same on any device
+        alpha_bar = schedule.alphas_cumprod[t].to(latents)
         noisy = add_noise(latents, noise, alpha_bar)
-        prediction = model(noisy, t, encoder_hidden_states=states).sample
+        prediction = model(noisy, t.to(latents.device), encoder_hidden_states=states).sample
         spatial, per_sample = unet_loss_weights(masks, latents.shape[-1], alpha_bar, config.unet_object_weight,
                                                 config.unet_min_snr_gamma)
         squared = ((prediction.float() - noise) ** 2).mean(dim=1, keepdim=True)
