@@ -9,7 +9,8 @@ Models are the folders under ``--work`` that hold a trained ``final/``: ``ours``
 (task combinations), and Table 4 (the ablations against ours, averaged over the single tasks and over
 the combinations, the layout of the paper's Table 4). KID uses the mini world's judge image features
 (the paper: Inception; none is available offline) and is labelled so; LPIPS needs local weights
-(``--lpips``), otherwise its column is empty. Also prints each training run's samples/s.
+(``--lpips``), otherwise its column is empty. Also prints each training run's samples/s. Rows are
+kept in ``--out``'s .json and reused on a rerun (delete it after retraining a model).
 """
 
 from __future__ import annotations
@@ -92,12 +93,22 @@ def main():
     text = [f"# Multitask paper, Tables 2–4 on the compositing benchmark\n\n`{' '.join(sys.argv)}` — "
             f"{args.steps} DDIM steps from noise; KID ×10³ on {label}.\n\n## Training throughput\n\n",
             throughput(args.work)]
-    all_rows = {}
+    # Rows already computed (same --out) are reused, so a model trained later adds only its own rows.
+    cache_path = args.out.with_suffix(".json")
+    all_rows = json.loads(cache_path.read_text()) if cache_path.is_file() else {}
+    order = {name: k for k, name in enumerate(models)}
     for split in args.splits.split(","):
         started = time.perf_counter()
-        rows = evaluate(models, args.data, split, SINGLE_TASKS + tuple(MULTI_TASKS), num_steps=args.steps,
-                        limit=args.limit, extractor=extractor, lpips=lpips)
-        all_rows[split] = rows
+        rows = [r for r in all_rows.get(split, []) if r["model"] in models]
+        for name, model in models.items():
+            if any(r["model"] == name for r in rows):
+                continue
+            rows += evaluate({name: model}, args.data, split, SINGLE_TASKS + tuple(MULTI_TASKS), num_steps=args.steps,
+                             limit=args.limit, extractor=extractor, lpips=lpips)
+            all_rows[split] = rows
+            cache_path.write_text(json.dumps(all_rows, indent=2))
+        tasks = {task: k for k, task in enumerate(SINGLE_TASKS + tuple(MULTI_TASKS))}
+        rows.sort(key=lambda r: (tasks[r["task"]], order[r["model"]]))
         main_rows = [r for r in rows if r["model"] in MAIN_MODELS]
         ablations = [r for r in rows if r["model"] not in MAIN_MODELS or r["model"] == "ours"]
         text += [f"\n## Split `{split}`\n\n### Table 2: single tasks\n\n",
@@ -109,7 +120,6 @@ def main():
                  "\n", markdown_table(averaged(ablations, MULTI_TASKS), label).replace("| mean |", "| combined (mean) |")]
         print(f"{split}: {len(rows)} rows in {time.perf_counter() - started:.0f} s")
     args.out.write_text("".join(text))
-    args.out.with_suffix(".json").write_text(json.dumps(all_rows, indent=2))
     print(f"wrote {args.out}")
 
 
