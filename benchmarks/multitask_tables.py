@@ -83,10 +83,13 @@ def main():
     parser.add_argument("--steps", type=int, default=25)
     parser.add_argument("--limit", type=int, default=None)
     parser.add_argument("--lpips", type=Path, default=None)
+    parser.add_argument("--models", default=None,
+                        help="comma-separated names to compute rows for (default: all); cached rows of others are shown")
     parser.add_argument("--out", type=Path, default=Path("docs/multitask_tables.md"))
     args = parser.parse_args()
 
     models = load_models(args.work)
+    compute = set(args.models.split(",")) if args.models is not None else set(models)
     extractor = TransformersCLIPJudge(MINI_DIR / "judge").encode_images
     lpips = load_lpips(args.lpips) if args.lpips else None
     label = "mini judge features"
@@ -101,7 +104,7 @@ def main():
         started = time.perf_counter()
         rows = [r for r in all_rows.get(split, []) if r["model"] in models]
         for name, model in models.items():
-            if any(r["model"] == name for r in rows):
+            if name not in compute or any(r["model"] == name for r in rows):
                 continue
             rows += evaluate({name: model}, args.data, split, SINGLE_TASKS + tuple(MULTI_TASKS), num_steps=args.steps,
                              limit=args.limit, extractor=extractor, lpips=lpips)
