@@ -7,7 +7,7 @@ the sliders the crop's stored parameters (grain: one of the five radii at random
 task's condition zero. The autoencoder is frozen; the denoiser (widened U-Net + f_θ) trains with the
 Eq. 2 loss. The training split is read once into memory as 8-bit arrays (a 64² set of a few thousand
 crops is a few hundred MB) and, for the diffusion models, encoded once into a latent cache (every
-input and target latent, 1/48 of the pixels' floats at the VAE's factor 4); batches are a pure
+input and target latent: a twelfth of the pixels' values at the VAE's factor 4); batches are a pure
 function of the step, so runs resume exactly.
 """
 
