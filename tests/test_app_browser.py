@@ -150,10 +150,14 @@ def _upload_to_editor(page, editor_id, path):
     """Upload an editor's background; retried, as an upload racing the editor's first mount is dropped."""
     from playwright.sync_api import TimeoutError as PlaywrightTimeout
 
-    for _ in range(3):
+    empty = page.locator(f"#{editor_id}").get_by_text("Upload an image")
+    for _ in range(4):
+        empty.wait_for()  # the editor's drop zone is mounted and still empty
+        page.wait_for_timeout(500)  # a file set in the same frame as the mount is dropped
+        page.locator(f"#{editor_id} input[type=file]").set_input_files([])  # a repeat must be a change
         _upload(page, editor_id, path)
         try:
-            page.locator(f"#{editor_id}").get_by_text("Upload an image").wait_for(state="hidden", timeout=10_000)
+            empty.wait_for(state="hidden", timeout=10_000)
             return
         except PlaywrightTimeout:
             continue
