@@ -378,6 +378,9 @@ def test_batched_evaluation_edits_equal_one_case_at_a_time(tiny_backbones, tiny_
     assert not torch.allclose(together[0], together[2], atol=1e-3)
     from retouch.train.evaluate_multitask import InvertedStart, Unedited
 
+    # ours-single: a case whose tasks a stage does not touch passes that stage unchanged.
+    chained = run_model({"colour": model, "blur": model, "inpaint": model}, batch[:3], num_steps=3, seed=5)
+    torch.testing.assert_close(chained[2], run_model(model, batch[2:3], num_steps=3, seed=5)[0], atol=2e-5, rtol=1e-4)
     copied = run_model(Unedited(), batch, num_steps=1, seed=0)
     assert torch.equal(copied[0], batch[0].source) and torch.equal(copied[2], batch[2].source * batch[2].keep)
 

@@ -19,7 +19,7 @@ import torch
 
 from retouch.data.compositing import GRAIN_NAMES, MULTI_TASKS, iter_compositing
 from retouch.errors import RetouchError
-from retouch.methods.multitask import EditingVector, MultitaskModel, multitask_edit
+from retouch.methods.multitask import EditingVector, MultitaskModel
 from retouch.metrics import kid, l1, ssim
 
 SINGLE_TASKS = ("blur", "grain", "colour", "inpaint", "sharpen")
@@ -141,19 +141,23 @@ def edit_batch(model, images: torch.Tensor, batch: list[Case], vectors: list[Edi
 def run_model(model, batch: list[Case], *, num_steps: int, seed: int, chunk: int = 64) -> torch.Tensor:
     """Edit the cases: a multitask model or a pix2pix GAN in one pass each, or a dict task → single-task
     model applied in ``ORDER``, each stage on the previous stage's output (ours-single)."""
-    def in_chunks(m, images, vectors):
-        return torch.cat([edit_batch(m, images[k:k + chunk], batch[k:k + chunk], vectors[k:k + chunk],
-                                     num_steps=num_steps, seed=seed + k) for k in range(0, len(batch), chunk)])
+    def in_chunks(m, images, vectors, cases=batch):
+        return torch.cat([edit_batch(m, images[k:k + chunk], cases[k:k + chunk], vectors[k:k + chunk],
+                                     num_steps=num_steps, seed=seed + k) for k in range(0, len(cases), chunk)])
 
     images = torch.stack([c.source for c in batch])
     if not isinstance(model, dict):
         return in_chunks(model, images, [c.vector for c in batch])
     for task in ORDER:
         vectors = [single_task_vector(c.vector, task) for c in batch]
-        if any(any(v.active) for v in vectors):
-            if task not in model:
-                raise RetouchError(f"ours-single has no model for task '{task}'")
-            images = in_chunks(model[task], images, vectors)
+        active = [k for k, v in enumerate(vectors) if any(v.active)]  # the others skip this stage
+        if not active:
+            continue
+        if task not in model:
+            raise RetouchError(f"ours-single has no model for task '{task}'")
+        images = images.clone()
+        images[active] = in_chunks(model[task], images[active], [vectors[k] for k in active],
+                                   [batch[k] for k in active])
     return images
 
 
