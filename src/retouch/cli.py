@@ -85,13 +85,14 @@ def info() -> None:
 # retouch effects
 # ---------------------------------------------------------------------------------------------
 def _parse_sharpen(text: str | None) -> tuple[float, float] | None:
+    from retouch.effects import EFFECT_RANGES
     from retouch.effects.sharpen import parse_sharpen
 
     if text is None:
         return None
     amount, threshold = parse_sharpen(text)
-    check_range("--sharpen amount λ", amount, 0.0, 3.0)
-    check_range("--sharpen threshold μ", threshold, 0.0, 1.0)
+    check_range("--sharpen amount λ", amount, *EFFECT_RANGES["sharpen_amount"])
+    check_range("--sharpen threshold μ", threshold, *EFFECT_RANGES["sharpen_threshold"])
     return amount, threshold
 
 
@@ -112,11 +113,11 @@ def _parse_sharpen(text: str | None) -> tuple[float, float] | None:
               help="also write an input | output comparison strip here")
 def effects(image, output, blur, blur_angle, grain, reference, mask, sharpen, seed, compare) -> None:
     """Apply compositing effects to IMAGE in the fixed order blur → colour → sharpen → grain → mask."""
-    from retouch.effects import EffectsRecipe, apply_effects
+    from retouch.effects import EFFECT_RANGES, EffectsRecipe, apply_effects
     from retouch.imageio import load_image, load_map
 
-    check_range("--blur", blur, 0.0, 1.0)
-    check_range("--grain", grain, 1e-6, 0.5)
+    check_range("--blur", blur, *EFFECT_RANGES["blur"])
+    check_range("--grain", grain, *EFFECT_RANGES["grain"])
     sharpen_values = _parse_sharpen(sharpen)
     inputs = [p for p in (image, reference, mask) if p is not None]
     outputs = [p for p in (output, compare) if p is not None]

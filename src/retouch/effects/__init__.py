@@ -24,6 +24,10 @@ from retouch.effects.motion_blur import motion_blur, motion_blur_kernel
 from retouch.effects.sharpen import unsharp_mask
 
 GRAIN_RADII = (0.010, 0.025, 0.050, 0.075, 0.100)  # the radii the multitask paper renders (§4, Datasets)
+#: What the edges (CLI, web app) accept for each slider: wider than the paper's Table 1 ranges where the
+#: operator is still well defined (grain up to half a pixel, λ from 0, μ up to 1).
+EFFECT_RANGES = {"blur": (0.0, 1.0), "grain": (1e-6, 0.5), "sharpen_amount": (0.0, 3.0),
+                 "sharpen_threshold": (0.0, 1.0)}
 
 
 @dataclass
@@ -57,6 +61,6 @@ def apply_effects(image: np.ndarray, recipe: EffectsRecipe, *, grain_samples: in
 
 
 __all__ = [
-    "GRAIN_RADII", "EffectsRecipe", "apply_effects", "apply_inpainting_mask", "film_grain", "free_form_mask",
+    "EFFECT_RANGES", "GRAIN_RADII", "EffectsRecipe", "apply_effects", "apply_inpainting_mask", "film_grain", "free_form_mask",
     "lab_to_rgb", "motion_blur", "motion_blur_kernel", "reinhard_color_transfer", "rgb_to_lab", "unsharp_mask",
 ]
