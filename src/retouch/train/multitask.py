@@ -28,7 +28,9 @@ from retouch.methods.multitask import (
     MultitaskModel,
     MultitaskSpec,
     encode,
+    masked_input,
     multitask_loss,
+    reference_input,
 )
 from retouch.train.loop import LoopConfig, train
 
@@ -198,13 +200,12 @@ class LatentCache:
             for name in sorted(targets | {"source", "masked"}):
                 images = torch.stack([data.image("source" if name == "masked" else name, k)
                                       for k in range(len(data))])
-                if name == "masked":
-                    images = images * keep_all
+                if name == "masked":  # the inpainting input, masked as at inference
+                    images = masked_input(images, EditingVector(inpaint=True), keep_all)
                 self.latents[name] = torch.cat([encode(model, images[k:k + batch]).float()
                                                 for k in range(0, len(images), batch)])
             references = torch.stack([data.image("reference", k) for k in range(len(data))])
-            self.references = torch.nn.functional.interpolate(references, size=self.latents["source"].shape[-2:],
-                                                              mode="area")
+            self.references = reference_input(references, EditingVector(colour=True), self.latents["source"])
         self.params = data.params
 
     def batch(self, draws, labels: bool):
