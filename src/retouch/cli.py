@@ -171,10 +171,10 @@ def _method_options(command):
 
 
 @cli.command(context_settings={"max_content_width": 110})
-@click.argument("image", type=click.Path(dir_okay=False, path_type=Path))
-@click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path), required=True,
-              help="where to write the result (.png, .jpg, .webp)")
-@click.option("--method", "method_name", required=True, help="editing method (see `retouch info`)")
+@click.argument("image", type=click.Path(path_type=Path))
+@click.option("-o", "--output", type=click.Path(path_type=Path), required=True,
+              help="where to write the result (.png, .jpg, .webp); for a batch, the output folder")
+@click.option("--method", "method_name", help="editing method (see `retouch info`); a manifest row may give its own")
 @click.option("--model", default=None,
               help="tiny name, diffusers folder, .safetensors file or Hugging Face repo id (default: tiny-sd; "
                    "for --method multitask the shipped multitask model)")
@@ -190,12 +190,26 @@ def _method_options(command):
 @_method_options
 def edit(image, output, method_name, model, seed, device, dtype, allow_pickle, offline, size_policy, compare,
          **method_options) -> None:
-    """Edit IMAGE with a diffusion method and write the result to OUTPUT."""
+    """Edit IMAGE with a diffusion method and write the result to OUTPUT.
+
+    IMAGE may also be a folder of images or a .csv/.jsonl manifest, and OUTPUT a folder: a resumable
+    batch, one result per image, logged to OUTPUT/batch_log.jsonl (docs/batch.md).
+    """
     import torch
 
+    from retouch.batch import BatchSettings, edit_batch, is_batch_source
     from retouch.imageio import load_image
     from retouch.methods import edit_image, get_method, load_method_model, model_name
 
+    if is_batch_source(image):
+        if compare is not None:
+            raise RetouchError("--compare takes one image; a batch writes only the results")
+        given = {name: value for name, value in method_options.items() if value is not None and value != ()}
+        edit_batch(image, output, BatchSettings(method_name, model, seed, given, device, dtype, allow_pickle,
+                                                offline, size_policy))
+        return
+    if method_name is None:
+        raise RetouchError("missing --method; see `retouch info` for the methods")
     method = get_method(method_name)
     config = _method_config(method, seed, method_options)
     outputs = [p for p in (output, compare) if p is not None]
