@@ -118,45 +118,40 @@ def plan_manifest(manifest: Path, outdir: Path, settings: BatchSettings) -> list
 
 
 def _plan_row(index: int, row: dict | str, base: Path, outdir: Path, settings: BatchSettings) -> Item:
-    image = row.get("image") if isinstance(row, dict) else None
-    item = Item(index, base / image if isinstance(image, str) and image else Path(f"row {index + 1}"))
+    """The row's item, filled in as far as the row allows (so its log record names what it could)."""
+    from retouch.methods import get_method
+
+    item = Item(index, Path(f"row {index + 1}"))
     try:
         if isinstance(row, str):  # what the reader could not parse
             raise RetouchError(row)
-        item.image, item.output, item.method, item.model, item.seed, values = _row_fields(row, base, outdir,
-                                                                                           settings)
-        item.config = _config(item.method, settings.options, values, item.seed, base=base)
+        given = {key: value for key, value in row.items() if value is not None and value != ""}
+        if not isinstance(given.get("image"), str):
+            raise RetouchError("no image: every row needs an 'image' path (text)")
+        item.image = base / given.pop("image")
+        method_name = _typed("method", given.pop("method"), str) if "method" in given else settings.method
+        if method_name is None:
+            raise RetouchError("no method: give the row a 'method' or the command --method")
+        item.method = get_method(method_name)
+        item.model = _typed("model", given.pop("model"), str) if "model" in given else settings.model
+        item.output = _row_output(given.pop("output", None), item.image, outdir)
+        seed = _typed("seed", given.pop("seed"), int) if "seed" in given else settings.seed
+        kinds = _field_kinds(item.method.config_class)
+        unknown = sorted(set(given) - set(kinds))
+        if unknown:
+            hints = [f"'{key}' (did you mean '{key.replace('-', '_')}'?)" if key.replace("-", "_") in kinds
+                     else f"'{key}'" for key in unknown]
+            raise RetouchError(f"unknown key{'s' if len(unknown) > 1 else ''} {', '.join(hints)} for method "
+                               f"'{item.method.name}'; its keys: "
+                               + ", ".join((*ROW_KEYS, *sorted(set(kinds) - {"seed"}))))
+        values = {key: _typed(key, value, *kinds[key]) for key, value in given.items()}
+        item.config = _config(item.method, settings.options, values, seed, base=base)
         item.seed = getattr(item.config, "seed", None)
         item.inputs = (item.image, *_input_files(item.config))
         _check_item_output(item)
     except RetouchError as error:
         item.error = str(error)
     return item
-
-
-def _row_fields(row: dict, base: Path, outdir: Path, settings: BatchSettings):
-    from retouch.methods import get_method
-
-    given = {key: value for key, value in row.items() if value is not None and value != ""}
-    if not isinstance(given.get("image"), str):
-        raise RetouchError("no image: every row needs an 'image' path (text)")
-    method_name = _typed("method", given.pop("method"), str) if "method" in given else settings.method
-    if method_name is None:
-        raise RetouchError("no method: give the row a 'method' or the command --method")
-    method = get_method(method_name)
-    image = base / given.pop("image")
-    output = _row_output(given.pop("output", None), image, outdir)
-    model = _typed("model", given.pop("model"), str) if "model" in given else settings.model
-    seed = _typed("seed", given.pop("seed"), int) if "seed" in given else settings.seed
-    kinds = _field_kinds(method.config_class)
-    unknown = sorted(set(given) - set(kinds))
-    if unknown:
-        hints = [f"'{key}' (did you mean '{key.replace('-', '_')}'?)" if key.replace("-", "_") in kinds
-                 else f"'{key}'" for key in unknown]
-        raise RetouchError(f"unknown key{'s' if len(unknown) > 1 else ''} {', '.join(hints)} for method "
-                           f"'{method.name}'; its keys: {', '.join((*ROW_KEYS, *sorted(set(kinds) - {'seed'})))}")
-    values = {key: _typed(key, value, *kinds[key]) for key, value in given.items()}
-    return image, output, method, model, seed, values
 
 
 def _row_output(value, image: Path, outdir: Path) -> Path:
@@ -279,9 +274,10 @@ def _read_manifest(manifest: Path) -> list[dict | str]:
 
 
 def _check_item_output(item: Item) -> None:
+    """The output's format and folder; outputs that are inputs are :func:`check_plan`'s, for the whole batch."""
     from retouch.imageio import check_output_path
 
-    check_output_path(item.output, inputs=item.inputs, make_parents=True)
+    check_output_path(item.output, make_parents=True)
 
 
 def check_output_folder(outdir: Path) -> None:
@@ -441,14 +437,25 @@ def _device(device: str) -> str:
     return resolve_device(device)
 
 
+@dataclass(frozen=True)
+class _OneProcess:
+    process_index: int = 0
+    num_processes: int = 1
+    is_main_process: bool = True
+
+
 def _process_state():
+    """accelerate's process state when launched as several processes; otherwise accelerate is not touched
+    (its state is process-wide, and a plain run must not fix it for later users in the same process)."""
+    launched = int(os.environ.get("WORLD_SIZE", "1"))
+    if launched <= 1:
+        return _OneProcess()
     from accelerate import PartialState
     from accelerate.utils import parse_flag_from_env
 
     # As Accelerator() does: without cpu=True, processes on a machine without GPUs do not join.
     state = PartialState(cpu=parse_flag_from_env("ACCELERATE_USE_CPU"))
-    launched = int(os.environ.get("WORLD_SIZE", "1"))
-    if launched > 1 and state.num_processes == 1:
+    if state.num_processes == 1:
         # Each process would run the whole batch alone, all writing the same files and log.
         raise RetouchError(f"launched as {launched} processes (WORLD_SIZE) but accelerate runs "
                            f"{state.num_processes}; on CPUs set ACCELERATE_USE_CPU=1")
