@@ -176,6 +176,25 @@ def test_jsonl_rows_choose_their_method_share_one_model_and_fail_alone_on_bad_li
     assert not (tmp_path / "escape.png").exists()
 
 
+def test_a_rows_method_files_are_relative_to_the_manifest_and_never_overwritten(tmp_path, monkeypatch, capsys):
+    from retouch.batch import BatchSettings, plan_manifest
+
+    inputs = _photos(tmp_path / "in", names=("room", "sofa", "sofa_map"))
+    manifest = inputs / "edits.jsonl"
+    manifest.write_text(json.dumps({"image": "room.png", "method": "pixels", "exemplar": ["sofa.png"],
+                                    "map": "sofa_map.png"}) + "\n")
+    monkeypatch.chdir(tmp_path)  # not the manifest's folder
+    (item,) = plan_manifest(Path("in/edits.jsonl"), Path("out"), BatchSettings())
+    assert item.error is None
+    assert (item.config.exemplar, item.config.map) == (("in/sofa.png",), ("in/sofa_map.png",))
+    # An output onto an exemplar refuses the whole batch, before any work.
+    manifest.write_text(json.dumps({"image": "room.png", "output": "sofa.png", "method": "pixels",
+                                    "exemplar": "sofa.png", "map": "sofa_map.png"}) + "\n")
+    before = (inputs / "sofa.png").read_bytes()
+    _refused(tmp_path, capsys, [manifest, "-o", inputs], "refusing to overwrite input")
+    assert (inputs / "sofa.png").read_bytes() == before
+
+
 def _refused(tmp_path, capsys, args, expected):
     code, stdout, err = run_cli(["edit", *args], capsys)
     assert code == 1 and stdout == ""

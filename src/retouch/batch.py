@@ -180,7 +180,7 @@ def _config(method, cli_options: dict, row_values: dict, seed: int | None, *, ba
     if "seed" in names and seed is not None:
         values["seed"] = seed
     if base is not None and row_values:
-        files = set(_input_files(method.config_class(**values)))
+        files = set(getattr(method.config_class(**values), "input_files", tuple)())
         for key, value in row_values.items():
             if isinstance(value, str) and value in files:
                 values[key] = str(base / value)
