@@ -89,11 +89,13 @@ class Backbone:
     source: str = ""
     scheduler_config: dict = field(default_factory=dict)
     force_zeros_for_empty_prompt: bool = False
+    #: where computation happens when the modules are offloaded (retouch.memory.enable_cpu_offload)
+    execution_device: torch.device | None = None
 
     # ---- properties -----------------------------------------------------------------------
     @property
     def device(self) -> torch.device:
-        return self.unet.device
+        return self.execution_device if self.execution_device is not None else self.unet.device
 
     @property
     def dtype(self) -> torch.dtype:
