@@ -158,8 +158,11 @@ class HookedAttnProcessor:
     hook asks for the probabilities, so recording does not change the output beyond float rounding.
     """
 
-    def __init__(self, layer: AttentionLayer, hook: AttentionHook):
+    def __init__(self, layer: AttentionLayer, hook: AttentionHook, slice_size: int | None = None):
         self.layer, self.hook = layer, hook
+        #: rows of (batch × heads) attended at a time, as diffusers' ``SlicedAttnProcessor`` does; set when
+        #: the layer was sliced before the hook was installed, so hooking keeps the layer's memory bound
+        self.slice_size = slice_size
 
     def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, temb=None, **_):
         residual = hidden_states
@@ -191,13 +194,11 @@ class HookedAttnProcessor:
             key = attn.norm_k(key)
 
         if self.hook.wants_probabilities(self.layer):
-            scores = query @ key.transpose(-1, -2) * (1.0 / math.sqrt(head_dim))
-            if attention_mask is not None:
-                scores = scores + attention_mask
-            probabilities = self.hook.on_probabilities(self.layer, scores.softmax(dim=-1))
+            probabilities = _sliced(_softmax_scores, self.slice_size, query, key, attention_mask)
+            probabilities = self.hook.on_probabilities(self.layer, probabilities)
             out = probabilities.to(value.dtype) @ value  # (B, heads, queries, head_dim)
         else:
-            out = F.scaled_dot_product_attention(query, key, value, attn_mask=attention_mask)
+            out = _sliced(_fused_attention, self.slice_size, query, key, value, attention_mask)
         out = out.transpose(1, 2).reshape(batch, -1, attn.heads * head_dim).to(query.dtype)
         out = attn.to_out[1](attn.to_out[0](out))
         out = self.hook.on_output(self.layer, hidden_in, out)
@@ -207,6 +208,38 @@ class HookedAttnProcessor:
         if attn.residual_connection:
             out = out + residual
         return out / attn.rescale_output_factor
+
+
+def _softmax_scores(query, key, attention_mask):
+    scores = query @ key.transpose(-1, -2) * (1.0 / math.sqrt(query.shape[-1]))
+    if attention_mask is not None:
+        scores = scores + attention_mask
+    return scores.softmax(dim=-1)
+
+
+def _fused_attention(query, key, value, attention_mask):
+    return F.scaled_dot_product_attention(query, key, value, attn_mask=attention_mask)
+
+
+def _sliced(fn, slice_size: int | None, *tensors):
+    """``fn`` over (B, heads, …) tensors, ``slice_size`` rows of the flattened batch × heads at a time.
+
+    The recorded probabilities are still whole (the hook needs every map); slicing bounds the scores
+    computed at once, as diffusers' attention slicing does.
+    """
+    query = tensors[0]
+    batch, heads = query.shape[:2]
+    if slice_size is None or slice_size >= batch * heads:
+        return fn(*tensors)
+
+    def rows(x):
+        return None if x is None else x.expand(batch, heads, *x.shape[2:]).reshape(batch * heads, *x.shape[2:])
+
+    flat = [rows(x) for x in tensors]
+    parts = [fn(*(None if x is None else x[i:i + slice_size] for x in flat))
+             for i in range(0, batch * heads, slice_size)]
+    out = torch.cat(parts)
+    return out.view(batch, heads, *out.shape[1:])
 
 
 def attention_layers(unet) -> list[AttentionLayer]:
@@ -260,12 +293,16 @@ def layer_resolution(unet, layer: AttentionLayer, latent_size: tuple[int, int]) 
 
 @contextmanager
 def hooked_attention(unet, hook: AttentionHook, layers: list[AttentionLayer] | None = None) -> Iterator[AttentionHook]:
-    """Route ``layers`` (default: all) of ``unet`` through ``hook``; restore the processors on exit."""
+    """Route ``layers`` (default: all) of ``unet`` through ``hook``; restore the processors on exit.
+
+    A layer that was sliced (:func:`retouch.memory.enable_attention_slicing`) stays sliced while hooked.
+    """
     original = dict(unet.attn_processors)
     layers = attention_layers(unet) if layers is None else layers
     chosen = {layer.name + ".processor": layer for layer in layers}
     processors = {
-        key: HookedAttnProcessor(chosen[key], hook) if key in chosen else processor
+        key: HookedAttnProcessor(chosen[key], hook, getattr(processor, "slice_size", None)) if key in chosen
+        else processor
         for key, processor in original.items()
     }
     unet.set_attn_processor(processors)

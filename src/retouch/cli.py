@@ -187,9 +187,13 @@ def _method_options(command):
               help="how the input is fitted to the model's size multiple (undone on output)")
 @click.option("--compare", type=click.Path(dir_okay=False, path_type=Path),
               help="also write an input | output comparison strip here")
+@click.option("--attention-slicing", is_flag=True,
+              help="compute U-Net attention half the heads at a time (less GPU memory, a little slower)")
+@click.option("--cpu-offload", is_flag=True,
+              help="keep the model in host memory, moving each part to the GPU while it runs (no effect on cpu)")
 @_method_options
 def edit(image, output, method_name, model, seed, device, dtype, allow_pickle, offline, size_policy, compare,
-         **method_options) -> None:
+         attention_slicing, cpu_offload, **method_options) -> None:
     """Edit IMAGE with a diffusion method and write the result to OUTPUT.
 
     IMAGE may also be a folder of images or a .csv/.jsonl manifest, and OUTPUT a folder: a resumable
@@ -199,11 +203,13 @@ def edit(image, output, method_name, model, seed, device, dtype, allow_pickle, o
 
     from retouch.batch import BatchSettings, edit_batch, is_batch_source
     from retouch.imageio import load_image
-    from retouch.methods import edit_image, get_method, load_method_model, model_name
+    from retouch.methods import edit_image, get_method, load_method_model, model_name, resolve_device
 
     if is_batch_source(image):
         if compare is not None:
             raise RetouchError("--compare takes one image; a batch writes only the results")
+        if attention_slicing or cpu_offload:
+            raise RetouchError("--attention-slicing and --cpu-offload take one image for now; a batch does not use them")
         given = {name: value for name, value in method_options.items() if value is not None and value != ()}
         edit_batch(image, output, BatchSettings(method_name, model, seed, given, device, dtype, allow_pickle,
                                                 offline, size_policy))
@@ -217,8 +223,11 @@ def edit(image, output, method_name, model, seed, device, dtype, allow_pickle, o
     _check_outputs(outputs, inputs)
     source = load_image(image)
 
+    if cpu_offload and resolve_device(device) == "cpu":
+        click.echo("retouch: --cpu-offload does nothing on cpu: the model is in host memory already", err=True)
     backbone = load_method_model(method, model, device=device, dtype=getattr(torch, dtype),
-                                 allow_pickle=allow_pickle, offline=offline)
+                                 allow_pickle=allow_pickle, offline=offline,
+                                 attention_slicing="auto" if attention_slicing else None, cpu_offload=cpu_offload)
     started = time.perf_counter()
     with _progress(config, method.name) as progress:
         result = edit_image(method, backbone, source, config, size_policy=size_policy, progress=progress)

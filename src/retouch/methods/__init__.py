@@ -82,15 +82,28 @@ def model_name(method: Method, model: str | None) -> str:
 
 
 def load_method_model(method: Method, model: str | None = None, *, device: str = "auto", dtype=None,
-                      allow_pickle: bool = False, offline: bool | None = None):
-    """Load what ``method.edit`` runs on: a backbone, or the method's own model (``load_model``)."""
+                      allow_pickle: bool = False, offline: bool | None = None,
+                      attention_slicing: str | int | None = None, cpu_offload: bool = False):
+    """Load what ``method.edit`` runs on: a backbone, or the method's own model (``load_model``).
+
+    ``attention_slicing`` (``"auto"``, ``"max"`` or rows per slice) and ``cpu_offload`` are the memory
+    options of :mod:`retouch.memory`; offloading on a CPU-only run does nothing.
+    """
     import torch
 
+    from retouch import memory
     from retouch.backbone import load_backbone
 
     loader = method.load_model or load_backbone
-    return loader(model_name(method, model), device=resolve_device(device), dtype=dtype or torch.float32,
-                  allow_pickle=allow_pickle, offline=offline)
+    device = resolve_device(device)
+    offload = cpu_offload and torch.device(device).type != "cpu"
+    loaded = loader(model_name(method, model), device="cpu" if offload else device, dtype=dtype or torch.float32,
+                    allow_pickle=allow_pickle, offline=offline)
+    if attention_slicing is not None:
+        memory.enable_attention_slicing(loaded, attention_slicing)
+    if offload:
+        memory.enable_cpu_offload(loaded, device)
+    return loaded
 
 
 def edit_image(method: Method, model, image, config, *, size_policy: str = "resize", progress=None):
