@@ -416,3 +416,44 @@ def test_shipping_halves_the_unet_and_keeps_the_edits(tiny_backbones, tmp_path):
     vector = EditingVector(blur=0.4, sharpen=(2.0, 0.05))
     expected = multitask_edit(model, images, vector, num_steps=3)
     torch.testing.assert_close(multitask_edit(loaded, images, vector, num_steps=3), expected, atol=5e-3, rtol=0)
+
+
+def test_input_gain_is_a_reparametrisation_of_the_new_input_weights(tiny_backbones):
+    """Gain g with new-channel weights w/g computes exactly what gain 1 with w does (only learning speed differs)."""
+    torch.manual_seed(0)
+    plain = MultitaskModel.from_backbone(tiny_backbones["tiny-sd"], MultitaskSpec()).denoiser
+    gained = MultitaskModel.from_backbone(tiny_backbones["tiny-sd"], MultitaskSpec(input_gain=10.0)).denoiser
+    gained.mapping.load_state_dict(plain.mapping.state_dict())  # f_θ starts random: make the two equal
+    new = torch.randn_like(plain.unet.conv_in.weight.data[:, 4:]) * 0.1
+    plain.unet.conv_in.weight.data[:, 4:] = new
+    gained.unet.conv_in.weight.data[:, 4:] = new / 10.0
+    noisy, source = torch.randn(2, 4, 32, 32), torch.randn(2, 4, 32, 32)
+    small, c = torch.randn(2, 3, 32, 32), EditingVector(blur=0.5).as_tensor()[None].expand(2, -1)
+    t = torch.tensor([300, 700])
+    with torch.no_grad():
+        a, b = plain(noisy, t, source, small, c), gained(noisy, t, source, small, c)
+    assert torch.allclose(a, b, atol=1e-5)
+
+
+def test_v_space_loss_weights_the_epsilon_error_by_one_over_sqrt_alpha_bar(tiny_backbones):
+    torch.manual_seed(0)
+    model = MultitaskModel.from_backbone(tiny_backbones["tiny-sd"], MultitaskSpec())
+    schedule = NoiseSchedule.from_scheduler_config(model.scheduler_config)
+    latents, small = torch.randn(3, 4, 32, 32), torch.zeros(3, 3, 32, 32)
+    vectors = EditingVector(blur=0.3).as_tensor()[None].expand(3, -1)
+    # the same draws of t and ε as multitask_loss makes from this generator
+    draw = torch.Generator().manual_seed(5)
+    t = torch.randint(0, len(schedule.alphas_cumprod), (3,), generator=draw)
+    noise = torch.randn(latents.shape, generator=draw)
+    from retouch.sampling import add_noise
+    with torch.no_grad():
+        prediction = model.denoiser(add_noise(latents, noise, schedule.alphas_cumprod[t]), t, latents, small, vectors)
+        weights = schedule.alphas_cumprod[t].rsqrt()[:, None, None, None]
+        expected = ((prediction - noise).abs() * weights).mean()
+        got = multitask_loss(model.denoiser, schedule.alphas_cumprod, latents, latents, small, vectors,
+                             torch.Generator().manual_seed(5), loss_space="v")
+        plain = multitask_loss(model.denoiser, schedule.alphas_cumprod, latents, latents, small, vectors,
+                               torch.Generator().manual_seed(5))
+    assert torch.allclose(got, expected, rtol=1e-5) and got > plain
+    with pytest.raises(RetouchError, match="loss space"):
+        multitask_loss(model.denoiser, schedule.alphas_cumprod, latents, latents, small, vectors, loss_space="x")

@@ -421,6 +421,10 @@ def train_mini(stages, work_dir, export_dir, seed, vae_steps, decoder_steps, cli
               show_default=True, help="ours (C through f_θ into cross-attention) or Palette++ (all concatenated)")
 @click.option("--labels/--no-labels", default=True, show_default=True, help="binary task labels in C (ablation)")
 @click.option("--mapping-depth", type=int, default=2, show_default=True, help="linear layers in f_θ (0, 1, 2, 4)")
+@click.option("--loss-space", type=click.Choice(["epsilon", "v"]), default="epsilon", show_default=True,
+              help="where Eq. 2's error is measured: ε (the paper) or v (weights high-noise steps by 1/√ᾱ)")
+@click.option("--input-gain", type=float, default=1.0, show_default=True,
+              help="factor on the z_A/reference input channels: >1 makes their zero-initialised weights learn faster")
 @click.option("--tasks", default="blur,grain,colour,inpaint,sharpen", show_default=True,
               help="tasks to train on (one task: the 'ours-single' baseline)")
 @click.option("--n-pair", type=click.Choice(["bottleneck", "labels"]), default=None,
@@ -429,14 +433,16 @@ def train_mini(stages, work_dir, export_dir, seed, vae_steps, decoder_steps, cli
 @click.option("--mixed-precision", type=click.Choice(["no", "fp16", "bf16"]), default="no", show_default=True)
 @click.option("--seed", type=int, default=0, show_default=True)
 def train_multitask_command(data, output_dir, init, steps, batch, learning_rate, loss_p, architecture, conditioning,
-                            labels, mapping_depth, tasks, n_pair, n_pair_weight, mixed_precision, seed) -> None:
+                            labels, mapping_depth, loss_space, input_gain, tasks, n_pair, n_pair_weight, mixed_precision,
+                            seed) -> None:
     """Train the multi-task compositing model (multitask paper §3.2, §4.1) on a compositing dataset."""
     from retouch.train.multitask import MultitaskTrainConfig, train_multitask
 
     config = MultitaskTrainConfig(data=str(data), output_dir=output_dir, init=init, steps=steps, batch=batch,
                                   learning_rate=learning_rate, loss_p=loss_p, architecture=architecture,
                                   conditioning=conditioning,
-                                  labels=labels, mapping_depth=mapping_depth,
+                                  labels=labels, mapping_depth=mapping_depth, loss_space=loss_space,
+                                  input_gain=input_gain,
                                   tasks=tuple(t.strip() for t in tasks.split(",") if t.strip()),
                                   n_pair=n_pair, n_pair_weight=n_pair_weight, mixed_precision=mixed_precision,
                                   seed=seed)

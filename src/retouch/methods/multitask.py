@@ -106,6 +106,11 @@ class MultitaskSpec:
     mapping_depth: int = 2
     mapping_tokens: int = 1
     latent_channels: int = 4
+    #: Factor on the conditioning channels (z_A, reference, Palette++'s C maps) before the U-Net. The
+    #: weights reading them start at zero and Adam moves each weight by about the learning rate per
+    #: step whatever its gradient's size, so a gain g makes those channels learn g× faster (the
+    #: "equalised learning rate" of Karras et al. 2018). 1 is the paper's plain concatenation.
+    input_gain: float = 1.0
 
     @property
     def vector_size(self) -> int:
@@ -135,11 +140,14 @@ class MultitaskDenoiser(nn.Module):
         return self.mapping(vector)
 
     def forward(self, noisy, t, source_latents, reference_small, vector) -> torch.Tensor:
-        parts = [noisy, source_latents, reference_small.to(noisy.dtype)]
+        conditions = [source_latents.to(noisy.dtype), reference_small.to(noisy.dtype)]
         if self.spec.conditioning == "concat":
-            parts.append(vector[:, :, None, None].expand(-1, -1, *noisy.shape[-2:]).to(noisy.dtype))
+            conditions.append(vector[:, :, None, None].expand(-1, -1, *noisy.shape[-2:]).to(noisy.dtype))
+        conditions = torch.cat(conditions, dim=1)
+        if self.spec.input_gain != 1.0:
+            conditions = conditions * self.spec.input_gain
         context = self.context(vector.to(noisy.dtype))
-        return self.unet(torch.cat(parts, dim=1), t, encoder_hidden_states=context).sample
+        return self.unet(torch.cat([noisy, conditions], dim=1), t, encoder_hidden_states=context).sample
 
 
 def widen_conv_in(unet, in_channels: int):
@@ -283,12 +291,17 @@ def decode(model: MultitaskModel, latents: torch.Tensor) -> torch.Tensor:
 
 def multitask_loss(denoiser: MultitaskDenoiser, alphas_cumprod: torch.Tensor, target_latents, source_latents,
                    reference_small, vectors, generator: torch.Generator | None = None, p: float = 1.0,
-                   n_pair: str | None = None, n_pair_weight: float = 0.0):
+                   n_pair: str | None = None, n_pair_weight: float = 0.0, loss_space: str = "epsilon"):
     """Eq. 2: E ‖ε_θ(z_0^A, I_ref, C, z_t^B, t) − ε‖_p^p with t uniform, p = 1 by default (mean over elements).
 
     ``n_pair`` adds ``n_pair_weight`` × the N-pair loss of Eq. 3 (§5, Table 5) on the U-Net's bottleneck
     features (``"bottleneck"``, the paper's config A) or on the label features f_θ(C) (``"labels"``,
     config B), with the binary task labels of C as the classes.
+
+    ``loss_space="v"`` (not the paper's) measures the same ε prediction's error in v = √ᾱ ε − √(1−ᾱ) z_0
+    (Salimans & Ho 2022), i.e. weights |ε̂ − ε| by 1/√ᾱ_t: at ᾱ ≈ 0.007 (t ≈ 960) an ε error is a z_0
+    error ~12× larger, and plain ε loss barely rewards reading z_A there, so sampling from noise commits
+    to a wrong scene in its first steps (docs/multitask.md).
     """
     from retouch.sampling import add_noise
 
@@ -304,7 +317,12 @@ def multitask_loss(denoiser: MultitaskDenoiser, alphas_cumprod: torch.Tensor, ta
     finally:
         if handle is not None:
             handle.remove()
-    loss = (prediction.float() - noise.float()).abs().pow(p).mean()
+    error = (prediction.float() - noise.float()).abs()
+    if loss_space == "v":
+        error = error / alphas_cumprod[t].to(error).sqrt()[:, None, None, None]
+    elif loss_space != "epsilon":
+        raise RetouchError(f"loss space must be epsilon or v; got {loss_space!r}")
+    loss = error.pow(p).mean()
     if n_pair is None or n_pair_weight == 0:
         return loss
     if not denoiser.spec.labels:

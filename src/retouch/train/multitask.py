@@ -49,6 +49,8 @@ class MultitaskTrainConfig:
     conditioning: str = "cross-attention"  # or "concat" (Palette++)
     labels: bool = True  # binary task labels in C (ablation: False)
     mapping_depth: int = 2  # f_θ depth (ablation: 0, 1, 2, 4)
+    loss_space: str = "epsilon"  # "v": the ε error weighted by 1/√ᾱ_t (multitask_loss; not in the paper)
+    input_gain: float = 1.0  # MultitaskSpec.input_gain: >1 speeds up learning to read z_A (not in the paper)
     tasks: tuple[str, ...] = TASKS  # train a single-task model ("ours-single") with one task
     architecture: str = "diffusion"  # or "pix2pix" (the GAN baseline, methods/pix2pix_gan.py)
     n_pair: str | None = None  # Eq. 3 on "bottleneck" (config A) or "labels" (config B) features
@@ -58,8 +60,11 @@ class MultitaskTrainConfig:
     seed: int = 0
 
     def validate(self) -> None:
-        if self.steps < 1 or self.batch < 1 or not self.learning_rate > 0 or not self.loss_p > 0:
-            raise RetouchError("--steps, --batch, --learning-rate and --loss-p must be positive")
+        if (self.steps < 1 or self.batch < 1 or not self.learning_rate > 0 or not self.loss_p > 0
+                or not self.input_gain > 0):
+            raise RetouchError("--steps, --batch, --learning-rate, --loss-p and --input-gain must be positive")
+        if self.loss_space not in ("epsilon", "v"):
+            raise RetouchError(f"--loss-space must be epsilon or v; got {self.loss_space!r}")
         if self.architecture not in ("diffusion", "pix2pix"):
             raise RetouchError(f"--architecture must be diffusion or pix2pix; got {self.architecture!r}")
         if self.n_pair not in (None, "bottleneck", "labels"):
@@ -166,7 +171,7 @@ def _diffusion_parts(config: MultitaskTrainConfig, data: TrainingSet, backbone):
 
     backbone = backbone or load_backbone(config.init)
     spec = MultitaskSpec(conditioning=config.conditioning, labels=config.labels, mapping_depth=config.mapping_depth,
-                         latent_channels=backbone.unet.config.in_channels)
+                         latent_channels=backbone.unet.config.in_channels, input_gain=config.input_gain)
     model = MultitaskModel.from_backbone(backbone, spec)
     model.vae.requires_grad_(False).eval()
     schedule = NoiseSchedule.from_scheduler_config(model.scheduler_config)
@@ -181,7 +186,7 @@ def _diffusion_parts(config: MultitaskTrainConfig, data: TrainingSet, backbone):
         target_latents, source_latents, reference_small, vectors = batch
         loss = multitask_loss(denoiser, schedule.alphas_cumprod, target_latents, source_latents, reference_small,
                               vectors, generator, p=config.loss_p, n_pair=config.n_pair,
-                              n_pair_weight=config.n_pair_weight)
+                              n_pair_weight=config.n_pair_weight, loss_space=config.loss_space)
         return loss, {}
 
     return model, model.denoiser, make_example_batch, loss_fn
@@ -260,7 +265,8 @@ def export_checkpoint(run_dir: Path, step: int, output: Path, *, backbone=None) 
         raise RetouchError(f"no checkpoint at step {step} in '{run_dir}'")
     backbone = backbone or load_backbone(saved["init"])
     spec = MultitaskSpec(conditioning=saved["conditioning"], labels=saved["labels"],
-                         mapping_depth=saved["mapping_depth"], latent_channels=backbone.unet.config.in_channels)
+                         mapping_depth=saved["mapping_depth"], latent_channels=backbone.unet.config.in_channels,
+                         input_gain=saved.get("input_gain", 1.0))
     model = MultitaskModel.from_backbone(backbone, spec)
     model.denoiser.load_state_dict(load_file(str(weights)))
     model.save(Path(output))
