@@ -13,7 +13,7 @@ allocation events (RSS mostly shows the allocator's caching), and time.
 
 The peer is the same edit with fused attention (no slicing), run in the same process, interleaved
 round by round so drift hits both alike; the table gives slicing's time and memory as ratios to it.
-Multitask runs on its initialisation from the backbone (``MultitaskModel.from_backbone``; no SDXL).
+Multitask runs on its initialisation from the backbone (``MultitaskModel.from_backbone``).
 """
 
 from __future__ import annotations

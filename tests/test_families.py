@@ -51,7 +51,7 @@ def test_recipe_settings_are_the_method_defaults_with_the_family_changes():
     assert recipes.settings("pix2pix-zero", "sd21")["xa_guidance"] == 0.01  # ≤ 0.01 on SD 2.x
     assert recipes.settings("zerocon", "sd21")["xa_guidance"] == 0.01
     assert recipes.settings("sdedit", "sdxl") == {"num_steps": 50, "guidance_scale": 7.5, "strength": 0.5}
-    assert not recipes.supported("multitask", "sdxl") and recipes.supported("multitask", "sd21")
+    assert all(recipes.supported(name, key) for name in available_methods() for key in FAMILIES)
 
 
 def _parse_edit_command(args: list[str]) -> dict:
@@ -206,7 +206,7 @@ def _run(method, model, config, images):
 
 
 GUIDED = {"pix2pix-zero", "zerocon"}  # steered by gradients through the U-Net
-CASES = [(key, name) for key in FAMILIES for name in sorted(available_methods())]
+CASES = [(key, name) for key in FAMILIES for name in sorted(available_methods()) if recipes.supported(name, key)]
 
 
 @pytest.mark.parametrize("key, name", CASES)
@@ -222,12 +222,6 @@ def test_each_method_runs_on_each_family(families, tmp_path, monkeypatch, key, n
 
         model = MultitaskModel.from_backbone(backbone)
     images = _images()
-    if not recipes.supported(name, key):
-        # The recipe says so (today diffusers raises a TypeError: no added_cond_kwargs); this test fails
-        # when the method learns the family, and the recipe must then say it is supported.
-        with pytest.raises((TypeError, ValueError)):
-            _run(method, model, config, images)
-        return
     first = _run(method, model, config, images)
     assert first.shape == images.shape and torch.isfinite(first).all()
     assert first.abs().max() < 1e3
@@ -238,3 +232,37 @@ def test_each_method_runs_on_each_family(families, tmp_path, monkeypatch, key, n
     else:
         assert torch.equal(again, first)  # deterministic given the seed
 
+
+
+def test_sdxl_multitask_conditions_on_the_image_size_without_text(families, tmp_path):
+    from retouch.methods.multitask import MultitaskModel
+
+    model = MultitaskModel.from_backbone(families["sdxl"][1])
+    denoiser = model.denoiser
+    latents = torch.randn(2, 4, 8, 8, generator=torch.Generator().manual_seed(0))
+    inputs = (latents, torch.tensor([500, 500]), torch.randn(2, 4, 8, 8), torch.zeros(2, 3, 8, 8),
+              torch.rand(2, denoiser.spec.vector_size))
+    added = denoiser.added_conditioning(latents)
+    pooled = tiny_configs(FAMILIES["sdxl"])[2][1][1]["projection_dim"]
+    assert torch.equal(added["text_embeds"], torch.zeros(2, pooled))
+    assert torch.equal(added["time_ids"], torch.tensor([[64.0, 64, 0, 0, 64, 64]] * 2))  # 8 latent cells × 8
+    with torch.no_grad():
+        base = denoiser(*inputs)
+        denoiser.vae_factor = 16  # the same latents said to come from a 128² image
+        other_size = denoiser(*inputs)
+        denoiser.vae_factor = 8
+        # saved and loaded, the factor comes back from the VAE (multitask.json does not store it)
+        model.save(tmp_path / "mt")
+        reloaded = MultitaskModel.load(tmp_path / "mt").denoiser(*inputs)
+    assert (base - other_size).abs().max() > 1e-4
+    torch.testing.assert_close(reloaded, base, atol=1e-5, rtol=0)
+
+
+def test_multitask_refuses_a_unet_it_cannot_condition(families):
+    from retouch.errors import RetouchError
+    from retouch.methods.multitask import MultitaskDenoiser, MultitaskModel
+
+    denoiser = MultitaskModel.from_backbone(families["sdxl"][1]).denoiser
+    denoiser.unet.register_to_config(addition_embed_type="image")
+    with pytest.raises(RetouchError, match="'image'"):
+        MultitaskDenoiser(denoiser.unet, denoiser.mapping, denoiser.spec)

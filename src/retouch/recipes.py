@@ -69,11 +69,10 @@ RECIPES: dict[str, MethodRecipe] = {r.method: r for r in (
                  example=_EXEMPLAR),
     MethodRecipe("multitask", ("num_steps", "start"), "an LDM text-to-image model (trained on one A10, 24 GB)",
                  components=("unet (widened to 11 input channels)", "vae", "f_θ"),
-                 unsupported={"sdxl": "the multitask denoiser calls the U-Net without SDXL's pooled text and "
-                                      "time-id conditioning"},
                  example=("--blur", "0.3", "--grain", "0.05"),
                  notes="a checkpoint is the init of `retouch train multitask --init MODEL`; `edit` then loads the "
-                       "trained folder (no classifier-free guidance)"),
+                       "trained folder (no classifier-free guidance); on SDXL the pooled text embedding is zero "
+                       "and the time ids are the image size, uncropped"),
 )}
 
 

@@ -125,14 +125,18 @@ class MultitaskSpec:
 class MultitaskDenoiser(nn.Module):
     """ε_θ(z_0^A, I_ref, C, z_t^B, t): the U-Net with widened input and its conditioning (Fig. 1)."""
 
-    def __init__(self, unet, mapping: MappingNetwork, spec: MultitaskSpec):
+    def __init__(self, unet, mapping: MappingNetwork, spec: MultitaskSpec, vae_factor: int = 8):
+        """``vae_factor``: pixels per latent cell along a side (SDXL's size conditioning is in pixels)."""
         super().__init__()
         if spec.conditioning not in CONDITIONINGS:
             raise RetouchError(f"unknown conditioning {spec.conditioning!r}; choose from {', '.join(CONDITIONINGS)}")
         if unet.config.in_channels != spec.input_channels:
             raise RetouchError(f"the U-Net takes {unet.config.in_channels} input channels; this model needs "
                                f"{spec.input_channels}")
-        self.unet, self.mapping, self.spec = unet, mapping, spec
+        if unet.config.addition_embed_type not in (None, "text_time"):
+            raise RetouchError("the multitask denoiser conditions U-Nets with no added embedding (SD 1.x/2.x) or "
+                               f"SDXL's text_time; this one has {unet.config.addition_embed_type!r}")
+        self.unet, self.mapping, self.spec, self.vae_factor = unet, mapping, spec, vae_factor
 
     def context(self, vector: torch.Tensor) -> torch.Tensor:
         if self.spec.conditioning == "concat":  # Palette++: nothing through cross-attention
@@ -147,7 +151,22 @@ class MultitaskDenoiser(nn.Module):
         if self.spec.input_gain != 1.0:
             conditions = conditions * self.spec.input_gain
         context = self.context(vector.to(noisy.dtype))
-        return self.unet(torch.cat([noisy, conditions], dim=1), t, encoder_hidden_states=context).sample
+        return self.unet(torch.cat([noisy, conditions], dim=1), t, encoder_hidden_states=context,
+                         added_cond_kwargs=self.added_conditioning(noisy)).sample
+
+    def added_conditioning(self, latents: torch.Tensor) -> dict | None:
+        """SDXL's added conditioning (Podell et al. 2023, §2.2) for a model without text.
+
+        The pooled text embedding is zero, so the added embedding carries only the micro-conditioning
+        time ids (H, W, 0, 0, H, W) in pixels: original size = target size, no crop.
+        """
+        config = self.unet.config
+        if config.addition_embed_type != "text_time":
+            return None
+        pooled_size = config.projection_class_embeddings_input_dim - 6 * config.addition_time_embed_dim
+        height, width = (side * self.vae_factor for side in latents.shape[-2:])
+        time_ids = latents.new_tensor([height, width, 0, 0, height, width]).expand(latents.shape[0], -1)
+        return {"text_embeds": latents.new_zeros(latents.shape[0], pooled_size), "time_ids": time_ids}
 
 
 def widen_conv_in(unet, in_channels: int):
@@ -195,8 +214,7 @@ class MultitaskModel:
     @property
     def size_multiple(self) -> int:
         """Image sides must be multiples of this: the VAE's factor times the U-Net's downsamplings."""
-        vae_factor = 2 ** (len(self.vae.config.block_out_channels) - 1)
-        return vae_factor * 2 ** (len(self.denoiser.unet.config.block_out_channels) - 1)
+        return self.denoiser.vae_factor * 2 ** (len(self.denoiser.unet.config.block_out_channels) - 1)
 
     @classmethod
     def from_backbone(cls, backbone, spec: MultitaskSpec | None = None) -> "MultitaskModel":
@@ -205,7 +223,8 @@ class MultitaskModel:
         unet = widen_conv_in(backbone.unet, spec.input_channels)
         mapping = MappingNetwork(spec.vector_size, unet.config.cross_attention_dim, spec.mapping_depth,
                                  spec.mapping_tokens)
-        return cls(backbone.vae, MultitaskDenoiser(unet, mapping, spec), dict(backbone.scheduler_config))
+        return cls(backbone.vae, MultitaskDenoiser(unet, mapping, spec, backbone.vae_scale_factor),
+                   dict(backbone.scheduler_config))
 
     def save(self, folder: Path) -> None:
         from safetensors.torch import save_file
@@ -239,7 +258,8 @@ class MultitaskModel:
         mapping = MappingNetwork(spec.vector_size, unet.config.cross_attention_dim, spec.mapping_depth,
                                  spec.mapping_tokens)
         mapping.load_state_dict({k: v for k, v in weights.items() if k != "_empty"})
-        return cls(vae, MultitaskDenoiser(unet, mapping.to(device).eval(), spec), meta["scheduler"])
+        vae_factor = 2 ** (len(vae.config.block_out_channels) - 1)  # as Backbone.vae_scale_factor
+        return cls(vae, MultitaskDenoiser(unet, mapping.to(device).eval(), spec, vae_factor), meta["scheduler"])
 
 
 # ---------------------------------------------------------------------------------------------
