@@ -147,10 +147,11 @@ def edit_by_caption(backbone, images01, captions: list[str], make_run: Callable,
 
 def _load_builtin_methods() -> None:
     # Each module registers its methods on import: SDEdit, PIXELS and its latent-surgery baselines,
-    # pix2pix-zero, zeroCon, the word-swap baselines and the multitask compositing model.
+    # pix2pix-zero, zeroCon, the word-swap baselines, DiffEdit and the multitask compositing model.
     from retouch.methods import (  # noqa: F401
         ddim_swap,
         ddpm_inversion,
+        diffedit,
         exemplar_baselines,
         multitask,
         pix2pix_zero,
