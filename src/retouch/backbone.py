@@ -227,6 +227,29 @@ class Backbone:
         return path
 
 
+def widen_conv_in(unet, in_channels: int):
+    """A copy of ``unet`` taking ``in_channels`` inputs; the new input channels start with zero weights.
+
+    So the widened network initially computes what the pretrained one does on z_t alone (the multitask paper §3.2,
+    InstructPix2Pix, the MCDM §3.3: conditioning images concatenated to z_t, the U-Net initialised from a
+    pretrained text-to-image model).
+    """
+    from diffusers import UNet2DConditionModel
+
+    config = dict(unet.config)
+    old = config["in_channels"]
+    if in_channels < old:
+        raise RetouchError(f"cannot narrow a U-Net from {old} to {in_channels} input channels")
+    config["in_channels"] = in_channels
+    wide = UNet2DConditionModel.from_config(config)
+    state = unet.state_dict()
+    weight = state["conv_in.weight"]
+    state["conv_in.weight"] = torch.cat([weight, weight.new_zeros(weight.shape[0], in_channels - old,
+                                                                   *weight.shape[2:])], dim=1)
+    wide.load_state_dict(state)
+    return wide.to(weight.device, weight.dtype)
+
+
 # ---------------------------------------------------------------------------------------------
 # Building from diffusers pipelines
 # ---------------------------------------------------------------------------------------------

@@ -28,6 +28,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from retouch.backbone import widen_conv_in  # noqa: F401  (re-exported: the multitask tests and callers import it here)
 from retouch.errors import RetouchError
 
 TASKS = ("blur", "grain", "colour", "inpaint", "sharpen")  # e1..e5, the paper's label order (§4.1)
@@ -167,28 +168,6 @@ class MultitaskDenoiser(nn.Module):
         height, width = (side * self.vae_factor for side in latents.shape[-2:])
         time_ids = latents.new_tensor([height, width, 0, 0, height, width]).expand(latents.shape[0], -1)
         return {"text_embeds": latents.new_zeros(latents.shape[0], pooled_size), "time_ids": time_ids}
-
-
-def widen_conv_in(unet, in_channels: int):
-    """A copy of ``unet`` taking ``in_channels`` inputs; the new input channels start with zero weights.
-
-    So the widened network initially computes what the pretrained one does on z_t alone (§3.2: "the
-    denoising U-Net is initialized from a pretrained text-to-image model").
-    """
-    from diffusers import UNet2DConditionModel
-
-    config = dict(unet.config)
-    old = config["in_channels"]
-    if in_channels < old:
-        raise RetouchError(f"cannot narrow a U-Net from {old} to {in_channels} input channels")
-    config["in_channels"] = in_channels
-    wide = UNet2DConditionModel.from_config(config)
-    state = unet.state_dict()
-    weight = state["conv_in.weight"]
-    state["conv_in.weight"] = torch.cat([weight, weight.new_zeros(weight.shape[0], in_channels - old,
-                                                                   *weight.shape[2:])], dim=1)
-    wide.load_state_dict(state)
-    return wide.to(weight.device, weight.dtype)
 
 
 @dataclass
