@@ -143,6 +143,34 @@ def test_release_layout_and_single_file_load_as_the_family(families, key):
     assert type(from_folder.text_encoders[-1]).__name__ == family.text_encoders[-1][0]
 
 
+def test_original_layout_single_file_loads_as_the_model(tmp_path):
+    # An SD 1.5 checkpoint as CompVis / Stability publish it (ldm key names, one file, no configs),
+    # written by our own converter, read by diffusers' converter through load_backbone offline.
+    from safetensors.torch import save_file
+
+    from original_layout import sd15_state_dict
+
+    original = random_backbone("sd15", seed=1)
+    generator = torch.Generator().manual_seed(1)
+    with torch.no_grad():  # no two weights alike (fresh norms are all ones), so a swapped name shows
+        for module in (original.unet, original.vae, original.text_encoders[0]):
+            for weight in module.parameters():
+                weight.add_(0.05 * torch.randn(weight.shape, generator=generator))
+    folder = save_release_layout(original, "sd15", tmp_path / "release")
+    state = sd15_state_dict(original)
+    assert not any("down_blocks" in k or "mid_block" in k or "up_blocks" in k for k in state)
+    save_file(state, str(tmp_path / "sd15.safetensors"))
+    loaded = load_backbone(tmp_path / "sd15.safetensors", config=folder, offline=True)  # a Path config works too
+    for name in ("unet", "vae"):
+        expected = getattr(original, name).state_dict()
+        assert getattr(loaded, name).state_dict().keys() == expected.keys()
+        assert all(torch.equal(v, expected[k]) for k, v in getattr(loaded, name).state_dict().items())
+    latents = torch.randn(1, 4, 8, 8, generator=torch.Generator().manual_seed(0))
+    for a, b in zip(_outputs(loaded, latents), _outputs(original, latents)):
+        a, b = (a.hidden_states, b.hidden_states) if isinstance(a, Conditioning) else (a, b)
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=0)
+
+
 def test_sd15_folder_lists_a_safety_checker_retouch_never_loads(families, tmp_path):
     import json
 

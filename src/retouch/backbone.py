@@ -497,7 +497,7 @@ def _load_original_checkpoint(path: Path, *, config: str | None, offline: bool) 
     pipeline_cls = StableDiffusionXLPipeline if sdxl else StableDiffusionPipeline
     kwargs: dict[str, Any] = {"local_files_only": offline}
     if config is not None:
-        kwargs["config"] = config
+        kwargs["config"] = str(config)  # diffusers takes a str only, not a Path
     if not sdxl:
         kwargs.update(safety_checker=None, requires_safety_checker=False)
     try:
