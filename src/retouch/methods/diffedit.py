@@ -20,8 +20,8 @@ implementation ``tests/test_diffedit.py`` checks parity against):
   (one step noisier), so its last step leaves x at the lowest grid timestep outside the mask instead
   of x₀. We pair equal noise levels as the paper's ỹ_t does; outside the mask the result is then
   exactly the input's latent x₀.
-- diffusers encodes with the source prompt and classifier-free guidance (7.5 by default); we encode
-  unconditionally, as §3.2 step 2 says.
+- diffusers' ``invert`` encodes with the prompt it is given (its example: the source caption) and
+  classifier-free guidance 7.5 by default; we encode unconditionally, as §3.2 step 2 says.
 - diffusers predicts the mask's noises with guidance. With one null branch for both prompts,
   ε̃(Q) − ε̃(R) = s·(ε(Q) − ε(R)), and the rescaling below divides s out, so we use unguided
   predictions: the same mask for half the U-Net passes.
