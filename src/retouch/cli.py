@@ -451,6 +451,43 @@ def train_multitask_command(data, output_dir, init, steps, batch, learning_rate,
                f"({report['samples_per_second']:.1f} samples/s); model in {Path(output_dir) / 'final'}")
 
 
+@train.command("portrait")
+@click.option("--data", type=click.Path(file_okay=False, path_type=Path), required=True,
+              help="a pairs dataset from `retouch data pairs` (kept train-split pairs are used)")
+@click.option("--output-dir", default="out/train-portrait", show_default=True,
+              help="checkpoints (resumable) and the trained model in final/")
+@click.option("--init", default="mini", show_default=True, help="pretrained backbone the MCDM starts from")
+@click.option("--image-encoder", default="mini-judge", show_default=True,
+              help="CLIP_im of c_im: a local CLIP-style folder, or mini-judge")
+@click.option("--steps", type=int, default=2000, show_default=True)
+@click.option("--batch", type=int, default=16, show_default=True)
+@click.option("--learning-rate", type=float, default=1e-4, show_default=True)
+@click.option("--identity-rate", type=float, default=0.05, show_default=True,
+              help="share of rows replaced by identity pairs (p_b→p_a, x_B→x_A; §3.3)")
+@click.option("--dropout", type=float, default=0.2, show_default=True,
+              help="probability of dropping each of c_s, c_im, c_p, independently (§3.3)")
+@click.option("--spatial/--no-spatial", default=True, show_default=True, help="c_s = E(x_A) at the input (ablation)")
+@click.option("--image-embedding/--no-image-embedding", default=True, show_default=True,
+              help="c_im tokens in cross-attention (ablation)")
+@click.option("--scratch", is_flag=True, help="random U-Net initialisation instead of the pretrained one (ablation)")
+@click.option("--input-gain", type=float, default=1.0, show_default=True,
+              help="factor on c_s: >1 makes its zero-initialised input weights learn faster (not in the paper)")
+@click.option("--mixed-precision", type=click.Choice(["no", "fp16", "bf16"]), default="no", show_default=True)
+@click.option("--seed", type=int, default=0, show_default=True)
+def train_portrait_command(data, output_dir, init, image_encoder, steps, batch, learning_rate, identity_rate, dropout,
+                           spatial, image_embedding, scratch, input_gain, mixed_precision, seed) -> None:
+    """Train the Multi-Conditioned Diffusion Model (portrait paper §3.3) on generated pairs."""
+    from retouch.train.portrait import PortraitTrainConfig, train_portrait
+
+    config = PortraitTrainConfig(data=str(data), output_dir=output_dir, init=init, image_encoder=image_encoder,
+                                 steps=steps, batch=batch, learning_rate=learning_rate, identity_rate=identity_rate,
+                                 dropout=dropout, spatial=spatial, image_embedding=image_embedding, scratch=scratch,
+                                 input_gain=input_gain, mixed_precision=mixed_precision, seed=seed)
+    _, report = train_portrait(config)
+    click.echo(f"trained {report['steps']} steps on {report['pairs']} pairs in {report['seconds'] / 60:.1f} min "
+               f"({report['samples_per_second']:.1f} samples/s); model in {Path(output_dir) / 'final'}")
+
+
 @train.command("distill")
 @click.option("--edit", default="red->blue", show_default=True,
               help="attribute edit on mini-world scenes, SOURCE->TARGET")
@@ -609,6 +646,61 @@ def data_compositing(output: Path, images, world_scenes, dead_leaves, photos, cr
             bar.close()
     counts = ", ".join(f"{split_name} {n}" for split_name, n in summary["counts"].items())
     click.echo(f"wrote {output}: {counts}")
+
+
+@data.command("pairs")
+@click.option("-o", "--out", "output", type=click.Path(path_type=Path), required=True,
+              help="new folder for left/, right/, rejected/, manifest.jsonl and dataset.json")
+@click.option("--direction", required=True, help="edit direction: striped (plain → striped) or hat (none → hat)")
+@click.option("--count", type=int, default=64, show_default=True, help="pairs to make (kept or not)")
+@click.option("--source", default="generate", show_default=True,
+              help="generate (side-by-side diffusion, Eq. 2) or renderer (the world's ground-truth pairs)")
+@click.option("--model", default="mini", show_default=True, help="backbone that generates (tiny name, folder, file)")
+@click.option("--steps", type=int, default=25, show_default=True, help="DDIM steps")
+@click.option("--guidance-scale", type=float, default=5.0, show_default=True, help="CFG scale of each ε̃ in Eq. 2")
+@click.option("--strengths", default="0.5,0.5,0.5", show_default=True, help="s_d,s_a,s_b of Eq. 2")
+@click.option("--seed", type=int, default=0, show_default=True, help="world seed and base of the noise seeds")
+@click.option("--split", default="train", show_default=True, help="world split of the pairs: train, val or test")
+@click.option("--batch", type=int, default=8, show_default=True, help="pairs per denoising batch")
+@click.option("--device", default="auto", show_default=True, help="cpu, cuda, cuda:1, … or auto")
+@click.option("--overwrite", is_flag=True, help="replace an existing pairs dataset in the output folder")
+@click.pass_context
+def data_pairs(ctx, output: Path, direction, count, source, model, steps, guidance_scale, strengths, seed, split, batch,
+               device, overwrite) -> None:
+    """Paired data for the portrait paper's MCDM (§3.2): one side-by-side denoising per pair, filtered."""
+    import torch
+
+    from retouch.data.pairs import PairGuidance, PairsConfig, build_pairs_dataset
+
+    if source == "renderer":
+        given = [f"--{name.replace('_', '-')}" for name in ("model", "steps", "guidance_scale", "strengths")
+                 if ctx.get_parameter_source(name) is not click.core.ParameterSource.DEFAULT]
+        if given:
+            raise RetouchError(f"{', '.join(given)} only apply to --source generate")
+    try:
+        s_d, s_a, s_b = (float(part) for part in strengths.split(","))
+    except ValueError:
+        raise RetouchError(f"--strengths takes three comma-separated numbers s_d,s_a,s_b; got {strengths!r}") from None
+    device = ("cuda" if torch.cuda.is_available() else "cpu") if device == "auto" else device
+    config = PairsConfig(direction=direction, count=count, source=source, model=model, steps=steps, seed=seed,
+                         split=split, guidance=PairGuidance(guidance_scale, s_d, s_a, s_b), batch=batch,
+                         device=device, overwrite=overwrite)
+    from tqdm.auto import tqdm
+
+    bars = []  # opened on the first finished batch, so a refused build prints only its error line
+
+    def progress(done, total):
+        if not bars:
+            bars.append(tqdm(total=total, desc="pairs", unit="pair", file=sys.stderr))
+        bars[0].update(done - bars[0].n)
+
+    try:
+        summary = build_pairs_dataset(config, output, progress)
+    finally:
+        for bar in bars:
+            bar.close()
+    click.echo(f"wrote {output}: {summary['pairs']} {split} pairs ({direction}, {source}), kept {summary['kept']} "
+               f"({100 * summary['kept_fraction']:.0f} %)")
 
 
 @cli.command("world")

@@ -147,7 +147,7 @@ def edit_by_caption(backbone, images01, captions: list[str], make_run: Callable,
 
 def _load_builtin_methods() -> None:
     # Each module registers its methods on import: SDEdit, PIXELS and its latent-surgery baselines,
-    # pix2pix-zero, zeroCon, the word-swap baselines, DiffEdit and the multitask compositing model.
+    # pix2pix-zero, zeroCon, the word-swap baselines, DiffEdit, the multitask compositing model and the MCDM.
     from retouch.methods import (  # noqa: F401
         ddim_swap,
         ddpm_inversion,
@@ -156,6 +156,7 @@ def _load_builtin_methods() -> None:
         multitask,
         pix2pix_zero,
         pixels,
+        portrait,
         prompt_to_prompt,
         sdedit,
         zerocon,
