@@ -457,3 +457,13 @@ def test_v_space_loss_weights_the_epsilon_error_by_one_over_sqrt_alpha_bar(tiny_
     assert torch.allclose(got, expected, rtol=1e-5) and got > plain
     with pytest.raises(RetouchError, match="loss space"):
         multitask_loss(model.denoiser, schedule.alphas_cumprod, latents, latents, small, vectors, loss_space="x")
+
+
+def test_a_v_prediction_init_still_samples_as_epsilon(tiny_backbones):
+    """Eq. 2 trains an ε-predictor even from SD 2.1 (a v-predictor), so sampling must read ε."""
+    from dataclasses import replace
+
+    base = tiny_backbones["tiny-sd"]
+    v_init = replace(base, scheduler_config={**dict(base.scheduler_config), "prediction_type": "v_prediction"})
+    model = MultitaskModel.from_backbone(v_init, MultitaskSpec())
+    assert NoiseSchedule.from_scheduler_config(model.scheduler_config).prediction_type == "epsilon"

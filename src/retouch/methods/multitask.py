@@ -202,8 +202,9 @@ class MultitaskModel:
         unet = widen_conv_in(backbone.unet, spec.input_channels)
         mapping = MappingNetwork(spec.vector_size, unet.config.cross_attention_dim, spec.mapping_depth,
                                  spec.mapping_tokens)
-        return cls(backbone.vae, MultitaskDenoiser(unet, mapping, spec, backbone.vae_scale_factor),
-                   dict(backbone.scheduler_config))
+        # Eq. 2 trains ε_θ, whatever the init predicted (SD 2.1: v), so sampling must read ε.
+        scheduler_config = {**dict(backbone.scheduler_config), "prediction_type": "epsilon"}
+        return cls(backbone.vae, MultitaskDenoiser(unet, mapping, spec, backbone.vae_scale_factor), scheduler_config)
 
     def save(self, folder: Path) -> None:
         from safetensors.torch import save_file
