@@ -142,7 +142,7 @@ def test_training_lowers_the_loss_and_saves_a_loadable_model(tiny_backbones, tmp
     torch.manual_seed(0)
     source = images(4)
     pairs = PairSet(source, source.flip(-1), ["striped"] * 4)
-    config = PortraitTrainConfig(data="", output_dir=str(tmp_path / "run"), steps=30, batch=4, learning_rate=1e-3,
+    config = PortraitTrainConfig(data=(), output_dir=str(tmp_path / "run"), steps=30, batch=4, learning_rate=1e-3,
                                  image_encoder="", ema_decay=None)
     model, report = train_portrait(config, backbone=tiny_backbones["tiny-sd"], pairs=pairs, progress=False)
     losses = [loss for _step, loss in report["losses"]]
@@ -196,3 +196,29 @@ def test_scratch_init_and_bad_input(tiny_backbones):
         PortraitConfig().validate()
     with pytest.raises(RetouchError, match="not a portrait"):
         PortraitModel.load(base.source or "/nonexistent")
+
+
+def test_read_pairs_keeps_the_kept_rows_of_the_split_and_joins_directions(tmp_path):
+    import json
+
+    from PIL import Image
+
+    from retouch.train.portrait import read_pairs
+
+    rows = []
+    for k, (kept, split) in enumerate([(True, "train"), (False, "train"), (True, "test"), (True, "train")]):
+        for side in ("left", "right"):
+            (tmp_path / side).mkdir(exist_ok=True)
+            Image.fromarray(np.full((8, 8, 3), 10 * k + (side == "right"), np.uint8)).save(tmp_path / side / f"{k}.png")
+        rows.append({"index": k, "split": split, "direction": "hat", "kept": kept, "left": f"left/{k}.png",
+                     "right": f"right/{k}.png"})
+    (tmp_path / "manifest.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    pairs = read_pairs(tmp_path)
+    assert len(pairs.directions) == 2
+    assert torch.allclose((pairs.sources[:, 0, 0, 0] + 1) / 2 * 255, torch.tensor([0.0, 30.0]), atol=1e-3)
+    assert torch.allclose((pairs.targets[:, 0, 0, 0] + 1) / 2 * 255, torch.tensor([1.0, 31.0]), atol=1e-3)
+    assert len(PairSet.join([pairs, pairs]).directions) == 4
+    with pytest.raises(RetouchError, match="not a pairs dataset"):
+        read_pairs(tmp_path / "left")
+    with pytest.raises(RetouchError, match="no kept pairs"):
+        read_pairs(tmp_path, split="val")

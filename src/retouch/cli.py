@@ -452,8 +452,9 @@ def train_multitask_command(data, output_dir, init, steps, batch, learning_rate,
 
 
 @train.command("portrait")
-@click.option("--data", type=click.Path(file_okay=False, path_type=Path), required=True,
-              help="a pairs dataset from `retouch data pairs` (kept train-split pairs are used)")
+@click.option("--data", type=click.Path(file_okay=False, path_type=Path), required=True, multiple=True,
+              help="a pairs dataset from `retouch data pairs` (kept train-split pairs are used); repeat for "
+                   "several edit directions")
 @click.option("--output-dir", default="out/train-portrait", show_default=True,
               help="checkpoints (resumable) and the trained model in final/")
 @click.option("--init", default="mini", show_default=True, help="pretrained backbone the MCDM starts from")
@@ -479,7 +480,8 @@ def train_portrait_command(data, output_dir, init, image_encoder, steps, batch, 
     """Train the Multi-Conditioned Diffusion Model (portrait paper §3.3) on generated pairs."""
     from retouch.train.portrait import PortraitTrainConfig, train_portrait
 
-    config = PortraitTrainConfig(data=str(data), output_dir=output_dir, init=init, image_encoder=image_encoder,
+    config = PortraitTrainConfig(data=tuple(str(d) for d in data), output_dir=output_dir, init=init,
+                                 image_encoder=image_encoder,
                                  steps=steps, batch=batch, learning_rate=learning_rate, identity_rate=identity_rate,
                                  dropout=dropout, spatial=spatial, image_embedding=image_embedding, scratch=scratch,
                                  input_gain=input_gain, mixed_precision=mixed_precision, seed=seed)

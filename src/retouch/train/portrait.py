@@ -34,7 +34,7 @@ from retouch.train.loop import LoopConfig, train
 
 @dataclass
 class PortraitTrainConfig:
-    data: str
+    data: tuple[str, ...]  # pairs datasets, e.g. one per edit direction
     output_dir: str = "out/train-portrait"
     init: str = "mini"  # a backbone name, folder or file (load_backbone)
     image_encoder: str = SHIPPED_JUDGE_NAME  # CLIP_im: a local CLIP-style folder, "mini-judge", or "" for none
@@ -68,6 +68,13 @@ class PairSet:
     sources: torch.Tensor  # (N, 3, H, W)
     targets: torch.Tensor
     directions: list[str]
+
+    @staticmethod
+    def join(sets: list["PairSet"]) -> "PairSet":
+        if not sets:
+            raise RetouchError("no pairs dataset given (--data)")
+        return PairSet(torch.cat([s.sources for s in sets]), torch.cat([s.targets for s in sets]),
+                       [d for s in sets for d in s.directions])
 
 
 def read_pairs(folder: Path, split: str | None = "train", only_kept: bool = True) -> PairSet:
@@ -146,7 +153,7 @@ def train_portrait(config: PortraitTrainConfig, *, backbone=None, pairs: PairSet
     output = Path(config.output_dir)
     output.mkdir(parents=True, exist_ok=True)
     (output / "run_config.json").write_text(json.dumps(asdict(config), indent=2))
-    pairs = pairs if pairs is not None else read_pairs(Path(config.data))
+    pairs = pairs if pairs is not None else PairSet.join([read_pairs(Path(folder)) for folder in config.data])
     backbone = (backbone or load_backbone(config.init)).eval()
     spec = PortraitSpec(directions=dict(config.directions), spatial=config.spatial,
                         image_embedding=config.image_embedding, image_tokens=config.image_tokens,
