@@ -186,18 +186,29 @@ class Backbone:
         return self.vae.decode(latents).sample
 
     # ---- the denoiser ----------------------------------------------------------------------
-    def denoise(self, latents: torch.Tensor, t: int | torch.Tensor, cond: Conditioning) -> torch.Tensor:
-        """The raw network output (ε, v or x₀ per ``schedule.prediction_type``)."""
-        added = None
-        if self.family == "sdxl":
-            time_ids = cond.time_ids
-            if time_ids is None:
-                size = [s * self.vae_scale_factor for s in latents.shape[-2:]]
-                time_ids = torch.tensor([size + [0, 0] + size], dtype=latents.dtype, device=latents.device)
-                time_ids = time_ids.expand(latents.shape[0], -1)
-            added = {"text_embeds": cond.pooled, "time_ids": time_ids}
+    def added_conditions(self, latents: torch.Tensor, cond: Conditioning) -> dict | None:
+        """SDXL's ``added_cond_kwargs`` (pooled text, micro-conditioning time ids); None for SD 1.x/2.x."""
+        if self.family != "sdxl":
+            return None
+        time_ids = cond.time_ids
+        if time_ids is None:
+            size = [s * self.vae_scale_factor for s in latents.shape[-2:]]
+            time_ids = torch.tensor([size + [0, 0] + size], dtype=latents.dtype, device=latents.device)
+            time_ids = time_ids.expand(latents.shape[0], -1)
+        return {"text_embeds": cond.pooled, "time_ids": time_ids}
+
+    def denoise(self, latents: torch.Tensor, t: int | torch.Tensor, cond: Conditioning,
+                residuals: tuple | None = None) -> torch.Tensor:
+        """The raw network output (ε, v or x₀ per ``schedule.prediction_type``).
+
+        ``residuals`` = (down-block residuals, mid-block residual) of a ControlNet (Zhang et al. 2023),
+        added to the U-Net's skip connections and middle block.
+        """
+        down, mid = residuals if residuals is not None else (None, None)
         return self.unet(
-            latents, t, encoder_hidden_states=cond.hidden_states, added_cond_kwargs=added
+            latents, t, encoder_hidden_states=cond.hidden_states,
+            added_cond_kwargs=self.added_conditions(latents, cond),
+            down_block_additional_residuals=down, mid_block_additional_residual=mid,
         ).sample
 
     # ---- persistence -----------------------------------------------------------------------
