@@ -100,14 +100,16 @@ class World:
         rest = int(index) % 100
         return "train" if rest < SPLIT_BOUNDS[0] else "val" if rest < SPLIT_BOUNDS[1] else "test"
 
-    def pair(self, index: int, change: dict | None = None) -> tuple[SceneSpec, SceneSpec, RenderedScene, PairCaptions]:
+    def pair(self, index: int, change: dict | None = None,
+             **fixed_attributes) -> tuple[SceneSpec, SceneSpec, RenderedScene, PairCaptions]:
         """Side-by-side pair ``index``: (left spec, right spec, rendering (H, 2W), prompts).
 
-        The same single object on both halves over one background; ``change`` alters the right side.
+        The same single object on both halves over one background; ``change`` alters the right side and
+        ``fixed_attributes`` (e.g. ``pattern="plain"``) fix the left object (see :func:`sample_pair`).
         Pairs come from their own seed stream, so pair ``i`` is unrelated to scene ``i``.
         """
         rng = np.random.default_rng([self.seed, int(index), 1])
-        left, right = sample_pair(rng, change)
+        left, right = sample_pair(rng, change, **fixed_attributes)
         return left, right, render_pair(left, right, self.size), pair_caption(left, right)
 
 
