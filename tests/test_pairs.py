@@ -203,11 +203,12 @@ def test_cli_writes_a_dataset_with_a_manifest(tmp_path, capsys, loaded_judge):
 
     generated = tmp_path / "striped"
     code, _, err = run_cli(["data", "pairs", "--direction", "striped", "--count", "1", "--model", "tiny-sd",
-                            "--steps", "1", "--split", "val", "--seed", "3", "--out", generated], capsys)
+                            "--steps", "1", "--split", "val", "--seed", "3", "--guidance-scale", "3",
+                            "--strengths", "0.4,0.6,0.7", "--out", generated], capsys)
     assert code == 0, err
     (row,) = [json.loads(line) for line in (generated / "manifest.jsonl").read_text().splitlines()]
     assert row["split"] == "val" == World.split(row["index"]) and row["seeds"] == {"world": 3, "noise": 3_000_009 + 90}
-    assert row["strengths"] == {"guidance_scale": 5.0, "s_d": 0.5, "s_a": 0.5, "s_b": 0.5, "steps": 1}
+    assert row["strengths"] == {"guidance_scale": 3.0, "s_d": 0.4, "s_a": 0.6, "s_b": 0.7, "steps": 1}
     assert "striped" in row["prompts"]["target"] and row["scene"]["left"]["objects"][0]["pattern"] == "plain"
 
     code, _, _ = run_cli(["data", "pairs", "--direction", "hat", "--count", "2", "--source", "renderer",
@@ -227,6 +228,7 @@ def test_cli_refuses_bad_input_with_one_line(tmp_path, capsys, loaded_judge):
         (["--direction", "hat", "--source", "generate", "--strengths", "0.5,0.5"], "--strengths"),
         (["--direction", "hat", "--source", "renderer", "--steps", "3"], "--steps"),
         (["--direction", "hat", "--count", "0"], "--count"),
+        (["--direction", "hat", "--source", "generate", "--model", tmp_path / "no-model"], "not found"),
         (["--direction", "hat", "--out", existing], "already exists"),
         (["--direction", "hat", "--out", existing, "--overwrite"], "not a pairs dataset"),
     ):

@@ -406,11 +406,6 @@ def build_pairs_dataset(config: PairsConfig, output: Path, progress=None, *, bac
     config.validate()
     output = Path(output)
     _check_output(output, config.overwrite)
-    if judge is None:
-        from retouch.backbone import MINI_DIR
-        from retouch.metrics import TransformersCLIPJudge
-
-        judge = TransformersCLIPJudge(MINI_DIR / "judge", device=config.device)
     size = 64
     if config.source == "generate":
         if backbone is None:
@@ -418,6 +413,11 @@ def build_pairs_dataset(config: PairsConfig, output: Path, progress=None, *, bac
 
             backbone = load_backbone(config.model, device=config.device)
         size = backbone.unet.config.sample_size * backbone.vae_scale_factor
+    if judge is None:
+        from retouch.backbone import MINI_DIR
+        from retouch.metrics import TransformersCLIPJudge
+
+        judge = TransformersCLIPJudge(MINI_DIR / "judge", device=config.device)
     world = World(seed=config.seed, size=size)
     change, fixed = DIRECTIONS[config.direction]
     indices = split_indices(config.split, config.count)
