@@ -89,13 +89,14 @@ def test_documented_command_lines_parse_into_the_recipe(tmp_path, monkeypatch):
             lines = recipes.commands(name, family.key)
             params = _parse_edit_command(lines[-1])
             assert params["dtype"] == family.recommended_dtype
-            assert params["model"] == ("mt/final" if name == "multitask" else family.repo_id)
+            trained = recipes.TRAINED.get(name)
+            assert params["model"] == (f"{trained}/final" if trained else family.repo_id)
             _recipe_config(get_method(name), family.key)
-            if name == "multitask":
-                from retouch.cli import train_multitask_command
+            if trained:
+                from retouch.cli import train
 
-                train = train_multitask_command.make_context("multitask", lines[0][3:]).params
-                assert train["init"] == family.repo_id
+                command = train.get_command(None, name)
+                assert command.make_context(name, lines[0][3:]).params["init"] == family.repo_id
 
 
 # ---------------------------------------------------------------------------------------------
@@ -249,6 +250,11 @@ def test_each_method_runs_on_each_family(families, tmp_path, monkeypatch, key, n
         from retouch.methods.multitask import MultitaskModel
 
         model = MultitaskModel.from_backbone(backbone)
+    if name == "portrait":
+        from retouch.methods.portrait import PortraitModel, PortraitSpec
+
+        torch.manual_seed(0)
+        model = PortraitModel.from_backbone(backbone, PortraitSpec(), None)
     images = _images()
     first = _run(method, model, config, images)
     assert first.shape == images.shape and torch.isfinite(first).all()

@@ -73,7 +73,23 @@ RECIPES: dict[str, MethodRecipe] = {r.method: r for r in (
                  notes="a checkpoint is the init of `retouch train multitask --init MODEL`; `edit` then loads the "
                        "trained folder (no classifier-free guidance); on SDXL the pooled text embedding is zero "
                        "and the time ids are the image size, uncropped"),
+    MethodRecipe("diffedit", ("num_steps", "guidance_scale", "strength", "mask_strength", "mask_draws",
+                              "mask_threshold"), "Stable Diffusion (DiffEdit; the MCDM paper's baseline)",
+                 example=_WORD_SWAP),
+    MethodRecipe("portrait", ("num_steps", "spatial_scale", "image_scale", "text_scale", "mask_guidance"),
+                 "Stable Diffusion, version not stated (MCDM §3.3)",
+                 components=("unet (widened to 8 input channels)", "vae", "text encoders", "tokenizers",
+                             "c_im MLP", "CLIP image encoder"),
+                 example=("--edit", "striped"),
+                 notes="a checkpoint is the init of `retouch train portrait --init MODEL` (CLIP_im: a local CLIP "
+                       "folder, e.g. openai/clip-vit-large-patch14, as `--image-encoder`); `edit` then loads the "
+                       "trained folder; the weights column counts the CLIP image tower as ViT-L/14's 304 M"),
 )}
+
+#: Methods whose model is trained from the checkpoint first: method → its output folder in the commands.
+TRAINED = {"multitask": "mt", "portrait": "mcdm"}
+#: CLIP ViT-L/14's image tower (the MCDM's CLIP_im on real checkpoints), weights and embedding width.
+CLIP_IMAGE_PARAMETERS, CLIP_IMAGE_WIDTH = 303_966_976, 768
 
 
 def recipe_for(method_name: str) -> MethodRecipe:
@@ -103,6 +119,8 @@ def supported(method_name: str, family_key: str) -> bool:
 def method_parameters(method_name: str, family_key: str) -> int:
     """Weights a method holds for family ``family_key`` (all components; multitask: its widened U-Net + VAE + f_θ)."""
     counts = parameter_counts(family_key)
+    if method_name == "portrait":
+        return _portrait_parameters(family_key, counts)
     if method_name != "multitask":
         return sum(counts.values())
     import torch
@@ -116,17 +134,33 @@ def method_parameters(method_name: str, family_key: str) -> int:
     return counts["unet"] + counts["vae"] + widened + sum(p.numel() for p in mapping.parameters())
 
 
+def _portrait_parameters(family_key: str, counts: dict) -> int:
+    """The backbone, c_s's 4 extra input channels, the c_im MLP and a ViT-L/14 image tower."""
+    import torch
+
+    from retouch.methods.portrait import ImageEmbeddingMLP, PortraitSpec
+
+    unet = FAMILIES[family_key].unet
+    spec = PortraitSpec(clip_dim=CLIP_IMAGE_WIDTH, latent_channels=unet["in_channels"])
+    widened = spec.latent_channels * unet["block_out_channels"][0] * 3 * 3
+    with torch.device("meta"):
+        mlp = ImageEmbeddingMLP(spec, unet["cross_attention_dim"])
+    return sum(counts.values()) + widened + sum(p.numel() for p in mlp.parameters()) + CLIP_IMAGE_PARAMETERS
+
+
 def commands(method_name: str, family_key: str) -> list[list[str]]:
     """Example command lines (argument lists) running the method on the family's reference checkpoint.
 
-    Multitask first trains from the checkpoint (``retouch train multitask`` writes ``OUTPUT_DIR/final``).
+    Multitask and the MCDM first train from the checkpoint (``retouch train …`` writes ``OUTPUT_DIR/final``).
     """
     family, recipe = FAMILIES[family_key], recipe_for(method_name)
     lines, model = [], family.repo_id
-    if method_name == "multitask":
-        lines.append(["retouch", "train", "multitask", "--data", "DATA", "--init", model, "--output-dir", "mt",
+    if method_name in TRAINED:
+        folder = TRAINED[method_name]
+        data = ["--data", "DATA"] if method_name == "multitask" else ["--data", "PAIRS", "--image-encoder", "CLIP_FOLDER"]
+        lines.append(["retouch", "train", method_name, *data, "--init", model, "--output-dir", folder,
                       "--mixed-precision", "bf16" if family.recommended_dtype == "bfloat16" else "fp16"])
-        model = "mt/final"
+        model = f"{folder}/final"
     args = ["retouch", "edit", "in.png", "-o", "out.png", "--method", method_name, "--model", model,
             "--dtype", family.recommended_dtype, *recipe.example]
     for name, value in recipe.overrides.get(family_key, {}).items():

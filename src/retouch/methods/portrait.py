@@ -252,14 +252,10 @@ def source_conditions(model: PortraitModel, images: torch.Tensor) -> tuple[torch
 
 
 def added_conditioning(backbone, latents: torch.Tensor, pooled, time_ids):
-    """SDXL's added conditioning (pooled text + size time ids) or None for SD 1.x/2.x."""
-    if backbone.family != "sdxl":
-        return None
-    if time_ids is None:
-        size = [s * backbone.vae_scale_factor for s in latents.shape[-2:]]
-        time_ids = torch.tensor([size + [0, 0] + size], dtype=latents.dtype, device=latents.device)
-        time_ids = time_ids.expand(latents.shape[0], -1)
-    return {"text_embeds": pooled, "time_ids": time_ids}
+    """SDXL's added conditioning (pooled text + size time ids) for these rows, or None for SD 1.x/2.x."""
+    from retouch.backbone import Conditioning
+
+    return backbone.added_conditions(latents, Conditioning(None, pooled, time_ids))
 
 
 def draw_dropout(batch: int, generator: torch.Generator, probability: float = 0.2) -> torch.Tensor:
