@@ -29,6 +29,7 @@ import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from retouch.distributed import process_state
 from retouch.errors import RetouchError
 
 #: Files of a folder batch: what Pillow reads. Other files (and hidden ones, such as the temporary
@@ -332,7 +333,7 @@ def edit_batch(source: Path, outdir: Path, settings: BatchSettings) -> dict:
     """
     import click
 
-    state = _process_state()
+    state = process_state()
     try:
         check_output_folder(outdir)
         if source.is_dir():
@@ -431,35 +432,10 @@ def _device(device: str) -> str:
     """``auto`` under several processes is each process's own device (cuda:r, or cpu under gloo)."""
     from retouch.methods import resolve_device
 
-    state = _process_state()
+    state = process_state()
     if device == "auto" and state.num_processes > 1:
         return str(state.device)
     return resolve_device(device)
-
-
-@dataclass(frozen=True)
-class _OneProcess:
-    process_index: int = 0
-    num_processes: int = 1
-    is_main_process: bool = True
-
-
-def _process_state():
-    """accelerate's process state when launched as several processes; otherwise accelerate is not touched
-    (its state is process-wide, and a plain run must not fix it for later users in the same process)."""
-    launched = int(os.environ.get("WORLD_SIZE", "1"))
-    if launched <= 1:
-        return _OneProcess()
-    from accelerate import PartialState
-    from accelerate.utils import parse_flag_from_env
-
-    # As Accelerator() does: without cpu=True, processes on a machine without GPUs do not join.
-    state = PartialState(cpu=parse_flag_from_env("ACCELERATE_USE_CPU"))
-    if state.num_processes == 1:
-        # Each process would run the whole batch alone, all writing the same files and log.
-        raise RetouchError(f"launched as {launched} processes (WORLD_SIZE) but accelerate runs "
-                           f"{state.num_processes}; on CPUs set ACCELERATE_USE_CPU=1")
-    return state
 
 
 def _record(item: Item, status: str, error: str | None, seconds: float, rank: int) -> dict:
