@@ -5,6 +5,9 @@ and once as one process taking both shards (the doubled batch). The loss is a pe
 averages the gradients, so with equal shards both compute the gradient of the global mean: the runs
 agree mathematically. They agree to float tolerance, not bitwise: the all-reduce sums two half-batch
 means where the single process reduces over the whole batch, so the rounding differs.
+
+A real training command (``retouch train portrait`` on tiny-sd) runs under the same launch: every
+process trains, the first alone writes the run's files (config, final model, report).
 """
 
 from __future__ import annotations
@@ -110,3 +113,88 @@ def test_a_launch_accelerate_does_not_join_is_refused(tmp_path, monkeypatch):
         train(model, lambda m, b, g: (m(b).sum(), {}), lambda step, rank, world: torch.ones(1, 2),
               LoopConfig(output_dir=str(tmp_path / "run"), max_steps=2), batch_size=1, progress=False)
     assert not (tmp_path / "run").exists()
+
+
+# Loaded by every Python process of a launch (as sitecustomize): an audit hook (PEP 578) that logs each
+# write-like call under $RETOUCH_WRITES_ROOT with the process's id, so the test sees who wrote what without
+# patching retouch. Safetensors writes in Rust, unseen, but every folder it writes into also gets JSON.
+WRITE_AUDIT = '''
+import os
+import sys
+
+_ROOT, _LOG = os.environ["RETOUCH_WRITES_ROOT"], os.environ["RETOUCH_WRITES_LOG"]
+_EVENTS = ("open", "os.rename", "os.remove", "shutil.rmtree", "os.mkdir")
+
+
+def _log_writes(event, args):
+    if event not in _EVENTS:
+        return
+    if event == "open" and not (args[1] and set(args[1]) & set("wax+")
+                                or args[1] is None and args[2] & (os.O_WRONLY | os.O_RDWR)):
+        return
+    if not isinstance(args[0], (str, bytes, os.PathLike)):
+        return
+    path = os.path.abspath(os.fsdecode(args[0]))
+    if path.startswith(_ROOT + os.sep):
+        log = os.open(_LOG, os.O_WRONLY | os.O_APPEND | os.O_CREAT)
+        os.write(log, f"{os.getpid()} {event} {path}\\n".encode())
+        os.close(log)
+
+
+sys.addaudithook(_log_writes)
+'''
+
+
+def test_a_training_command_under_two_processes_writes_the_run_files_once(tmp_path):
+    """`retouch train portrait` under two processes: each writes its own checkpoint shard, the first alone
+    writes run_config.json, the final model and report.json, and the model loads."""
+    import numpy as np
+    from PIL import Image
+
+    from retouch.methods.portrait import PortraitModel
+
+    data, out, audit = tmp_path / "pairs", tmp_path / "run", tmp_path / "audit"
+    rng = np.random.default_rng(0)
+    rows = []
+    for k in range(4):
+        for side in ("left", "right"):
+            (data / side).mkdir(parents=True, exist_ok=True)
+            Image.fromarray(rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)).save(data / side / f"{k}.png")
+        rows.append({"index": k, "split": "train", "direction": "striped", "left": f"left/{k}.png",
+                     "right": f"right/{k}.png"})
+    (data / "manifest.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    audit.mkdir()
+    (audit / "sitecustomize.py").write_text(WRITE_AUDIT)
+    log = tmp_path / "writes.log"
+    launch = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+              "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
+              "--main_process_ip", "127.0.0.1", "--main_process_port", str(_free_port()),
+              "-m", "retouch.cli", "train", "portrait", "--data", str(data), "--init", "tiny-sd",
+              "--image-encoder", "", "--steps", "3", "--batch", "2", "--output-dir", str(out)]
+    env = _env(ACCELERATE_USE_CPU="1", HF_HOME=str(tmp_path / "hf-home"), RETOUCH_WRITES_ROOT=str(out),
+               RETOUCH_WRITES_LOG=str(log),
+               PYTHONPATH=os.pathsep.join(filter(None, (str(audit), os.environ.get("PYTHONPATH")))))
+    run = subprocess.run(launch, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=300)
+    assert run.returncode == 0, run.stdout
+
+    writers: dict[str, set[str]] = {}  # path under the run → ids of the processes that wrote it
+    for line in log.read_text().splitlines():
+        pid, _event, path = line.split(" ", 2)
+        writers.setdefault(Path(path).relative_to(out).as_posix(), set()).add(pid)
+    in_checkpoints = set().union(*(w for p, w in writers.items() if p.split("/")[0] == "checkpoints"))
+    run_files = {p: w for p, w in writers.items() if p.split("/")[0] != "checkpoints"}
+    assert len(in_checkpoints) == 2  # the hook sees both processes write (each its own random states)
+    assert {"run_config.json", "report.json", "final/portrait.json", "final/backbone/unet/config.json"} \
+        <= set(run_files)
+    assert len(set().union(*run_files.values())) == 1, run_files  # but only one write the run's files
+
+    report = json.loads((out / "report.json").read_text())
+    assert report["steps"] == 3 and report["pairs"] == 4 and [s for s, _ in report["losses"]] == [3]
+    assert json.loads((out / "run_config.json").read_text())["batch"] == 2
+    # The final model is the trained one, whole: the EMA weights of the last checkpoint.
+    loaded = PortraitModel.load(out / "final")
+    ema = torch.load(out / "checkpoints" / "step-3" / "custom_checkpoint_0.pkl", weights_only=False)
+    weights = list(loaded.denoiser.parameters())
+    assert len(weights) == len(ema["shadow_params"])
+    for final, shadow in zip(weights, ema["shadow_params"]):
+        torch.testing.assert_close(final, shadow)

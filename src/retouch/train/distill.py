@@ -27,6 +27,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from retouch.distributed import is_main_process, wait_for_everyone
 from retouch.errors import RetouchError
 from retouch.train.loop import LoopConfig, train
 
@@ -165,11 +166,19 @@ def cached_pairs(backbone, world, config: DistillConfig) -> tuple[PairSet, float
 
     Collection is the slow part (one full pix2pix-zero edit per pair); caching lets the filter
     thresholds and the translator's training change without redoing it. Returns (pairs, seconds per
-    pair when they were collected).
+    pair when they were collected). Under ``accelerate launch`` the first process collects and writes
+    them and the others read them back, so every process trains on the same pairs.
     """
-    import time
+    cached = None
+    if is_main_process():
+        cached = _read_pairs(config) or _collect_and_write_pairs(backbone, world, config)
+    wait_for_everyone()
+    return cached or _read_pairs(config)
 
-    from safetensors.torch import load_file, save_file
+
+def _read_pairs(config: DistillConfig) -> tuple[PairSet, float] | None:
+    """The cached pairs, or None when there are none for this config's key."""
+    from safetensors.torch import load_file
 
     out = Path(config.output_dir)
     tensors, meta = out / "pairs.safetensors", out / "pairs.json"
@@ -179,14 +188,23 @@ def cached_pairs(backbone, world, config: DistillConfig) -> tuple[PairSet, float
             data = load_file(str(tensors))
             return PairSet(data["inputs"], data["edited"], data["masks"], info["sources"], info["targets"]), \
                 info["seconds_per_pair"]
+    return None
+
+
+def _collect_and_write_pairs(backbone, world, config: DistillConfig) -> tuple[PairSet, float]:
+    import time
+
+    from safetensors.torch import save_file
+
+    out = Path(config.output_dir)
     started = time.perf_counter()
     pairs = collect_pairs(backbone, world, config)
     seconds = (time.perf_counter() - started) / len(pairs.sources)
     out.mkdir(parents=True, exist_ok=True)
     save_file({"inputs": pairs.inputs.contiguous(), "edited": pairs.edited.contiguous(),
-               "masks": pairs.masks.contiguous()}, str(tensors))
-    meta.write_text(json.dumps({"key": _pairs_key(config), "sources": pairs.sources, "targets": pairs.targets,
-                                "seconds_per_pair": seconds}))
+               "masks": pairs.masks.contiguous()}, str(out / "pairs.safetensors"))
+    (out / "pairs.json").write_text(json.dumps({"key": _pairs_key(config), "sources": pairs.sources,
+                                                "targets": pairs.targets, "seconds_per_pair": seconds}))
     return pairs, seconds
 
 
@@ -200,8 +218,9 @@ def distill(backbone, judge, world, config: DistillConfig) -> dict:
     report = {"config": asdict(config), "pairs_collected": len(keep), "pairs_kept": int(keep.sum()),
               "collect_seconds_per_pair": collect_seconds, "score_quantiles_10_50_90": summary}
     out = Path(config.output_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "distill.json").write_text(json.dumps(report, indent=2))
+    if is_main_process():  # under `accelerate launch` the first process writes the run's files
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "distill.json").write_text(json.dumps(report, indent=2))
     if int(keep.sum()) < 2:
         raise RetouchError(f"only {int(keep.sum())} of {len(keep)} pairs pass the filter (judge-score rise ≥ "
                            f"{config.clip_increase:g}, change inside the object ≥ {config.inside_fraction:g}; "
@@ -211,16 +230,20 @@ def distill(backbone, judge, world, config: DistillConfig) -> dict:
     # Training resumes from translator/checkpoints; checkpoints made on another set of pairs are stale.
     kept_record = out / "translator" / "kept.json"
     kept_rows = keep.nonzero().flatten().tolist()
-    if kept_record.is_file() and json.loads(kept_record.read_text()) != kept_rows:
-        import shutil
+    if is_main_process():
+        if kept_record.is_file() and json.loads(kept_record.read_text()) != kept_rows:
+            import shutil
 
-        shutil.rmtree(out / "translator", ignore_errors=True)
-    kept_record.parent.mkdir(parents=True, exist_ok=True)
-    kept_record.write_text(json.dumps(kept_rows))
+            shutil.rmtree(out / "translator", ignore_errors=True)
+        kept_record.parent.mkdir(parents=True, exist_ok=True)
+        kept_record.write_text(json.dumps(kept_rows))
+    wait_for_everyone()  # no process may resume from a stale checkpoint the first one is removing
     model, result = train_translator(kept, config)
-    model.save_pretrained(out / "translator" / "final")
     report.update(train_seconds=result.seconds, train_samples_per_second=result.samples_per_second)
-    (out / "distill.json").write_text(json.dumps(report, indent=2))
+    if is_main_process():  # every process holds the same synchronised weights
+        model.save_pretrained(out / "translator" / "final")
+        (out / "distill.json").write_text(json.dumps(report, indent=2))
+    wait_for_everyone()  # returning means the translator folder is complete, on every process
     return report
 
 

@@ -31,6 +31,7 @@ from typing import NamedTuple
 import numpy as np
 import torch
 
+from retouch.distributed import is_main_process, wait_for_everyone
 from retouch.train.loop import LoopConfig, train
 
 from retouch.backbone import MINI_DIR  # noqa: E402  (one place names the shipped folder)
@@ -201,7 +202,7 @@ def train_vae(world, config: MiniConfig):
         images = torch.cat([make_batch(10_000_000 + i, 0, 1) for i in range(4)])
         latents = vae.encode(images).latent_dist.mode()
     vae.register_to_config(scaling_factor=float(1.0 / latents.std()))
-    vae.save_pretrained(out / "final")
+    _save_final(out, vae)
     return vae, result
 
 
@@ -275,7 +276,7 @@ def train_local_decoder(world, config: MiniConfig, vae):
                       checkpoint_every=200, seed=config.seed)
     result = train(model, loss_fn, make_batch, loop, batch_size=config.decoder_batch)
     model.eval()
-    model.save_pretrained(out / "final")
+    _save_final(out, model)
     return model, result
 
 
@@ -299,8 +300,7 @@ def train_clip(world, config: MiniConfig, tokenizer):
                       weight_decay=0.1, checkpoint_every=500, seed=config.seed)
     result = train(model, loss_fn, make_batch, loop, batch_size=config.clip_batch)
     model.eval()
-    model.save_pretrained(out / "final")
-    tokenizer.save_pretrained(out / "final")
+    _save_final(out, model, tokenizer)
     return model, result
 
 
@@ -354,8 +354,16 @@ def train_judge(world, config: MiniConfig, tokenizer, clip):
                       weight_decay=0.1, checkpoint_every=250, seed=config.seed)
     result = train(model, loss_fn, make_batch, loop, batch_size=config.judge_batch)
     model.eval()
-    model.save_pretrained(out / "final")
+    _save_final(out, model)
     return model, result
+
+
+def _save_final(out: Path, *parts) -> None:
+    """``out/final`` from the first process of a launch (every process holds the same weights)."""
+    if is_main_process():
+        for part in parts:
+            part.save_pretrained(out / "final")
+    wait_for_everyone()
 
 
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
@@ -429,7 +437,7 @@ def train_unet(world, config: MiniConfig, vae, text_encoder, tokenizer):
                       checkpoint_every=250, ema_decay=0.999, seed=config.seed)
     result = train(unet, loss_fn, make_batch, loop, batch_size=config.unet_batch)
     unet.eval()
-    unet.save_pretrained(out / "final")
+    _save_final(out, unet)
     return unet, result
 
 
@@ -457,10 +465,15 @@ def run_mini_training(config: MiniConfig, stages=STAGES, export_dir: Path = MINI
         report["stages"] = json.loads(report_path.read_text()).get("stages", {})
 
     tokenizer_dir = work / "tokenizer"
-    if (tokenizer_dir / "vocab.json").is_file():
+    tokenizer = None
+    if is_main_process():
+        if (tokenizer_dir / "vocab.json").is_file():
+            tokenizer = CLIPTokenizer.from_pretrained(tokenizer_dir)
+        else:
+            tokenizer = build_tokenizer(world, config, tokenizer_dir)
+    wait_for_everyone()
+    if tokenizer is None:  # the other processes of a launch read what the first one wrote
         tokenizer = CLIPTokenizer.from_pretrained(tokenizer_dir)
-    else:
-        tokenizer = build_tokenizer(world, config, tokenizer_dir)
 
     def stage(name, trainer, loader):
         final = work / name / "final"
@@ -486,17 +499,20 @@ def run_mini_training(config: MiniConfig, stages=STAGES, export_dir: Path = MINI
         text_encoder = text_encoder_from_clip(clip)
         unet = stage("unet", lambda: train_unet(world, config, vae, text_encoder, tokenizer),
                      UNet2DConditionModel.from_pretrained)
-    if report_path.is_file():  # re-read: a concurrent invocation may have finished a stage meanwhile
-        finished = json.loads(report_path.read_text()).get("stages", {})
-        report["stages"] = {**finished, **report["stages"]}
-    report_path.write_text(json.dumps(report, indent=2, default=str))
+    if is_main_process():  # the other processes of a launch must not read it while it is written
+        if report_path.is_file():  # re-read: a concurrent invocation may have finished a stage meanwhile
+            finished = json.loads(report_path.read_text()).get("stages", {})
+            report["stages"] = {**finished, **report["stages"]}
+        report_path.write_text(json.dumps(report, indent=2, default=str))
     if "export" in stages:
         missing = [n for n, m in (("vae", vae), ("clip", clip), ("judge", judge), ("unet", unet)) if m is None]
         if missing:
             from retouch.errors import RetouchError
 
             raise RetouchError(f"cannot export the mini models: stage(s) {', '.join(missing)} not trained in {work}")
-        export_mini(decoder if decoder is not None else vae, clip, judge, tokenizer, unet, export_dir, work)
+        if is_main_process():
+            export_mini(decoder if decoder is not None else vae, clip, judge, tokenizer, unet, export_dir, work)
+    wait_for_everyone()
     return report
 
 

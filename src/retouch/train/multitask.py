@@ -21,6 +21,7 @@ import numpy as np
 import torch
 
 from retouch.data.compositing import GRAIN_NAMES, iter_compositing, read_summary
+from retouch.distributed import is_main_process, wait_for_everyone
 from retouch.errors import RetouchError
 from retouch.methods.multitask import (
     TASKS,
@@ -137,8 +138,9 @@ def train_multitask(config: MultitaskTrainConfig, *, backbone=None,
                     progress: bool = True) -> tuple[MultitaskModel, dict]:
     """Initialise from ``config.init`` (or ``backbone``), train, save to ``output_dir/final``; returns the model."""
     config.validate()
-    Path(config.output_dir).mkdir(parents=True, exist_ok=True)
-    (Path(config.output_dir) / "run_config.json").write_text(json.dumps(asdict(config), indent=2))
+    if is_main_process():  # under `accelerate launch` the first process writes the run's files
+        Path(config.output_dir).mkdir(parents=True, exist_ok=True)
+        (Path(config.output_dir) / "run_config.json").write_text(json.dumps(asdict(config), indent=2))
     data = TrainingSet(Path(config.data))
     labels = (None, *config.tasks)
     if config.architecture == "pix2pix":
@@ -155,12 +157,14 @@ def train_multitask(config: MultitaskTrainConfig, *, backbone=None,
                       mixed_precision=config.mixed_precision, checkpoint_every=250, seed=config.seed)
     result = train(network, loss_fn, make_batch, loop, batch_size=config.batch, progress=progress)
     network.eval()
-    model.save(Path(config.output_dir) / "final")
     report = {"config": asdict(config), "steps": result.steps, "seconds": result.seconds,
               "samples_per_second": result.samples_per_second,
               "final_loss": result.losses[-1][1] if result.losses else None, "losses": result.losses,
               "threads": torch.get_num_threads()}
-    (Path(config.output_dir) / "report.json").write_text(json.dumps(report, indent=2))
+    if is_main_process():  # every process holds the same synchronised weights
+        model.save(Path(config.output_dir) / "final")
+        (Path(config.output_dir) / "report.json").write_text(json.dumps(report, indent=2))
+    wait_for_everyone()  # returning means the model folder is complete, on every process
     return model, report
 
 

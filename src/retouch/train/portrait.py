@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from retouch.distributed import is_main_process, wait_for_everyone
 from retouch.errors import RetouchError
 from retouch.methods.portrait import (
     MINI_DIRECTIONS,
@@ -151,8 +152,9 @@ def train_portrait(config: PortraitTrainConfig, *, backbone=None, pairs: PairSet
 
     config.validate()
     output = Path(config.output_dir)
-    output.mkdir(parents=True, exist_ok=True)
-    (output / "run_config.json").write_text(json.dumps(asdict(config), indent=2))
+    if is_main_process():  # under `accelerate launch` the first process writes the run's files
+        output.mkdir(parents=True, exist_ok=True)
+        (output / "run_config.json").write_text(json.dumps(asdict(config), indent=2))
     pairs = pairs if pairs is not None else PairSet.join([read_pairs(Path(folder)) for folder in config.data])
     backbone = (backbone or load_backbone(config.init)).eval()
     spec = PortraitSpec(directions=dict(config.directions), spatial=config.spatial,
@@ -181,10 +183,12 @@ def train_portrait(config: PortraitTrainConfig, *, backbone=None, pairs: PairSet
                       mixed_precision=config.mixed_precision, checkpoint_every=250, seed=config.seed)
     result = train(denoiser, loss_fn, make_batch, loop, batch_size=config.batch, progress=progress)
     denoiser.eval().requires_grad_(False)
-    model.save(output / "final")
     report = {"config": asdict(config), "pairs": len(cache), "steps": result.steps, "seconds": result.seconds,
               "samples_per_second": result.samples_per_second,
               "final_loss": result.losses[-1][1] if result.losses else None, "losses": result.losses,
               "threads": torch.get_num_threads()}
-    (output / "report.json").write_text(json.dumps(report, indent=2))
+    if is_main_process():  # every process holds the same synchronised weights
+        model.save(output / "final")
+        (output / "report.json").write_text(json.dumps(report, indent=2))
+    wait_for_everyone()  # returning means the model folder is complete, on every process
     return model, report
