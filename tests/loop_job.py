@@ -23,6 +23,23 @@ from retouch.train.loop import LoopConfig, step_generator, train
 TARGET = torch.tensor([[1.0], [-2.0], [0.5], [3.0]])
 
 
+class Autoencoder(torch.nn.Module):
+    """A model whose loss calls ``encode`` and ``decode``, not ``forward`` (as mini's autoencoder stage
+    does), with a frozen input layer (as its decoder stage's encoder)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.frozen = torch.nn.Linear(4, 4).requires_grad_(False)
+        self.encoder = torch.nn.Linear(4, 16)
+        self.decoder = torch.nn.Linear(16, 1)
+
+    def encode(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.nn.functional.silu(self.encoder(self.frozen(x)))
+
+    def decode(self, h: torch.Tensor) -> torch.Tensor:
+        return self.decoder(h)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--output-dir", required=True)
@@ -32,13 +49,17 @@ def main() -> None:
     parser.add_argument("--shards", type=int, default=1)
     parser.add_argument("--shard-size", type=int, default=8)
     parser.add_argument("--loss-noise", action="store_true", help="draw noise inside the loss from its generator")
+    parser.add_argument("--encode-loss", action="store_true", help="train an Autoencoder through encode/decode")
     parser.add_argument("--hang-at-step", type=int, help="block in make_batch at this step (to be killed)")
     parser.add_argument("--hang-in-save", type=int, help="block inside the save of this step's checkpoint")
     args = parser.parse_args()
     output = Path(args.output_dir)
 
     torch.manual_seed(0)
-    model = torch.nn.Sequential(torch.nn.Linear(4, 16), torch.nn.SiLU(), torch.nn.Linear(16, 1))
+    if args.encode_loss:
+        model = Autoencoder()
+    else:
+        model = torch.nn.Sequential(torch.nn.Linear(4, 16), torch.nn.SiLU(), torch.nn.Linear(16, 1))
     accelerator = Accelerator()
     rank, world = accelerator.process_index, accelerator.num_processes
     seen: list[tuple[int, float]] = []
@@ -56,7 +77,8 @@ def main() -> None:
         x, y = batch
         if args.loss_noise:
             y = y + 0.01 * torch.randn(y.shape, generator=generator)
-        return torch.nn.functional.mse_loss(model(x), y), {}
+        prediction = model.decode(model.encode(x)) if args.encode_loss else model(x)
+        return torch.nn.functional.mse_loss(prediction, y), {}
 
     if args.hang_in_save is not None:
         save_state = accelerator.save_state

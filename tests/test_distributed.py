@@ -6,14 +6,20 @@ averages the gradients, so with equal shards both compute the gradient of the gl
 agree mathematically. They agree to float tolerance, not bitwise: the all-reduce sums two half-batch
 means where the single process reduces over the whole batch, so the rounding differs.
 
-A real training command (``retouch train portrait`` on tiny-sd) runs under the same launch: every
-process trains, the first alone writes the run's files (config, final model, report).
+A loss may call methods of the model other than ``forward`` (``encode``, ``decode``): under several
+processes the loop makes the whole loss the forward DDP wraps, so the same equivalence holds, and the
+checkpoints hold the model's own keys, so a run resumes from a checkpoint another world size wrote.
+
+Real training commands (``retouch train portrait`` on tiny-sd, the autoencoder stages of ``retouch
+train mini``) run under the same launch: every process trains, the first alone writes the run's files
+(config, final model, report).
 """
 
 from __future__ import annotations
 
 import json
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -21,6 +27,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from safetensors.torch import load_file
 
 from retouch.errors import RetouchError
 from retouch.train.loop import LoopConfig, train
@@ -42,23 +49,34 @@ def _env(**extra: str) -> dict:
     return env
 
 
-@pytest.fixture(scope="module")
-def runs(tmp_path_factory):
-    root = tmp_path_factory.mktemp("distributed")
-    launch = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
-              "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
-              "--main_process_ip", "127.0.0.1", "--main_process_port", str(_free_port()),
-              str(JOB), "--output-dir", str(root / "two"), *ARGS]
-    single = [sys.executable, str(JOB), "--output-dir", str(root / "one"), *ARGS]
-    # An empty HF_HOME: a user's `accelerate config` default file must not change what is launched.
-    env = _env(ACCELERATE_USE_CPU="1", HF_HOME=str(root / "hf-home"))
+def _launch(*command: str) -> list[str]:
+    """``accelerate launch`` of two CPU processes on this machine, whatever a user's accelerate config says."""
+    return [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+            "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
+            "--main_process_ip", "127.0.0.1", "--main_process_port", str(_free_port()), *command]
+
+
+def _run_together(commands: list[list[str]], env: dict) -> None:
     processes = [subprocess.Popen(command, env=env, stdout=subprocess.PIPE,
-                                  stderr=subprocess.STDOUT, text=True) for command in (launch, single)]
+                                  stderr=subprocess.STDOUT, text=True) for command in commands]
     for process in processes:
         log, _ = process.communicate(timeout=300)
         assert process.returncode == 0, log
+
+
+def _two_and_one(root: Path, *extra: str) -> dict:
+    """The job as two processes (``two``) and as one with the doubled batch (``one``), side by side."""
+    # An empty HF_HOME: a user's `accelerate config` default file must not change what is launched.
+    env = _env(ACCELERATE_USE_CPU="1", HF_HOME=str(root / "hf-home"))
+    _run_together([_launch(str(JOB), "--output-dir", str(root / "two"), *ARGS, *extra),
+                   [sys.executable, str(JOB), "--output-dir", str(root / "one"), *ARGS, *extra]], env)
     return {"two": [_outcome(root / "two", 0), _outcome(root / "two", 1)], "one": [_outcome(root / "one", 0)],
             "root": root}
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    return _two_and_one(tmp_path_factory.mktemp("distributed"))
 
 
 def _outcome(folder: Path, rank: int) -> dict:
@@ -103,6 +121,102 @@ def test_two_processes_equal_one_process_with_the_doubled_batch(runs):
     schedules = [torch.load(runs["root"] / name / "checkpoints" / "step-30" / "scheduler.bin", weights_only=False)
                  for name in ("two", "one")]
     assert [s["last_epoch"] for s in schedules] == [30, 30]
+
+
+@pytest.fixture(scope="module")
+def encode_runs(tmp_path_factory):
+    """The job on a model its loss calls through ``encode`` and ``decode``, never ``forward``; then one
+    process resumes the two processes' step-20 checkpoint."""
+    root = tmp_path_factory.mktemp("distributed-encode")
+    runs = _two_and_one(root, "--encode-loss")
+    shutil.copytree(root / "two" / "checkpoints" / "step-20", root / "resumed" / "checkpoints" / "step-20")
+    _run_together([[sys.executable, str(JOB), "--output-dir", str(root / "resumed"), *ARGS, "--encode-loss"]],
+                  _env(HF_HOME=str(root / "hf-home")))
+    runs["resumed"] = _outcome(root / "resumed", 0)
+    return runs
+
+
+def test_a_loss_through_other_methods_than_forward_synchronises_gradients(encode_runs):
+    first, second = encode_runs["two"]
+    assert first["world"] == second["world"] == 2
+    assert first["losses"] == second["losses"]
+    assert set(first["weights"]) == {"frozen.weight", "frozen.bias", "encoder.weight", "encoder.bias",
+                                     "decoder.weight", "decoder.bias"}
+    for name, tensor in first["weights"].items():
+        assert torch.equal(tensor, second["weights"][name]), name
+
+
+def test_a_loss_through_other_methods_equals_one_process_with_the_doubled_batch(encode_runs):
+    two, (one,) = encode_runs["two"][0], encode_runs["one"]
+    assert [s for s, _ in two["losses"]] == [s for s, _ in one["losses"]] == [5, 10, 15, 20, 25, 30]
+    for (_, a), (_, b) in zip(two["losses"], one["losses"]):
+        assert a == pytest.approx(b, rel=1e-5)
+    for name, tensor in one["weights"].items():  # the final weights are the EMA's: it tracked the model
+        torch.testing.assert_close(two["weights"][name], tensor, rtol=1e-5, atol=1e-6)
+    assert torch.equal(two["weights"]["frozen.weight"], one["weights"]["frozen.weight"])  # frozen: never trained
+
+
+def test_checkpoints_do_not_depend_on_the_number_of_processes(encode_runs):
+    root = encode_runs["root"]
+    written = {name: load_file(root / name / "checkpoints" / "step-30" / "model.safetensors")
+               for name in ("two", "one")}
+    assert list(written["two"]) == list(written["one"])  # the model's own keys, no wrapper's prefix
+    assert set(written["two"]) == set(encode_runs["one"][0]["weights"])
+    emas = [torch.load(root / name / "checkpoints" / "step-30" / "custom_checkpoint_0.pkl", weights_only=False)
+            for name in ("two", "one")]
+    assert len(emas[0]["shadow_params"]) == len(emas[1]["shadow_params"]) == 6
+    for a, b in zip(*(e["shadow_params"] for e in emas)):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+    # One process resumes what two wrote, and ends where the two processes did.
+    resumed, two = encode_runs["resumed"], encode_runs["two"][0]
+    assert resumed["world"] == 1 and resumed["seen"][0][0] == 20
+    assert [s for s, _ in resumed["losses"]] == [s for s, _ in two["losses"]]
+    for name, tensor in two["weights"].items():
+        torch.testing.assert_close(resumed["weights"][name], tensor, rtol=1e-5, atol=1e-6)
+
+
+def test_the_loss_module_has_the_models_parameters_state_dict_and_float32_outputs():
+    """What DDP wraps under several processes: the model's parameters, state dict and (under mixed
+    precision) float32 outputs, as accelerate gives a model it prepares itself."""
+    from retouch.train.loop import _LossModule
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.BatchNorm1d(8), torch.nn.Linear(8, 1))
+    seen = []
+
+    def loss_fn(model, batch, generator):
+        prediction = model(batch)
+        seen.append(prediction.dtype)
+        return prediction.float().square().mean(), {}
+
+    module = _LossModule(model, loss_fn, float32_outputs=True)
+    assert list(module.parameters()) == list(model.parameters())
+    assert list(module.state_dict()) == list(model.state_dict())  # buffers too, no "model." prefix
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        loss, _ = module(torch.randn(5, 4), torch.Generator())
+    assert seen == [torch.float32] and loss.requires_grad
+    saved = {k: v.clone() for k, v in module.state_dict().items()}
+    torch.nn.init.zeros_(model[0].weight)
+    module.load_state_dict(saved)
+    assert torch.equal(model[0].weight, saved["0.weight"])
+
+
+def test_mini_autoencoder_stages_train_under_two_processes(tmp_path):
+    """`retouch train mini`'s autoencoder stages call vae.encode / vae.decode in their losses (the
+    decoder stage with the encoder frozen); under DDP they once failed at step 0."""
+    from diffusers import AutoencoderKL
+
+    work = tmp_path / "work"
+    _run_together([_launch("-m", "retouch.cli", "train", "mini", "--stages", "vae,decoder", "--vae-steps", "2",
+                           "--vae-batch", "2", "--decoder-steps", "2", "--work-dir", str(work),
+                           "--export-dir", str(tmp_path / "export"))],
+                  _env(ACCELERATE_USE_CPU="1", HF_HOME=str(tmp_path / "hf-home")))
+    report = json.loads((work / "report.json").read_text())
+    assert {name: stage["steps"] for name, stage in report["stages"].items()} == {"vae": 2, "decoder": 2}
+    for stage in ("vae", "decoder"):
+        final = AutoencoderKL.from_pretrained(work / stage / "final")
+        written = load_file(work / stage / "checkpoints" / "step-2" / "model.safetensors")
+        assert set(written) == set(final.state_dict())
 
 
 def test_a_launch_accelerate_does_not_join_is_refused(tmp_path, monkeypatch):
@@ -166,11 +280,8 @@ def test_a_training_command_under_two_processes_writes_the_run_files_once(tmp_pa
     audit.mkdir()
     (audit / "sitecustomize.py").write_text(WRITE_AUDIT)
     log = tmp_path / "writes.log"
-    launch = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
-              "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
-              "--main_process_ip", "127.0.0.1", "--main_process_port", str(_free_port()),
-              "-m", "retouch.cli", "train", "portrait", "--data", str(data), "--init", "tiny-sd",
-              "--image-encoder", "", "--steps", "3", "--batch", "2", "--output-dir", str(out)]
+    launch = _launch("-m", "retouch.cli", "train", "portrait", "--data", str(data), "--init", "tiny-sd",
+                     "--image-encoder", "", "--steps", "3", "--batch", "2", "--output-dir", str(out))
     env = _env(ACCELERATE_USE_CPU="1", HF_HOME=str(tmp_path / "hf-home"), RETOUCH_WRITES_ROOT=str(out),
                RETOUCH_WRITES_LOG=str(log),
                PYTHONPATH=os.pathsep.join(filter(None, (str(audit), os.environ.get("PYTHONPATH")))))

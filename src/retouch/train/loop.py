@@ -13,6 +13,9 @@ what our experiments need to be reproducible:
 * checkpoints (model, optimizer, LR schedule, EMA, step) are written to a temporary folder and
   renamed into place, so a run killed mid-save never leaves a half checkpoint behind;
 * an exponential moving average of the weights (optional) is what gets exported.
+
+Under several processes the whole loss is the forward of the module DDP wraps (:class:`_LossModule`),
+so a loss may call any method of the model (``encode``, ``get_text_features``), not only ``forward``.
 """
 
 from __future__ import annotations
@@ -91,7 +94,8 @@ def train(
     """Optimise ``model`` for ``config.max_steps`` steps of AdamW with linear warm-up then cosine decay.
 
     ``loss_fn(model, batch, generator) -> (loss, logs)``; ``make_batch(step, rank, world_size)`` gives
-    this process's share of the global batch. Returns timings and the logged loss curve.
+    this process's share of the global batch. Returns timings and the logged loss curve. ``model`` is
+    trained in place; checkpoints hold its own state dict at any number of processes.
     """
     from accelerate import Accelerator
     from accelerate.utils import send_to_device
@@ -115,8 +119,12 @@ def train(
         [p for p in model.parameters() if p.requires_grad], lr=config.learning_rate, weight_decay=config.weight_decay
     )
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, _warmup_cosine(config.warmup_steps, config.max_steps))
-    model, optimizer, schedule = accelerator.prepare(model, optimizer, schedule)
-    ema = _make_ema(accelerator.unwrap_model(model), config.ema_decay)
+    # DDP (several processes) synchronises gradients only through the forward of the module it wraps: the
+    # loss is that forward, so it may call model.encode, model.logit_scale... One process runs as before.
+    wrapped = accelerator.num_processes > 1
+    module = _LossModule(model, loss_fn, float32_outputs=accelerator.native_amp) if wrapped else model
+    module, optimizer, schedule = accelerator.prepare(module, optimizer, schedule)
+    ema = _make_ema(model, config.ema_decay)
     if ema is not None:
         accelerator.register_for_checkpointing(ema)
 
@@ -131,12 +139,13 @@ def train(
     bar = tqdm(total=config.max_steps, initial=start_step, disable=not (progress and accelerator.is_main_process),
                desc=output_dir.name, unit="step", dynamic_ncols=True)
     started = time.perf_counter()
-    model.train()
+    module.train()
     for step in range(start_step, config.max_steps):
         # Batches are built on the CPU (pure functions of the step); the model may live on a GPU.
         batch = send_to_device(make_batch(step, rank, world), accelerator.device)
+        generator = step_generator(config.seed, step, rank)
         with accelerator.autocast():
-            loss, logs = loss_fn(model, batch, step_generator(config.seed, step, rank))
+            loss, logs = module(batch, generator) if wrapped else loss_fn(module, batch, generator)
         accelerator.backward(loss)
         if config.grad_clip is not None:
             accelerator.clip_grad_norm_(model.parameters(), config.grad_clip)
@@ -148,7 +157,7 @@ def train(
             schedule.scheduler.step()
         optimizer.zero_grad(set_to_none=True)
         if ema is not None:
-            ema.step(accelerator.unwrap_model(model).parameters())
+            ema.step(model.parameters())
         done = step + 1
         if done % config.log_every == 0 or done == config.max_steps:
             value = accelerator.gather(loss.detach().float().reshape(1)).mean().item()
@@ -162,8 +171,39 @@ def train(
     steps_run = config.max_steps - start_step
     rate = steps_run * batch_size * world / elapsed if elapsed > 0 and steps_run else 0.0
     if ema is not None:
-        ema.copy_to(accelerator.unwrap_model(model).parameters())
+        ema.copy_to(model.parameters())
     return TrainResult(steps=config.max_steps, seconds=elapsed, samples_per_second=rate, losses=losses)
+
+
+class _LossModule(torch.nn.Module):
+    """``loss_fn(model, batch, generator)`` as one module's forward, the module DDP wraps.
+
+    Its parameters are the model's, in the model's order (optimizer, gradient clipping and EMA see the same
+    list), and its state dict is the model's, key for key: accelerate's ``save_state`` / ``load_state`` call
+    ``state_dict`` / ``load_state_dict`` on the module given to ``prepare`` (not on the DDP wrapper), so a
+    checkpoint does not depend on the number of processes that wrote it.
+    """
+
+    def __init__(self, model: torch.nn.Module, loss_fn: Callable, *, float32_outputs: bool) -> None:
+        super().__init__()
+        self.model = model
+        self.loss_fn = loss_fn
+        if float32_outputs:
+            from accelerate.utils import convert_outputs_to_fp32
+
+            # Under mixed precision, prepare casts a prepared model's outputs back to float32; it now prepares
+            # this module, so the model's own outputs get that here (the autocast around them is the loss's),
+            # and the loss sees what it sees with one process.
+            model.forward = convert_outputs_to_fp32(model.forward)
+
+    def forward(self, batch, generator: torch.Generator):
+        return self.loss_fn(self.model, batch, generator)
+
+    def state_dict(self, *args, **kwargs):
+        return self.model.state_dict(*args, **kwargs)
+
+    def load_state_dict(self, state_dict, strict: bool = True, assign: bool = False):
+        return self.model.load_state_dict(state_dict, strict=strict, assign=assign)
 
 
 def _warmup_cosine(warmup: int, total: int) -> Callable[[int], float]:
