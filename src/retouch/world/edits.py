@@ -8,7 +8,7 @@ stream ``(seed, i, 7)``, so it belongs to index ``i``'s split like ``World.scene
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -28,6 +28,7 @@ class EditScenes:
     masks: torch.Tensor  # (N, 1, H, W) float: the main object (body ∪ hat) grown by MASK_GROWTH pixels
     sources: list[str]  # captions of the inputs
     targets: list[str]  # the same captions after the edit
+    specs: list = field(default_factory=list)  # the SceneSpec of each input, to render its true edit
 
 
 def describe_scene(spec) -> str:
@@ -41,7 +42,7 @@ def edit_scenes(world, source: str, target: str, count: int, split: str = "test"
     attribute = attribute_of(source)
     if attribute_of(target) != attribute:
         raise ValueError(f"'{source}' and '{target}' are values of different attributes")
-    images, masks, sources, targets = [], [], [], []
+    images, masks, sources, targets, specs = [], [], [], [], []
     index = 0
     while len(images) < count:
         if world.split(index) == split:
@@ -51,9 +52,28 @@ def edit_scenes(world, source: str, target: str, count: int, split: str = "test"
             masks.append(rendered.masks[0])
             sources.append(describe_scene(spec))
             targets.append(describe_scene(with_changes(spec, **{attribute: target})))
+            specs.append(spec)
         index += 1
     tensor = torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2).float()
     mask = torch.from_numpy(np.stack(masks)).float()[:, None]
     side = 2 * MASK_GROWTH + 1
     return EditScenes(tensor, torch.nn.functional.max_pool2d(mask, side, stride=1, padding=MASK_GROWTH),
-                      sources, targets)
+                      sources, targets, specs)
+
+
+def true_edits(scenes: EditScenes, target: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """The renderer's own edit of every input, and the region that edit changes.
+
+    Returns (images (N, 3, H, W) in [0, 1]: each input's spec re-rendered with ``target``; masks
+    (N, 1, H, W) float: the main object before ∪ after the edit, grown by ``MASK_GROWTH``). For a
+    pattern edit the region is the input's mask; for "hat" it adds the hat, which sits above the body
+    and so outside the input's mask.
+    """
+    attribute = attribute_of(target)
+    size = scenes.images.shape[-1]
+    rendered = [render_scene(with_changes(spec, **{attribute: target}), size) for spec in scenes.specs]
+    images = torch.from_numpy(np.stack([r.image for r in rendered])).permute(0, 3, 1, 2).float()
+    after = torch.from_numpy(np.stack([r.masks[0] for r in rendered])).float()[:, None]
+    side = 2 * MASK_GROWTH + 1
+    grown = torch.nn.functional.max_pool2d(after, side, stride=1, padding=MASK_GROWTH)
+    return images, torch.maximum(scenes.masks, grown)
