@@ -25,6 +25,7 @@ from pathlib import Path
 from _grid import save_labelled_rows
 
 from retouch.backbone import MINI_DIR, load_backbone
+from retouch.distributed import exit_unless_main_process
 from retouch.methods import edit_by_caption, get_method
 from retouch.methods.ablation import PIX2PIX_ZERO_ABLATION, ablation_run
 from retouch.methods.edit_text import parse_edit
@@ -94,4 +95,5 @@ def main():
 
 
 if __name__ == "__main__":
+    exit_unless_main_process("benchmarks measure one process")
     main()

@@ -12,6 +12,7 @@ import time
 import numpy as np
 from skimage import data
 
+from retouch.distributed import exit_unless_main_process
 from retouch.effects.film_grain import film_grain
 from retouch.effects._film_grain_reference import film_grain_reference
 from retouch.imageio import resize_image
@@ -49,4 +50,5 @@ def main():
 
 
 if __name__ == "__main__":
+    exit_unless_main_process("benchmarks measure one process")
     main()

@@ -29,6 +29,7 @@ from _measure import HEADER, peak_bytes, summary_row, time_interleaved
 
 from retouch.backbone import load_backbone
 from retouch.directions import build_direction, save_direction, template_bank
+from retouch.distributed import exit_unless_main_process
 from retouch.methods import get_method
 from retouch.methods.pix2pix_zero import Pix2PixZeroConfig, diffusers_reference_pipeline
 
@@ -112,4 +113,5 @@ def main():
 
 
 if __name__ == "__main__":
+    exit_unless_main_process("benchmarks measure one process")
     main()

@@ -30,6 +30,7 @@ import torch
 from _measure import peak_bytes, time_interleaved
 
 from retouch.backbone import load_backbone
+from retouch.distributed import exit_unless_main_process
 from retouch.imageio import resize_image, to_tensor
 from retouch.methods import get_method
 from retouch.methods.pixels import PixelsConfig, pixels_edit
@@ -137,4 +138,5 @@ def main():
 
 
 if __name__ == "__main__":
+    exit_unless_main_process("benchmarks measure one process")
     main()

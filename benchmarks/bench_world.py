@@ -11,6 +11,7 @@ scenes/s at 64×64. ``--grid`` also writes an 8×8 sheet of scenes plus a row of
 import argparse
 import time
 
+from retouch.distributed import exit_unless_main_process
 from retouch.imageio import save_image
 from retouch.world import World, build_texture_banks, render_pair, render_scene, sample_grid
 from retouch.world.render import _object_coverage
@@ -55,4 +56,5 @@ def main():
 
 
 if __name__ == "__main__":
+    exit_unless_main_process("benchmarks measure one process")
     main()

@@ -20,6 +20,7 @@ import torch
 from _grid import save_labelled_rows
 from diffusers import AutoencoderKL
 
+from retouch.distributed import exit_unless_main_process
 from retouch.train.evaluate_mini import held_out_scenes, reconstruction_psnr, splice_psnr
 from retouch.train.mini import latent_composites
 from retouch.world import World
@@ -59,4 +60,5 @@ def main():
 
 
 if __name__ == "__main__":
+    exit_unless_main_process("benchmarks measure one process")
     main()

@@ -27,6 +27,7 @@ import torch
 
 from retouch._quiet import quiet_third_party
 from retouch.backbone import load_backbone
+from retouch.distributed import exit_unless_main_process
 from retouch.methods.diffedit import difference_mask, mask_to_pixels, text_noise_predictor
 from retouch.world import World
 from retouch.world.edits import MASK_GROWTH, edit_scenes
@@ -133,4 +134,5 @@ def main() -> None:
 
 
 if __name__ == "__main__":
+    exit_unless_main_process("benchmarks measure one process")
     main()

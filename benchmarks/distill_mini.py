@@ -20,6 +20,7 @@ import torch
 from _grid import save_labelled_rows
 
 from retouch.backbone import MINI_DIR, load_backbone
+from retouch.distributed import exit_unless_main_process
 from retouch.metrics import TransformersCLIPJudge, background_preservation, clip_accuracy, structure_distance
 from retouch.metrics.structure import TransformersViTSpatial
 from retouch.methods.edit_text import parse_edit
@@ -93,4 +94,5 @@ def main():
 
 
 if __name__ == "__main__":
+    exit_unless_main_process("benchmarks measure one process")
     main()

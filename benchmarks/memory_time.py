@@ -28,6 +28,7 @@ import torch
 from _measure import peak_bytes, sync, time_interleaved
 
 from retouch import memory
+from retouch.distributed import exit_unless_main_process
 from retouch.families import FAMILIES, random_backbone
 from retouch.methods import available_methods, get_method, make_config
 from retouch.recipes import supported
@@ -184,4 +185,5 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
+    exit_unless_main_process("benchmarks measure one process")
     main()

@@ -20,6 +20,7 @@ import torch
 from _grid import save_labelled_rows
 
 from retouch.data.compositing import GRAIN_NAMES, iter_compositing
+from retouch.distributed import exit_unless_main_process
 from retouch.effects import free_form_mask, motion_blur
 from retouch.methods.multitask import EditingVector, multitask_edit
 from retouch.train.evaluate_multitask import load_compositing_model
@@ -81,4 +82,5 @@ def main():
 
 
 if __name__ == "__main__":
+    exit_unless_main_process("benchmarks measure one process")
     main()

@@ -23,6 +23,7 @@ from pathlib import Path
 
 from retouch.backbone import MINI_DIR
 from retouch.data.compositing import MULTI_TASKS
+from retouch.distributed import exit_unless_main_process
 from retouch.metrics import TransformersCLIPJudge, load_lpips
 from retouch.train.evaluate_multitask import (
     SINGLE_TASKS,
@@ -127,4 +128,5 @@ def main():
 
 
 if __name__ == "__main__":
+    exit_unless_main_process("benchmarks measure one process")
     main()

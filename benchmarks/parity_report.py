@@ -13,6 +13,7 @@ from diffusers import DDIMInverseScheduler, DDIMScheduler
 from retouch._quiet import quiet_third_party
 from retouch.attention import CrossAttentionRecorder, HookGroup, SelfAttentionRecorder, hooked_attention
 from retouch.backbone import TINY_NAMES, build_tiny
+from retouch.distributed import exit_unless_main_process
 from retouch.sampling import ddim_invert, ddim_sample, ddim_timesteps
 
 
@@ -49,4 +50,5 @@ def main():
 
 
 if __name__ == "__main__":
+    exit_unless_main_process("benchmarks measure one process")
     main()

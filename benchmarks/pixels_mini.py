@@ -32,6 +32,7 @@ import torch
 from _grid import save_labelled_rows
 
 from retouch.backbone import MINI_DIR, load_backbone
+from retouch.distributed import exit_unless_main_process
 from retouch.edit_maps import grow_mask, linear_ramp_map
 from retouch.methods.exemplar_baselines import exemplar_sdedit_latents
 from retouch.methods.pixels import THRESHOLDS, ExemplarConfig, PixelsConfig, pixels_latents
@@ -231,4 +232,5 @@ def main():
 
 
 if __name__ == "__main__":
+    exit_unless_main_process("benchmarks measure one process")
     main()

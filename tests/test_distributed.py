@@ -12,7 +12,8 @@ checkpoints hold the model's own keys, so a run resumes from a checkpoint anothe
 
 Real training commands (``retouch train portrait`` on tiny-sd, the autoencoder stages of ``retouch
 train mini``) run under the same launch: every process trains, the first alone writes the run's files
-(config, final model, report).
+(config, final model, report). A benchmark runs on the first process alone; the others say they skip
+and exit 0.
 """
 
 from __future__ import annotations
@@ -29,10 +30,12 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from retouch.distributed import exit_unless_main_process
 from retouch.errors import RetouchError
 from retouch.train.loop import LoopConfig, train
 
 JOB = Path(__file__).with_name("loop_job.py")
+BENCHMARKS = Path(__file__).parents[1] / "benchmarks"
 ARGS = ("--max-steps", "30", "--checkpoint-every", "20", "--log-every", "5", "--shards", "2")
 
 
@@ -309,3 +312,46 @@ def test_a_training_command_under_two_processes_writes_the_run_files_once(tmp_pa
     assert len(weights) == len(ema["shadow_params"])
     for final, shadow in zip(weights, ema["shadow_params"]):
         torch.testing.assert_close(final, shadow)
+
+
+def test_a_benchmark_under_two_processes_runs_once_on_the_first(tmp_path):
+    """A benchmark measures one process: under a launch of two, rank 1 says it skips and exits 0 at once,
+    rank 0 alone measures and writes the sheet."""
+    from PIL import Image
+
+    out, audit = tmp_path / "out", tmp_path / "audit"
+    audit.mkdir()
+    (audit / "sitecustomize.py").write_text(WRITE_AUDIT)
+    log = tmp_path / "writes.log"
+    launch = _launch(str(BENCHMARKS / "bench_world.py"), "--scenes", "5", "--sizes", "16",
+                     "--grid", str(out / "world.png"))
+    env = _env(ACCELERATE_USE_CPU="1", HF_HOME=str(tmp_path / "hf-home"), RETOUCH_WRITES_ROOT=str(out),
+               RETOUCH_WRITES_LOG=str(log),
+               PYTHONPATH=os.pathsep.join(filter(None, (str(audit), os.environ.get("PYTHONPATH")))))
+    run = subprocess.run(launch, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=120)
+    assert run.returncode == 0, run.stdout
+
+    assert "rank 1 of 2 skips (benchmarks measure one process)" in run.stdout
+    assert "rank 0 of 2 skips" not in run.stdout
+    assert run.stdout.count("mini world, 5 scenes per row") == 1, run.stdout
+    assert run.stdout.count(f"wrote {out / 'world.png'}") == 1
+    # save_image writes a temporary file beside the sheet and renames it: every write under out/ counts.
+    writers = {line.split(" ", 2)[0] for line in log.read_text().splitlines()}
+    assert len(writers) == 1  # one process wrote the sheet
+    with Image.open(out / "world.png") as sheet:
+        sheet.load()  # the whole PNG decodes: nobody truncated it
+        assert sheet.size == (1042, 1172)  # 8×8 scenes at 64 px, upscaled 2×, plus a row of pairs
+
+
+def test_exit_unless_main_process_is_a_no_op_in_a_plain_run(monkeypatch, capsys):
+    import accelerate
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("a plain run must not set accelerate's process-wide state")
+
+    monkeypatch.setattr(accelerate, "PartialState", refuse)
+    monkeypatch.delenv("WORLD_SIZE", raising=False)
+    exit_unless_main_process("benchmarks measure one process")
+    monkeypatch.setenv("WORLD_SIZE", "1")
+    exit_unless_main_process("benchmarks measure one process")
+    assert capsys.readouterr() == ("", "")

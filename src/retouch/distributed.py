@@ -3,9 +3,10 @@
 Under a launch of several processes every process runs the same command; the data-parallel parts
 (the training loop, a batch's items) split the work, and the files that describe the whole run (a
 run's config, its final model, its report, a batch's log) are written by the first process alone —
-two processes writing the same file at once can leave it corrupt. A plain run (no ``WORLD_SIZE``
-above 1) is one process and never touches accelerate: its state is process-wide, and a plain run
-must not fix it for later users in the same process.
+two processes writing the same file at once can leave it corrupt. A benchmark measures one process:
+the first runs it and the others exit at once. A plain run (no ``WORLD_SIZE`` above 1) is one process
+and never touches accelerate: its state is process-wide, and a plain run must not fix it for later
+users in the same process.
 """
 
 from __future__ import annotations
@@ -50,3 +51,15 @@ def wait_for_everyone() -> None:
     state = process_state()
     if state.num_processes > 1:
         state.wait_for_everyone()
+
+
+def exit_unless_main_process(reason: str) -> None:
+    """End every process of a launch but the first, at once and with status 0, for a job that must run once.
+
+    A benchmark measures one process: under ``accelerate launch`` each rank would repeat the whole
+    measurement and write the same files at once. A plain run returns without touching accelerate.
+    """
+    state = process_state()
+    if not state.is_main_process:
+        print(f"rank {state.process_index} of {state.num_processes} skips ({reason})", flush=True)
+        raise SystemExit(0)
