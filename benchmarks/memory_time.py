@@ -43,6 +43,8 @@ INPUTS = {  # each method's own inputs, on words both the tiny and the mini toke
     "zerocon": dict(edit="red->blue", source_text=SOURCE, bank="templates", bank_size=8),
     "pixels": {}, "latent-surgery": {}, "scaled-noise": {},
     "multitask": dict(blur=0.3, grain=0.05),
+    "diffedit": dict(edit="red->blue", source_text=SOURCE),
+    "portrait": dict(edit="blue"),  # an untrained MCDM (random c_im MLP): the cost is what is measured
 }
 
 
@@ -75,6 +77,11 @@ def _job(method, backbone, side: int, steps: int):
         from retouch.methods.multitask import MultitaskModel
 
         model = MultitaskModel.from_backbone(backbone)
+    if method.name == "portrait":
+        from retouch.methods.portrait import PortraitModel, PortraitSpec
+
+        torch.manual_seed(0)
+        model = PortraitModel.from_backbone(backbone, PortraitSpec(directions={"blue": (SOURCE, "a blue circle on sand")}))
 
     def run():
         return method.edit(model, image, config, **extra)
@@ -128,7 +135,7 @@ def measure(names, methods, steps: int, repeats: int, device: torch.device) -> l
             row = dict(model=label, side=side, method=method_name, steps=steps, weights=weights,
                        fused_s=statistics.median(times["fused"]), sliced_s=statistics.median(times["sliced"]),
                        fused_peak=peaks["fused"], sliced_peak=peaks["sliced"])
-            if full and method_name != "multitask":
+            if full and method_name not in ("multitask", "portrait"):
                 row["offload_peak"] = _offloaded_peak(backbone, run, device)
                 backbone.to(device)
             rows.append(row)
