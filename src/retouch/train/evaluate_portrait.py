@@ -323,7 +323,8 @@ def save_figure(figure: dict, path, upscale: int = 2) -> None:
         names += [REFERENCE_TRUTH] if REFERENCE_TRUTH in columns else []
         for k in range(len(columns["input"])):
             panels = [columns[n][k].permute(1, 2, 0).numpy().repeat(upscale, 0).repeat(upscale, 1) for n in names]
-            labels = [f"{DIRECTIONS[direction][0]}→{DIRECTIONS[direction][1]}" if n == "input" else n for n in names]
+            # Pillow's default font has no arrow glyph
+            labels = ["->".join(DIRECTIONS[direction]) if n == "input" else n for n in names]
             strips.append(side_by_side(panels, labels=labels if k == 0 else None))
     if not strips:
         raise RetouchError("the figure needs at least one input row")
