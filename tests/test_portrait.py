@@ -222,3 +222,84 @@ def test_read_pairs_keeps_the_kept_rows_of_the_split_and_joins_directions(tmp_pa
         read_pairs(tmp_path / "left")
     with pytest.raises(RetouchError, match="no kept pairs"):
         read_pairs(tmp_path, split="val")
+
+
+def test_shipped_layout_stores_only_the_unet_and_refuses_changed_frozen_parts(tiny_backbones, tmp_path):
+    import copy
+
+    model = PortraitModel.from_backbone(tiny_backbones["tiny-sd"], PortraitSpec(image_embedding=False), None)
+    torch.nn.init.normal_(model.denoiser.unet.conv_in.weight, std=0.1)  # "trained": unlike the base's U-Net
+    model.save(tmp_path / "full")
+    model.save(tmp_path / "shipped", base="tiny-sd")
+    shipped = tmp_path / "shipped"
+    assert (shipped / "unet").is_dir() and not (shipped / "backbone").exists()
+
+    def size(folder):
+        return sum(f.stat().st_size for f in folder.rglob("*") if f.is_file())
+
+    assert size(shipped) < 0.9 * size(tmp_path / "full")
+    config = PortraitConfig(edit="striped", num_steps=3, mask_guidance=False)
+    x = images(1)
+    with torch.no_grad():
+        expected = portrait_edit(model, x, config).images
+        for folder in (tmp_path / "full", shipped):
+            assert torch.allclose(portrait_edit(PortraitModel.load(folder), x, config).images, expected, atol=1e-5)
+    # an autoencoder that is not the base's must stay in the folder
+    from dataclasses import replace
+
+    vae = copy.deepcopy(model.backbone.vae)
+    with torch.no_grad():
+        next(vae.parameters()).add_(0.01)
+    changed = PortraitModel(replace(model.backbone, vae=vae), model.denoiser, None)
+    with pytest.raises(RetouchError, match="autoencoder differs"):
+        changed.save(tmp_path / "refused", base="tiny-sd")
+
+
+def test_shipped_mcdm_adds_a_hat_to_held_out_objects_in_place():
+    """The shipped model (assets/mini/portrait) on 6 test-split scenes: the judge sees the hat, the probes
+    the object where it was, and the background survives (docs/portrait.md has the 100-scene table)."""
+    from retouch.metrics import background_preservation, clip_accuracy
+    from retouch.methods.portrait import SHIPPED_MODEL, load_portrait_model
+    from retouch.metrics.semantic import TransformersCLIPJudge
+    from retouch.train.evaluate_portrait import direction_inputs
+    from retouch.world import World
+    from retouch.world.probe import load_probes
+    from retouch.backbone import MINI_DIR
+
+    model = load_portrait_model(str(SHIPPED_MODEL))
+    inputs = direction_inputs(World(0), "hat", 6)
+    with torch.no_grad():
+        result = portrait_edit(model, inputs.images * 2 - 1, PortraitConfig(edit="hat", num_steps=20))
+    edited = (result.images.clamp(-1, 1) + 1) / 2
+    judge = TransformersCLIPJudge(MINI_DIR / "judge")
+    before = clip_accuracy(judge, inputs.images, inputs.sources, inputs.targets).mean()
+    after = clip_accuracy(judge, edited, inputs.sources, inputs.targets).mean()
+    assert before <= 1 / 6 and after >= 4 / 6, (before, after)
+    probes = load_probes()
+    moved = probes.predict(edited)["position"] != probes.predict(inputs.images)["position"]
+    assert moved.sum() <= 1
+    # 18.5 dB on these scenes; an MCDM without c_s (which redraws the scene) gets 12.5 dB
+    assert background_preservation(inputs.images, edited, inputs.edit_masks)["psnr"].mean() > 16
+    assert result.mask is not None and result.mask.float().mean() < 0.5  # the edit is local
+
+
+def test_shipping_swaps_in_the_float16_model_and_keeps_the_model_card(tiny_backbones, tmp_path):
+    from retouch.train.portrait import ship_portrait_model
+
+    model = PortraitModel.from_backbone(tiny_backbones["tiny-sd"], PortraitSpec(image_embedding=False), None)
+    model.save(tmp_path / "run" / "final")
+    (tmp_path / "run" / "report.json").write_text('{"steps": 3}')
+    destination = tmp_path / "assets" / "portrait"
+    destination.mkdir(parents=True)
+    (destination / "MODEL_CARD.md").write_text("provenance")
+    (destination / "stale.bin").write_text("from the last ship")
+    ship_portrait_model(tmp_path / "run" / "final", destination, base="tiny-sd")
+    assert (destination / "MODEL_CARD.md").read_text() == "provenance"
+    assert (destination / "training_report.json").read_text() == '{"steps": 3}'
+    assert not (destination / "stale.bin").exists() and not (destination.parent / "portrait.tmp").exists()
+    shipped = PortraitModel.load(destination)
+    assert shipped.backbone.unet.dtype == torch.float32  # stored as float16, loaded at the edit's dtype
+    from safetensors import safe_open
+
+    with safe_open(str(destination / "unet" / "diffusion_pytorch_model.safetensors"), "pt") as weights:
+        assert weights.get_tensor(next(iter(weights.keys()))).dtype == torch.float16

@@ -49,6 +49,10 @@ MINI_DIRECTIONS = {
 SHIPPED_JUDGE = Path(__file__).resolve().parent.parent / "assets" / "mini" / "judge"
 SHIPPED_JUDGE_NAME = "mini-judge"
 
+#: The shipped MCDM on the mini world (``--method portrait``'s default ``--model``): directions striped
+#: and hat, trained on rendered pairs (its MODEL_CARD.md says how and why).
+SHIPPED_MODEL = Path(__file__).resolve().parent.parent / "assets" / "mini" / "portrait"
+
 
 @dataclass
 class PortraitSpec:
@@ -168,12 +172,19 @@ class PortraitModel:
                    image_encoder if spec.image_embedding else None)
 
     # ---- persistence ---------------------------------------------------------------------
-    def save(self, folder: Path) -> None:
+    def save(self, folder: Path, *, base: str | None = None) -> None:
+        """The trained parts and ``portrait.json``; with ``base`` (a backbone name such as ``mini``) only
+        the U-Net is written and the frozen autoencoder, text encoder, tokenizer and scheduler are read
+        from ``base`` on load — the shipped layout, refused unless those parts equal ``base``'s."""
         from safetensors.torch import save_file
 
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)
-        self.backbone.save(folder / "backbone")
+        if base is None:
+            self.backbone.save(folder / "backbone")
+        else:
+            _check_frozen_parts_match(self.backbone, base)
+            self.backbone.unet.save_pretrained(folder / "unet", safe_serialization=True)
         if self.denoiser.image_mlp is not None:
             state = {k: v.contiguous() for k, v in self.denoiser.image_mlp.state_dict().items()}
             save_file(state, str(folder / "image_mlp.safetensors"))
@@ -182,7 +193,8 @@ class PortraitModel:
         if encoder and encoder != SHIPPED_JUDGE_NAME and Path(encoder).is_dir():
             shutil.copytree(encoder, folder / "image_encoder", dirs_exist_ok=True)
             spec["image_encoder"] = "image_encoder"
-        (folder / "portrait.json").write_text(json.dumps({"spec": spec}, indent=2))
+        meta = {"spec": spec} if base is None else {"spec": spec, "base": base}
+        (folder / "portrait.json").write_text(json.dumps(meta, indent=2))
 
     @classmethod
     def load(cls, folder: Path, device="cpu", dtype=torch.float32) -> "PortraitModel":
@@ -194,8 +206,21 @@ class PortraitModel:
         meta_path = folder / "portrait.json"
         if not meta_path.is_file():
             raise RetouchError(f"'{folder}' is not a portrait (MCDM) model folder (no portrait.json)")
-        spec = PortraitSpec(**json.loads(meta_path.read_text())["spec"])
-        backbone = load_backbone(str(folder / "backbone"), device=device, dtype=dtype).eval()
+        meta = json.loads(meta_path.read_text())
+        spec = PortraitSpec(**meta["spec"])
+        if meta.get("base"):  # the shipped layout: only the U-Net is stored (see save)
+            from dataclasses import replace
+
+            from diffusers import UNet2DConditionModel
+
+            backbone = load_backbone(meta["base"], device=device, dtype=dtype).eval()
+            try:
+                unet = UNet2DConditionModel.from_pretrained(folder / "unet")
+            except (OSError, ValueError) as error:
+                raise RetouchError(f"cannot load the MCDM's U-Net in '{folder}': {str(error).splitlines()[0]}") from None
+            backbone = replace(backbone, unet=unet.to(device, dtype).eval().requires_grad_(False))
+        else:
+            backbone = load_backbone(str(folder / "backbone"), device=device, dtype=dtype).eval()
         mlp = None
         if spec.image_embedding:
             try:
@@ -207,6 +232,21 @@ class PortraitModel:
             mlp.to(device, dtype).eval().requires_grad_(False)
         encoder = load_image_encoder(spec.image_encoder, folder, device) if spec.image_embedding and spec.clip_dim else None
         return cls(backbone, MCDMDenoiser(backbone.unet, mlp, spec), encoder)
+
+
+def _check_frozen_parts_match(backbone, base: str) -> None:
+    """Refuse to drop the autoencoder or text encoder from a saved MCDM unless ``base`` has the very same
+    weights (the MCDM trains only the U-Net and the MLP; a model from another init must keep its own)."""
+    from retouch.backbone import load_backbone
+
+    reference = load_backbone(base)
+    pairs = [("autoencoder", backbone.vae, reference.vae)]
+    pairs += [("text encoder", mine, theirs) for mine, theirs in zip(backbone.text_encoders, reference.text_encoders)]
+    for name, mine, theirs in pairs:
+        ours, others = mine.state_dict(), theirs.state_dict()
+        if ours.keys() != others.keys() or any(not torch.equal(ours[k].float().cpu(), others[k].float().cpu())
+                                               for k in ours):
+            raise RetouchError(f"this MCDM's {name} differs from {base!r}'s; save it without base=")
 
 
 def load_image_encoder(name: str, base: Path | None = None, device="cpu"):
@@ -442,6 +482,9 @@ def load_portrait_model(model: str, *, device="cpu", dtype=torch.float32, **_) -
     """``--model`` for ``--method portrait``: a folder written by ``retouch train portrait``."""
     folder = Path(model)
     if not (folder / "portrait.json").is_file():
+        if folder == SHIPPED_MODEL:
+            raise RetouchError("the shipped portrait model is missing from this installation; train one with "
+                               "`retouch train portrait` and pass its folder with --model")
         raise RetouchError(f"--model '{model}' is not a portrait (MCDM) model folder (no portrait.json); "
                            "train one with `retouch train portrait`")
     return PortraitModel.load(folder, device=device, dtype=dtype)
@@ -450,7 +493,7 @@ def load_portrait_model(model: str, *, device="cpu", dtype=torch.float32, **_) -
 def _register() -> None:
     @register("portrait", PortraitConfig,
               "MCDM: feature-preserving editing learnt from generated pairs (Chen et al. 2024)",
-              load_model=load_portrait_model)
+              load_model=load_portrait_model, default_model=str(SHIPPED_MODEL))
     def portrait(model: PortraitModel, images: torch.Tensor, config: PortraitConfig, progress=None) -> torch.Tensor:
         return portrait_edit(model, images, config, progress).images
 

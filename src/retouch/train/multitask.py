@@ -281,24 +281,12 @@ def ship_multitask_model(folder: Path, destination: Path | None = None) -> Path:
     """Copy a trained model to the package's assets (``--method multitask``'s default): the U-Net in
     float16 (half the bytes; loading casts it back to the edit's dtype), f_θ and the VAE as trained, and
     the training report beside it for the model card."""
-    import shutil
-
     from retouch.methods.multitask import SHIPPED_MODEL
+    from retouch.train.shipping import ship_folder
 
-    folder, destination = Path(folder), Path(destination or SHIPPED_MODEL)
-    model = MultitaskModel.load(folder)
-    model.denoiser.unet.to(torch.float16)
-    staging = destination.with_name(destination.name + ".tmp")
-    shutil.rmtree(staging, ignore_errors=True)
-    model.save(staging)
-    report = folder.parent / "report.json"
-    if report.is_file():
-        shutil.copyfile(report, staging / "training_report.json")
-    if (destination / "MODEL_CARD.md").is_file():  # hand-written: provenance and results survive a reship
-        shutil.copyfile(destination / "MODEL_CARD.md", staging / "MODEL_CARD.md")
-    shutil.rmtree(destination, ignore_errors=True)
-    staging.rename(destination)
-    return destination
+    model = MultitaskModel.load(Path(folder))
+    model.denoiser.unet.to(torch.float16)  # half the bytes; loading casts it to the edit's dtype
+    return ship_folder(model.save, folder, Path(destination or SHIPPED_MODEL))
 
 
 if __name__ == "__main__":

@@ -192,3 +192,26 @@ def train_portrait(config: PortraitTrainConfig, *, backbone=None, pairs: PairSet
         (output / "report.json").write_text(json.dumps(report, indent=2))
     wait_for_everyone()  # returning means the model folder is complete, on every process
     return model, report
+
+
+def ship_portrait_model(folder: Path, destination: Path | None = None, *, base: str = "mini") -> Path:
+    """Copy a trained MCDM to the package's assets (``--method portrait``'s default): the U-Net in float16
+    (half the bytes; loading casts it to the edit's dtype) and the c_im MLP, with the frozen autoencoder,
+    text encoder and scheduler named as ``base`` instead of copied (refused when they differ from it),
+    and the training report beside it for the model card."""
+    from retouch.methods.portrait import SHIPPED_MODEL
+    from retouch.train.shipping import ship_folder
+
+    model = PortraitModel.load(Path(folder))
+    model.backbone.unet.to(torch.float16)  # half the bytes; loading casts it to the edit's dtype
+    return ship_folder(lambda staging: model.save(staging, base=base), folder, Path(destination or SHIPPED_MODEL))
+
+
+if __name__ == "__main__":
+    import argparse
+
+    parser = argparse.ArgumentParser(description="ship a trained MCDM as the package default")
+    parser.add_argument("--ship", type=Path, required=True, help="a trained model folder (…/final)")
+    parser.add_argument("--base", default="mini", help="the backbone whose frozen parts the model shares")
+    arguments = parser.parse_args()
+    print(f"shipped to {ship_portrait_model(arguments.ship, base=arguments.base)}")
