@@ -197,6 +197,30 @@ def test_the_model_cache_loads_once_under_concurrency_and_evicts_the_oldest():
     assert not waiting.is_alive()
 
 
+def test_portrait_in_the_app_is_the_cli_run_on_the_shipped_mcdm(app, scenes, tiny_backbones, tmp_path, capsys):
+    from retouch.app.jobs import portrait_directions
+    from retouch.methods.portrait import SHIPPED_MODEL, PortraitModel, PortraitSpec
+
+    shipped = str(SHIPPED_MODEL)
+    assert app.portrait_models() == [shipped] and portrait_directions(shipped) == ["hat", "striped"]
+    values = dict(edit="hat", num_steps=3, mask_draws=2, seed=1)
+    result = run_edit(app, "portrait", shipped, scenes[0], values)
+    save_image(scenes[0], tmp_path / "in.png")
+    code, _, err = run_cli(["edit", tmp_path / "in.png", "-o", tmp_path / "cli.png", "--method", "portrait",
+                            "--edit", "hat", "--num-steps", "3", "--mask-draws", "2", "--seed", "1"], capsys)
+    assert code == 0, err  # no --model: the shipped MCDM is --method portrait's default
+    assert np.array_equal(load_image(result.result), load_image(tmp_path / "cli.png"))
+    with pytest.raises(RetouchError, match="unknown edit 'smile'"):
+        run_edit(app, "portrait", shipped, scenes[0], {**values, "edit": "smile"})
+    # an operator's own MCDM is offered on the portrait tab only, and a backbone is not an MCDM
+    folder = tmp_path / "mcdm"
+    PortraitModel.from_backbone(tiny_backbones["tiny-sd"], PortraitSpec(image_embedding=False), None).save(folder)
+    offered = App(app.output, app.limits, extra_models=(str(folder),))
+    assert str(folder) in offered.portrait_models() and str(folder) not in offered.backbone_models()
+    with pytest.raises(RetouchError, match="is not offered here"):
+        run_edit(offered, "portrait", "mini", scenes[0], values)
+
+
 def test_serve_refuses_a_missing_model_before_starting(tmp_path, capsys):
     code, _, err = run_cli(["serve", "--output-dir", tmp_path / "out", "--model", tmp_path / "nothing"], capsys)
     assert code != 0 and "does not exist" in err
@@ -209,9 +233,9 @@ def test_the_page_has_a_tab_per_method_and_api_names(app):
     blocks = build_blocks(app)
     config = blocks.get_config_file()
     tabs = {c["props"].get("label") for c in config["components"] if c["type"] == "tabitem"}
-    assert tabs == {"pix2pix-zero / zeroCon", "PIXELS", "multitask", "effects"}
+    assert tabs == {"pix2pix-zero / zeroCon", "PIXELS", "portrait (MCDM)", "multitask", "effects"}
     names = {d.get("api_name") for d in config["dependencies"]}
-    assert {"pix2pix", "pixels", "multitask", "effects", "build_direction", "status"} <= names
+    assert {"pix2pix", "pixels", "portrait", "multitask", "effects", "build_direction", "status"} <= names
 
 
 def test_uploaded_maps_read_like_the_cli_reads_them(app, tmp_path):

@@ -234,6 +234,16 @@ def test_pix2pix_zero_in_the_browser(page, files, tmp_path):
     _shot(page, "pix2pix")
 
 
+def test_portrait_tab_puts_the_shipped_mcdm_to_work(page, files, tmp_path):
+    _tab(page, "portrait (MCDM)", "portrait")
+    _upload(page, "portrait-input", files["scene"])
+    page.get_by_text("more settings").last.click()
+    _set_number(page, "portrait-steps", 6)
+    result = _run_and_download(page, "portrait", tmp_path)
+    assert result.size == (64, 64) and _differs(result, files["scene"]) > 1.0
+    _shot(page, "portrait")
+
+
 def test_effects_and_multitask_tabs_run_with_a_painted_hole(page, files, tmp_path):
     _tab(page, "effects", "effects")
     _upload_to_editor(page, "effects-input", files["photo"])

@@ -155,7 +155,13 @@ class App:
     cache: ModelCache = field(default_factory=ModelCache)
 
     def backbone_models(self) -> list[str]:
-        return [MINI, *(m for m in self.extra_models if not _is_multitask_folder(m))]
+        return [MINI, *(m for m in self.extra_models if not (_is_multitask_folder(m) or _is_portrait_folder(m)))]
+
+    def portrait_models(self) -> list[str]:
+        from retouch.methods.portrait import SHIPPED_MODEL
+
+        shipped = [str(SHIPPED_MODEL)] if _is_portrait_folder(SHIPPED_MODEL) else []
+        return [*shipped, *(m for m in self.extra_models if _is_portrait_folder(m))]
 
     def multitask_models(self) -> list[str]:
         from retouch.methods.multitask import SHIPPED_MODEL
@@ -165,11 +171,12 @@ class App:
 
     def model(self, method, name: str):
         """``name`` for ``method``, held for one job, if the operator offered it (a client cannot name files)."""
-        offered = self.multitask_models() if method.name == "multitask" else self.backbone_models()
+        offered = {"multitask": self.multitask_models, "portrait": self.portrait_models}.get(
+            method.name, self.backbone_models)()
         if name not in offered:
             if not offered:
-                raise RetouchError("no multitask model is available; train one with `retouch train multitask` "
-                                   "and start the app with `retouch serve --model FOLDER`")
+                raise RetouchError(f"no {method.name} model is available; train one with `retouch train "
+                                   f"{method.name}` and start the app with `retouch serve --model FOLDER`")
             raise RetouchError(f"model {name!r} is not offered here; choose one of {', '.join(offered)}")
         return self.cache.using(method, name)
 
@@ -225,6 +232,20 @@ def map_from_layers(layers) -> np.ndarray | None:
 
 def _is_multitask_folder(model: str | Path) -> bool:
     return (Path(model) / "multitask.json").is_file()
+
+
+def _is_portrait_folder(model: str | Path) -> bool:
+    return (Path(model) / "portrait.json").is_file()
+
+
+def portrait_directions(model: str) -> list[str]:
+    """The edit directions a portrait (MCDM) folder was trained on, read from its ``portrait.json``."""
+    import json
+
+    try:
+        return sorted(json.loads((Path(model) / "portrait.json").read_text())["spec"]["directions"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return []
 
 
 class _Steps:

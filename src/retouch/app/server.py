@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from retouch.app.jobs import MINI, App, Exemplar, Result, build_direction, map_from_layers
+from retouch.app.jobs import MINI, App, Exemplar, Result, build_direction, map_from_layers, portrait_directions
 from retouch.app.jobs import run_edit, run_effects, run_multitask, run_pixels
 from retouch.errors import RetouchError
 
@@ -88,6 +88,7 @@ def build_blocks(app: App, *, concurrency: int = 1):
     from retouch.methods.multitask import MultitaskConfig
     from retouch.methods.pix2pix_zero import Pix2PixZeroConfig
     from retouch.methods.pixels import THRESHOLDS, PixelsConfig
+    from retouch.methods.portrait import PortraitConfig
     from retouch.methods.zerocon import ZeroConConfig
 
     upload = _upload_class()
@@ -275,6 +276,57 @@ def build_blocks(app: App, *, concurrency: int = 1):
                     *slots]
         jobs.append(x_run.click(pixels, x_inputs, x_out, api_name="pixels", **heavy))
 
+        # ---- portrait (MCDM) ----------------------------------------------------------------------------
+        with gr.Tab("portrait (MCDM)", id="portrait"):
+            with gr.Row():
+                with gr.Column():
+                    f_image = upload(label="input image", type="filepath", sources=["upload"], height=280,
+                                     elem_classes="pixelated", elem_id="portrait-input")
+                    offered = app.portrait_models()
+                    f_model = gr.Dropdown(offered, value=offered[0] if offered else None, label="MCDM model")
+                    if not offered:
+                        gr.Markdown("**No portrait model is available.** Train one with `retouch train portrait` "
+                                    "and start the app with `retouch serve --model FOLDER`.",
+                                    elem_id="portrait-missing")
+                    edits = portrait_directions(offered[0]) if offered else []
+                    f_edit = gr.Dropdown(edits, value=edits[0] if edits else None, label="edit",
+                                         info=_help(PortraitConfig, "edit")[1], elem_id="portrait-edit")
+                    f_spatial = slider(PortraitConfig, "spatial_scale", 0, 15, 0.5, "guidance of the input (c_s)")
+                    f_image_scale = slider(PortraitConfig, "image_scale", 0, 10, 0.5,
+                                           "guidance of the image embedding (c_im)")
+                    f_text = slider(PortraitConfig, "text_scale", 0, 20, 0.5, "guidance of the edit prompt (c_p)")
+                    f_mask = gr.Checkbox(True, label="mask guidance (Eq. 3)", info=_help(PortraitConfig,
+                                                                                         "mask_guidance")[1])
+                    with gr.Accordion("more settings", open=False):
+                        f_steps = slider(PortraitConfig, "num_steps", 1, 100, 1, "DDIM steps", elem_id="portrait-steps")
+                        f_strength = slider(PortraitConfig, "mask_strength", 0.05, 0.95, 0.05, "mask noise level")
+                        f_draws = slider(PortraitConfig, "mask_draws", 1, 20, 1, "mask noise draws")
+                        f_threshold = slider(PortraitConfig, "mask_threshold", 0, 1, 0.05, "mask threshold")
+                        f_seed = gr.Number(0, label="seed", precision=0)
+                    f_run = gr.Button("Run", variant="primary", elem_id="portrait-run")
+                with gr.Column():
+                    f_out = results("portrait")
+
+        f_model.change(lambda model: gr.update(choices=portrait_directions(model or ""),
+                                               value=(portrait_directions(model or "") or [None])[0]),
+                       f_model, f_edit, queue=False, api_name=False)
+
+        def portrait(image, model, edit, spatial, image_scale, text, mask, steps, strength, draws, threshold, seed,
+                     progress=gr.Progress()):
+            with _user_errors():
+                if not image:
+                    raise RetouchError("upload an input image first")
+                picture = app.read_image(image, "input image")
+                values = dict(edit=edit or "", spatial_scale=spatial, image_scale=image_scale, text_scale=text,
+                              mask_guidance=bool(mask), num_steps=int(steps), mask_strength=strength,
+                              mask_draws=int(draws), mask_threshold=threshold, seed=int(seed or 0))
+                return _outputs(picture, run_edit(app, "portrait", model or "", picture, values,
+                                                  report=_report(progress)))
+
+        jobs.append(f_run.click(portrait, [f_image, f_model, f_edit, f_spatial, f_image_scale, f_text, f_mask, f_steps,
+                                           f_strength, f_draws, f_threshold, f_seed], f_out, api_name="portrait",
+                                **heavy))
+
         # ---- multitask and effects share the compositing controls --------------------------------------
         def compositing_controls(prefix, config_class):
             image = editor("input image: upload, then paint the inpainting hole (white = fill in)", f"{prefix}-input")
@@ -388,8 +440,8 @@ def serve(output_dir: str | Path, *, host: str = "127.0.0.1", port: int = 7860, 
     output = OutputFolder(output_dir)
     for model in models:
         if not Path(model).exists():
-            raise RetouchError(f"--model '{model}' does not exist; give a diffusers folder, a .safetensors file "
-                               "or a multitask model folder")
+            raise RetouchError(f"--model '{model}' does not exist; give a diffusers folder, a .safetensors file, "
+                               "a multitask or a portrait model folder")
     # Before gradio is imported: its analytics and its upload cache are read from the environment, and
     # uploads then live under the output folder like everything else the app writes.
     os.environ["GRADIO_ANALYTICS_ENABLED"] = "False"
