@@ -236,11 +236,11 @@ def test_pix2pix_zero_in_the_browser(page, files, tmp_path):
 
 def test_portrait_tab_puts_the_shipped_mcdm_to_work(page, files, tmp_path):
     _tab(page, "portrait (MCDM)", "portrait")
-    _upload(page, "portrait-input", files["scene"])
+    _upload(page, "portrait-input", files["exemplar"])  # the cyan hexagon: the hat edit works on it
     page.get_by_text("more settings").last.click()
-    _set_number(page, "portrait-steps", 6)
+    _set_number(page, "portrait-steps", 20)
     result = _run_and_download(page, "portrait", tmp_path)
-    assert result.size == (64, 64) and _differs(result, files["scene"]) > 1.0
+    assert result.size == (64, 64) and _differs(result, files["exemplar"]) > 1.0
     _shot(page, "portrait")
 
 
