@@ -21,8 +21,9 @@ TINY = dict(attributes=("pattern",), widths=(16, 16, 16, 16), batch=32, learning
 
 def test_pixel_probe_reads_pattern_on_held_out_renders():
     """Zero-shot the judge reads pattern at chance (0.28 for 4 values); a small pixel probe trained on
-    300 TRAIN renders already beats chance clearly on TEST renders."""
-    probes, report = build_probes(World(0), ProbeConfig(train_scenes=300, test_scenes=100, epochs=6, **TINY))
+    300 TRAIN renders (half of each batch blurred, as the shipped probes are trained) beats chance
+    clearly on TEST renders (0.66 here; 6 epochs were enough before the blur augmentation, not after)."""
+    probes, report = build_probes(World(0), ProbeConfig(train_scenes=300, test_scenes=100, epochs=10, **TINY))
     assert report["chance"]["pattern"] == 0.25
     assert report["held_out_accuracy"]["pattern"] > 0.4
 
