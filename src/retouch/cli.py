@@ -490,6 +490,27 @@ def train_portrait_command(data, output_dir, init, image_encoder, steps, batch, 
                f"({report['samples_per_second']:.1f} samples/s); model in {Path(output_dir) / 'final'}")
 
 
+@train.command("pair-prior")
+@click.option("--output-dir", default="out/pair-prior", show_default=True,
+              help="checkpoints (resumable) and the fine-tuned backbone folder in final/")
+@click.option("--init", default="mini", show_default=True, help="backbone whose U-Net is fine-tuned")
+@click.option("--steps", type=int, default=1500, show_default=True)
+@click.option("--batch", type=int, default=16, show_default=True)
+@click.option("--learning-rate", type=float, default=1e-4, show_default=True)
+@click.option("--mixed-precision", type=click.Choice(["no", "fp16", "bf16"]), default="no", show_default=True)
+@click.option("--seed", type=int, default=0, show_default=True, help="world seed of the pairs and the loop's seed")
+def train_pair_prior_command(output_dir, init, steps, batch, learning_rate, mixed_precision, seed) -> None:
+    """Fine-tune a U-Net on side-by-side mini-world pairs, the prior Eq. 2 (portrait paper §3.2) needs."""
+    from retouch.train.pair_prior import PairPriorConfig, train_pair_prior
+
+    config = PairPriorConfig(output_dir=output_dir, init=init, steps=steps, batch=batch, learning_rate=learning_rate,
+                             mixed_precision=mixed_precision, seed=seed)
+    _, report = train_pair_prior(config)
+    click.echo(f"trained {report['steps']} steps in {report['seconds'] / 60:.1f} min "
+               f"({report['samples_per_second']:.1f} samples/s, final loss {report['final_loss']:.4f}); "
+               f"backbone in {Path(output_dir) / 'final'}")
+
+
 @train.command("distill")
 @click.option("--edit", default="red->blue", show_default=True,
               help="attribute edit on mini-world scenes, SOURCE->TARGET")

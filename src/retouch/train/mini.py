@@ -400,8 +400,25 @@ def unet_loss_weights(object_masks: torch.Tensor, latent_side: int, alpha_bar: t
     return spatial, per_sample.float()
 
 
+def weighted_eps_loss(model, batch, generator, schedule, object_weight: float, min_snr_gamma: float):
+    """The mini U-Net's ε-loss on a (latents, text states, object masks) batch: squared error per latent
+    pixel, weighted towards object pixels and by Min-SNR-γ (:func:`unet_loss_weights`)."""
+    from retouch.sampling import add_noise
+
+    latents, states, masks = batch
+    t = torch.randint(0, schedule.num_train_timesteps, (latents.shape[0],), generator=generator)
+    noise = torch.randn(latents.shape, generator=generator).to(latents)  # CPU draws: same on any device
+    alpha_bar = schedule.alphas_cumprod[t].to(latents)
+    noisy = add_noise(latents, noise, alpha_bar)
+    prediction = model(noisy, t.to(latents.device), encoder_hidden_states=states).sample
+    spatial, per_sample = unet_loss_weights(masks, latents.shape[-1], alpha_bar, object_weight, min_snr_gamma)
+    squared = ((prediction.float() - noise) ** 2).mean(dim=1, keepdim=True)
+    per_image = (spatial * squared).sum(dim=(1, 2, 3)) / spatial.sum(dim=(1, 2, 3))
+    return (per_sample * per_image).mean()
+
+
 def train_unet(world, config: MiniConfig, vae, text_encoder, tokenizer):
-    from retouch.sampling import NoiseSchedule, add_noise
+    from retouch.sampling import NoiseSchedule
 
     unet = mini_unet()
     schedule = NoiseSchedule.from_scheduler_config(mini_scheduler_config())
@@ -421,17 +438,8 @@ def train_unet(world, config: MiniConfig, vae, text_encoder, tokenizer):
         return latents, states, masks
 
     def loss_fn(model, batch, generator):
-        latents, states, masks = batch
-        t = torch.randint(0, schedule.num_train_timesteps, (latents.shape[0],), generator=generator)
-        noise = torch.randn(latents.shape, generator=generator).to(latents)  # CPU draws: same on any device
-        alpha_bar = schedule.alphas_cumprod[t].to(latents)
-        noisy = add_noise(latents, noise, alpha_bar)
-        prediction = model(noisy, t.to(latents.device), encoder_hidden_states=states).sample
-        spatial, per_sample = unet_loss_weights(masks, latents.shape[-1], alpha_bar, config.unet_object_weight,
-                                                config.unet_min_snr_gamma)
-        squared = ((prediction.float() - noise) ** 2).mean(dim=1, keepdim=True)
-        per_image = (spatial * squared).sum(dim=(1, 2, 3)) / spatial.sum(dim=(1, 2, 3))
-        return (per_sample * per_image).mean(), {}
+        return weighted_eps_loss(model, batch, generator, schedule, config.unet_object_weight,
+                                 config.unet_min_snr_gamma), {}
 
     loop = LoopConfig(output_dir=str(out), max_steps=config.unet_steps, learning_rate=5e-4, warmup_steps=200,
                       checkpoint_every=250, ema_decay=0.999, seed=config.seed)
