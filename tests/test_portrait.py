@@ -189,7 +189,9 @@ def test_scratch_init_and_bad_input(tiny_backbones):
     base = tiny_backbones["tiny-sd"]
     scratch = PortraitModel.from_backbone(base, PortraitSpec(image_embedding=False), None, scratch=True)
     assert not torch.allclose(scratch.denoiser.unet.conv_out.weight, base.unet.conv_out.weight)
-    model = make_model(tiny_backbones)
+    given = PortraitSpec()
+    model = PortraitModel.from_backbone(base, given, FakeEncoder())
+    assert model.spec.clip_dim == 6 and given.clip_dim == 0  # filled in on the model's copy only
     with pytest.raises(RetouchError, match="unknown edit 'smile'"):
         portrait_edit(model, images(1), PortraitConfig(edit="smile", num_steps=2))
     with pytest.raises(RetouchError, match="needs --edit"):

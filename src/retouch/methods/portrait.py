@@ -155,6 +155,7 @@ class PortraitModel:
 
         from retouch.backbone import widen_conv_in
 
+        spec = replace(spec, directions=dict(spec.directions))  # the caller's spec stays as given
         spec.validate()
         spec.latent_channels = backbone.latent_channels
         if spec.image_embedding and image_encoder is not None and not spec.clip_dim:
