@@ -34,11 +34,18 @@ def process_state():
 
     # As Accelerator() does: without cpu=True, processes on a machine without GPUs do not join.
     state = PartialState(cpu=parse_flag_from_env("ACCELERATE_USE_CPU"))
-    if state.num_processes == 1:
-        # Each process would do the whole job alone, all writing the same files.
-        raise RetouchError(f"launched as {launched} processes (WORLD_SIZE) but accelerate runs "
-                           f"{state.num_processes}; on CPUs set ACCELERATE_USE_CPU=1")
+    check_launch(state.num_processes)
     return state
+
+
+def check_launch(num_processes: int) -> None:
+    """Refuse a launch of several processes that accelerate runs as one each: every process would do
+    the whole job alone, all writing the same files (on a CPU-only machine accelerate joins processes
+    only when told to use the CPU)."""
+    launched = int(os.environ.get("WORLD_SIZE", "1"))
+    if launched > 1 and num_processes == 1:
+        raise RetouchError(f"launched as {launched} processes (WORLD_SIZE) but accelerate runs "
+                           f"{num_processes}; on CPUs set ACCELERATE_USE_CPU=1 (or Accelerator(cpu=True))")
 
 
 def is_main_process() -> bool:

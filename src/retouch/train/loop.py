@@ -99,17 +99,12 @@ def train(
     """
     from accelerate import Accelerator
     from accelerate.utils import send_to_device
+
+    from retouch.distributed import check_launch
     from tqdm import tqdm
 
     accelerator = accelerator or Accelerator(mixed_precision=config.mixed_precision)
-    launched = int(os.environ.get("WORLD_SIZE", "1"))
-    if launched > 1 and accelerator.num_processes == 1:
-        from retouch.errors import RetouchError
-
-        # Each process would train alone, all into the same folder: on a CPU-only machine accelerate
-        # only joins the processes when told to use the CPU.
-        raise RetouchError(f"launched as {launched} processes (WORLD_SIZE) but accelerate runs "
-                           f"{accelerator.num_processes}; on CPUs set ACCELERATE_USE_CPU=1 (or Accelerator(cpu=True))")
+    check_launch(accelerator.num_processes)
     output_dir = Path(config.output_dir)
     if accelerator.is_main_process:
         output_dir.mkdir(parents=True, exist_ok=True)
