@@ -104,3 +104,33 @@ def test_resolution_filter(tiny_backbones):
     every = attention_layers(unet)
     assert select_layers(unet, max_resolution=8, latent_size=(32, 32)) == []
     assert select_layers(unet, max_resolution=16, latent_size=(32, 32)) == every
+
+
+@pytest.mark.parametrize("upcast", [True, False])
+def test_recorded_probabilities_are_upcast_where_the_layer_asks(upcast):
+    """SD 2.x layers set ``upcast_attention``: in float16 their scores overflow unless computed in float32,
+    as diffusers' ``get_attention_scores`` does; the recording path must do the same (the fused path
+    accumulates wider by itself)."""
+    from diffusers.models.attention_processor import Attention, AttnProcessor
+
+    from retouch.attention import AttentionLayer, HookedAttnProcessor
+
+    torch.manual_seed(0)
+    attn = Attention(query_dim=8, cross_attention_dim=8, heads=2, dim_head=4, upcast_attention=upcast).half()
+    with torch.no_grad():
+        for linear in (attn.to_q, attn.to_k):
+            linear.weight.fill_(1.0)
+    hidden = torch.full((1, 3, 8), 40.0).half()  # q·k ≈ 320² · 4 / 2 ≫ 65504: inf in float16
+    context = torch.full((1, 5, 8), 40.0).half() + torch.arange(5.0).view(1, 5, 1).half()
+    recorder = CrossAttentionRecorder()
+    attn.set_processor(HookedAttnProcessor(AttentionLayer("attn2", True, "mid"), recorder))
+    hooked = attn(hidden, encoder_hidden_states=context)
+    probabilities = recorder.maps["attn2"]
+    if upcast:
+        attn.set_processor(AttnProcessor())  # diffusers' reference, honouring upcast_attention
+        reference = attn(hidden, encoder_hidden_states=context)
+        assert torch.isfinite(probabilities).all() and probabilities.dtype == torch.float32
+        assert torch.allclose(probabilities.sum(-1), torch.ones(()), atol=1e-5)
+        assert torch.allclose(hooked.float(), reference.float(), atol=1e-2)
+    else:  # the layer did not ask: float16 as the model runs, and these inputs overflow
+        assert probabilities.dtype == torch.float16 and not torch.isfinite(probabilities).all()

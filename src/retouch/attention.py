@@ -194,7 +194,9 @@ class HookedAttnProcessor:
             key = attn.norm_k(key)
 
         if self.hook.wants_probabilities(self.layer):
-            probabilities = _sliced(_softmax_scores, self.slice_size, query, key, attention_mask)
+            # SD 2.x sets upcast_attention: its fp16 scores overflow (the fused kernel accumulates wider)
+            scores_fn = _upcast_softmax_scores if attn.upcast_attention or attn.upcast_softmax else _softmax_scores
+            probabilities = _sliced(scores_fn, self.slice_size, query, key, attention_mask)
             probabilities = self.hook.on_probabilities(self.layer, probabilities)
             out = probabilities.to(value.dtype) @ value  # (B, heads, queries, head_dim)
         else:
@@ -215,6 +217,13 @@ def _softmax_scores(query, key, attention_mask):
     if attention_mask is not None:
         scores = scores + attention_mask
     return scores.softmax(dim=-1)
+
+
+def _upcast_softmax_scores(query, key, attention_mask):
+    """:func:`_softmax_scores` in float32, as diffusers' ``get_attention_scores`` does for layers with
+    ``upcast_attention`` / ``upcast_softmax`` (the probabilities stay float32; the caller casts)."""
+    mask = None if attention_mask is None else attention_mask.float()
+    return _softmax_scores(query.float(), key.float(), mask)
 
 
 def _fused_attention(query, key, value, attention_mask):
