@@ -447,8 +447,7 @@ def train_multitask_command(data, output_dir, init, steps, batch, learning_rate,
                                   n_pair=n_pair, n_pair_weight=n_pair_weight, mixed_precision=mixed_precision,
                                   seed=seed)
     _, report = train_multitask(config)
-    click.echo(f"trained {report['steps']} steps in {report['seconds'] / 60:.1f} min "
-               f"({report['samples_per_second']:.1f} samples/s); model in {Path(output_dir) / 'final'}")
+    _say_trained(report, output_dir)
 
 
 @train.command("portrait")
@@ -486,8 +485,16 @@ def train_portrait_command(data, output_dir, init, image_encoder, steps, batch, 
                                  dropout=dropout, spatial=spatial, image_embedding=image_embedding, scratch=scratch,
                                  input_gain=input_gain, mixed_precision=mixed_precision, seed=seed)
     _, report = train_portrait(config)
-    click.echo(f"trained {report['steps']} steps on {report['pairs']} pairs in {report['seconds'] / 60:.1f} min "
-               f"({report['samples_per_second']:.1f} samples/s); model in {Path(output_dir) / 'final'}")
+    _say_trained(report, output_dir, data=f" on {report['pairs']} pairs")
+
+
+def _say_trained(report: dict, output_dir: str, *, data: str = "", rate_note: str = "", what: str = "model") -> None:
+    """The training commands' last line, once: under ``accelerate launch`` every process returns here."""
+    from retouch.distributed import is_main_process
+
+    if is_main_process():
+        click.echo(f"trained {report['steps']} steps{data} in {report['seconds'] / 60:.1f} min "
+                   f"({report['samples_per_second']:.1f} samples/s{rate_note}); {what} in {Path(output_dir) / 'final'}")
 
 
 @train.command("pair-prior")
@@ -506,9 +513,8 @@ def train_pair_prior_command(output_dir, init, steps, batch, learning_rate, mixe
     config = PairPriorConfig(output_dir=output_dir, init=init, steps=steps, batch=batch, learning_rate=learning_rate,
                              mixed_precision=mixed_precision, seed=seed)
     _, report = train_pair_prior(config)
-    click.echo(f"trained {report['steps']} steps in {report['seconds'] / 60:.1f} min "
-               f"({report['samples_per_second']:.1f} samples/s, final loss {report['final_loss']:.4f}); "
-               f"backbone in {Path(output_dir) / 'final'}")
+    loss = report["final_loss"]
+    _say_trained(report, output_dir, rate_note="" if loss is None else f", final loss {loss:.4f}", what="backbone")
 
 
 @train.command("distill")
