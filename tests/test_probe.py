@@ -77,4 +77,4 @@ def test_bad_probe_inputs_are_one_line_errors(tmp_path):
     with pytest.raises(RetouchError, match="probe kind"):
         ProbeConfig(kind="clip").validate()
     with pytest.raises(RetouchError, match="probes classify"):
-        ProbeConfig(attributes=("background",)).validate()
+        ProbeConfig(attributes=("flavour",)).validate()

@@ -300,3 +300,55 @@ def test_edit_scenes_hold_the_source_value_and_swap_one_word():
     assert 0 < scenes.masks.mean() < 0.5 and MASK_GROWTH == 2
     with pytest.raises(ValueError, match="different attributes"):
         edit_scenes(world, "circle", "red", 1)
+
+
+# ---- world profiles (issue 19: a world two CPU cores can learn) ----------------------------
+def test_v2_profile_draws_one_large_object_from_its_own_words():
+    world = World(seed=3, size=64, profile="v2")
+    vocab = world.vocabularies
+    for index in range(60):
+        spec, rendered, text = world.scene(index)
+        assert spec.profile == "v2" and len(spec.objects) == 1
+        obj = spec.objects[0]
+        assert obj.shape in vocab["shape"] and obj.colour in vocab["colour"] and obj.pattern in vocab["pattern"]
+        assert spec.background in vocab["background"] and obj.size in vocab["size"]
+        body = rendered.body_masks[0]
+        rows, cols = np.flatnonzero(body.any(axis=1)), np.flatnonzero(body.any(axis=0))
+        extent = max(rows[-1] - rows[0], cols[-1] - cols[0]) + 1
+        assert extent >= 0.45 * 64, (index, obj, extent)  # half the side: ≥ 7 latent cells at factor 4
+        assert obj.colour in text and obj.shape in text and spec.background in text
+
+
+def test_profiles_keep_the_shared_vocabulary_and_refuse_unknown_names():
+    v1, v2 = World(0, profile="v1"), World(0, profile="v2")
+    assert v1.vocabularies == VOCABULARIES
+    for name, words in v2.vocabularies.items():
+        assert set(words) <= set(VOCABULARIES[name])
+    assert len(v2.vocabularies["shape"]) < len(SHAPES)
+    with pytest.raises(ValueError, match="unknown world profile"):
+        World(0, profile="v9")
+    with pytest.raises(ValueError, match="unknown world profile"):
+        SceneSpec(background="sand", objects=(ObjectSpec("circle", "red"),), profile="v9")
+
+
+def test_v2_patterns_are_coarser_than_v1():
+    obj = ObjectSpec("square", "red", pattern="striped", size="large", x=0.5, y=0.6)
+    period = {}
+    for profile in ("v1", "v2"):
+        rendered = render_scene(SceneSpec(background="snow", objects=(obj,), profile=profile), 64)
+        row = int(np.flatnonzero(rendered.body_masks[0].any(axis=1)).mean())
+        inside = _erode(rendered.body_masks[0], 2)[row]
+        shade = rendered.image[row, inside, 1] > 0.3  # the stripe shade of red is light, the body dark
+        transitions = np.count_nonzero(np.diff(shade.astype(int)))
+        period[profile] = 2 * inside.sum() / transitions  # pixels per stripe pair along the row
+    assert period["v2"] >= 1.5 * period["v1"] and period["v2"] >= 12  # ≥ 3 latent cells per stripe pair
+
+
+def test_v2_pairs_stay_in_the_profile_and_change_only_the_right_side():
+    world = World(seed=1, size=64, profile="v2")
+    for index in range(10):
+        left, right, rendered, prompts = world.pair(index, {"accessory": "hat"})
+        assert left.profile == right.profile == "v2"
+        assert left.objects[0].accessory == "none" and right.objects[0].accessory == "hat"
+        assert rendered.image.shape == (64, 128, 3)
+        assert left.objects[0].colour in world.vocabularies["colour"]

@@ -1,10 +1,12 @@
 """The mini world: procedural, captioned scenes with exact per-object masks.
 
 A scene is a textured background (grass, sand, water, sky, snow, brick, wood) with one to three
-objects, each with a shape, colour, pattern, accessory (a top hat or none), size and position.
-Everything is a pure function of a seed::
+objects, each with a shape, colour, pattern, accessory (a top hat or none), size and position. A
+world profile (``vocabulary.PROFILES``) says which words are drawn and how large objects are: ``v1``
+uses every word, ``v2`` one large object from a smaller vocabulary (``docs/world_v2.md``).
+Everything is a pure function of the seed and the profile::
 
-    world = World(seed=0, size=64)
+    world = World(seed=0, size=64, profile="v2")
     spec, rendered, text = world.scene(12)      # SceneSpec, RenderedScene, "a photo of a red circle on sand"
     left, right, pair, prompts = world.pair(3, {"pattern": "striped"})   # side by side, one background
 
@@ -36,9 +38,12 @@ from retouch.world.vocabulary import (
     COLOURS,
     PATTERNS,
     POSITIONS,
+    PROFILES,
     SHAPES,
     SIZES,
     VOCABULARIES,
+    WorldProfile,
+    world_profile,
 )
 
 #: Split rule: ``index % 100`` below 90 is train, below 95 val, the rest test (stable for any seed).
@@ -60,18 +65,24 @@ class SceneBatch:
 
 
 class World:
-    """All scenes of one seed: ``scene(index)`` is a pure function of (seed, index)."""
+    """All scenes of one seed and profile: ``scene(index)`` is a pure function of (seed, profile, index)."""
 
-    def __init__(self, seed: int = 0, size: int = 64):
+    def __init__(self, seed: int = 0, size: int = 64, profile: str | WorldProfile | None = None):
         self.seed = int(seed)
         self.size = int(size)
+        self.profile = world_profile(profile)
 
     def __repr__(self) -> str:
-        return f"World(seed={self.seed}, size={self.size})"
+        return f"World(seed={self.seed}, size={self.size}, profile={self.profile.name!r})"
+
+    @property
+    def vocabularies(self) -> dict[str, tuple[str, ...]]:
+        """The words this world's scenes use, per attribute (a subset of ``VOCABULARIES``)."""
+        return self.profile.vocabularies
 
     def spec(self, index: int) -> tuple[SceneSpec, np.random.Generator]:
         rng = np.random.default_rng([self.seed, int(index)])
-        return sample_scene(rng), rng
+        return sample_scene(rng, profile=self.profile), rng
 
     def scene(self, index: int, render: bool = True) -> tuple[SceneSpec, RenderedScene | None, str]:
         """(spec, rendering, caption) of scene ``index``; ``render=False`` skips drawing (rendering None)."""
@@ -109,7 +120,7 @@ class World:
         Pairs come from their own seed stream, so pair ``i`` is unrelated to scene ``i``.
         """
         rng = np.random.default_rng([self.seed, int(index), 1])
-        left, right = sample_pair(rng, change, **fixed_attributes)
+        left, right = sample_pair(rng, change, profile=self.profile, **fixed_attributes)
         return left, right, render_pair(left, right, self.size), pair_caption(left, right)
 
 
@@ -142,7 +153,7 @@ def sample_grid(world: World, rows: int, cols: int, *, start: int = 0, pair_rows
 
 __all__ = [
     "ACCESSORIES", "BACKGROUNDS", "COLOURS", "COLOUR_RGB", "MAX_OBJECTS", "PATTERNS", "POSITIONS", "SHAPES",
-    "SIZES", "VOCABULARIES", "ObjectSpec", "PairCaptions", "RenderedScene", "SceneBatch", "SceneSpec", "World",
+    "PROFILES", "SIZES", "VOCABULARIES", "WorldProfile", "world_profile", "ObjectSpec", "PairCaptions", "RenderedScene", "SceneBatch", "SceneSpec", "World",
     "attributes", "build_texture_banks", "caption", "caption_templates", "describe_object", "pair_caption",
     "render_background", "render_pair", "render_scene", "sample_grid", "sample_pair", "sample_scene",
     "sentence_bank", "with_changes",

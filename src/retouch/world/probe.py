@@ -37,8 +37,9 @@ from retouch.world.render import render_scene
 from retouch.world.scene import attributes, sample_scene
 from retouch.world.vocabulary import VOCABULARIES
 
-#: What the probes classify: the main object's attributes (background needs no probe, zero-shot is exact).
-PROBED_ATTRIBUTES = ("shape", "colour", "pattern", "accessory", "size", "position")
+#: What the probes can classify: the main object's attributes and the background (so every accuracy the
+#: judge reports zero-shot can be read a second, independent way).
+PROBED_ATTRIBUTES = ("shape", "colour", "pattern", "accessory", "size", "position", "background")
 PROBE_KINDS = ("pixels", "judge")
 #: Scenes for probes come from this third seed component, unrelated to scenes, pairs (1) and edits (7).
 PROBE_STREAM = 11
@@ -83,12 +84,14 @@ class ProbeScenes:
 
 
 def probe_scenes(world, split: str, count: int) -> ProbeScenes:
-    """``count`` single-object scenes of ``split`` (``World.split`` of the index), all attributes random."""
+    """``count`` single-object scenes of ``split`` (``World.split`` of the index), all attributes random
+    within the world's profile."""
     images, labels = [], []
     index = 0
     while len(images) < count:
         if world.split(index) == split:
-            spec = sample_scene(np.random.default_rng([world.seed, index, PROBE_STREAM]), n_objects=1)
+            spec = sample_scene(np.random.default_rng([world.seed, index, PROBE_STREAM]), n_objects=1,
+                                profile=world.profile)
             images.append(render_scene(spec, world.size).image)
             labels.append(attributes(spec))
         index += 1
@@ -303,7 +306,8 @@ def build_probes(world, config: ProbeConfig, judge=None, autoencoder=None) -> tu
     report = {"train_scenes": config.train_scenes, "test_scenes": config.test_scenes,
               "build_seconds": round(seconds, 1),
               "held_out_accuracy": accuracy(probes, test),
-              "chance": {name: 1 / len(VOCABULARIES[name]) for name in probes.attributes}}
+              "profile": world.profile.name,
+              "chance": {name: 1 / len(world.vocabularies[name]) for name in probes.attributes}}
     if autoencoder is not None:
         round_trip = ProbeScenes(autoencoder(test.images), test.labels)
         report["held_out_accuracy_after_autoencoder"] = accuracy(probes, round_trip)
@@ -325,9 +329,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--epochs", type=int, default=ProbeConfig.epochs)
     parser.add_argument("--blur", type=float, default=ProbeConfig.blur)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--profile", default=None, help="world profile the probes read (default: the world's)")
+    parser.add_argument("--model", default="mini", help="backbone whose autoencoder round trip is reported")
+    parser.add_argument("--judge", type=Path, default=MINI_DIR / "judge")
     args = parser.parse_args(argv)
-    world = World(seed=args.seed)
-    backbone = load_backbone("mini")
+    world = World(seed=args.seed, profile=args.profile)
+    backbone = load_backbone(args.model)
 
     @torch.no_grad()
     def autoencoder(images01):
@@ -335,7 +342,7 @@ def main(argv: list[str] | None = None) -> None:
                           .clamp(0, 1) for k in range(0, len(images01), 100)])
 
     shared = dict(train_scenes=args.train_scenes, test_scenes=args.test_scenes, seed=args.seed)
-    judge = TransformersCLIPJudge(MINI_DIR / "judge")
+    judge = TransformersCLIPJudge(args.judge)
     _, judge_report = build_probes(world, ProbeConfig(kind="judge", **shared), judge, autoencoder)
     print(json.dumps({"judge": judge_report}, indent=2), flush=True)
     config = ProbeConfig(epochs=args.epochs, blur=args.blur, **shared)

@@ -35,8 +35,8 @@ from retouch.world.vocabulary import (
     HAT_BAND_RGB,
     HAT_RGB,
     OUTLINE_RGB,
-    SIZE_FRACTION,
     pattern_rgb,
+    world_profile,
 )
 
 SUPERSAMPLE = 4
@@ -304,22 +304,23 @@ def _body(shape: str, diameter: int, outline: int) -> tuple[np.ndarray, np.ndarr
 
 
 @functools.lru_cache(maxsize=256)
-def _pattern(pattern: str, diameter: int) -> np.ndarray | None:
-    """Where the pattern colour goes, on the fine grid; its scale follows the body, not the image."""
+def _pattern(pattern: str, diameter: int, cycles: float) -> np.ndarray | None:
+    """Where the pattern colour goes, on the fine grid; its scale follows the body, not the image:
+    ``cycles`` stripe pairs (at 45°), dot spacings or check cells span the body's bounding box."""
     if pattern == "plain":
         return None
     u, v = _grid(diameter)
     if pattern == "striped":
-        period = 2 / 3.4  # 3.4 stripe pairs across the body, at 45°
+        period = 2 / cycles
         return ((u + v) / np.sqrt(2) / period + 0.25) % 1 < 0.5
     if pattern == "dotted":
-        spacing = 2 / 3.1
+        spacing = 2 / cycles
         row = np.floor(v / (spacing * 0.866) + 0.5)
         dy = v - row * spacing * 0.866
         dx = (u + (row % 2) * spacing / 2 + spacing / 2) % spacing - spacing / 2
         return dx**2 + dy**2 <= (0.3 * spacing) ** 2
     if pattern == "checkered":
-        cell = 2 / 4.3
+        cell = 2 / cycles
         return (np.floor(u / cell + 0.5) + np.floor(v / cell + 0.5)) % 2 == 0
     raise ValueError(f"unknown pattern '{pattern}'")
 
@@ -338,8 +339,8 @@ def _hat(shape: str, diameter: int, extent: int) -> tuple[np.ndarray, np.ndarray
 
 
 @functools.lru_cache(maxsize=8192)
-def _object_coverage(shape: str, pattern: str, hat: bool, diameter: int, outline: int, phase_y: int,
-                     phase_x: int) -> np.ndarray:
+def _object_coverage(shape: str, pattern: str, cycles: float, hat: bool, diameter: int, outline: int,
+                     phase_y: int, phase_x: int) -> np.ndarray:
     """Output-pixel coverage of each paint layer, (5, h, w) uint8 counts of covered fine pixels
     (out of SUPERSAMPLE², stored as counts to keep the cache small), for one sub-pixel phase.
 
@@ -355,7 +356,7 @@ def _object_coverage(shape: str, pattern: str, hat: bool, diameter: int, outline
         layers[_HAT], layers[_BAND] = _hat(shape, diameter, extent)
         covered = layers[_HAT] | layers[_BAND]
         body, fill = body & ~covered, fill & ~covered
-    pattern_mask = _pattern(pattern, diameter)
+    pattern_mask = _pattern(pattern, diameter, cycles)
     if pattern_mask is not None:
         pattern_mask = np.pad(pattern_mask, ((extent, 0), (0, 0)))
         layers[_PATTERN] = fill & pattern_mask
@@ -386,7 +387,7 @@ _PAINTS = {c: np.array([COLOUR_RGB[c], pattern_rgb(c), OUTLINE_RGB, HAT_RGB, HAT
 def render_scene(spec: SceneSpec, size: int = 64) -> RenderedScene:
     """Render ``spec`` at ``size``×``size``: the image, per-object masks and visible coverage."""
     background = render_background(spec.background, spec.texture_seed, size)
-    return _compose(background, [(obj, 0) for obj in spec.objects], size)
+    return _compose(background, [(obj, 0) for obj in spec.objects], size, spec.profile)
 
 
 def render_pair(spec_left: SceneSpec, spec_right: SceneSpec, size: int = 64) -> RenderedScene:
@@ -397,11 +398,13 @@ def render_pair(spec_left: SceneSpec, spec_right: SceneSpec, size: int = 64) -> 
     """
     background = render_background(spec_left.background, spec_left.texture_seed, size, 2 * size)
     placed = [(obj, 0) for obj in spec_left.objects] + [(obj, size) for obj in spec_right.objects]
-    return _compose(background, placed, size)
+    return _compose(background, placed, size, spec_left.profile)
 
 
-def _compose(image: np.ndarray, placed: list, side: int) -> RenderedScene:
-    """Composite objects (drawing order) over ``image`` (modified in place); ``side`` scales them."""
+def _compose(image: np.ndarray, placed: list, side: int, profile: str) -> RenderedScene:
+    """Composite objects (drawing order) over ``image`` (modified in place); ``side`` scales them and
+    ``profile`` sets their sizes and pattern scale."""
+    profile = world_profile(profile)
     height, width = image.shape[:2]
     n = len(placed)
     s = SUPERSAMPLE
@@ -410,11 +413,12 @@ def _compose(image: np.ndarray, placed: list, side: int) -> RenderedScene:
     hat_vis = np.zeros((n, height, width), dtype=np.float32)
     background_vis = np.ones((height, width), dtype=np.float32)
     for i, (obj, x_offset) in enumerate(placed):
-        diameter = 2 * round(SIZE_FRACTION[obj.size] * side * s / 2)
+        diameter = 2 * round(profile.diameter(obj.size) * side * s / 2)
         hat = obj.accessory == "hat"
         top = round(obj.y * side * s) - diameter // 2 - (_hat_rows(diameter) if hat else 0)
         left = round((obj.x * side + x_offset) * s) - diameter // 2
-        coverage = _object_coverage(obj.shape, obj.pattern, hat, diameter, outline, top % s, left % s)
+        cycles = profile.cycles(obj.pattern) if obj.pattern != "plain" else 0.0
+        coverage = _object_coverage(obj.shape, obj.pattern, cycles, hat, diameter, outline, top % s, left % s)
         y0, x0 = top // s, left // s
         y1, x1 = y0 + coverage.shape[1], x0 + coverage.shape[2]
         cy0, cx0, cy1, cx1 = max(y0, 0), max(x0, 0), min(y1, height), min(x1, width)

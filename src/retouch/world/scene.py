@@ -16,18 +16,15 @@ import numpy as np
 from retouch.world.vocabulary import (
     ACCESSORIES,
     BACKGROUNDS,
-    COLOURS,
-    PATTERNS,
-    SHAPES,
-    SIZE_FRACTION,
-    SIZES,
+    DEFAULT_PROFILE,
+    PROFILES,
     VOCABULARIES,
+    WorldProfile,
     position_word,
+    world_profile,
 )
 
 MAX_OBJECTS = 3
-#: Probability of 1, 2 and 3 objects when ``n_objects`` is not fixed.
-OBJECT_COUNT_WEIGHTS = (0.6, 0.28, 0.12)
 #: Space kept free above every body for a hat (as a fraction of the body's bounding diameter), so an
 #: "add a hat" edit never pushes the hat out of the image.
 HAT_ROOM = 0.42
@@ -68,33 +65,39 @@ class ObjectSpec:
 
 @dataclass(frozen=True)
 class SceneSpec:
-    """A background kind, the objects in drawing order, and the seed of the background crop."""
+    """A background kind, the objects in drawing order, the seed of the background crop, and the
+    world profile whose object sizes and pattern scale the renderer uses."""
 
     background: str
     objects: tuple[ObjectSpec, ...]
     texture_seed: int = 0
+    profile: str = DEFAULT_PROFILE
 
     def __post_init__(self):
+        if self.profile not in PROFILES:
+            raise ValueError(f"unknown world profile '{self.profile}'; choose one of {', '.join(PROFILES)}")
         if self.background not in BACKGROUNDS:
             raise ValueError(f"unknown background '{self.background}'; choose one of {', '.join(BACKGROUNDS)}")
         if not isinstance(self.objects, tuple):
             object.__setattr__(self, "objects", tuple(self.objects))
 
 
-def bounding_radius(size: str) -> float:
+def bounding_radius(size: str, profile: str | WorldProfile | None = None) -> float:
     """Half the body's bounding diameter, as a fraction of the image side."""
-    return SIZE_FRACTION[size] / 2
+    return world_profile(profile).diameter(size) / 2
 
 
-def position_range(size: str) -> tuple[tuple[float, float], tuple[float, float]]:
+def position_range(size: str, profile: str | WorldProfile | None = None
+                   ) -> tuple[tuple[float, float], tuple[float, float]]:
     """The (x, y) ranges a body centre of this size may take: inside the image with room for a hat."""
-    r = bounding_radius(size)
+    r = bounding_radius(size, profile)
     hat = HAT_ROOM * 2 * r
     return (r + MARGIN, 1 - r - MARGIN), (r + hat + MARGIN, 1 - r - MARGIN)
 
 
-def sample_scene(rng: np.random.Generator, *, n_objects: int | None = None, **fixed_attributes) -> SceneSpec:
-    """Sample a scene; ``fixed_attributes`` pin the background or attributes of the main object.
+def sample_scene(rng: np.random.Generator, *, n_objects: int | None = None,
+                 profile: str | WorldProfile | None = None, **fixed_attributes) -> SceneSpec:
+    """Sample a scene of ``profile``; ``fixed_attributes`` pin the background or main object's attributes.
 
     ``sample_scene(rng, background="snow", shape="star", pattern="dotted")``. Other objects get
     random attributes, a (shape, colour) pair different from every other object so captions stay
@@ -108,12 +111,14 @@ def sample_scene(rng: np.random.Generator, *, n_objects: int | None = None, **fi
     if unknown:
         fixable = ", ".join(_OBJECT_FIELDS + _SCENE_FIELDS)
         raise ValueError(f"cannot fix {', '.join(sorted(unknown))}; fixable: {fixable}")
+    profile = world_profile(profile)
     fixed_count = n_objects is not None
     if n_objects is None:
-        n_objects = int(np.searchsorted(np.cumsum(OBJECT_COUNT_WEIGHTS), rng.random(), side="right")) + 1
+        n_objects = int(np.searchsorted(np.cumsum(profile.object_count_weights), rng.random(), side="right")) + 1
     if not 1 <= n_objects <= MAX_OBJECTS:
         raise ValueError(f"n_objects must be 1..{MAX_OBJECTS}, got {n_objects}")
-    background = fixed_attributes.get("background") or BACKGROUNDS[rng.integers(len(BACKGROUNDS))]
+    backgrounds = profile.backgrounds
+    background = fixed_attributes.get("background") or backgrounds[rng.integers(len(backgrounds))]
     texture_seed = int(fixed_attributes.get("texture_seed", rng.integers(2**31)))
     main_fixed = {k: v for k, v in fixed_attributes.items() if k in _OBJECT_FIELDS}
 
@@ -122,50 +127,52 @@ def sample_scene(rng: np.random.Generator, *, n_objects: int | None = None, **fi
     used = set()
     for i in range(n_objects):
         fixed = main_fixed if i == 0 else {}
-        attrs = _sample_attributes(rng, fixed, used)
-        placed = _place(rng, attrs["size"], circles, fixed)
-        while placed[2] > MAX_OVERLAP and "size" not in fixed and attrs["size"] != SIZES[0]:
-            attrs["size"] = SIZES[SIZES.index(attrs["size"]) - 1]  # a smaller object may still fit
-            placed = _place(rng, attrs["size"], circles, fixed)
+        attrs = _sample_attributes(rng, fixed, used, profile)
+        placed = _place(rng, attrs["size"], circles, fixed, profile)
+        smaller = [size for size in profile.sizes if profile.diameter(size) < profile.diameter(attrs["size"])]
+        while placed[2] > MAX_OVERLAP and "size" not in fixed and smaller:
+            attrs["size"] = smaller.pop()  # a smaller object may still fit
+            placed = _place(rng, attrs["size"], circles, fixed, profile)
         if placed[2] > MAX_OVERLAP and i > 0 and not fixed_count:
             break  # no room: a random object count just comes out lower
         used.add((attrs["shape"], attrs["colour"]))
         objects.append(ObjectSpec(**attrs, x=placed[0], y=placed[1]))
-        circles.append(_footprint(attrs["size"], placed[0], placed[1]))
-    return SceneSpec(background=background, objects=tuple(objects), texture_seed=texture_seed)
+        circles.append(_footprint(attrs["size"], placed[0], placed[1], profile))
+    return SceneSpec(background=background, objects=tuple(objects), texture_seed=texture_seed, profile=profile.name)
 
 
-def _sample_attributes(rng: np.random.Generator, fixed: dict, used: set) -> dict:
+def _sample_attributes(rng: np.random.Generator, fixed: dict, used: set, profile: WorldProfile) -> dict:
     for _ in range(20):
         attrs = {
-            "shape": fixed.get("shape") or SHAPES[rng.integers(len(SHAPES))],
-            "colour": fixed.get("colour") or COLOURS[rng.integers(len(COLOURS))],
-            "pattern": fixed.get("pattern") or PATTERNS[rng.integers(len(PATTERNS))],
-            "accessory": fixed.get("accessory") or ACCESSORIES[int(rng.random() < 0.35)],
-            "size": fixed.get("size") or SIZES[rng.integers(len(SIZES))],
+            "shape": fixed.get("shape") or profile.shapes[rng.integers(len(profile.shapes))],
+            "colour": fixed.get("colour") or profile.colours[rng.integers(len(profile.colours))],
+            "pattern": fixed.get("pattern") or profile.patterns[rng.integers(len(profile.patterns))],
+            "accessory": fixed.get("accessory") or ACCESSORIES[int(rng.random() < profile.hat_probability)],
+            "size": fixed.get("size") or profile.sizes[rng.integers(len(profile.sizes))],
         }
         if (attrs["shape"], attrs["colour"]) not in used:
             break
     return attrs
 
 
-def _footprint(size: str, x: float, y: float) -> tuple[float, float, float]:
+def _footprint(size: str, x: float, y: float, profile: WorldProfile) -> tuple[float, float, float]:
     """A circle covering the body and its hat room: (centre x, centre y, radius)."""
-    r = bounding_radius(size)
+    r = bounding_radius(size, profile)
     hat = HAT_ROOM * 2 * r
     return x, y - hat / 2, r + hat / 2
 
 
-def _place(rng: np.random.Generator, size: str, circles: list, fixed: dict) -> tuple[float, float, float]:
+def _place(rng: np.random.Generator, size: str, circles: list, fixed: dict,
+           profile: WorldProfile) -> tuple[float, float, float]:
     """(x, y, overlap): the first of ``PLACEMENT_TRIES`` candidate positions overlapping placed
     footprints by at most MAX_OVERLAP, else the least overlapping candidate."""
-    (x0, x1), (y0, y1) = position_range(size)
+    (x0, x1), (y0, y1) = position_range(size, profile)
     xs = np.full(PLACEMENT_TRIES, float(fixed["x"])) if "x" in fixed else rng.uniform(x0, x1, PLACEMENT_TRIES)
     ys = np.full(PLACEMENT_TRIES, float(fixed["y"])) if "y" in fixed else rng.uniform(y0, y1, PLACEMENT_TRIES)
     if not circles:
         return float(xs[0]), float(ys[0]), -1.0
-    r = bounding_radius(size) * (1 + HAT_ROOM)
-    cx, cy = xs, ys - bounding_radius(size) * HAT_ROOM
+    r = bounding_radius(size, profile) * (1 + HAT_ROOM)
+    cx, cy = xs, ys - bounding_radius(size, profile) * HAT_ROOM
     others = np.array(circles)  # (M, 3): x, y, radius
     reach = r + others[:, 2]
     distance = np.hypot(cx[:, None] - others[:, 0], cy[:, None] - others[:, 1])
@@ -202,8 +209,8 @@ def attributes(spec: SceneSpec) -> dict[str, int]:
     return {name: VOCABULARIES[name].index(value) for name, value in values.items()}
 
 
-def sample_pair(rng: np.random.Generator, change: dict | None = None,
-                **fixed_attributes) -> tuple[SceneSpec, SceneSpec]:
+def sample_pair(rng: np.random.Generator, change: dict | None = None, *,
+                profile: str | WorldProfile | None = None, **fixed_attributes) -> tuple[SceneSpec, SceneSpec]:
     """A (left, right) pair for side-by-side rendering: the same single object on both halves.
 
     Shape, colour, size and position within the half are shared; ``change`` (e.g. ``{"pattern":
@@ -215,14 +222,17 @@ def sample_pair(rng: np.random.Generator, change: dict | None = None,
     bad = set(change) - {"shape", "colour", "pattern", "accessory", "size"}
     if bad:
         raise ValueError(f"a pair can change object attributes only, not {', '.join(sorted(bad))}")
-    left = sample_scene(rng, n_objects=1, **fixed_attributes)
+    profile = world_profile(profile)
+    left = sample_scene(rng, n_objects=1, profile=profile, **fixed_attributes)
     for name, target in change.items():
         if getattr(left.objects[0], name) == target:  # the left side must differ where the right changes
-            others = [word for word in VOCABULARIES[name] if word != target]
+            words = profile.vocabularies[name] if target in profile.vocabularies[name] else VOCABULARIES[name]
+            others = [word for word in words if word != target]
             left = with_changes(left, **{name: others[rng.integers(len(others))]})
     if "size" in change:
         # one position that keeps both sizes (and their hat room) inside the half
-        (x0, x1), (y0, y1) = position_range(max(left.objects[0].size, change["size"], key=SIZES.index))
+        larger = max(left.objects[0].size, change["size"], key=profile.diameter)
+        (x0, x1), (y0, y1) = position_range(larger, profile)
         left = with_changes(left, x=float(rng.uniform(x0, x1)), y=float(rng.uniform(y0, y1)))
     right = with_changes(left, **change) if change else left
     return left, right

@@ -14,6 +14,8 @@ a thin dark outline (``OUTLINE_RGB``), so its shape is always readable.
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
+
 BACKGROUNDS = ("grass", "sand", "water", "sky", "snow", "brick", "wood")
 SHAPES = ("circle", "square", "triangle", "star", "heart", "hexagon", "diamond", "cross")
 COLOURS = ("red", "green", "blue", "yellow", "purple", "orange", "white", "black", "pink", "cyan")
@@ -89,3 +91,81 @@ def attribute_of(word: str) -> str:
         if word in words:
             return name
     raise ValueError(f"'{word}' is not a mini-world word")
+
+
+@dataclass(frozen=True)
+class WorldProfile:
+    """Which part of the vocabulary a world samples from, and how big and coarse its objects are.
+
+    Every profile draws from the same vocabularies (so one tokenizer, one set of label indices and one
+    caption grammar serve all of them); a profile restricts them and sets the object sizes, the number
+    of objects per scene and the pattern scale. ``v1`` is the first world: every word, objects 14–28 px
+    wide at 64², up to three objects. ``v2`` is sized to what two CPU cores can learn (issue 19,
+    ``docs/world_v2.md``): one large object (half the side or more), four silhouette-distinct shapes,
+    six far-apart colours, coarse patterns and low-frequency backgrounds.
+    """
+
+    name: str
+    shapes: tuple[str, ...] = SHAPES
+    colours: tuple[str, ...] = COLOURS
+    patterns: tuple[str, ...] = PATTERNS
+    backgrounds: tuple[str, ...] = BACKGROUNDS
+    sizes: tuple[str, ...] = SIZES
+    #: Bounding diameter of the object body per size word, as a fraction of the image side.
+    size_fraction: tuple[tuple[str, float], ...] = tuple(SIZE_FRACTION.items())
+    #: Probability of 1, 2 and 3 objects when a scene's object count is not fixed.
+    object_count_weights: tuple[float, float, float] = (0.6, 0.28, 0.12)
+    hat_probability: float = 0.35
+    #: Pattern repeats across the body's bounding box: stripe pairs, dot spacing, check cells.
+    pattern_cycles: tuple[tuple[str, float], ...] = (("striped", 3.4), ("dotted", 3.1), ("checkered", 4.3))
+    vocabularies: dict = field(init=False, repr=False, compare=False, hash=False)
+
+    def __post_init__(self):
+        sampled = {"shape": self.shapes, "colour": self.colours, "pattern": self.patterns,
+                   "background": self.backgrounds, "size": self.sizes}
+        for name, words in sampled.items():
+            unknown = set(words) - set(VOCABULARIES[name])
+            if unknown or not words:
+                raise ValueError(f"profile {self.name}: {name} words must be some of {VOCABULARIES[name]}")
+        missing = set(self.sizes) - dict(self.size_fraction).keys()
+        if missing:
+            raise ValueError(f"profile {self.name}: no size fraction for {', '.join(sorted(missing))}")
+        vocabularies = dict(VOCABULARIES, **sampled)
+        object.__setattr__(self, "vocabularies", vocabularies)
+
+    def diameter(self, size: str) -> float:
+        """Bounding diameter of a body of this size word, as a fraction of the image side."""
+        return dict(self.size_fraction)[size]
+
+    def cycles(self, pattern: str) -> float:
+        return dict(self.pattern_cycles)[pattern]
+
+
+PROFILES = {
+    "v1": WorldProfile("v1"),
+    "v2": WorldProfile(
+        "v2",
+        shapes=("circle", "square", "triangle", "star"),
+        colours=("red", "green", "blue", "yellow", "purple", "white"),
+        patterns=("plain", "striped", "checkered"),
+        backgrounds=("sand", "sky", "snow", "wood"),
+        sizes=("medium", "large"),
+        size_fraction=(("small", 0.42), ("medium", 0.58), ("large", 0.66)),
+        object_count_weights=(1.0, 0.0, 0.0),
+        hat_probability=0.35,
+        pattern_cycles=(("striped", 2.4), ("dotted", 2.6), ("checkered", 3.0)),
+    ),
+}
+#: The profile ``World`` uses when none is named.
+DEFAULT_PROFILE = "v1"
+
+
+def world_profile(profile: "str | WorldProfile | None" = None) -> WorldProfile:
+    """A profile by name (``None`` → :data:`DEFAULT_PROFILE`); a :class:`WorldProfile` passes through."""
+    if isinstance(profile, WorldProfile):
+        return profile
+    name = DEFAULT_PROFILE if profile is None else profile
+    try:
+        return PROFILES[name]
+    except KeyError:
+        raise ValueError(f"unknown world profile '{name}'; choose one of {', '.join(PROFILES)}") from None
