@@ -286,7 +286,7 @@ class HalfDescription:
 @torch.no_grad()
 def describe_halves(judge, images: torch.Tensor, config: PairFilter = PairFilter()) -> list[HalfDescription]:
     """:class:`HalfDescription` of each half (B, 3, H, W) in [0, 1]; the judge embeds each image once."""
-    from retouch.train.evaluate_mini import zero_shot_prompts
+    from retouch.world.heldout import zero_shot_prompts
 
     prompts = zero_shot_prompts("colour")  # the zero-shot classification of evaluate_mini.classify
     texts = torch.nn.functional.normalize(judge.encode_texts(list(prompts.values())).float(), dim=-1)

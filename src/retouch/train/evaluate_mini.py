@@ -15,54 +15,19 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 
-#: Attributes the judge classifies zero-shot, with the prompt for each value.
-JUDGED_ATTRIBUTES = ("shape", "colour", "pattern", "background")
-#: scikit-image photographs used as unseen real images (name, centre-crop side before resizing).
-PHOTOGRAPHS = ("astronaut", "coffee", "chelsea", "rocket", "immunohistochemistry", "cat")
-
-
-def zero_shot_prompts(attribute: str) -> dict[str, str]:
-    """value → prompt, in the phrasing of :func:`retouch.train.mini.partial_caption`."""
-    from retouch.world import VOCABULARIES
-
-    phrase = {
-        "shape": "a photo of a {}",
-        "colour": "a photo of a {} object",
-        "pattern": "a photo of a {} object",
-        "background": "a photo of a object on {}",
-    }[attribute]
-    return {value: phrase.format(value) for value in VOCABULARIES[attribute]}
-
-
-@dataclass
-class HeldOutScenes:
-    images: torch.Tensor  # (N, 3, H, W) in [0, 1]
-    specs: list
-    captions: list[str]
-    object_masks: torch.Tensor  # (N, 1, H, W) float, 1 where any object is visible
-
-
-def held_out_scenes(world, count: int, *, single_object: bool = True, split: str = "test") -> HeldOutScenes:
-    """The first ``count`` scenes of ``split`` (optionally only those with one object)."""
-    images, specs, captions, masks = [], [], [], []
-    index = 0
-    while len(specs) < count:
-        if world.split(index) == split:
-            spec, rendered, text = world.scene(index)
-            if not single_object or len(spec.objects) == 1:
-                images.append(rendered.image)
-                specs.append(spec)
-                captions.append(text)
-                masks.append(rendered.masks.any(axis=0))
-        index += 1
-    tensor = torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2).float()
-    return HeldOutScenes(tensor, specs, captions, torch.from_numpy(np.stack(masks)).float()[:, None])
+from retouch.world.heldout import (  # noqa: F401  (re-exported: older callers import them from here)
+    JUDGED_ATTRIBUTES,
+    PHOTOGRAPHS,
+    HeldOutScenes,
+    held_out_scenes,
+    photographs,
+    zero_shot_prompts,
+)
 
 
 def _labels(specs, attribute: str) -> list[str]:
@@ -86,25 +51,6 @@ def reconstruction_psnr(vae, images01: torch.Tensor, batch: int = 32) -> list[fl
         decoded = ((vae.decode(latents).sample + 1) / 2).clamp(0, 1)
         values += [float(psnr(d, x)) for d, x in zip(decoded, chunk)]
     return values
-
-
-def photographs(size: int = 128) -> dict[str, torch.Tensor]:
-    """scikit-image's bundled photographs, centre-cropped square and resized to ``size``."""
-    from skimage import data
-
-    from retouch.imageio import resize_image
-
-    out = {}
-    for name in PHOTOGRAPHS:
-        image = getattr(data, name)()
-        if image.ndim == 2:
-            image = np.repeat(image[..., None], 3, axis=-1)
-        image = image[..., :3].astype(np.float32) / 255.0
-        h, w = image.shape[:2]
-        side = min(h, w)
-        crop = image[(h - side) // 2:(h - side) // 2 + side, (w - side) // 2:(w - side) // 2 + side]
-        out[name] = torch.from_numpy(resize_image(crop, (size, size))).permute(2, 0, 1)
-    return out
 
 
 @torch.no_grad()

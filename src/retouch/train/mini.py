@@ -64,13 +64,21 @@ class MiniConfig:
 # ---------------------------------------------------------------------------------------------
 # Architectures
 # ---------------------------------------------------------------------------------------------
-def mini_vae():
+def mini_vae(channels: tuple[int, ...] = (32, 64, 64), latent_channels: int = 4, layers_per_block: int = 1,
+             mid_attention: bool = True):
+    """The mini autoencoder: downsampling factor 2^(len(channels)−1).
+
+    ``mid_attention=False`` drops the mid-block self-attention, so the autoencoder is fully
+    convolutional: it trains on crops and decodes latent splices locally (a cell's content does not
+    depend on far-away cells).
+    """
     from diffusers import AutoencoderKL
 
     return AutoencoderKL(
-        in_channels=3, out_channels=3, latent_channels=4, sample_size=64, layers_per_block=1,
-        block_out_channels=(32, 64, 64), norm_num_groups=16,
-        down_block_types=("DownEncoderBlock2D",) * 3, up_block_types=("UpDecoderBlock2D",) * 3,
+        in_channels=3, out_channels=3, latent_channels=latent_channels, sample_size=64,
+        layers_per_block=layers_per_block, block_out_channels=tuple(channels), norm_num_groups=16,
+        down_block_types=("DownEncoderBlock2D",) * len(channels), up_block_types=("UpDecoderBlock2D",) * len(channels),
+        mid_block_add_attention=mid_attention,
     )
 
 
@@ -88,14 +96,19 @@ def mini_clip(tokenizer):
     return CLIPModel(config)
 
 
-def mini_unet():
+def mini_unet(channels: tuple[int, ...] = (64, 128, 128), attention: tuple[bool, ...] = (True, True, False),
+              latent_channels: int = 4, cross_attention_dim: int = 128, layers_per_block: int = 1):
+    """The mini text-to-image U-Net; ``attention[k]`` puts cross-attention (and self-attention) at level
+    ``k`` (top = full latent resolution). Attention at high resolution is most of a CPU step's cost
+    (``benchmarks/unet_throughput.py``)."""
     from diffusers import UNet2DConditionModel
 
+    down = tuple("CrossAttnDownBlock2D" if a else "DownBlock2D" for a in attention)
+    up = tuple("CrossAttnUpBlock2D" if a else "UpBlock2D" for a in reversed(attention))
     return UNet2DConditionModel(
-        sample_size=16, in_channels=4, out_channels=4, layers_per_block=1, block_out_channels=(64, 128, 128),
-        down_block_types=("CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"),
-        up_block_types=("UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"),
-        cross_attention_dim=128, attention_head_dim=8,
+        sample_size=16, in_channels=latent_channels, out_channels=latent_channels, layers_per_block=layers_per_block,
+        block_out_channels=tuple(channels), down_block_types=down, up_block_types=up,
+        cross_attention_dim=cross_attention_dim, attention_head_dim=8,
     )
 
 
@@ -139,12 +152,69 @@ def world_batch(world, step: int, rank: int, world_size: int, batch: int, seed_o
     return WorldBatch(tensor, specs, captions, object_masks, rng)
 
 
+@dataclass
+class AutoencoderSources:
+    """What the autoencoder learns to reconstruct: the v2 world (most rows), the v1 world (several
+    objects, every colour and pattern: PIXELS composites and portrait pairs need them) and dead
+    leaves (natural-image statistics at every scale, for photographs, which stay unseen)."""
+
+    v2: object
+    v1: object
+    dead_leaves: np.ndarray  # (N, 64, 64, 3) float32, a pool rendered once (≈ 44 images/s)
+    weights: tuple[float, float, float] = (0.55, 0.2, 0.25)
+
+
+def autoencoder_sources(seed: int = 0, dead_leaves_pool: int = 1024, work_dir: Path | None = None,
+                        size: int = 64) -> AutoencoderSources:
+    """The autoencoder's image sources; the dead-leaves pool is cached as ``dead_leaves_{n}.npy``."""
+    from retouch.data.dead_leaves import dead_leaves
+    from retouch.world import World
+
+    cache = None if work_dir is None else Path(work_dir) / f"dead_leaves_{seed}_{dead_leaves_pool}_{size}.npy"
+    if cache is not None and cache.exists():
+        pool = np.load(cache)
+    else:
+        pool = np.stack([dead_leaves(size, seed=1_000_000 * (seed + 1) + k) for k in range(dead_leaves_pool)])
+        if cache is not None:
+            cache.parent.mkdir(parents=True, exist_ok=True)
+            np.save(cache, pool)
+    return AutoencoderSources(World(seed, size, profile="v2"), World(seed, size, profile="v1"), pool)
+
+
+def autoencoder_batch(sources: AutoencoderSources, step: int, batch: int, *, crop: int | None = None,
+                      rank: int = 0) -> torch.Tensor:
+    """Training images (B, 3, crop, crop) in [−1, 1] for one step: a pure function of (step, rank).
+
+    Each row draws its source by ``sources.weights`` (train-split scenes only), then a random crop and
+    horizontal flip. A fully convolutional autoencoder learns the same from 32² crops as from whole
+    64² images at a quarter of the cost.
+    """
+    rng = np.random.default_rng([3, step, rank])
+    size = sources.dead_leaves.shape[1]
+    crop = size if crop is None else crop
+    kinds = rng.choice(3, size=batch, p=np.asarray(sources.weights) / sum(sources.weights))
+    out = np.empty((batch, crop, crop, 3), dtype=np.float32)
+    for row, kind in enumerate(kinds):
+        if kind == 2:
+            image = sources.dead_leaves[rng.integers(len(sources.dead_leaves))]
+        else:
+            world = sources.v2 if kind == 0 else sources.v1
+            index = int(rng.integers(0, 2**31 - 1))
+            while world.split(index) != "train":
+                index = int(rng.integers(0, 2**31 - 1))
+            image = world.scene(index)[1].image
+        y, x = rng.integers(0, size - crop + 1, size=2)
+        image = image[y:y + crop, x:x + crop]
+        out[row] = image[:, ::-1] if rng.random() < 0.5 else image
+    return torch.from_numpy(out).permute(0, 3, 1, 2) * 2 - 1
+
+
 def partial_caption(spec, rng: np.random.Generator) -> str:
     """A caption naming a random, non-empty subset of the main object's attributes (judge training).
 
     "a photo of a striped object", "a photo of a red circle on grass", "a photo of a object wearing a
     hat": each attribute appears alone often enough that single-attribute prompts (the ones
-    :func:`retouch.train.evaluate_mini.zero_shot_prompts` uses) classify zero-shot.
+    :func:`retouch.world.heldout.zero_shot_prompts` uses) classify zero-shot.
     """
     obj = spec.objects[0]
     keep = rng.random(5) < 0.5
@@ -318,7 +388,7 @@ def train_judge(world, config: MiniConfig, tokenizer, clip):
     """
     import copy
 
-    from retouch.train.evaluate_mini import JUDGED_ATTRIBUTES, zero_shot_prompts
+    from retouch.world.heldout import JUDGED_ATTRIBUTES, zero_shot_prompts
 
     model = copy.deepcopy(clip).train()
     out = Path(config.work_dir) / "judge"

@@ -1,0 +1,191 @@
+"""Pilot trainings of candidate mini U-Nets on pre-encoded v2 shards, with per-attribute learning curves.
+
+Every ``--eval-every`` training samples the pilot draws one sample per held-out (test-split) v2 caption
+(25 DDIM steps, classifier-free guidance), decodes it and reads the main object's attributes with the
+v2 pixel probes (shape, colour, pattern, hat, background); accuracy is the fraction that match the
+caption. Training time is wall time of the gradient steps only (evaluation excluded).
+
+    python benchmarks/pilot_unet.py --name wide --shards out/shards/v2 --vae out/pilots/vae_c64 \\
+        --text-encoder src/retouch/assets/mini/backbone --probes out/probes-v2 --minutes 15
+    python benchmarks/pilot_unet.py --plot out/pilots/unet_*.json -o docs/world_v2_unet_curves.png
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+CURVE_ATTRIBUTES = ("shape", "colour", "pattern", "accessory", "background")
+
+
+def load_parts(args):
+    from diffusers import AutoencoderKL
+    from transformers import CLIPTextModel, CLIPTokenizer
+
+    vae = AutoencoderKL.from_pretrained(args.vae).eval().requires_grad_(False)
+    text_encoder = CLIPTextModel.from_pretrained(args.text_encoder, subfolder="text_encoder").eval()
+    tokenizer = CLIPTokenizer.from_pretrained(args.text_encoder, subfolder="tokenizer")
+    return vae, text_encoder.requires_grad_(False), tokenizer
+
+
+def scheduler_config(args) -> dict:
+    from diffusers import DDIMScheduler
+
+    if args.schedule == "zero-snr":
+        scheduler = DDIMScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
+                                  clip_sample=False, set_alpha_to_one=False, steps_offset=0,
+                                  rescale_betas_zero_snr=True, timestep_spacing="trailing",
+                                  prediction_type="v_prediction")
+    else:
+        scheduler = DDIMScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
+                                  clip_sample=False, set_alpha_to_one=False, steps_offset=1,
+                                  prediction_type=args.prediction)
+    return dict(scheduler.config)
+
+
+@torch.no_grad()
+def evaluate(backbone, probes, scenes, *, guidance_scale: float, steps: int = 25) -> tuple[dict, torch.Tensor]:
+    from retouch.train.evaluate_mini import generate
+    from retouch.world import attributes
+
+    samples = generate(backbone, scenes.captions, num_steps=steps, guidance_scale=guidance_scale, batch=64)
+    predicted = probes.predict(samples)
+    truth = [attributes(spec) for spec in scenes.specs]
+    return {name: float(np.mean([int(p) == t[name] for p, t in zip(predicted[name].tolist(), truth)]))
+            for name in CURVE_ATTRIBUTES}, samples
+
+
+def run(args) -> None:
+    from retouch.backbone import Backbone
+    from retouch.data.latent_shards import LatentShards
+    from retouch.sampling import NoiseSchedule
+    from retouch.train.mini import CAPTION_DROPOUT, mini_unet, unet_loss_weights
+    from retouch.world import World
+    from retouch.world.heldout import held_out_scenes
+    from retouch.world.probe import load_probes
+
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(0)
+    vae, text_encoder, tokenizer = load_parts(args)
+    shards = LatentShards.load(args.shards)
+    scale = float(1.0 / shards.latents[:4096].float().std())
+    config = scheduler_config(args)
+    schedule = NoiseSchedule.from_scheduler_config(config)
+    channels = tuple(int(c) for c in args.channels.split(","))
+    attention = tuple(flag == "1" for flag in args.attention.split(","))
+    unet = mini_unet(channels=channels, attention=attention, latent_channels=shards.latents.shape[1])
+    ema = copy.deepcopy(unet).requires_grad_(False)
+    optimizer = torch.optim.AdamW(unet.parameters(), lr=args.learning_rate, weight_decay=0.01)
+    probes = load_probes(args.probes)
+    scenes = held_out_scenes(World(seed=0, size=64, profile="v2"), args.eval_count)
+    empty = tokenizer([""], padding="max_length", max_length=shards.input_ids.shape[1], return_tensors="pt").input_ids
+    vae.register_to_config(scaling_factor=scale)
+    backbone = Backbone(vae=vae, unet=ema, text_encoders=(text_encoder,), tokenizers=(tokenizer,), schedule=schedule,
+                        scheduler_config=config)
+    curve, seen, step, train_seconds, next_eval = [], 0, 0, 0.0, 0
+    while True:
+        if seen >= next_eval or train_seconds >= args.minutes * 60:
+            accuracy, samples = evaluate(backbone, probes, scenes, guidance_scale=args.guidance_scale)
+            curve.append({"step": step, "samples": seen, "train_seconds": round(train_seconds, 1), **accuracy})
+            print(json.dumps(curve[-1]), flush=True)
+            next_eval += args.eval_every
+            if train_seconds >= args.minutes * 60:
+                break
+        tick = time.perf_counter()
+        latents, ids, cells = shards.batch(step, args.batch)
+        latents = latents * scale
+        drop = torch.from_numpy(np.random.default_rng([5, step]).random(len(ids)) < CAPTION_DROPOUT)
+        ids = torch.where(drop[:, None], empty.expand_as(ids), ids)
+        with torch.no_grad():
+            states = text_encoder(ids)[0]
+        generator = torch.Generator().manual_seed(step)
+        t = torch.randint(0, schedule.num_train_timesteps, (len(latents),), generator=generator)
+        noise = torch.randn(latents.shape, generator=generator)
+        alpha_bar = schedule.alphas_cumprod[t].float().view(-1, 1, 1, 1)
+        noisy = alpha_bar.sqrt() * latents + (1 - alpha_bar).sqrt() * noise
+        target = noise if schedule.prediction_type == "epsilon" else alpha_bar.sqrt() * noise - (1 - alpha_bar).sqrt() * latents
+        prediction = unet(noisy, t, encoder_hidden_states=states).sample
+        spatial, per_sample = unet_loss_weights(cells, latents.shape[-1], alpha_bar.flatten(), args.object_weight,
+                                                args.min_snr_gamma if schedule.prediction_type == "epsilon" else 0)
+        squared = ((prediction - target) ** 2).mean(dim=1, keepdim=True)
+        loss = (per_sample * (spatial * squared).sum(dim=(1, 2, 3)) / spatial.sum(dim=(1, 2, 3))).mean()
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        with torch.no_grad():
+            decay = min(args.ema, (1 + step) / (10 + step))
+            for e, p in zip(ema.parameters(), unet.parameters()):
+                e.lerp_(p, 1 - decay)
+        train_seconds += time.perf_counter() - tick
+        step += 1
+        seen += len(latents)
+    out = Path(args.output or f"out/pilots/unet_{args.name}.json")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps({"name": args.name, "args": vars(args),
+                               "parameters": sum(p.numel() for p in unet.parameters()), "curve": curve}, indent=1))
+    if args.save:
+        ema.save_pretrained(args.save, safe_serialization=True)
+    from retouch.train.evaluate_mini import save_sample_grid
+
+    save_sample_grid(World(seed=0, size=64, profile="v2"), samples, out.with_suffix(".png"))
+
+
+def plot(paths: list[str], output: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(CURVE_ATTRIBUTES), figsize=(3.6 * len(CURVE_ATTRIBUTES), 3.2), sharey=True)
+    for path in paths:
+        run_ = json.loads(Path(path).read_text())
+        seen = [point["samples"] / 1000 for point in run_["curve"]]
+        for axis, name in zip(axes, CURVE_ATTRIBUTES):
+            axis.plot(seen, [point[name] for point in run_["curve"]], marker=".", label=run_["name"])
+    for axis, name in zip(axes, CURVE_ATTRIBUTES):
+        axis.axhline(0.85, color="grey", linestyle="--", linewidth=1)
+        axis.set_title(f"{name} (probe)")
+        axis.set_xlabel("training samples (thousands)")
+        axis.set_ylim(0, 1)
+    axes[0].set_ylabel("samples read as captioned")
+    axes[0].legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(output, dpi=110)
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--name", default="pilot")
+    parser.add_argument("--shards", default="out/shards/v2")
+    parser.add_argument("--vae", default="out/pilots/vae_c64")
+    parser.add_argument("--text-encoder", default="src/retouch/assets/mini/backbone")
+    parser.add_argument("--probes", default="out/probes-v2")
+    parser.add_argument("--channels", default="64,128,256")
+    parser.add_argument("--attention", default="0,1,1")
+    parser.add_argument("--prediction", default="epsilon", choices=("epsilon", "v_prediction"))
+    parser.add_argument("--schedule", default="scaled-linear", choices=("scaled-linear", "zero-snr"))
+    parser.add_argument("--batch", type=int, default=64)
+    parser.add_argument("--learning-rate", type=float, default=5e-4)
+    parser.add_argument("--ema", type=float, default=0.999)
+    parser.add_argument("--object-weight", type=float, default=4.0)
+    parser.add_argument("--min-snr-gamma", type=float, default=5.0)
+    parser.add_argument("--guidance-scale", type=float, default=5.0)
+    parser.add_argument("--minutes", type=float, default=15)
+    parser.add_argument("--eval-every", type=int, default=20000)
+    parser.add_argument("--eval-count", type=int, default=128)
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--output")
+    parser.add_argument("--save")
+    parser.add_argument("--plot", nargs="*")
+    parser.add_argument("-o", dest="plot_output", default="docs/world_v2_unet_curves.png")
+    arguments = parser.parse_args()
+    if arguments.plot:
+        plot(arguments.plot, arguments.plot_output)
+    else:
+        run(arguments)
