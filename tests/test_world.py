@@ -352,3 +352,13 @@ def test_v2_pairs_stay_in_the_profile_and_change_only_the_right_side():
         assert left.objects[0].accessory == "none" and right.objects[0].accessory == "hat"
         assert rendered.image.shape == (64, 128, 3)
         assert left.objects[0].colour in world.vocabularies["colour"]
+
+
+def test_v2_captions_name_what_the_world_varies_and_banks_stay_in_the_profile():
+    world = World(seed=4, size=64, profile="v2")
+    for index in range(80):
+        text = world.scene(index)[2]
+        assert not set(text.replace(",", " ").split()) & {"small", "medium", "large", "left", "right", "center"}
+    bank = sentence_bank("striped", 20, np.random.default_rng(0), profile="v2")
+    assert all("striped" in sentence for sentence in bank)
+    assert not any(word in sentence for sentence in bank for word in ("hexagon", "heart", "cyan", "brick"))

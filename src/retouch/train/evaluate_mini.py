@@ -90,26 +90,28 @@ def evaluate_vae(vae, world, count: int = 256) -> dict:
 # Judge
 # ---------------------------------------------------------------------------------------------
 @torch.no_grad()
-def classify(judge, images01: torch.Tensor, attribute: str) -> list[str]:
-    """Zero-shot: the value whose prompt embedding is most similar to each image's embedding."""
-    prompts = zero_shot_prompts(attribute)
+def classify(judge, images01: torch.Tensor, attribute: str, vocabularies: dict | None = None) -> list[str]:
+    """Zero-shot: the value whose prompt embedding is most similar to each image's embedding; the
+    candidates are ``vocabularies[attribute]`` (a world's words; every word by default)."""
+    prompts = zero_shot_prompts(attribute, vocabularies)
     text = torch.nn.functional.normalize(judge.encode_texts(list(prompts.values())), dim=-1)
     image = torch.nn.functional.normalize(judge.encode_images(images01), dim=-1)
     values = list(prompts)
     return [values[i] for i in (image @ text.T).argmax(dim=-1).tolist()]
 
 
-def judge_accuracy(judge, images01: torch.Tensor, specs) -> dict[str, float]:
-    return {attribute: float(np.mean([p == t for p, t in zip(classify(judge, images01, attribute),
+def judge_accuracy(judge, images01: torch.Tensor, specs, vocabularies: dict | None = None) -> dict[str, float]:
+    return {attribute: float(np.mean([p == t for p, t in zip(classify(judge, images01, attribute, vocabularies),
                                                                   _labels(specs, attribute))]))
             for attribute in JUDGED_ATTRIBUTES}
 
 
 def evaluate_judge(judge, world, count: int = 500) -> dict:
     scenes = held_out_scenes(world, count)
-    return {"held_out_single_object_scenes": count, "zero_shot_accuracy": judge_accuracy(judge, scenes.images,
-                                                                                         scenes.specs),
-            "chance": {a: 1 / len(zero_shot_prompts(a)) for a in JUDGED_ATTRIBUTES}}
+    vocabularies = world.vocabularies
+    return {"held_out_single_object_scenes": count,
+            "zero_shot_accuracy": judge_accuracy(judge, scenes.images, scenes.specs, vocabularies),
+            "chance": {a: 1 / len(zero_shot_prompts(a, vocabularies)) for a in JUDGED_ATTRIBUTES}}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -140,9 +142,9 @@ def evaluate_generation(backbone, judge, world, count: int = 200, **sampling) ->
     started = time.perf_counter()
     samples = generate(backbone, scenes.captions, **sampling)
     seconds = time.perf_counter() - started
-    real = judge_accuracy(judge, scenes.images, scenes.specs)
+    real = judge_accuracy(judge, scenes.images, scenes.specs, world.vocabularies)
     return {"held_out_captions": count, "sampling": sampling or {"num_steps": 25, "guidance_scale": 5.0},
-            "judge_accuracy_of_samples": judge_accuracy(judge, samples, scenes.specs),
+            "judge_accuracy_of_samples": judge_accuracy(judge, samples, scenes.specs, world.vocabularies),
             "judge_accuracy_of_real_scenes_same_captions": real,
             "seconds_per_sample": seconds / count}, samples
 

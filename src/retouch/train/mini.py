@@ -59,6 +59,11 @@ class MiniConfig:
     #: Min-SNR-γ timestep weighting (Hang et al. 2023); 0 = uniform weights.
     unet_min_snr_gamma: float = 5.0
     vocab_size: int = 1000
+    #: The world profile every stage trains on (``retouch.world.PROFILES``).
+    profile: str = "v1"
+    #: Weight of the attribute hard-negative term (:func:`attribute_contrastive_loss`) in the clip stage;
+    #: the judge stage always uses it. 0 = plain CLIP.
+    clip_hard_negatives: float = 0.0
 
 
 # ---------------------------------------------------------------------------------------------
@@ -350,79 +355,104 @@ def train_local_decoder(world, config: MiniConfig, vae):
     return model, result
 
 
+class AttributePrompts(NamedTuple):
+    """The judge's zero-shot prompts for a world: per attribute, the values and their token ids."""
+
+    values: dict[str, list[str]]
+    ids: dict[str, torch.Tensor]  # attribute → (values, TEXT_LENGTH)
+
+    @classmethod
+    def for_world(cls, world, tokenizer) -> "AttributePrompts":
+        from retouch.world.heldout import JUDGED_ATTRIBUTES, zero_shot_prompts
+
+        prompts = {a: zero_shot_prompts(a, world.vocabularies) for a in JUDGED_ATTRIBUTES}
+        ids = {a: tokenizer(list(p.values()), padding="max_length", max_length=TEXT_LENGTH, truncation=True,
+                            return_tensors="pt").input_ids for a, p in prompts.items()}
+        return cls({a: list(p) for a, p in prompts.items()}, ids)
+
+    def labels(self, specs) -> dict[str, torch.Tensor]:
+        return {a: torch.tensor([values.index(s.background if a == "background" else getattr(s.objects[0], a))
+                                 for s in specs]) for a, values in self.values.items()}
+
+
+def attribute_contrastive_loss(model, image_embeds: torch.Tensor, prompts: AttributePrompts,
+                               labels: dict[str, torch.Tensor], single: torch.Tensor) -> torch.Tensor:
+    """CLIP's objective with the attribute prompts as the only candidate texts (hard negatives).
+
+    Plain contrastive training learns colour and background fast but shape and pattern barely: in a
+    random batch almost every negative already differs in colour, so the loss never needs shape. For
+    each scene and attribute: softmax over "a photo of a {value}" for all values of the world, at
+    CLIP's learned temperature, cross-entropy to the true one. Object attributes count on
+    single-object scenes only (the caption of a multi-object scene names several).
+    """
+    image_embeds = torch.nn.functional.normalize(image_embeds, dim=-1)
+    scale = model.logit_scale.exp()
+    total = image_embeds.new_zeros(())
+    for attribute, ids in prompts.ids.items():
+        text = model.get_text_features(input_ids=ids)
+        text = text if isinstance(text, torch.Tensor) else text.pooler_output
+        logits = scale * image_embeds @ torch.nn.functional.normalize(text, dim=-1).T
+        keep = single if attribute != "background" else torch.ones_like(single)
+        if keep.any():
+            total = total + torch.nn.functional.cross_entropy(logits[keep], labels[attribute][keep])
+    return total
+
+
+def _clip_batches(world, tokenizer, prompts: AttributePrompts, batch: int, seed_offset: int):
+    def make_batch(step, rank, world_size):
+        images, specs, _, _, rng = world_batch(world, step, rank, world_size, batch, seed_offset=seed_offset)
+        ids = tokenizer([partial_caption(s, rng) for s in specs], padding="max_length", max_length=TEXT_LENGTH,
+                        truncation=True, return_tensors="pt").input_ids
+        single = torch.tensor([len(s.objects) == 1 for s in specs])
+        return (images + 1) / 2, ids, single, prompts.labels(specs)
+
+    return make_batch
+
+
+def _clip_loss(prompts: AttributePrompts, hard_weight: float):
+    def loss_fn(model, batch, generator):
+        images, ids, single, labels = batch
+        out_ = model(input_ids=ids, pixel_values=_clip_normalize(images), return_loss=True)
+        if hard_weight == 0:
+            return out_.loss, {}
+        hard = attribute_contrastive_loss(model, out_.image_embeds, prompts, labels, single)
+        return out_.loss + hard_weight * hard, {"hard": hard.detach()}
+
+    return loss_fn
+
+
 def train_clip(world, config: MiniConfig, tokenizer):
     model = mini_clip(tokenizer)
     out = Path(config.work_dir) / "clip"
-
-    def make_batch(step, rank, world_size):
-        images, specs, _, _, rng = world_batch(world, step, rank, world_size, config.clip_batch, seed_offset=2)
-        ids = tokenizer([partial_caption(s, rng) for s in specs], padding="max_length", max_length=TEXT_LENGTH,
-                        truncation=True, return_tensors="pt").input_ids
-        return (images + 1) / 2, ids
-
-    def loss_fn(model, batch, generator):
-        images, ids = batch
-        pixels = _clip_normalize(images)
-        out_ = model(input_ids=ids, pixel_values=pixels, return_loss=True)
-        return out_.loss, {}
-
+    prompts = AttributePrompts.for_world(world, tokenizer)
     loop = LoopConfig(output_dir=str(out), max_steps=config.clip_steps, learning_rate=5e-4, warmup_steps=200,
                       weight_decay=0.1, checkpoint_every=500, seed=config.seed)
-    result = train(model, loss_fn, make_batch, loop, batch_size=config.clip_batch)
+    result = train(model, _clip_loss(prompts, config.clip_hard_negatives),
+                   _clip_batches(world, tokenizer, prompts, config.clip_batch, seed_offset=2), loop,
+                   batch_size=config.clip_batch)
     model.eval()
     _save_final(out, model, tokenizer)
     return model, result
 
 
 def train_judge(world, config: MiniConfig, tokenizer, clip):
-    """Sharpen a copy of the CLIP model into the world's judge with attribute hard negatives.
+    """Sharpen a copy of the CLIP model into the world's judge with attribute hard negatives
+    (:func:`attribute_contrastive_loss`).
 
-    Plain contrastive training learns colour and background fast but shape and pattern barely: in a
-    random batch almost every negative already differs in colour, so the loss never needs shape. We
-    add CLIP's own objective with the attribute prompts as the candidate texts — for each
-    single-object scene, softmax over "a photo of a {shape}" for all shapes (and likewise colour,
-    pattern, background) at CLIP's learned temperature, cross-entropy to the true one — i.e.
-    contrastive learning with hard negatives. Training scenes only; the judge is measured on the
-    held-out test split. The U-Net keeps the text tower it was trained with (``clip`` stage); this
-    copy is only the judge, so the judge is not the generator's own text model.
+    Training scenes only; the judge is measured on the held-out test split. The U-Net keeps the text
+    tower it was trained with (``clip`` stage); this copy is only the judge, so the judge is not the
+    generator's own text model.
     """
     import copy
 
-    from retouch.world.heldout import JUDGED_ATTRIBUTES, zero_shot_prompts
-
     model = copy.deepcopy(clip).train()
     out = Path(config.work_dir) / "judge"
-    prompt_ids = {a: tokenizer(list(zero_shot_prompts(a).values()), padding="max_length", max_length=TEXT_LENGTH,
-                               truncation=True, return_tensors="pt").input_ids for a in JUDGED_ATTRIBUTES}
-    values = {a: list(zero_shot_prompts(a)) for a in JUDGED_ATTRIBUTES}
-
-    def make_batch(step, rank, world_size):
-        images, specs, _, _, rng = world_batch(world, step, rank, world_size, config.judge_batch, seed_offset=4)
-        ids = tokenizer([partial_caption(s, rng) for s in specs], padding="max_length", max_length=TEXT_LENGTH,
-                        truncation=True, return_tensors="pt").input_ids
-        single = torch.tensor([len(s.objects) == 1 for s in specs])
-        labels = {a: torch.tensor([values[a].index(s.background if a == "background" else getattr(s.objects[0], a))
-                                   for s in specs]) for a in JUDGED_ATTRIBUTES}
-        return (images + 1) / 2, ids, single, labels
-
-    def loss_fn(model, batch, generator):
-        images, ids, single, labels = batch
-        out_ = model(input_ids=ids, pixel_values=_clip_normalize(images), return_loss=True)
-        image_embeds = torch.nn.functional.normalize(out_.image_embeds, dim=-1)
-        scale = model.logit_scale.exp()
-        hard = 0.0
-        for attribute in JUDGED_ATTRIBUTES:
-            text = model.get_text_features(input_ids=prompt_ids[attribute])
-            text = text if isinstance(text, torch.Tensor) else text.pooler_output
-            logits = scale * image_embeds @ torch.nn.functional.normalize(text, dim=-1).T
-            keep = single if attribute != "background" else torch.ones_like(single)
-            if keep.any():
-                hard = hard + torch.nn.functional.cross_entropy(logits[keep], labels[attribute][keep])
-        return out_.loss + hard, {"hard": torch.as_tensor(hard).detach()}
-
+    prompts = AttributePrompts.for_world(world, tokenizer)
     loop = LoopConfig(output_dir=str(out), max_steps=config.judge_steps, learning_rate=3e-4, warmup_steps=100,
                       weight_decay=0.1, checkpoint_every=250, seed=config.seed)
-    result = train(model, loss_fn, make_batch, loop, batch_size=config.judge_batch)
+    result = train(model, _clip_loss(prompts, 1.0),
+                   _clip_batches(world, tokenizer, prompts, config.judge_batch, seed_offset=4), loop,
+                   batch_size=config.judge_batch)
     model.eval()
     _save_final(out, model)
     return model, result
@@ -534,7 +564,7 @@ def run_mini_training(config: MiniConfig, stages=STAGES, export_dir: Path = MINI
     from retouch.world import World
 
     torch.manual_seed(config.seed)
-    world = World(seed=config.seed, size=config.image_size)
+    world = World(seed=config.seed, size=config.image_size, profile=config.profile)
     work = Path(config.work_dir)
     work.mkdir(parents=True, exist_ok=True)
     report: dict = {"config": asdict(config), "hardware": _hardware(), "stages": {}}

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from retouch.world.scene import ObjectSpec, SceneSpec, position_range, sample_scene, with_changes
-from retouch.world.vocabulary import POSITION_BINS, VOCABULARIES, attribute_of
+from retouch.world.vocabulary import POSITION_BINS, VOCABULARIES, WorldProfile, attribute_of, world_profile
 
 _TEMPLATES = (
     "{things} on {background}",
@@ -94,7 +94,8 @@ def caption(spec: SceneSpec, rng: np.random.Generator | None = None, template: i
         template = 0 if rng is None else int(rng.integers(len(_TEMPLATES)))
     if isinstance(template, int):
         template = _TEMPLATES[template]
-    options = [{} if rng is None else _random_options(rng) for _ in spec.objects]
+    profile = world_profile(spec.profile)
+    options = [{} if rng is None else _random_options(rng, profile) for _ in spec.objects]
     text = _render(template, spec, options)
     # Long multi-object captions would be truncated by the text encoder: drop the optional parts of
     # the other objects, then of the main object, then the framing, until the caption fits.
@@ -107,10 +108,11 @@ def caption(spec: SceneSpec, rng: np.random.Generator | None = None, template: i
     return text
 
 
-def _random_options(rng: np.random.Generator) -> dict:
+def _random_options(rng: np.random.Generator, profile: WorldProfile) -> dict:
     draws = rng.random(5)
-    return {"size": draws[0] < P_SIZE, "plain": draws[1] < P_PLAIN, "pattern_phrase": draws[2] < P_PATTERN_PHRASE,
-            "hat_phrase": "with" if draws[3] < P_WITH_HAT else "wearing", "position": draws[4] < P_POSITION}
+    return {"size": bool(draws[0] < P_SIZE) and profile.caption_size, "plain": draws[1] < P_PLAIN,
+            "pattern_phrase": draws[2] < P_PATTERN_PHRASE, "hat_phrase": "with" if draws[3] < P_WITH_HAT else "wearing",
+            "position": bool(draws[4] < P_POSITION) and profile.caption_position}
 
 
 def _render(template: str, spec: SceneSpec, options: list[dict]) -> str:
@@ -144,8 +146,9 @@ def pair_caption(left: SceneSpec, right: SceneSpec) -> PairCaptions:
     return PairCaptions(shared=shared, left=caption(left), right=caption(right))
 
 
-def sentence_bank(word: str, n: int, rng: np.random.Generator) -> list[str]:
-    """``n`` varied captions of single-object scenes that all contain the attribute ``word``.
+def sentence_bank(word: str, n: int, rng: np.random.Generator,
+                  profile: str | WorldProfile | None = None) -> list[str]:
+    """``n`` varied captions of single-object scenes of ``profile`` that all contain the attribute ``word``.
 
     Used for pix2pix-zero edit directions on the mini world: the mean embedding of the "circle" bank
     minus that of the "square" bank. Scenes are sampled with the word's attribute fixed; the word's
@@ -153,19 +156,20 @@ def sentence_bank(word: str, n: int, rng: np.random.Generator) -> list[str]:
     said, so its bank describes hatless objects without the word.
     """
     attribute = attribute_of(word)
+    profile = world_profile(profile)
     sentences = []
     for _ in range(n):
         if attribute == "position":
-            spec = sample_scene(rng, n_objects=1)
-            x0, x1 = position_range(spec.objects[0].size)[0]
+            spec = sample_scene(rng, n_objects=1, profile=profile)
+            x0, x1 = position_range(spec.objects[0].size, profile)[0]
             lo, hi = {"left": (0.0, POSITION_BINS[0]), "center": POSITION_BINS, "right": (POSITION_BINS[1], 1.0)}[word]
             spec = with_changes(spec, x=float(rng.uniform(max(lo, x0), min(hi, x1))))
         else:
-            spec = sample_scene(rng, n_objects=1, **{attribute: word})
+            spec = sample_scene(rng, n_objects=1, profile=profile, **{attribute: word})
         obj = spec.objects[0]
         template = _TEMPLATES[int(rng.integers(len(_TEMPLATES)))]
         draws = rng.random(3)
-        phrase = describe_object(obj, size=attribute == "size" or draws[0] < P_SIZE,
+        phrase = describe_object(obj, size=attribute == "size" or (draws[0] < P_SIZE and profile.caption_size),
                                  plain=attribute == "pattern" or draws[1] < P_PLAIN,
                                  pattern_phrase=draws[2] < P_PATTERN_PHRASE, position=attribute == "position")
         sentences.append(template.format(things=_article(phrase), background=spec.background))

@@ -12,7 +12,7 @@ import numpy as np
 import torch
 
 #: Attributes the judge classifies zero-shot, with the prompt for each value.
-JUDGED_ATTRIBUTES = ("shape", "colour", "pattern", "background")
+JUDGED_ATTRIBUTES = ("shape", "colour", "pattern", "accessory", "background")
 #: scikit-image photographs used as unseen real images (never trained on).
 PHOTOGRAPHS = ("astronaut", "coffee", "chelsea", "rocket", "immunohistochemistry", "cat")
 _PHRASES = {
@@ -31,6 +31,9 @@ def zero_shot_prompts(attribute: str, vocabularies: dict | None = None) -> dict[
     from retouch.world.vocabulary import VOCABULARIES
 
     values = (vocabularies or VOCABULARIES)[attribute]
+    if attribute == "accessory":  # the judge's captions never say "wearing a none"
+        return {value: "a photo of a object" if value == "none" else _PHRASES[attribute].format(value)
+                for value in values}
     return {value: _PHRASES[attribute].format(value) for value in values}
 
 

@@ -118,6 +118,10 @@ class WorldProfile:
     hat_probability: float = 0.35
     #: Pattern repeats across the body's bounding box: stripe pairs, dot spacing, check cells.
     pattern_cycles: tuple[tuple[str, float], ...] = (("striped", 3.4), ("dotted", 3.1), ("checkered", 4.3))
+    #: Whether random captions may name the size and the position (a world whose sizes are close and
+    #: whose objects are all near the centre does not caption them).
+    caption_size: bool = True
+    caption_position: bool = True
     vocabularies: dict = field(init=False, repr=False, compare=False, hash=False)
 
     def __post_init__(self):
@@ -154,6 +158,8 @@ PROFILES = {
         object_count_weights=(1.0, 0.0, 0.0),
         hat_probability=0.35,
         pattern_cycles=(("striped", 2.4), ("dotted", 2.6), ("checkered", 3.0)),
+        caption_size=False,
+        caption_position=False,
     ),
 }
 #: The profile ``World`` uses when none is named.
