@@ -5,8 +5,8 @@ Every ``--eval-every`` training samples the pilot draws one sample per held-out 
 v2 pixel probes (shape, colour, pattern, hat, background); accuracy is the fraction that match the
 caption. Training time is wall time of the gradient steps only (evaluation excluded).
 
-    python benchmarks/pilot_unet.py --name wide --shards out/shards/v2 --vae out/pilots/vae_c64 \\
-        --text-encoder src/retouch/assets/mini/backbone --probes out/probes-v2 --minutes 15
+    python benchmarks/pilot_unet.py --name small --channels 32,64,128 --attention 0,0,1 --shards out/shards/pilot-v2 \\
+        --vae out/pilots/vae_c32 --text-encoder out/train-mini-v2/clip/final --probes out/probes-v2 --minutes 12
     python benchmarks/pilot_unet.py --plot out/pilots/unet_*.json -o docs/world_v2_unet_curves.png
 """
 
@@ -25,12 +25,21 @@ CURVE_ATTRIBUTES = ("shape", "colour", "pattern", "accessory", "background")
 
 
 def load_parts(args):
+    """The frozen autoencoder, and the text tower and tokenizer of a CLIP stage's folder (``clip/final``)
+    or of a backbone folder (``text_encoder/`` and ``tokenizer/``)."""
     from diffusers import AutoencoderKL
-    from transformers import CLIPTextModel, CLIPTokenizer
+    from transformers import CLIPModel, CLIPTextModel, CLIPTokenizer
+
+    from retouch.train.mini import text_encoder_from_clip
 
     vae = AutoencoderKL.from_pretrained(args.vae).eval().requires_grad_(False)
-    text_encoder = CLIPTextModel.from_pretrained(args.text_encoder, subfolder="text_encoder").eval()
-    tokenizer = CLIPTokenizer.from_pretrained(args.text_encoder, subfolder="tokenizer")
+    folder = Path(args.text_encoder)
+    if (folder / "text_encoder").is_dir():
+        text_encoder = CLIPTextModel.from_pretrained(folder, subfolder="text_encoder").eval()
+        tokenizer = CLIPTokenizer.from_pretrained(folder, subfolder="tokenizer")
+    else:
+        text_encoder = text_encoder_from_clip(CLIPModel.from_pretrained(folder))
+        tokenizer = CLIPTokenizer.from_pretrained(folder)
     return vae, text_encoder.requires_grad_(False), tokenizer
 
 
@@ -162,9 +171,9 @@ def plot(paths: list[str], output: str) -> None:
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--name", default="pilot")
-    parser.add_argument("--shards", default="out/shards/v2")
-    parser.add_argument("--vae", default="out/pilots/vae_c64")
-    parser.add_argument("--text-encoder", default="src/retouch/assets/mini/backbone")
+    parser.add_argument("--shards", default="out/shards/pilot-v2")
+    parser.add_argument("--vae", default="out/pilots/vae_c32")
+    parser.add_argument("--text-encoder", default="out/train-mini-v2/clip/final")
     parser.add_argument("--probes", default="out/probes-v2")
     parser.add_argument("--channels", default="64,128,256")
     parser.add_argument("--attention", default="0,1,1")

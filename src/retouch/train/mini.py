@@ -46,6 +46,16 @@ class MiniConfig:
     image_size: int = 64
     vae_steps: int = 3000
     vae_batch: int = 32
+    vae_channels: tuple[int, ...] = (32, 64, 64)
+    vae_latent_channels: int = 4
+    #: mid-block self-attention in the autoencoder (the first world's); without it the autoencoder is
+    #: fully convolutional, trains on ``vae_crop``² crops and decodes latent splices locally
+    vae_mid_attention: bool = True
+    #: "world": whole scenes of the training world; "mixture": :func:`autoencoder_batch` (v2 and v1
+    #: scenes and dead leaves) in ``vae_crop``² crops
+    vae_data: str = "world"
+    vae_crop: int = 32
+    vae_learning_rate: float = 1e-3
     decoder_steps: int = 600
     decoder_batch: int = 16
     clip_steps: int = 3000
@@ -54,6 +64,13 @@ class MiniConfig:
     judge_batch: int = 64
     unet_steps: int = 6000
     unet_batch: int = 32
+    unet_channels: tuple[int, ...] = (64, 128, 128)
+    #: cross-attention per U-Net level, top (full latent resolution) first
+    unet_attention: tuple[bool, ...] = (True, True, False)
+    unet_learning_rate: float = 5e-4
+    #: training scenes pre-rendered and pre-encoded once (``data/latent_shards``); 0 renders and encodes
+    #: every batch anew, as the first world's U-Net was trained
+    unet_shards: int = 0
     #: ε-loss weight added inside object masks (0 = plain MSE); see :func:`unet_loss_weights`.
     unet_object_weight: float = 4.0
     #: Min-SNR-γ timestep weighting (Hang et al. 2023); 0 = uniform weights.
@@ -243,22 +260,34 @@ def partial_caption(spec, rng: np.random.Generator) -> str:
 # Stages
 # ---------------------------------------------------------------------------------------------
 def build_tokenizer(world, config: MiniConfig, directory: Path):
+    """A BPE tokenizer on captions of the first world (every word of the vocabulary) and of ``world``, so
+    that one tokenizer reads every profile's captions and sentence banks."""
     from retouch.tokenizer import build_clip_tokenizer
+    from retouch.world import World
 
     rng = np.random.default_rng(config.seed)
     corpus = []
-    for index in range(4000):
-        spec, _, caption = world.scene(index, render=False)
-        corpus += [caption, partial_caption(spec, rng)]
+    worlds = [world] if world.profile.name == "v1" else [World(world.seed, world.size, profile="v1"), world]
+    for source in worlds:
+        for index in range(4000):
+            spec, _, caption = source.scene(index, render=False)
+            corpus += [caption, partial_caption(spec, rng)]
     return build_clip_tokenizer(corpus, config.vocab_size, directory, max_length=TEXT_LENGTH)
 
 
 def train_vae(world, config: MiniConfig):
-    vae = mini_vae()
+    vae = mini_vae(tuple(config.vae_channels), config.vae_latent_channels, mid_attention=config.vae_mid_attention)
     out = Path(config.work_dir) / "vae"
+    if config.vae_data == "mixture":
+        sources = autoencoder_sources(config.seed, work_dir=Path(config.work_dir), size=config.image_size)
 
-    def make_batch(step, rank, world_size):
-        return world_batch(world, step, rank, world_size, config.vae_batch, seed_offset=1).images
+        def make_batch(step, rank, world_size):
+            if step >= 10_000_000:  # the latent-scale estimate below: whole training-world scenes
+                return world_batch(world, step, rank, world_size, config.vae_batch, seed_offset=1).images
+            return autoencoder_batch(sources, step, config.vae_batch, crop=config.vae_crop, rank=rank)
+    else:
+        def make_batch(step, rank, world_size):
+            return world_batch(world, step, rank, world_size, config.vae_batch, seed_offset=1).images
 
     def loss_fn(model, images, generator):
         posterior = model.encode(images).latent_dist
@@ -269,8 +298,8 @@ def train_vae(world, config: MiniConfig):
         kl = posterior.kl().mean() / images[0].numel()
         return l1 + 1e-6 * kl, {"l1": l1.detach()}
 
-    loop = LoopConfig(output_dir=str(out), max_steps=config.vae_steps, learning_rate=1e-3, warmup_steps=100,
-                      checkpoint_every=500, seed=config.seed)
+    loop = LoopConfig(output_dir=str(out), max_steps=config.vae_steps, learning_rate=config.vae_learning_rate,
+                      warmup_steps=100, checkpoint_every=500, seed=config.seed)
     result = train(vae, loss_fn, make_batch, loop, batch_size=config.vae_batch)
     vae.eval()
     with torch.no_grad():
@@ -520,29 +549,47 @@ def weighted_eps_loss(model, batch, generator, schedule, object_weight: float, m
 def train_unet(world, config: MiniConfig, vae, text_encoder, tokenizer):
     from retouch.sampling import NoiseSchedule
 
-    unet = mini_unet()
+    unet = mini_unet(tuple(config.unet_channels), tuple(config.unet_attention), vae.config.latent_channels)
     schedule = NoiseSchedule.from_scheduler_config(mini_scheduler_config())
     out = Path(config.work_dir) / "unet"
     vae.requires_grad_(False).eval()
     text_encoder.requires_grad_(False).eval()
     scale = vae.config.scaling_factor
 
-    def make_batch(step, rank, world_size):
-        images, _, captions, masks, rng = world_batch(world, step, rank, world_size, config.unet_batch, seed_offset=3)
-        captions = ["" if rng.random() < CAPTION_DROPOUT else c for c in captions]
-        with torch.no_grad():
-            latents = vae.encode(images).latent_dist.mode() * scale
-            ids = tokenizer(captions, padding="max_length", max_length=TEXT_LENGTH, truncation=True,
-                            return_tensors="pt").input_ids
-            states = text_encoder(ids)[0]
-        return latents, states, masks
+    if config.unet_shards > 0:
+        from retouch.data.latent_shards import LatentShards, build_latent_shards
+
+        folder = Path(config.work_dir) / "shards"
+        if is_main_process():
+            build_latent_shards(world, vae, tokenizer, folder, config.unet_shards, text_length=TEXT_LENGTH)
+        wait_for_everyone()
+        shards = LatentShards.load(folder)
+        empty = tokenizer([""], padding="max_length", max_length=TEXT_LENGTH, return_tensors="pt").input_ids
+
+        def make_batch(step, rank, world_size):
+            latents, ids, cells = shards.batch(step, config.unet_batch, rank, seed=config.seed)
+            drop = torch.from_numpy(np.random.default_rng([config.seed, step, rank, 3]).random(len(ids)) < CAPTION_DROPOUT)
+            with torch.no_grad():
+                states = text_encoder(torch.where(drop[:, None], empty, ids))[0]
+            return latents * scale, states, cells
+    else:
+        def make_batch(step, rank, world_size):
+            images, _, captions, masks, rng = world_batch(world, step, rank, world_size, config.unet_batch,
+                                                          seed_offset=3)
+            captions = ["" if rng.random() < CAPTION_DROPOUT else c for c in captions]
+            with torch.no_grad():
+                latents = vae.encode(images).latent_dist.mode() * scale
+                ids = tokenizer(captions, padding="max_length", max_length=TEXT_LENGTH, truncation=True,
+                                return_tensors="pt").input_ids
+                states = text_encoder(ids)[0]
+            return latents, states, masks
 
     def loss_fn(model, batch, generator):
         return weighted_eps_loss(model, batch, generator, schedule, config.unet_object_weight,
                                  config.unet_min_snr_gamma), {}
 
-    loop = LoopConfig(output_dir=str(out), max_steps=config.unet_steps, learning_rate=5e-4, warmup_steps=200,
-                      checkpoint_every=250, ema_decay=0.999, seed=config.seed)
+    loop = LoopConfig(output_dir=str(out), max_steps=config.unet_steps, learning_rate=config.unet_learning_rate,
+                      warmup_steps=200, checkpoint_every=250, ema_decay=0.999, seed=config.seed)
     result = train(unet, loss_fn, make_batch, loop, batch_size=config.unet_batch)
     unet.eval()
     _save_final(out, unet)
