@@ -137,16 +137,32 @@ def generate(backbone, captions: list[str], *, num_steps: int = 25, guidance_sca
     return torch.cat(outputs)
 
 
-def evaluate_generation(backbone, judge, world, count: int = 200, **sampling) -> tuple[dict, torch.Tensor]:
+def probe_accuracy(probes, images01: torch.Tensor, specs) -> dict[str, float]:
+    """Fraction of images whose main-object attributes the pixel probes read as in ``specs``."""
+    from retouch.world import attributes
+
+    predicted = probes.predict(images01)
+    truth = [attributes(spec) for spec in specs]
+    return {name: float(np.mean([int(p) == t[name] for p, t in zip(predicted[name].tolist(), truth)]))
+            for name in JUDGED_ATTRIBUTES if name in probes.attributes}
+
+
+def evaluate_generation(backbone, judge, world, count: int = 200, probes=None, **sampling) -> tuple[dict, torch.Tensor]:
+    """Samples for held-out captions, read by the judge (zero-shot) and, with ``probes``, by the pixel
+    probes: two independent readers, so a blind spot of one cannot hide a failure."""
     scenes = held_out_scenes(world, count)
     started = time.perf_counter()
     samples = generate(backbone, scenes.captions, **sampling)
     seconds = time.perf_counter() - started
     real = judge_accuracy(judge, scenes.images, scenes.specs, world.vocabularies)
-    return {"held_out_captions": count, "sampling": sampling or {"num_steps": 25, "guidance_scale": 5.0},
-            "judge_accuracy_of_samples": judge_accuracy(judge, samples, scenes.specs, world.vocabularies),
-            "judge_accuracy_of_real_scenes_same_captions": real,
-            "seconds_per_sample": seconds / count}, samples
+    report = {"held_out_captions": count, "sampling": sampling or {"num_steps": 25, "guidance_scale": 5.0},
+              "judge_accuracy_of_samples": judge_accuracy(judge, samples, scenes.specs, world.vocabularies),
+              "judge_accuracy_of_real_scenes_same_captions": real,
+              "seconds_per_sample": seconds / count}
+    if probes is not None:
+        report["probe_accuracy_of_samples"] = probe_accuracy(probes, samples, scenes.specs)
+        report["probe_accuracy_of_real_scenes_same_captions"] = probe_accuracy(probes, scenes.images, scenes.specs)
+    return report, samples
 
 
 def evaluate_mini(models_dir: Path, *, seed: int = 0, vae_count: int = 256, judge_count: int = 500,
