@@ -26,7 +26,7 @@ from pathlib import Path
 
 import torch
 
-from retouch.errors import RetouchError
+from retouch.errors import RetouchError, first_line
 
 DIRECTION_FORMAT = "retouch-direction/1"
 BANKS = ("templates", "world")
@@ -159,7 +159,7 @@ def generated_bank(model_dir: str | Path, word: str, count: int = DEFAULT_BANK_S
         tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
         model = AutoModelForCausalLM.from_pretrained(path, local_files_only=True, use_safetensors=True).eval()
     except (OSError, ValueError, KeyError) as err:
-        raise RetouchError(f"cannot load the sentence generator from '{path}': {_first_line(err)}") from err
+        raise RetouchError(f"cannot load the sentence generator from '{path}': {first_line(err)}") from err
     openings = [template.format(a=_with_article(word), w=word) for template in TEMPLATES]
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     sentences = []
@@ -329,8 +329,3 @@ def load_direction(path: str | Path, backbone=None) -> EditDirection:
                 f"--model ...`"
             )
     return direction
-
-
-def _first_line(err: BaseException) -> str:
-    text = str(err).strip().splitlines()
-    return text[0] if text else type(err).__name__
