@@ -601,7 +601,7 @@ def eval_multitask(data, models, singles, split, tasks, steps, limit, judge, lpi
     from retouch.imageio import atomic_write_text
     from retouch.metrics import TransformersCLIPJudge, load_lpips
     from retouch.train.evaluate_multitask import evaluate as run_evaluation
-    from retouch.train.evaluate_multitask import load_compositing_model, markdown_table
+    from retouch.train.evaluate_multitask import load_compositing_model, multitask_table
 
     if output.suffix.lower() != ".md":
         raise RetouchError(f"--output must be a .md file; got '{output}'")
@@ -618,7 +618,7 @@ def eval_multitask(data, models, singles, split, tasks, steps, limit, judge, lpi
     rows = run_evaluation(loaded, data, split, chosen, num_steps=steps, limit=limit, extractor=extractor,
                           lpips=lpips)
     label = "mini-world judge features" if judge is None else f"{judge_folder.name} features"
-    atomic_write_text(output, f"Split `{split}`, {steps} DDIM steps from noise.\n\n" + markdown_table(rows, label))
+    atomic_write_text(output, f"Split `{split}`, {steps} DDIM steps from noise.\n\n" + multitask_table(rows, label))
     click.echo(f"wrote {output} ({len(rows)} rows)")
 
 

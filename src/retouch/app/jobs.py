@@ -356,7 +356,7 @@ def run_effects(app: App, image: np.ndarray, *, blur: float | None = None, blur_
     return Result(*paths, f"effects: {image.shape[1]}×{image.shape[0]}, {time.perf_counter() - started:.1f} s")
 
 
-def build_direction(app: App, model: str, source: str, target: str, bank: str = "auto") -> str:
+def run_build_direction(app: App, model: str, source: str, target: str, bank: str = "auto") -> str:
     """``retouch directions build`` into the output folder's directions/; returns the saved file's name."""
     import re
 

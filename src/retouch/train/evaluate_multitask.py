@@ -106,7 +106,7 @@ def single_task_vector(vector: EditingVector, task: str) -> EditingVector:
 
 
 @torch.no_grad()
-def edit_batch(model, images: torch.Tensor, batch: list[Case], vectors: list[EditingVector], *, num_steps: int,
+def edit_cases(model, images: torch.Tensor, batch: list[Case], vectors: list[EditingVector], *, num_steps: int,
                seed: int) -> torch.Tensor:
     """Edit images (B, 3, H, W), example k with ``vectors[k]`` and case k's reference and mask, in one batch.
 
@@ -142,7 +142,7 @@ def run_model(model, batch: list[Case], *, num_steps: int, seed: int, chunk: int
     """Edit the cases: a multitask model or a pix2pix GAN in one pass each, or a dict task → single-task
     model applied in ``ORDER``, each stage on the previous stage's output (ours-single)."""
     def in_chunks(m, images, vectors, cases=batch):
-        return torch.cat([edit_batch(m, images[k:k + chunk], cases[k:k + chunk], vectors[k:k + chunk],
+        return torch.cat([edit_cases(m, images[k:k + chunk], cases[k:k + chunk], vectors[k:k + chunk],
                                      num_steps=num_steps, seed=seed + k) for k in range(0, len(cases), chunk)])
 
     images = torch.stack([c.source for c in batch])
@@ -161,7 +161,7 @@ def run_model(model, batch: list[Case], *, num_steps: int, seed: int, chunk: int
     return images
 
 
-def score(edited: torch.Tensor, targets: torch.Tensor, extractor=None, lpips=None) -> dict:
+def score_edits(edited: torch.Tensor, targets: torch.Tensor, extractor=None, lpips=None) -> dict:
     """L1, SSIM (images in [0, 1]), LPIPS if given, and KID ×10³ on ``extractor`` features."""
     a, b = (edited + 1) / 2, (targets + 1) / 2
     row = {"l1": float(l1(a, b).mean()), "ssim": float(ssim(a, b).mean())}
@@ -185,11 +185,12 @@ def evaluate(models: dict[str, MultitaskModel | dict], folder: Path, split: str,
         targets = torch.stack([c.target for c in batch])
         for name, model in models.items():
             edited = run_model(model, batch, num_steps=num_steps, seed=seed)
-            rows.append({"task": task, "model": name, "n": len(batch), **score(edited, targets, extractor, lpips)})
+            rows.append({"task": task, "model": name, "n": len(batch),
+                         **score_edits(edited, targets, extractor, lpips)})
     return rows
 
 
-def markdown_table(rows: list[dict], kid_label: str) -> str:
+def multitask_table(rows: list[dict], kid_label: str) -> str:
     lines = [f"| task | model | n | L1 ↓ | SSIM ↑ | LPIPS ↓ | KID ×10³ ↓ ({kid_label}) |",
              "|---|---|---|---|---|---|---|"]
     for r in rows:

@@ -216,7 +216,7 @@ def mask_iou(predicted: torch.Tensor, truth: torch.Tensor) -> torch.Tensor:
     return torch.where(union > 0, (predicted & truth).sum(1) / union.clamp_min(1), torch.ones_like(union)).float()
 
 
-def score(inputs: DirectionInputs, outputs: torch.Tensor, masks: torch.Tensor | None, probes, judge=None,
+def score_direction(inputs: DirectionInputs, outputs: torch.Tensor, masks: torch.Tensor | None, probes, judge=None,
           before: dict | None = None) -> dict:
     """The metrics of one (system, direction); ``before`` is the probes' reading of the inputs (computed if None)."""
     from retouch.metrics import background_preservation, clip_accuracy
@@ -248,7 +248,7 @@ class Evaluation:
 
 def evaluate(systems: list[System], inputs: dict[str, DirectionInputs], probes, judge=None, *, batch: int = 25,
              figure_rows: int = 0, log: Callable[[str], None] | None = None) -> Evaluation:
-    """Every system on every direction it knows, then the renderer's true edit, scored by :func:`score`."""
+    """Every system on every direction it knows, then the renderer's true edit, scored by :func:`score_direction`."""
     result = Evaluation()
     for direction, data in inputs.items():
         before = probes.predict(data.images)
@@ -264,7 +264,7 @@ def evaluate(systems: list[System], inputs: dict[str, DirectionInputs], probes, 
                 outputs, masks = run_system(system, data, batch)
             seconds = time.perf_counter() - started
             row = {"system": system.name, "group": system.group, "direction": direction,
-                   **score(data, outputs, masks, probes, judge, before),
+                   **score_direction(data, outputs, masks, probes, judge, before),
                    "seconds_per_image": seconds / len(outputs)}
             result.rows.append(row)
             result.figure[direction][system.name] = outputs[:figure_rows]
@@ -292,7 +292,7 @@ def _cell(row: dict | None, key: str, fmt: str) -> str:
     return fmt.format(value)
 
 
-def markdown_table(rows: list[dict], columns=_COLUMNS) -> str:
+def portrait_table(rows: list[dict], columns=_COLUMNS) -> str:
     """Table 1's layout: one row per system, a block of ``columns`` per direction ("—": not run or no mask)."""
     directions = [d for d in DIRECTIONS if any(r["direction"] == d for r in rows)]
     names = list(dict.fromkeys(r["system"] for r in rows))
@@ -307,8 +307,8 @@ def markdown_table(rows: list[dict], columns=_COLUMNS) -> str:
 
 
 def report_markdown(rows: list[dict], header: str) -> str:
-    return (f"{header}\n\n{markdown_table(rows)}\nIdentity per attribute (probe on output = probe on input):\n\n"
-            f"{markdown_table(rows, _IDENTITY_COLUMNS)}")
+    return (f"{header}\n\n{portrait_table(rows)}\nIdentity per attribute (probe on output = probe on input):\n\n"
+            f"{portrait_table(rows, _IDENTITY_COLUMNS)}")
 
 
 def save_figure(figure: dict, path, upscale: int = 2) -> None:
