@@ -563,6 +563,11 @@ def _tiny_text_encoder(tokenizer, projection_dim: int | None = None, act: str = 
     return CLIPTextModelWithProjection(config) if projection_dim else CLIPTextModel(config)
 
 
+def resolve_device(device: str = "auto") -> str:
+    """``auto`` → ``cuda`` when a GPU is visible, else ``cpu``; anything else unchanged."""
+    return ("cuda" if torch.cuda.is_available() else "cpu") if device == "auto" else device
+
+
 def build_tiny(name: str = "tiny-sd") -> Backbone:
     """Seeded random components with diffusers' fast-test shapes (each built after manual_seed(0))."""
     from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel

@@ -244,6 +244,38 @@ def build_direction(backbone, source_sentences: list[str], target_sentences: lis
     )
 
 
+def build_direction_file(source: str, target: str, output: str | Path, *, model: str = "mini", bank: str = "auto",
+                         bank_files: tuple[str, str] | None = None, generator: str | Path | None = None,
+                         count: int | None = None, seed: int = 0, device: str = "auto", allow_pickle: bool = False,
+                         offline: bool | None = None) -> str:
+    """``retouch directions build``: the direction SOURCE → TARGET for ``model``'s text encoder, saved to
+    ``output`` (.safetensors); the arguments are checked before the model loads. Returns the line to print."""
+    import time
+
+    from retouch.backbone import load_backbone, resolve_device
+    from retouch.methods.edit_text import parse_edit
+
+    output = Path(output)
+    spec = parse_edit(f"{source}->{target}")
+    if output.suffix.lower() != ".safetensors":
+        raise RetouchError(f"an edit direction is saved as .safetensors; got '{output}'")
+    if bank_files and any(output.resolve() == Path(p).resolve() for p in bank_files):
+        raise RetouchError(f"the output '{output}' is one of the sentence files; choose another path")
+    if count is not None and count < 1:
+        raise RetouchError(f"--count must be at least 1; got {count}")
+    backbone = load_backbone(model, device=resolve_device(device), allow_pickle=allow_pickle, offline=offline)
+    started = time.perf_counter()
+    source_bank, target_bank, label = sentence_banks(
+        spec.source, spec.target, bank=bank, count=count, generator=generator or "",
+        files=tuple(bank_files) if bank_files else None, seed=seed, model=backbone.source,
+    )
+    direction = build_direction(backbone, source_bank, target_bank, source=spec.source, target=spec.target,
+                                bank=label)
+    save_direction(direction, output, model=str(model))
+    return (f"wrote {output} ({spec}, {len(source_bank)}+{len(target_bank)} sentences ({label}), text encoder "
+            f"{direction.encoder_id}, {time.perf_counter() - started:.1f} s)")
+
+
 def text_encoder_identity(backbone) -> str:
     """A short hash identifying the text encoder(s) and tokenizer(s) a direction belongs to.
 

@@ -247,6 +247,26 @@ def distill(backbone, judge, world, config: DistillConfig) -> dict:
     return report
 
 
+def distill_on_mini_world(config: DistillConfig, judge_dir: str | Path | None = None) -> str:
+    """``retouch train distill``: :func:`distill` with ``config.model`` making the pairs on the mini world and
+    the judge in ``judge_dir`` (default: the mini judge) scoring them; the counts are checked before any
+    model loads. Returns the line to print."""
+    from retouch.backbone import MINI_DIR, load_backbone
+    from retouch.metrics import TransformersCLIPJudge
+    from retouch.world import World
+
+    for flag, value in (("--pairs", config.pairs), ("--edit-steps", config.edit_steps),
+                        ("--train-steps", config.train_steps), ("--batch", config.batch)):
+        if value < 1:
+            raise RetouchError(f"{flag} must be at least 1; got {value}")
+    if not 0.0 <= config.inside_fraction <= 1.0:
+        raise RetouchError(f"--inside-fraction must lie in [0, 1]; got {config.inside_fraction:g}")
+    judge = TransformersCLIPJudge(judge_dir or MINI_DIR / "judge")
+    report = distill(load_backbone(config.model), judge, World(seed=0), config)
+    return (f"kept {report['pairs_kept']} of {report['pairs_collected']} pairs; translator in "
+            f"{Path(config.output_dir) / 'translator' / 'final'} (trained {report['train_seconds'] / 60:.1f} min)")
+
+
 def load_translator(folder: str | Path):
     from diffusers import UNet2DModel
 

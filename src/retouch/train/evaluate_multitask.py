@@ -198,3 +198,30 @@ def multitask_table(rows: list[dict], kid_label: str) -> str:
         lines.append(f"| {r['task']} | {r['model']} | {r['n']} | {fmt(r['l1'], '.4f')} | {fmt(r['ssim'], '.3f')} | "
                      f"{fmt(r['lpips'], '.3f')} | {fmt(r['kid_x1e3'], '.2f')} |")
     return "\n".join(lines) + "\n"
+
+
+def run_multitask_tables(output: Path, data: Path, models: dict[str, str], *, singles: dict[str, str] | None = None,
+                         split: str = "test", tasks=SINGLE_TASKS, steps: int = 25, limit: int | None = None,
+                         judge: Path | None = None, lpips_weights: Path | None = None) -> str:
+    """``retouch eval multitask``: every model of ``models`` (name → folder), and the single-task models
+    ``singles`` (task → folder) in sequence as 'ours-single', on ``data``'s ``split``; the table goes to
+    ``output`` (.md, checked before any model loads). Returns the line to print."""
+    from retouch.backbone import MINI_DIR
+    from retouch.imageio import atomic_write_text
+    from retouch.metrics import TransformersCLIPJudge, load_lpips
+
+    output = Path(output)
+    if output.suffix.lower() != ".md":
+        raise RetouchError(f"--output must be a .md file; got '{output}'")
+    if not output.parent.is_dir():
+        raise RetouchError(f"cannot write '{output}': folder '{output.parent}' does not exist")
+    loaded = {name: load_compositing_model(folder) for name, folder in models.items()}
+    if singles:
+        loaded["ours-single"] = {task: load_compositing_model(folder) for task, folder in singles.items()}
+    judge_folder = judge or MINI_DIR / "judge"
+    extractor = TransformersCLIPJudge(judge_folder).encode_images
+    lpips = load_lpips(lpips_weights) if lpips_weights else None
+    rows = evaluate(loaded, data, split, list(tasks), num_steps=steps, limit=limit, extractor=extractor, lpips=lpips)
+    label = "mini-world judge features" if judge is None else f"{Path(judge_folder).name} features"
+    atomic_write_text(output, f"Split `{split}`, {steps} DDIM steps from noise.\n\n" + multitask_table(rows, label))
+    return f"wrote {output} ({len(rows)} rows)"

@@ -205,13 +205,3 @@ def ship_portrait_model(folder: Path, destination: Path | None = None, *, base: 
     model = PortraitModel.load(Path(folder))
     model.backbone.unet.to(torch.float16)  # half the bytes; loading casts it to the edit's dtype
     return ship_folder(lambda staging: model.save(staging, base=base), folder, Path(destination or SHIPPED_MODEL))
-
-
-if __name__ == "__main__":
-    import argparse
-
-    parser = argparse.ArgumentParser(description="ship a trained MCDM as the package default")
-    parser.add_argument("--ship", type=Path, required=True, help="a trained model folder (…/final)")
-    parser.add_argument("--base", default="mini", help="the backbone whose frozen parts the model shares")
-    arguments = parser.parse_args()
-    print(f"shipped to {ship_portrait_model(arguments.ship, base=arguments.base)}")
