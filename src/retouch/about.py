@@ -13,7 +13,7 @@ def environment_report() -> str:
     from huggingface_hub import constants
 
     from retouch import __version__
-    from retouch.backbone import TINY_NAMES
+    from retouch.backbone import MINI_NAME, TINY_NAMES
     from retouch.methods import available_methods
 
     cuda = torch.cuda.is_available()
@@ -25,7 +25,8 @@ def environment_report() -> str:
         f"transformers  {transformers.__version__}",
         f"device        {torch.cuda.get_device_name(0) if cuda else 'cpu'} ({torch.get_num_threads()} CPU threads)",
         f"hub cache     {constants.HF_HUB_CACHE} ({'offline' if constants.HF_HUB_OFFLINE else 'online allowed'})",
-        f"models        {', '.join(TINY_NAMES)}, any diffusers folder, .safetensors file or cached repo id",
+        f"models        {MINI_NAME} (shipped, the default), {', '.join(TINY_NAMES)} (random, for tests), any diffusers "
+        "folder, .safetensors file or cached repo id",
         "methods       " + ", ".join(sorted(available_methods())),
     ]
     return "\n".join(lines)

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import click
 
-from retouch.cli.common import device_option, loading_options, seed_option
+from retouch.cli.common import DEFAULT_MODEL, device_option, loading_options, seed_option
 
 _CLICK_TYPES = {"str": str, "float": float, "int": int, "bool": bool}
 
@@ -59,8 +59,9 @@ def _method_options(command):
               help="where to write the result (.png, .jpg, .webp); for a batch, the output folder")
 @click.option("--method", "method_name", help="editing method (see `retouch info`); a manifest row may give its own")
 @click.option("--model", default=None,
-              help="tiny name, diffusers folder, .safetensors file or Hugging Face repo id (default: tiny-sd; "
-                   "for --method multitask the shipped multitask model)")
+              help=f"model name ({DEFAULT_MODEL}: the shipped mini models), diffusers folder, .safetensors file or "
+                   f"Hugging Face repo id (default: {DEFAULT_MODEL}; for --method multitask and portrait their "
+                   "shipped models)")
 @seed_option("makes the edit deterministic")
 @device_option
 @click.option("--dtype", type=click.Choice(["float32", "float16", "bfloat16"]), default="float32", show_default=True)
@@ -150,8 +151,8 @@ def directions() -> None:
 @click.argument("target")
 @click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path), required=True,
               help="the .safetensors file to write")
-@click.option("--model", default="tiny-sd", show_default=True,
-              help="tiny name, diffusers folder, .safetensors file or Hugging Face repo id (its text encoder)")
+@click.option("--model", default=DEFAULT_MODEL, show_default=True,
+              help="model name, diffusers folder, .safetensors file or Hugging Face repo id (its text encoder)")
 @click.option("--bank", type=click.Choice(["auto", "templates", "world"]), default="auto", show_default=True,
               help="built-in sentences: templates, mini-world captions, or auto (world for mini-world words on "
                    "the mini model)")

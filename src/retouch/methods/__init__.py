@@ -70,8 +70,11 @@ def make_config(method: Method, **values):
 
 
 def model_name(method: Method, model: str | None) -> str:
-    """The model a run uses: the given one, else the method's default, else the ``tiny-sd`` test model."""
-    return model or method.default_model or "tiny-sd"
+    """The model a run uses: the given one, else the method's default, else the shipped ``mini`` models (the
+    ``tiny-*`` models are random test models and never a default)."""
+    from retouch.backbone import MINI_NAME
+
+    return model or method.default_model or MINI_NAME
 
 
 def load_method_model(method: Method, model: str | None = None, *, device: str = "auto", dtype=None,
