@@ -55,7 +55,7 @@ mini-models: $(STAMP)
 	mv $(MINI_WORK)/unet/final $(MINI_WORK)/unet/final-3600
 	$(VENV)/bin/retouch train mini --stages unet --unet-steps 7000 --unet-batch 32 --work-dir $(MINI_WORK)
 	$(VENV)/bin/retouch train mini --stages judge,export --judge-steps 1000 --judge-batch 64 --work-dir $(MINI_WORK)
-	$(PY) -m retouch.train.evaluate_mini
+	$(VENV)/bin/retouch eval mini
 
 clean:
 	rm -rf $(VENV) out .pytest_cache
@@ -82,4 +82,4 @@ multitask-models: $(STAMP)
 	wait
 	$(PY) benchmarks/multitask_tables.py --data $(MT_DATA) --work $(MT_WORK)
 	$(PY) benchmarks/multitask_control.py --model $(MT_WORK)/ours/final --data $(MT_DATA) --split photos
-	$(PY) -m retouch.train.multitask --ship $(MT_WORK)/ours/final
+	$(VENV)/bin/retouch train ship multitask $(MT_WORK)/ours/final

@@ -31,7 +31,7 @@ from retouch.train.evaluate_multitask import (
     Unedited,
     evaluate,
     load_compositing_model,
-    markdown_table,
+    multitask_table,
 )
 
 MAIN_MODELS = ("unedited input", "ours", "palette", "pix2pix", "ours-single")  # Tables 2 and 3 ("palette" is Palette++)
@@ -116,12 +116,12 @@ def main():
         main_rows = [r for r in rows if r["model"] in MAIN_MODELS]
         ablations = [r for r in rows if r["model"] not in MAIN_MODELS or r["model"] == "ours"]
         text += [f"\n## Split `{split}`\n\n### Table 2: single tasks\n\n",
-                 markdown_table([r for r in main_rows if r["task"] in SINGLE_TASKS], label),
+                 multitask_table([r for r in main_rows if r["task"] in SINGLE_TASKS], label),
                  "\n### Table 3: task combinations (trained on single tasks only)\n\n",
-                 markdown_table([r for r in main_rows if r["task"] in MULTI_TASKS], label),
+                 multitask_table([r for r in main_rows if r["task"] in MULTI_TASKS], label),
                  "\n### Table 4: ablations, mean over single tasks / over combinations\n\n",
-                 markdown_table(averaged(ablations, SINGLE_TASKS), label).replace("| mean |", "| single (mean) |"),
-                 "\n", markdown_table(averaged(ablations, MULTI_TASKS), label).replace("| mean |", "| combined (mean) |")]
+                 multitask_table(averaged(ablations, SINGLE_TASKS), label).replace("| mean |", "| single (mean) |"),
+                 "\n", multitask_table(averaged(ablations, MULTI_TASKS), label).replace("| mean |", "| combined (mean) |")]
         print(f"{split}: {len(rows)} rows in {time.perf_counter() - started:.0f} s")
     args.out.write_text("".join(text))
     print(f"wrote {args.out}")

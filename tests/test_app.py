@@ -10,7 +10,7 @@ from helpers import run_cli
 from PIL import Image
 
 from retouch.app.jobs import (
-    App, Exemplar, Limits, ModelCache, OutputFolder, build_direction, map_from_layers, run_edit, run_effects,
+    App, Exemplar, Limits, ModelCache, OutputFolder, map_from_layers, run_build_direction, run_edit, run_effects,
     run_multitask, run_pixels,
 )
 from retouch.errors import RetouchError
@@ -118,7 +118,7 @@ def test_pixels_in_the_app_is_the_cli_run(app, scenes, tmp_path, capsys):
 
 def test_pix2pix_zero_with_a_built_direction_matches_the_cli(app, scenes, tmp_path, capsys):
     image = scenes[0]
-    name = build_direction(app, "mini", "green", "purple")
+    name = run_build_direction(app, "mini", "green", "purple")
     assert app.output.directions() == [name] and (app.output.directions_dir / name).is_file()
     values = dict(source_text=CAPTION, directions=str(app.output.direction_path(name)), num_steps=3)
     reports = []

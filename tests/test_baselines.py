@@ -282,12 +282,12 @@ def test_cli_edits_with_ddim_word_swap(tmp_path, capsys):
     Image.fromarray((np.random.default_rng(0).random((32, 32, 3)) * 255).astype(np.uint8)).save(source)
     out = tmp_path / "out.png"
     main(["edit", str(source), "-o", str(out), "--method", "ddim", "--edit", "cat->dog",
-          "--source-text", "a photo of a cat", "--num-steps", "4", "--device", "cpu"])
+          "--source-text", "a photo of a cat", "--num-steps", "4", "--device", "cpu", "--model", "tiny-sd"])
     assert np.asarray(Image.open(out)).shape == (32, 32, 3)
     assert "wrote" in capsys.readouterr().out
     with pytest.raises(SystemExit) as exit_info:
         main(["edit", str(source), "-o", str(tmp_path / "bad.png"), "--method", "ddim", "--edit", "horse->zebra",
-              "--source-text", "a photo of a cat", "--num-steps", "4"])
+              "--source-text", "a photo of a cat", "--num-steps", "4", "--model", "tiny-sd"])
     assert exit_info.value.code == 1 and not (tmp_path / "bad.png").exists()
     assert capsys.readouterr().err.count("\n") == 1
 

@@ -1,6 +1,7 @@
 """The command line as a user meets it: one-line errors, non-zero exits, no partial files."""
 
 import os
+import re
 import subprocess
 import sys
 
@@ -146,7 +147,7 @@ def test_edit_with_sdedit_on_tiny_model_is_deterministic(photo, tmp_path, capsys
     outputs = []
     for name in ("a.png", "b.png"):
         code, _, err = run_cli(["edit", photo, "-o", tmp_path / name, "--method", "sdedit", "--prompt", "a cat",
-                            "--num-steps", "4", "--strength", "0.5", "--seed", "3"], capsys)
+                            "--model", "tiny-sd", "--num-steps", "4", "--strength", "0.5", "--seed", "3"], capsys)
         assert code == 0, err
         outputs.append(np.asarray(Image.open(tmp_path / name)))
     assert outputs[0].shape == (48, 40, 3)  # back at the input size after fitting to the model's multiple
@@ -168,3 +169,67 @@ def test_help_and_info(capsys):
     assert code == 0 and "edit" in out and "effects" in out
     code, out, _ = run_cli(["info"], capsys)
     assert code == 0 and "torch" in out and "sdedit" in out
+
+
+def test_the_default_model_of_every_edit_is_the_shipped_mini_model():
+    """Without --model, `retouch edit` (single image and batch), `directions build` and the app run the shipped
+    mini models; the random tiny-* test models are never a silent default."""
+    import dataclasses
+
+    from retouch.app.jobs import MINI
+    from retouch.backbone import MINI_NAME, TINY_NAMES
+    from retouch.batch import BatchSettings
+    from retouch.cli import cli
+    from retouch.methods import available_methods, model_name
+
+    assert MINI_NAME == MINI == "mini"
+    for method in available_methods().values():
+        assert model_name(method, None) == (method.default_model or "mini")
+        assert model_name(method, None) not in TINY_NAMES
+    assert BatchSettings().model is None  # so each item's model is model_name(method, None)
+    for path in (["edit"], ["directions", "build"], ["data", "pairs"]):
+        command = cli
+        for name in path:
+            command = command.get_command(None, name)
+        model = next(p for p in command.params if p.name == "model")
+        assert model.default in (None, "mini"), path
+        assert "tiny-sd" not in (model.help or "").split("(default")[-1]
+    assert [f.default for f in dataclasses.fields(BatchSettings) if f.name == "model"] == [None]
+
+
+def test_edit_without_model_runs_on_mini(photo, tmp_path, capsys, monkeypatch):
+    import retouch.methods
+
+    loaded = []
+    real = retouch.methods.load_method_model
+
+    def load(method, model=None, **options):
+        loaded.append(retouch.methods.model_name(method, model))
+        return real(method, "tiny-sd", **options)  # the edit itself on the tiny model, for speed
+
+    monkeypatch.setattr(retouch.methods, "load_method_model", load)
+    code, out, err = run_cli(["edit", photo, "-o", tmp_path / "o.png", "--method", "sdedit", "--prompt", "a cat",
+                              "--num-steps", "2"], capsys)
+    assert code == 0, err
+    assert loaded == ["mini"] and "sdedit on mini" in out
+
+
+def test_a_shared_option_s_help_names_every_method_that_reads_it():
+    import dataclasses
+
+    from retouch.cli import edit
+    from retouch.methods import available_methods
+
+    readers: dict[str, list[str]] = {}
+    for method in available_methods().values():
+        for field in dataclasses.fields(method.config_class):
+            readers.setdefault(field.name, []).append(method.name)
+    options = {p.name: p for p in edit.params}
+    assert len(readers["num_steps"]) > 2  # the case the help used to get wrong: "[ddim] DDIM steps"
+    for name, methods in readers.items():
+        if name == "seed":
+            continue
+        help_text = options[name].help
+        groups = re.findall(r"(?:^|; )\[([^\]]*)\]", help_text)  # "[a, b] help (default x); [c] …"
+        named = {m.strip() for group in groups for m in group.split(",")}
+        assert named == set(methods), (name, help_text)

@@ -246,7 +246,8 @@ def photo(tmp_path):
 def test_cli_runs_diffedit_on_the_tiny_model(photo, tmp_path, capsys):
     out = tmp_path / "out.png"
     code, stdout, err = run_cli(["edit", photo, "-o", out, "--method", "diffedit", "--edit", "cat->dog",
-                                 "--source-text", SOURCE, "--num-steps", "2", "--mask-draws", "1"], capsys)
+                                 "--source-text", SOURCE, "--num-steps", "2", "--mask-draws", "1",
+                                 "--model", "tiny-sd"], capsys)
     assert code == 0, err
     assert "diffedit" in stdout and np.asarray(Image.open(out)).shape == (48, 40, 3)
 

@@ -9,7 +9,7 @@ from retouch.backbone import MINI_DIR, build_tiny
 from retouch.errors import RetouchError
 from retouch.train.distill import (
     DistillConfig,
-    PairSet,
+    DistillPairs,
     distill,
     keep_pairs,
     load_translator,
@@ -41,7 +41,7 @@ def _pairs():
     edited = grey.clone()
     edited[0, 2, 2:6, 2:6] = 1.0  # pair 0: turns the object blue, inside the mask only
     edited[1, 2] = 0.6  # pair 1: tints everything a little blue; 16 of 64 pixels are inside the mask
-    return PairSet(grey, edited, mask, ["a red object"] * 2, ["a blue object"] * 2)
+    return DistillPairs(grey, edited, mask, ["a red object"] * 2, ["a blue object"] * 2)
 
 
 def test_pair_scores_measure_the_judge_rise_and_where_the_change_is():

@@ -24,7 +24,7 @@ def inputs():
 
 def test_the_identity_system_scores_perfectly(inputs, probes):
     data = inputs["striped"]
-    row = bench.score(data, data.images, None, probes)
+    row = bench.score_direction(data, data.images, None, probes)
     assert row["identity"] == 1.0 and all(row[f"identity_{a}"] == 1.0 for a in bench.IDENTITY_ATTRIBUTES)
     assert row["background_psnr"] == bench.PSNR_CAP and row["background_l1"] == 0.0
     assert row["mask_iou"] is None and row["count"] == 8
@@ -34,7 +34,7 @@ def test_the_identity_system_scores_perfectly(inputs, probes):
 
 def test_the_renderers_true_edit_succeeds_and_keeps_identity(inputs, probes):
     for direction, data in inputs.items():
-        row = bench.score(data, data.true_images, data.edit_masks > 0, probes)
+        row = bench.score_direction(data, data.true_images, data.edit_masks > 0, probes)
         assert row["success"] >= 0.75, direction
         assert row["identity"] >= 0.75, direction
         assert row["background_psnr"] == bench.PSNR_CAP  # nothing outside the edit region moved
@@ -80,7 +80,7 @@ def test_systems_run_in_caption_groups_and_masks_reach_pixel_size(inputs):
 def test_table_has_a_block_per_direction_and_dashes_where_nothing_ran():
     rows = [{"system": "a", "direction": "striped", "success": 0.5, "mask_iou": None},
             {"system": "b", "direction": "hat", "success": 1.0}]
-    table = bench.markdown_table(rows)
+    table = bench.portrait_table(rows)
     assert "plain→striped success ↑" in table and "none→hat success ↑" in table
     assert "| a | 0.50 | — |" in table and table.splitlines()[-1].startswith("| b | — |")
 

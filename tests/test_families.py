@@ -38,7 +38,7 @@ def test_parameter_counts_are_the_released_checkpoints():
 
 
 def test_the_doc_is_generated_from_the_recipes():
-    assert recipes.check_doc(DOC), "docs/checkpoints.md is stale: run python -m retouch.recipes --write"
+    assert recipes.check_doc(DOC), "docs/checkpoints.md is stale: run retouch recipes --write"
     text = DOC.read_text()
     for name in available_methods():
         assert f"| `{name}` |" in text

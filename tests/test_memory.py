@@ -152,7 +152,8 @@ def test_offload_on_a_gpu_keeps_one_module_there():
 def test_cli_flags_are_honoured(tmp_path, capsys):
     source = tmp_path / "in.png"
     Image.fromarray((np.random.default_rng(0).random((SIZE, SIZE, 3)) * 255).astype(np.uint8)).save(source)
-    base = ["edit", source, "--method", "sdedit", "--prompt", "a cat", "--num-steps", "2", "--device", "cpu"]
+    base = ["edit", source, "--method", "sdedit", "--prompt", "a cat", "--num-steps", "2", "--device", "cpu",
+            "--model", "tiny-sd"]
     code, _, _ = run_cli(base + ["-o", tmp_path / "plain.png"], capsys)
     assert code == 0
     code, _, err = run_cli(base + ["-o", tmp_path / "low.png", "--attention-slicing", "--cpu-offload"], capsys)

@@ -244,7 +244,7 @@ def test_evaluation_tables_score_edits_against_targets(tiny_backbones, tmp_path,
     from helpers import run_cli
 
     from retouch.data.compositing import CompositingConfig, build_compositing_dataset
-    from retouch.train.evaluate_multitask import cases, evaluate, markdown_table, score
+    from retouch.train.evaluate_multitask import cases, evaluate, multitask_table, score_edits
 
     data = tmp_path / "data"
     build_compositing_dataset(CompositingConfig(world_scenes=0, dead_leaves=0, photos=True, crop=32,
@@ -257,9 +257,9 @@ def test_evaluation_tables_score_edits_against_targets(tiny_backbones, tmp_path,
     assert torch.equal(inpaint.target, inpaint.source) and inpaint.keep is not None
 
     targets = torch.stack([c.target for c in blur_cases])
-    perfect = score(targets, targets, extractor=lambda x: x.mean(dim=(2, 3)))
+    perfect = score_edits(targets, targets, extractor=lambda x: x.mean(dim=(2, 3)))
     assert perfect["l1"] == 0 and perfect["ssim"] == pytest.approx(1.0) and perfect["lpips"] is None
-    worse = score(-targets, targets)
+    worse = score_edits(-targets, targets)
     assert worse["l1"] > 0.1 and worse["ssim"] < perfect["ssim"]
 
     torch.manual_seed(0)
@@ -269,7 +269,7 @@ def test_evaluation_tables_score_edits_against_targets(tiny_backbones, tmp_path,
     assert [(r["task"], r["model"]) for r in rows] == [("blur", "ours"), ("blur", "ours-single"),
                                                        ("blur+grain", "ours"), ("blur+grain", "ours-single")]
     assert all(r["n"] == 2 and 0 <= r["l1"] <= 2 for r in rows)
-    assert "| blur+grain | ours-single | 2 |" in markdown_table(rows, "mean colour")
+    assert "| blur+grain | ours-single | 2 |" in multitask_table(rows, "mean colour")
 
     model.save(tmp_path / "m")
     code, out, err = run_cli(["eval", "multitask", "--data", data, "--model", f"ours={tmp_path / 'm'}",

@@ -453,16 +453,17 @@ def test_cli_edit_and_directions(tmp_path, capsys):
     photo = tmp_path / "photo.png"
     Image.fromarray(np.random.default_rng(0).integers(0, 255, (36, 40, 3), dtype=np.uint8)).save(photo)
     code, out, err = run_cli(["edit", photo, "-o", tmp_path / "dog.png", "--method", "pix2pix-zero", "--edit", "cat->dog",
-                           "--source-text", CAPTION, "--num-steps", "3"], capsys)
+                           "--source-text", CAPTION, "--num-steps", "3", "--model", "tiny-sd"], capsys)
     assert code == 0, err
     assert np.asarray(Image.open(tmp_path / "dog.png")).shape == (36, 40, 3) and "wrote" in out
 
     direction = tmp_path / "cat_dog.safetensors"
-    code, out, err = run_cli(["directions", "build", "cat", "dog", "-o", direction, "--count", "8"], capsys)
+    code, out, err = run_cli(["directions", "build", "cat", "dog", "-o", direction, "--count", "8",
+                             "--model", "tiny-sd"], capsys)
     assert code == 0, err
     assert "8+8 sentences" in out
     code, _, err = run_cli(["edit", photo, "-o", tmp_path / "con.png", "--method", "zerocon", "--directions", direction,
-                         "--source-text", CAPTION, "--num-steps", "2"], capsys)
+                         "--source-text", CAPTION, "--num-steps", "2", "--model", "tiny-sd"], capsys)
     assert code == 0, err
     assert (tmp_path / "con.png").is_file()
     code, _, err = run_cli(["edit", photo, "-o", tmp_path / "v.png", "--method", "pix2pix-zero", "--directions",

@@ -18,7 +18,7 @@ from retouch.methods.portrait import (
     portrait_edit,
     source_conditions,
 )
-from retouch.train.portrait import PairCache, PairSet, PortraitTrainConfig, train_portrait
+from retouch.train.portrait import PairCache, PortraitPairs, PortraitTrainConfig, train_portrait
 
 
 class FakeEncoder:
@@ -125,7 +125,7 @@ def test_dropout_drops_each_condition_independently_at_its_rate():
 
 def test_identity_rows_become_reconstruction_pairs_with_the_source_prompt(tiny_backbones):
     model = make_model(tiny_backbones)
-    pairs = PairSet(images(4), images(4, seed=1), ["striped", "hat", "striped", "hat"])
+    pairs = PortraitPairs(images(4), images(4, seed=1), ["striped", "hat", "striped", "hat"])
     cache = PairCache(model, pairs)
     target, conditions = cache.batch(np.array([0, 1, 2, 3]), np.array([True, False, False, True]))
     assert torch.equal(target[0], cache.source_latents[0]) and torch.equal(target[3], cache.source_latents[3])
@@ -141,7 +141,7 @@ def test_identity_rows_become_reconstruction_pairs_with_the_source_prompt(tiny_b
 def test_training_lowers_the_loss_and_saves_a_loadable_model(tiny_backbones, tmp_path):
     torch.manual_seed(0)
     source = images(4)
-    pairs = PairSet(source, source.flip(-1), ["striped"] * 4)
+    pairs = PortraitPairs(source, source.flip(-1), ["striped"] * 4)
     config = PortraitTrainConfig(data=(), output_dir=str(tmp_path / "run"), steps=30, batch=4, learning_rate=1e-3,
                                  image_encoder="", ema_decay=None)
     model, report = train_portrait(config, backbone=tiny_backbones["tiny-sd"], pairs=pairs, progress=False)
@@ -219,7 +219,7 @@ def test_read_pairs_keeps_the_kept_rows_of_the_split_and_joins_directions(tmp_pa
     assert len(pairs.directions) == 2
     assert torch.allclose((pairs.sources[:, 0, 0, 0] + 1) / 2 * 255, torch.tensor([0.0, 30.0]), atol=1e-3)
     assert torch.allclose((pairs.targets[:, 0, 0, 0] + 1) / 2 * 255, torch.tensor([1.0, 31.0]), atol=1e-3)
-    assert len(PairSet.join([pairs, pairs]).directions) == 4
+    assert len(PortraitPairs.join([pairs, pairs]).directions) == 4
     with pytest.raises(RetouchError, match="not a pairs dataset"):
         read_pairs(tmp_path / "left")
     with pytest.raises(RetouchError, match="no kept pairs"):

@@ -24,7 +24,7 @@ from typing import Any
 
 import torch
 
-from retouch.errors import RetouchError
+from retouch.errors import RetouchError, first_line
 from retouch.sampling import NoiseSchedule
 
 FAMILIES = ("sd", "sdxl")
@@ -359,7 +359,7 @@ def _load_folder(path: Path, *, allow_pickle: bool) -> Backbone:
                 f"'{path}' has only pickle (.bin/.ckpt) weights; loading pickles can run arbitrary code, "
                 "so pass --allow-pickle (allow_pickle=True) if you trust it"
             ) from err
-        raise RetouchError(f"cannot load model folder '{path}': {_first_line(err)}") from err
+        raise RetouchError(f"cannot load model folder '{path}': {first_line(err)}") from err
     return from_pipeline(pipe, source=str(path))
 
 
@@ -385,15 +385,10 @@ def _load_repo(repo_id: str, *, allow_pickle: bool, offline: bool) -> Backbone:
             pipe = DiffusionPipeline.from_pretrained(repo_id, **kwargs)
         except (OSError, EnvironmentError, ValueError) as err:
             raise RetouchError(
-                f"cannot get model '{repo_id}' from the Hugging Face hub ({_first_line(err)}); "
+                f"cannot get model '{repo_id}' from the Hugging Face hub ({first_line(err)}); "
                 "pass a local diffusers folder or .safetensors file instead"
             ) from err
     return from_pipeline(pipe, source=repo_id)
-
-
-def _first_line(err: BaseException) -> str:
-    text = str(err).strip().splitlines()
-    return text[0] if text else type(err).__name__
 
 
 # ---------------------------------------------------------------------------------------------
@@ -448,7 +443,7 @@ def _safetensors_metadata(path: Path) -> dict:
         with safe_open(str(path), framework="pt") as handle:
             return handle.metadata() or {}
     except Exception as err:  # safetensors raises its own error types for corrupt headers
-        raise RetouchError(f"cannot read '{path}': not a valid safetensors file ({_first_line(err)})") from err
+        raise RetouchError(f"cannot read '{path}': not a valid safetensors file ({first_line(err)})") from err
 
 
 def _load_retouch_file(path: Path, metadata: dict) -> Backbone:
@@ -515,7 +510,7 @@ def _load_original_checkpoint(path: Path, *, config: str | None, offline: bool) 
         pipe = pipeline_cls.from_single_file(str(path), **kwargs)
     except (OSError, EnvironmentError, ValueError, KeyError) as err:
         hint = "" if config else " (pass --config with a diffusers folder or repo id of the same architecture)"
-        raise RetouchError(f"cannot load checkpoint '{path}': {_first_line(err)}{hint}") from err
+        raise RetouchError(f"cannot load checkpoint '{path}': {first_line(err)}{hint}") from err
     return from_pipeline(pipe, source=str(path))
 
 
@@ -566,6 +561,11 @@ def _tiny_text_encoder(tokenizer, projection_dim: int | None = None, act: str = 
     )
     torch.manual_seed(0)
     return CLIPTextModelWithProjection(config) if projection_dim else CLIPTextModel(config)
+
+
+def resolve_device(device: str = "auto") -> str:
+    """``auto`` → ``cuda`` when a GPU is visible, else ``cpu``; anything else unchanged."""
+    return ("cuda" if torch.cuda.is_available() else "cpu") if device == "auto" else device
 
 
 def build_tiny(name: str = "tiny-sd") -> Backbone:

@@ -164,11 +164,13 @@ def _row_output(value, image: Path, outdir: Path) -> Path:
     return outdir / relative
 
 
-def _config(method, cli_options: dict, row_values: dict, seed: int | None, *, base: Path | None):
+def _config(method, cli_options: dict, row_values: dict, seed: int | None, *, base: Path | None,
+            list_options: bool = False):
     """``method``'s validated config: command-line options, overridden by the row's, and the seed.
 
     Relative paths of the files a row's config reads (its ``input_files``: exemplars, maps, reference,
-    mask) are relative to the manifest's folder, like the row's image.
+    mask) are relative to the manifest's folder, like the row's image. ``list_options``: a refused option's
+    message names the method's own options.
     """
     from retouch.methods import make_config
 
@@ -176,7 +178,8 @@ def _config(method, cli_options: dict, row_values: dict, seed: int | None, *, ba
     foreign = sorted(set(cli_options) - set(names))
     if foreign:
         flags = ", ".join("--" + name.replace("_", "-") for name in foreign)
-        raise RetouchError(f"{flags} not used by method '{method.name}'")
+        own = "; its options: " + ", ".join("--" + n.replace("_", "-") for n in names) if list_options else ""
+        raise RetouchError(f"{flags} not used by method '{method.name}'{own}")
     values = {**cli_options, **row_values}
     if "seed" in names and seed is not None:
         values["seed"] = seed
@@ -324,6 +327,53 @@ def _same_path(a: Path, b: Path) -> bool:
 # Running
 
 
+def edit_path(source: Path, output: Path, settings: BatchSettings, *, compare: Path | None = None,
+              attention_slicing: bool = False, cpu_offload: bool = False) -> str | None:
+    """``retouch edit``: one image (returns the line to print), or a batch over a folder or manifest
+    (:func:`edit_batch`, which prints its own summary; returns None)."""
+    if not is_batch_source(source):
+        return edit_file(source, output, settings, compare=compare, attention_slicing=attention_slicing,
+                         cpu_offload=cpu_offload)
+    if compare is not None:
+        raise RetouchError("--compare takes one image; a batch writes only the results")
+    if attention_slicing or cpu_offload:
+        raise RetouchError("--attention-slicing and --cpu-offload take one image for now; a batch does not use them")
+    edit_batch(source, output, settings)
+    return None
+
+
+def edit_file(image: Path, output: Path, settings: BatchSettings, *, compare: Path | None = None,
+              attention_slicing: bool = False, cpu_offload: bool = False) -> str:
+    """One image through :func:`~retouch.methods.edit_image` with a step bar; outputs checked before any
+    work. Returns the line the command prints."""
+    import click
+    import torch
+
+    from retouch.imageio import check_outputs, load_image, save_with_comparison
+    from retouch.backbone import resolve_device
+    from retouch.methods import edit_image, get_method, load_method_model, model_name
+    from retouch.progress import step_bar
+
+    if settings.method is None:
+        raise RetouchError("missing --method; see `retouch info` for the methods")
+    method = get_method(settings.method)
+    config = _config(method, settings.options, {}, settings.seed, base=None, list_options=True)
+    inputs = [image, *_input_files(config)]
+    check_outputs([p for p in (output, compare) if p is not None], inputs)
+    source = load_image(image)
+    if cpu_offload and resolve_device(settings.device) == "cpu":
+        click.echo("retouch: --cpu-offload does nothing on cpu: the model is in host memory already", err=True)
+    backbone = load_method_model(method, settings.model, device=settings.device, dtype=getattr(torch, settings.dtype),
+                                 allow_pickle=settings.allow_pickle, offline=settings.offline,
+                                 attention_slicing="auto" if attention_slicing else None, cpu_offload=cpu_offload)
+    started = time.perf_counter()
+    with step_bar(getattr(config, "num_steps", None), method.name) as progress:
+        result = edit_image(method, backbone, source, config, size_policy=settings.size_policy, progress=progress)
+    save_with_comparison(output, result, compare, source, inputs)
+    seconds = time.perf_counter() - started
+    return f"wrote {output} ({method.name} on {model_name(method, settings.model)}, {seconds:.1f} s)"
+
+
 def edit_batch(source: Path, outdir: Path, settings: BatchSettings) -> dict:
     """Plan, check, run this process's share, gather and report; returns the summary record.
 
@@ -430,7 +480,7 @@ def _model(item: Item, settings: BatchSettings, models: dict):
 
 def _device(device: str) -> str:
     """``auto`` under several processes is each process's own device (cuda:r, or cpu under gloo)."""
-    from retouch.methods import resolve_device
+    from retouch.backbone import resolve_device
 
     state = process_state()
     if device == "auto" and state.num_processes > 1:

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import torch
 
-from retouch.errors import RetouchError
+from retouch.errors import RetouchError, first_line
 
 MINI_CAPTIONER = "mini"
 #: BLIP is prompted with this opening, as the official pix2pix-zero code's LAVIS BLIP ("base_coco") is.
@@ -68,7 +68,7 @@ class BlipCaptioner:
             self.model = BlipForConditionalGeneration.from_pretrained(path, local_files_only=True,
                                                                       use_safetensors=True)
         except (OSError, ValueError, TypeError) as err:
-            raise RetouchError(f"cannot load the BLIP captioner from '{path}': {_first_line(err)}") from err
+            raise RetouchError(f"cannot load the BLIP captioner from '{path}': {first_line(err)}") from err
         self.device = torch.device(device)
         self.model.to(self.device).eval().requires_grad_(False)
 
@@ -123,8 +123,3 @@ class MiniWorldCaptioner:
             # The world's canonical caption: "{things} on {background}" (retouch.world.captions).
             captions.append(f"{article} {phrase} on {found['background'][i]}")
         return captions
-
-
-def _first_line(err: BaseException) -> str:
-    text = str(err).strip().splitlines()
-    return text[0] if text else type(err).__name__

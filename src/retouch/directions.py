@@ -26,7 +26,7 @@ from pathlib import Path
 
 import torch
 
-from retouch.errors import RetouchError
+from retouch.errors import RetouchError, first_line
 
 DIRECTION_FORMAT = "retouch-direction/1"
 BANKS = ("templates", "world")
@@ -159,7 +159,7 @@ def generated_bank(model_dir: str | Path, word: str, count: int = DEFAULT_BANK_S
         tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
         model = AutoModelForCausalLM.from_pretrained(path, local_files_only=True, use_safetensors=True).eval()
     except (OSError, ValueError, KeyError) as err:
-        raise RetouchError(f"cannot load the sentence generator from '{path}': {_first_line(err)}") from err
+        raise RetouchError(f"cannot load the sentence generator from '{path}': {first_line(err)}") from err
     openings = [template.format(a=_with_article(word), w=word) for template in TEMPLATES]
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     sentences = []
@@ -242,6 +242,38 @@ def build_direction(backbone, source_sentences: list[str], target_sentences: lis
         source_count=len(source_sentences), target_count=len(target_sentences),
         encoder_id=text_encoder_identity(backbone), bank=bank,
     )
+
+
+def build_direction_file(source: str, target: str, output: str | Path, *, model: str = "mini", bank: str = "auto",
+                         bank_files: tuple[str, str] | None = None, generator: str | Path | None = None,
+                         count: int | None = None, seed: int = 0, device: str = "auto", allow_pickle: bool = False,
+                         offline: bool | None = None) -> str:
+    """``retouch directions build``: the direction SOURCE → TARGET for ``model``'s text encoder, saved to
+    ``output`` (.safetensors); the arguments are checked before the model loads. Returns the line to print."""
+    import time
+
+    from retouch.backbone import load_backbone, resolve_device
+    from retouch.methods.edit_text import parse_edit
+
+    output = Path(output)
+    spec = parse_edit(f"{source}->{target}")
+    if output.suffix.lower() != ".safetensors":
+        raise RetouchError(f"an edit direction is saved as .safetensors; got '{output}'")
+    if bank_files and any(output.resolve() == Path(p).resolve() for p in bank_files):
+        raise RetouchError(f"the output '{output}' is one of the sentence files; choose another path")
+    if count is not None and count < 1:
+        raise RetouchError(f"--count must be at least 1; got {count}")
+    backbone = load_backbone(model, device=resolve_device(device), allow_pickle=allow_pickle, offline=offline)
+    started = time.perf_counter()
+    source_bank, target_bank, label = sentence_banks(
+        spec.source, spec.target, bank=bank, count=count, generator=generator or "",
+        files=tuple(bank_files) if bank_files else None, seed=seed, model=backbone.source,
+    )
+    direction = build_direction(backbone, source_bank, target_bank, source=spec.source, target=spec.target,
+                                bank=label)
+    save_direction(direction, output, model=str(model))
+    return (f"wrote {output} ({spec}, {len(source_bank)}+{len(target_bank)} sentences ({label}), text encoder "
+            f"{direction.encoder_id}, {time.perf_counter() - started:.1f} s)")
 
 
 def text_encoder_identity(backbone) -> str:
@@ -329,8 +361,3 @@ def load_direction(path: str | Path, backbone=None) -> EditDirection:
                 f"--model ...`"
             )
     return direction
-
-
-def _first_line(err: BaseException) -> str:
-    text = str(err).strip().splitlines()
-    return text[0] if text else type(err).__name__

@@ -425,6 +425,24 @@ def check_output_path(
     return image_format
 
 
+def check_outputs(outputs: Sequence[PathLike], inputs: Sequence[PathLike] = ()) -> None:
+    """Refuse a command's unusable outputs before any work: a bad extension, an input, two outputs that are
+    one path, an unwritable folder (parents are made when saving)."""
+    if len(set(map(str, outputs))) != len(outputs):
+        raise RetouchError("the output and comparison paths must differ")
+    for path in outputs:
+        check_output_path(path, inputs=inputs, make_parents=True)
+
+
+def save_with_comparison(output: PathLike, result: np.ndarray, compare: PathLike | None, source: np.ndarray,
+                         inputs: Sequence[PathLike] = ()) -> None:
+    """Write ``result`` to ``output`` and, when ``compare`` is given, an input | output strip there."""
+    save_image(result, output, inputs=inputs, make_parents=True)
+    if compare is not None:
+        save_image(side_by_side([source, result], labels=["input", "output"]), compare, inputs=inputs,
+                   make_parents=True)
+
+
 def save_image(
     image: np.ndarray,
     path: PathLike,

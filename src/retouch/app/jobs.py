@@ -329,15 +329,11 @@ def run_effects(app: App, image: np.ndarray, *, blur: float | None = None, blur_
     ``random_hole`` adds a free-form hole drawn from ``seed`` (Yu et al. 2019's strokes, the multitask
     paper's inpainting masks) to any painted one.
     """
-    from retouch.effects import EFFECT_RANGES, EffectsRecipe, apply_effects, free_form_mask
+    from retouch.effects import EffectsRecipe, apply_effects, check_effects, free_form_mask
     from retouch.imageio import resize_image
 
-    check_range("blur β", blur, *EFFECT_RANGES["blur"])
-    check_range("grain σ", grain, *EFFECT_RANGES["grain"])
+    check_effects(blur, grain, sharpen, names=("blur β", "grain σ", "sharpen"))
     check_range("grain samples", grain_samples, 1, 800)
-    if sharpen is not None:
-        check_range("sharpen amount λ", sharpen[0], *EFFECT_RANGES["sharpen_amount"])
-        check_range("sharpen threshold μ", sharpen[1], *EFFECT_RANGES["sharpen_threshold"])
     if random_hole:
         drawn = free_form_mask(*image.shape[:2], seed=seed).astype(np.float32)
         hole = drawn if hole is None else np.maximum(drawn, resize_image(hole, (image.shape[1], image.shape[0])))
@@ -356,7 +352,7 @@ def run_effects(app: App, image: np.ndarray, *, blur: float | None = None, blur_
     return Result(*paths, f"effects: {image.shape[1]}×{image.shape[0]}, {time.perf_counter() - started:.1f} s")
 
 
-def build_direction(app: App, model: str, source: str, target: str, bank: str = "auto") -> str:
+def run_build_direction(app: App, model: str, source: str, target: str, bank: str = "auto") -> str:
     """``retouch directions build`` into the output folder's directions/; returns the saved file's name."""
     import re
 

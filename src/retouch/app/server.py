@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from retouch.app.jobs import MINI, App, Exemplar, Result, build_direction, map_from_layers, portrait_directions
+from retouch.app.jobs import MINI, App, Exemplar, Result, map_from_layers, portrait_directions, run_build_direction
 from retouch.app.jobs import run_edit, run_effects, run_multitask, run_pixels
 from retouch.errors import RetouchError
 
@@ -198,7 +198,7 @@ def build_blocks(app: App, *, concurrency: int = 1):
 
         def build(model, source, target, bank):
             with _user_errors():
-                name = build_direction(app, model, source, target, bank)
+                name = run_build_direction(app, model, source, target, bank)
                 return gr.update(choices=app.output.directions(), value=name), SAVED
 
         p_build.click(build, [p_model, p_source, p_target, p_bank], [p_saved, p_mode], api_name="build_direction",

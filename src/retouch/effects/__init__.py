@@ -60,7 +60,51 @@ def apply_effects(image: np.ndarray, recipe: EffectsRecipe, *, grain_samples: in
     return out
 
 
+def check_effects(blur: float | None = None, grain: float | None = None, sharpen: tuple[float, float] | None = None,
+                  *, names: tuple[str, str, str] = ("--blur", "--grain", "--sharpen")) -> None:
+    """Refuse values outside :data:`EFFECT_RANGES` with one line; ``names`` are how the caller calls the three
+    settings (flags on the command line, slider labels in the app)."""
+    from retouch.errors import check_range
+
+    check_range(names[0], blur, *EFFECT_RANGES["blur"])
+    check_range(names[1], grain, *EFFECT_RANGES["grain"])
+    if sharpen is not None:
+        check_range(f"{names[2]} amount λ", sharpen[0], *EFFECT_RANGES["sharpen_amount"])
+        check_range(f"{names[2]} threshold μ", sharpen[1], *EFFECT_RANGES["sharpen_threshold"])
+
+
+def apply_effects_file(image, output, *, blur: float | None = None, blur_angle: float | None = None,
+                       grain: float | None = None, reference=None, mask=None,
+                       sharpen: tuple[float, float] | None = None, seed: int = 0, compare=None) -> str:
+    """``retouch effects``: the effects on an image file, written to ``output`` (and an input | output strip
+    to ``compare``); ``reference`` and ``mask`` are image files. Everything is checked before any work.
+    Returns the line the command prints."""
+    import time
+    from pathlib import Path
+
+    from retouch.errors import RetouchError
+    from retouch.imageio import check_outputs, load_image, load_map, save_with_comparison
+
+    check_effects(blur, grain, sharpen)
+    inputs = [Path(p) for p in (image, reference, mask) if p is not None]
+    check_outputs([p for p in (output, compare) if p is not None], inputs)
+    if not any(v is not None for v in (blur, grain, reference, mask, sharpen)):
+        raise RetouchError("no effect chosen: give at least one of --blur, --grain, --reference, --mask, --sharpen")
+    source = load_image(image)
+    height, width = source.shape[:2]
+    recipe = EffectsRecipe(
+        blur=blur, blur_angle=blur_angle, grain=grain,
+        reference=load_image(reference) if reference else None,
+        mask=(load_map(mask, size=(width, height)) > 0.5) if mask else None,
+        sharpen=sharpen, seed=seed,
+    )
+    started = time.perf_counter()
+    result = apply_effects(source, recipe)
+    save_with_comparison(output, result, compare, source, inputs)
+    return f"wrote {output} ({width}x{height}, {time.perf_counter() - started:.1f} s)"
+
+
 __all__ = [
-    "EFFECT_RANGES", "GRAIN_RADII", "EffectsRecipe", "apply_effects", "apply_inpainting_mask", "film_grain", "free_form_mask",
+    "EFFECT_RANGES", "GRAIN_RADII", "EffectsRecipe", "apply_effects", "apply_effects_file", "check_effects", "apply_inpainting_mask", "film_grain", "free_form_mask",
     "lab_to_rgb", "motion_blur", "motion_blur_kernel", "reinhard_color_transfer", "rgb_to_lab", "unsharp_mask",
 ]

@@ -69,16 +69,12 @@ def make_config(method: Method, **values):
     return config
 
 
-def resolve_device(device: str = "auto") -> str:
-    """``auto`` → ``cuda`` when a GPU is visible, else ``cpu``; anything else unchanged."""
-    import torch
-
-    return ("cuda" if torch.cuda.is_available() else "cpu") if device == "auto" else device
-
-
 def model_name(method: Method, model: str | None) -> str:
-    """The model a run uses: the given one, else the method's default, else the ``tiny-sd`` test model."""
-    return model or method.default_model or "tiny-sd"
+    """The model a run uses: the given one, else the method's default, else the shipped ``mini`` models (the
+    ``tiny-*`` models are random test models and never a default)."""
+    from retouch.backbone import MINI_NAME
+
+    return model or method.default_model or MINI_NAME
 
 
 def load_method_model(method: Method, model: str | None = None, *, device: str = "auto", dtype=None,
@@ -92,7 +88,7 @@ def load_method_model(method: Method, model: str | None = None, *, device: str =
     import torch
 
     from retouch import memory
-    from retouch.backbone import load_backbone
+    from retouch.backbone import load_backbone, resolve_device
 
     loader = method.load_model or load_backbone
     device = resolve_device(device)

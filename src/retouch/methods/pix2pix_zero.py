@@ -34,7 +34,7 @@ import torch
 from retouch.attention import CrossAttentionRecorder, Gate, HookGroup, hooked_attention, select_layers
 from retouch.captioning import caption_images
 from retouch.directions import BANKS, EditDirection, build_direction, load_direction, sentence_banks
-from retouch.errors import RetouchError
+from retouch.errors import RetouchError, check_choice
 from retouch.guidance import cross_attention_loss
 from retouch.inversion import NoiseRegularization, invert_with_noise_regularization
 from retouch.methods import register
@@ -101,9 +101,9 @@ class Pix2PixZeroConfig:
     def validate(self) -> None:
         """One-line RetouchError for a bad value or a missing or conflicting edit."""
         edit_spec(self)
-        _check_choice("--bank", self.bank, ("auto", *BANKS))
-        _check_choice("--xa-branches", self.xa_branches, XA_BRANCHES)
-        _check_choice("--inversion", self.inversion, INVERSIONS)
+        check_choice("--bank", self.bank, ("auto", *BANKS))
+        check_choice("--xa-branches", self.xa_branches, XA_BRANCHES)
+        check_choice("--inversion", self.inversion, INVERSIONS)
         places(self.xa_places, "--xa-places")
         for flag, value, low in (("--num-steps", self.num_steps, 1), ("--bank-size", self.bank_size, 0),
                                  ("--num-reg-steps", self.num_reg_steps, 0),
@@ -124,11 +124,6 @@ class Pix2PixZeroConfig:
             num_auto_corr_rolls=self.num_auto_corr_rolls, min_shift=self.auto_corr_min_shift,
             rescale=self.auto_corr_rescale,
         )
-
-
-def _check_choice(flag: str, value: str, choices: Sequence[str]) -> None:
-    if value not in choices:
-        raise RetouchError(f"{flag} must be one of {', '.join(choices)}; got {value!r}")
 
 
 def places(text: str, flag: str) -> tuple[str, ...]:

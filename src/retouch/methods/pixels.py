@@ -38,7 +38,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from retouch.errors import RetouchError
+from retouch.errors import RetouchError, check_choice
 from retouch.methods import register
 from retouch.sampling import add_noise, ddim_step, guided_denoiser, img2img_timesteps, previous_timestep
 
@@ -207,8 +207,7 @@ class ExemplarConfig:
                                "raise either")
         if not self.guidance_scale >= 0.0:
             raise RetouchError(f"--guidance-scale must be ≥ 0; got {self.guidance_scale:g}")
-        if self.exemplar_fit not in EXEMPLAR_FITS:
-            raise RetouchError(f"--exemplar-fit must be one of {', '.join(EXEMPLAR_FITS)}; got {self.exemplar_fit!r}")
+        check_choice("--exemplar-fit", self.exemplar_fit, EXEMPLAR_FITS)
         sizes = {"--map-grow": self.map_grow, "--map-ramp": self.map_ramp, "--map-blur": self.map_blur}
         for flag, value in sizes.items():
             if not value >= 0.0:

@@ -12,7 +12,7 @@ from dataclasses import field
 
 import torch
 
-from retouch.errors import RetouchError
+from retouch.errors import RetouchError, check_choice, check_range  # noqa: F401 - the methods' checks, imported from here
 from retouch.methods.edit_text import parse_edit, prompt_texts
 from retouch.sampling import ddim_invert
 
@@ -43,16 +43,6 @@ def swap_prompts(edit: str, source_text: str, target_text: str, *, target_flag: 
         raise RetouchError("a word-swap edit needs --source-text, a caption of the input image "
                            "(e.g. 'a photo of a cat' for --edit cat->dog)")
     return prompt_texts(source_text, parse_edit(edit) if edit else None, target_text or None)
-
-
-def check_choice(flag: str, value: str, choices: tuple[str, ...]) -> None:
-    if value not in choices:
-        raise RetouchError(f"{flag} must be one of {', '.join(choices)}; got {value!r}")
-
-
-def check_range(flag: str, value: float, low: float, high: float) -> None:
-    if not (low <= value <= high):  # also rejects NaN
-        raise RetouchError(f"{flag} must lie in [{low:g}, {high:g}]; got {value:g}")
 
 
 def check_sampling(num_steps: int, guidance_scale: float, flag: str = "--guidance-scale") -> None:

@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 
 from retouch.attention import SelfAttentionRecorder, select_layers
-from retouch.errors import RetouchError
+from retouch.errors import RetouchError, check_choice
 from retouch.guidance import patch_nce_loss
 from retouch.methods import register
 from retouch.methods.pix2pix_zero import CrossAttentionTerm, Pix2PixZeroConfig, places, run_pix2pix_zero
@@ -51,8 +51,7 @@ class ZeroConConfig(Pix2PixZeroConfig):
 
     def validate(self) -> None:
         super().validate()
-        if self.cut_features not in CUT_FEATURES:
-            raise RetouchError(f"--cut-features must be one of {', '.join(CUT_FEATURES)}; got {self.cut_features!r}")
+        check_choice("--cut-features", self.cut_features, CUT_FEATURES)
         places(self.cut_places, "--cut-places")
         patch_sizes(self.cut_patch_sizes)
         if self.cut_num_patches < 2:

@@ -14,7 +14,7 @@ from typing import Protocol, Sequence, runtime_checkable
 import torch
 import torch.nn.functional as F
 
-from retouch.errors import RetouchError
+from retouch.errors import RetouchError, first_line
 from retouch.metrics.pixel import _as_batch, _as_mask
 
 CLIP_SCORE_WEIGHT = 100.0  # torchmetrics' CLIPScore scale; Hessel et al. 2021 use w = 2.5
@@ -110,11 +110,6 @@ def clip_image_similarity(judge: ImageTextJudge, images_a: torch.Tensor, images_
     return (a * b).sum(-1)
 
 
-def _first_line(err: BaseException) -> str:
-    text = str(err).strip()
-    return text.splitlines()[0] if text else type(err).__name__
-
-
 class TransformersCLIPJudge:
     """A LOCAL transformers CLIP-style folder as an :class:`ImageTextJudge`.
 
@@ -140,7 +135,7 @@ class TransformersCLIPJudge:
             self.model = AutoModel.from_pretrained(path, local_files_only=True, use_safetensors=True)
             self.processor = AutoProcessor.from_pretrained(path, local_files_only=True)
         except (OSError, ValueError, TypeError, KeyError) as err:
-            raise RetouchError(f"cannot load CLIP judge from '{path}': {_first_line(err)}") from err
+            raise RetouchError(f"cannot load CLIP judge from '{path}': {first_line(err)}") from err
         if not all(hasattr(self.model, name) for name in ("get_image_features", "get_text_features")):
             raise RetouchError(f"'{path}' holds a {type(self.model).__name__}, not a CLIP-style image/text model")
         self.device = torch.device(device)

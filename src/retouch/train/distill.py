@@ -51,7 +51,7 @@ class DistillConfig:
 
 
 @dataclass
-class PairSet:
+class DistillPairs:
     inputs: torch.Tensor  # (N, 3, H, W) in [0, 1]
     edited: torch.Tensor  # (N, 3, H, W) in [0, 1]
     masks: torch.Tensor  # (N, 1, H, W) object masks of the inputs
@@ -69,7 +69,7 @@ def pix2pix_zero_edits(backbone, images01: torch.Tensor, sources: list[str], edi
         method, method.config_class(edit=edit, source_text=caption, num_steps=steps, seed=seed)), batch)
 
 
-def collect_pairs(backbone, world, config: DistillConfig, split: str = "train") -> PairSet:
+def collect_pairs(backbone, world, config: DistillConfig, split: str = "train") -> DistillPairs:
     from retouch.methods.edit_text import parse_edit
     from retouch.world.edits import edit_scenes
 
@@ -80,11 +80,11 @@ def collect_pairs(backbone, world, config: DistillConfig, split: str = "train") 
         raise RetouchError(f"--edit {config.edit!r}: {err}") from err
     edited = pix2pix_zero_edits(backbone, scenes.images, scenes.sources, config.edit, steps=config.edit_steps,
                                 batch=config.edit_batch, seed=config.seed)
-    return PairSet(scenes.images, edited, scenes.masks, scenes.sources, scenes.targets)
+    return DistillPairs(scenes.images, edited, scenes.masks, scenes.sources, scenes.targets)
 
 
 @torch.no_grad()
-def pair_scores(judge, pairs: PairSet) -> dict[str, torch.Tensor]:
+def pair_scores(judge, pairs: DistillPairs) -> dict[str, torch.Tensor]:
     """Per pair: the rise of the judge's cosine to the target caption, and the share of the absolute
     pixel change that lies inside the object mask."""
     text = F.normalize(judge.encode_texts(pairs.targets).float(), dim=-1)
@@ -127,7 +127,7 @@ def augment(inputs: torch.Tensor, targets: torch.Tensor, rng: np.random.Generato
     return (jitter(inputs) + noise).clamp(0, 1), jitter(targets)
 
 
-def train_translator(pairs: PairSet, config: DistillConfig):
+def train_translator(pairs: DistillPairs, config: DistillConfig):
     model = translator_unet()
     lpips_fn = None
     if config.lpips:
@@ -161,7 +161,7 @@ def _pairs_key(config: DistillConfig) -> dict:
     return {k: getattr(config, k) for k in ("model", "edit", "pairs", "edit_steps", "seed")}
 
 
-def cached_pairs(backbone, world, config: DistillConfig) -> tuple[PairSet, float]:
+def cached_pairs(backbone, world, config: DistillConfig) -> tuple[DistillPairs, float]:
     """The pairs for ``config``, collected once and kept in ``output_dir/pairs.safetensors`` (+ .json).
 
     Collection is the slow part (one full pix2pix-zero edit per pair); caching lets the filter
@@ -176,7 +176,7 @@ def cached_pairs(backbone, world, config: DistillConfig) -> tuple[PairSet, float
     return cached or _read_pairs(config)
 
 
-def _read_pairs(config: DistillConfig) -> tuple[PairSet, float] | None:
+def _read_pairs(config: DistillConfig) -> tuple[DistillPairs, float] | None:
     """The cached pairs, or None when there are none for this config's key."""
     from safetensors.torch import load_file
 
@@ -186,12 +186,12 @@ def _read_pairs(config: DistillConfig) -> tuple[PairSet, float] | None:
         info = json.loads(meta.read_text())
         if info.get("key") == _pairs_key(config):
             data = load_file(str(tensors))
-            return PairSet(data["inputs"], data["edited"], data["masks"], info["sources"], info["targets"]), \
+            return DistillPairs(data["inputs"], data["edited"], data["masks"], info["sources"], info["targets"]), \
                 info["seconds_per_pair"]
     return None
 
 
-def _collect_and_write_pairs(backbone, world, config: DistillConfig) -> tuple[PairSet, float]:
+def _collect_and_write_pairs(backbone, world, config: DistillConfig) -> tuple[DistillPairs, float]:
     import time
 
     from safetensors.torch import save_file
@@ -225,7 +225,7 @@ def distill(backbone, judge, world, config: DistillConfig) -> dict:
         raise RetouchError(f"only {int(keep.sum())} of {len(keep)} pairs pass the filter (judge-score rise ≥ "
                            f"{config.clip_increase:g}, change inside the object ≥ {config.inside_fraction:g}; "
                            f"10/50/90 % quantiles {summary}); collect more pairs or lower the thresholds")
-    kept = PairSet(pairs.inputs[keep], pairs.edited[keep], pairs.masks[keep],
+    kept = DistillPairs(pairs.inputs[keep], pairs.edited[keep], pairs.masks[keep],
                    [s for s, k in zip(pairs.sources, keep) if k], [t for t, k in zip(pairs.targets, keep) if k])
     # Training resumes from translator/checkpoints; checkpoints made on another set of pairs are stale.
     kept_record = out / "translator" / "kept.json"
@@ -245,6 +245,26 @@ def distill(backbone, judge, world, config: DistillConfig) -> dict:
         (out / "distill.json").write_text(json.dumps(report, indent=2))
     wait_for_everyone()  # returning means the translator folder is complete, on every process
     return report
+
+
+def distill_on_mini_world(config: DistillConfig, judge_dir: str | Path | None = None) -> str:
+    """``retouch train distill``: :func:`distill` with ``config.model`` making the pairs on the mini world and
+    the judge in ``judge_dir`` (default: the mini judge) scoring them; the counts are checked before any
+    model loads. Returns the line to print."""
+    from retouch.backbone import MINI_DIR, load_backbone
+    from retouch.metrics import TransformersCLIPJudge
+    from retouch.world import World
+
+    for flag, value in (("--pairs", config.pairs), ("--edit-steps", config.edit_steps),
+                        ("--train-steps", config.train_steps), ("--batch", config.batch)):
+        if value < 1:
+            raise RetouchError(f"{flag} must be at least 1; got {value}")
+    if not 0.0 <= config.inside_fraction <= 1.0:
+        raise RetouchError(f"--inside-fraction must lie in [0, 1]; got {config.inside_fraction:g}")
+    judge = TransformersCLIPJudge(judge_dir or MINI_DIR / "judge")
+    report = distill(load_backbone(config.model), judge, World(seed=0), config)
+    return (f"kept {report['pairs_kept']} of {report['pairs_collected']} pairs; translator in "
+            f"{Path(config.output_dir) / 'translator' / 'final'} (trained {report['train_seconds'] / 60:.1f} min)")
 
 
 def load_translator(folder: str | Path):

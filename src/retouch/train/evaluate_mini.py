@@ -7,7 +7,7 @@
 * U-Net: generate from held-out captions, then let the judge classify each sample's shape, colour,
   pattern and background; accuracy = fraction matching the caption.
 
-``python -m retouch.train.evaluate_mini`` (or ``retouch train mini --stages evaluate``) writes the
+``retouch eval mini`` (or ``retouch train mini --stages evaluate``) writes the
 numbers to ``evaluation.json`` next to the weights and into the model card.
 """
 
@@ -201,27 +201,19 @@ def save_sample_grid(world, samples: torch.Tensor, path: Path, columns: int = 8,
     save_image(sheet, path, make_parents=True)
 
 
-def main(argv: list[str] | None = None) -> None:
-    import argparse
-
+def evaluate_and_document(models: Path | None = None, *, grid: Path | None = Path("docs/mini_samples.png"),
+                          generation_count: int = 200) -> str:
+    """``retouch eval mini``: :func:`evaluate_mini` on ``models`` (default: the shipped folder), its numbers
+    written to ``evaluation.json`` there and into the model card. Returns the numbers as JSON text."""
     from retouch.backbone import MINI_DIR
-
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--models", type=Path, default=MINI_DIR)
-    parser.add_argument("--grid", type=Path, default=Path("docs/mini_samples.png"))
-    parser.add_argument("--generation-count", type=int, default=200)
-    args = parser.parse_args(argv)
-    report = evaluate_mini(args.models, grid_path=args.grid, generation_count=args.generation_count)
     from retouch.train.mini import write_model_card
 
-    (args.models / "evaluation.json").write_text(json.dumps(report, indent=2))
-    write_model_card(args.models, MINI_MODELS_COMMAND)
-    print(json.dumps(report, indent=2))
+    models = Path(models or MINI_DIR)
+    report = evaluate_mini(models, grid_path=grid, generation_count=generation_count)
+    (models / "evaluation.json").write_text(json.dumps(report, indent=2))
+    write_model_card(models, MINI_MODELS_COMMAND)
+    return json.dumps(report, indent=2)
 
 
 #: How the shipped models were made (the Makefile's ``mini-models`` target runs exactly this).
 MINI_MODELS_COMMAND = "make mini-models"
-
-
-if __name__ == "__main__":
-    main()

@@ -106,7 +106,7 @@ def single_task_vector(vector: EditingVector, task: str) -> EditingVector:
 
 
 @torch.no_grad()
-def edit_batch(model, images: torch.Tensor, batch: list[Case], vectors: list[EditingVector], *, num_steps: int,
+def edit_cases(model, images: torch.Tensor, batch: list[Case], vectors: list[EditingVector], *, num_steps: int,
                seed: int) -> torch.Tensor:
     """Edit images (B, 3, H, W), example k with ``vectors[k]`` and case k's reference and mask, in one batch.
 
@@ -142,7 +142,7 @@ def run_model(model, batch: list[Case], *, num_steps: int, seed: int, chunk: int
     """Edit the cases: a multitask model or a pix2pix GAN in one pass each, or a dict task → single-task
     model applied in ``ORDER``, each stage on the previous stage's output (ours-single)."""
     def in_chunks(m, images, vectors, cases=batch):
-        return torch.cat([edit_batch(m, images[k:k + chunk], cases[k:k + chunk], vectors[k:k + chunk],
+        return torch.cat([edit_cases(m, images[k:k + chunk], cases[k:k + chunk], vectors[k:k + chunk],
                                      num_steps=num_steps, seed=seed + k) for k in range(0, len(cases), chunk)])
 
     images = torch.stack([c.source for c in batch])
@@ -161,7 +161,7 @@ def run_model(model, batch: list[Case], *, num_steps: int, seed: int, chunk: int
     return images
 
 
-def score(edited: torch.Tensor, targets: torch.Tensor, extractor=None, lpips=None) -> dict:
+def score_edits(edited: torch.Tensor, targets: torch.Tensor, extractor=None, lpips=None) -> dict:
     """L1, SSIM (images in [0, 1]), LPIPS if given, and KID ×10³ on ``extractor`` features."""
     a, b = (edited + 1) / 2, (targets + 1) / 2
     row = {"l1": float(l1(a, b).mean()), "ssim": float(ssim(a, b).mean())}
@@ -185,11 +185,12 @@ def evaluate(models: dict[str, MultitaskModel | dict], folder: Path, split: str,
         targets = torch.stack([c.target for c in batch])
         for name, model in models.items():
             edited = run_model(model, batch, num_steps=num_steps, seed=seed)
-            rows.append({"task": task, "model": name, "n": len(batch), **score(edited, targets, extractor, lpips)})
+            rows.append({"task": task, "model": name, "n": len(batch),
+                         **score_edits(edited, targets, extractor, lpips)})
     return rows
 
 
-def markdown_table(rows: list[dict], kid_label: str) -> str:
+def multitask_table(rows: list[dict], kid_label: str) -> str:
     lines = [f"| task | model | n | L1 ↓ | SSIM ↑ | LPIPS ↓ | KID ×10³ ↓ ({kid_label}) |",
              "|---|---|---|---|---|---|---|"]
     for r in rows:
@@ -197,3 +198,30 @@ def markdown_table(rows: list[dict], kid_label: str) -> str:
         lines.append(f"| {r['task']} | {r['model']} | {r['n']} | {fmt(r['l1'], '.4f')} | {fmt(r['ssim'], '.3f')} | "
                      f"{fmt(r['lpips'], '.3f')} | {fmt(r['kid_x1e3'], '.2f')} |")
     return "\n".join(lines) + "\n"
+
+
+def run_multitask_tables(output: Path, data: Path, models: dict[str, str], *, singles: dict[str, str] | None = None,
+                         split: str = "test", tasks=SINGLE_TASKS, steps: int = 25, limit: int | None = None,
+                         judge: Path | None = None, lpips_weights: Path | None = None) -> str:
+    """``retouch eval multitask``: every model of ``models`` (name → folder), and the single-task models
+    ``singles`` (task → folder) in sequence as 'ours-single', on ``data``'s ``split``; the table goes to
+    ``output`` (.md, checked before any model loads). Returns the line to print."""
+    from retouch.backbone import MINI_DIR
+    from retouch.imageio import atomic_write_text
+    from retouch.metrics import TransformersCLIPJudge, load_lpips
+
+    output = Path(output)
+    if output.suffix.lower() != ".md":
+        raise RetouchError(f"--output must be a .md file; got '{output}'")
+    if not output.parent.is_dir():
+        raise RetouchError(f"cannot write '{output}': folder '{output.parent}' does not exist")
+    loaded = {name: load_compositing_model(folder) for name, folder in models.items()}
+    if singles:
+        loaded["ours-single"] = {task: load_compositing_model(folder) for task, folder in singles.items()}
+    judge_folder = judge or MINI_DIR / "judge"
+    extractor = TransformersCLIPJudge(judge_folder).encode_images
+    lpips = load_lpips(lpips_weights) if lpips_weights else None
+    rows = evaluate(loaded, data, split, list(tasks), num_steps=steps, limit=limit, extractor=extractor, lpips=lpips)
+    label = "mini-world judge features" if judge is None else f"{Path(judge_folder).name} features"
+    atomic_write_text(output, f"Split `{split}`, {steps} DDIM steps from noise.\n\n" + multitask_table(rows, label))
+    return f"wrote {output} ({len(rows)} rows)"

@@ -216,7 +216,7 @@ def mask_iou(predicted: torch.Tensor, truth: torch.Tensor) -> torch.Tensor:
     return torch.where(union > 0, (predicted & truth).sum(1) / union.clamp_min(1), torch.ones_like(union)).float()
 
 
-def score(inputs: DirectionInputs, outputs: torch.Tensor, masks: torch.Tensor | None, probes, judge=None,
+def score_direction(inputs: DirectionInputs, outputs: torch.Tensor, masks: torch.Tensor | None, probes, judge=None,
           before: dict | None = None) -> dict:
     """The metrics of one (system, direction); ``before`` is the probes' reading of the inputs (computed if None)."""
     from retouch.metrics import background_preservation, clip_accuracy
@@ -248,7 +248,7 @@ class Evaluation:
 
 def evaluate(systems: list[System], inputs: dict[str, DirectionInputs], probes, judge=None, *, batch: int = 25,
              figure_rows: int = 0, log: Callable[[str], None] | None = None) -> Evaluation:
-    """Every system on every direction it knows, then the renderer's true edit, scored by :func:`score`."""
+    """Every system on every direction it knows, then the renderer's true edit, scored by :func:`score_direction`."""
     result = Evaluation()
     for direction, data in inputs.items():
         before = probes.predict(data.images)
@@ -264,7 +264,7 @@ def evaluate(systems: list[System], inputs: dict[str, DirectionInputs], probes, 
                 outputs, masks = run_system(system, data, batch)
             seconds = time.perf_counter() - started
             row = {"system": system.name, "group": system.group, "direction": direction,
-                   **score(data, outputs, masks, probes, judge, before),
+                   **score_direction(data, outputs, masks, probes, judge, before),
                    "seconds_per_image": seconds / len(outputs)}
             result.rows.append(row)
             result.figure[direction][system.name] = outputs[:figure_rows]
@@ -292,7 +292,7 @@ def _cell(row: dict | None, key: str, fmt: str) -> str:
     return fmt.format(value)
 
 
-def markdown_table(rows: list[dict], columns=_COLUMNS) -> str:
+def portrait_table(rows: list[dict], columns=_COLUMNS) -> str:
     """Table 1's layout: one row per system, a block of ``columns`` per direction ("—": not run or no mask)."""
     directions = [d for d in DIRECTIONS if any(r["direction"] == d for r in rows)]
     names = list(dict.fromkeys(r["system"] for r in rows))
@@ -307,8 +307,8 @@ def markdown_table(rows: list[dict], columns=_COLUMNS) -> str:
 
 
 def report_markdown(rows: list[dict], header: str) -> str:
-    return (f"{header}\n\n{markdown_table(rows)}\nIdentity per attribute (probe on output = probe on input):\n\n"
-            f"{markdown_table(rows, _IDENTITY_COLUMNS)}")
+    return (f"{header}\n\n{portrait_table(rows)}\nIdentity per attribute (probe on output = probe on input):\n\n"
+            f"{portrait_table(rows, _IDENTITY_COLUMNS)}")
 
 
 def save_figure(figure: dict, path, upscale: int = 2) -> None:
@@ -331,3 +331,69 @@ def save_figure(figure: dict, path, upscale: int = 2) -> None:
     width = max(s.shape[1] for s in strips)
     sheet = np.concatenate([np.pad(s, ((0, 4), (0, width - s.shape[1]), (0, 0)), constant_values=1.0) for s in strips])
     save_image(sheet, path)
+
+
+# ---------------------------------------------------------------------------------------------
+# The whole run: ``retouch eval portrait``
+# ---------------------------------------------------------------------------------------------
+def check_output_file(path, suffix: str, flag: str) -> None:
+    """Refuse a report path with another suffix or in a folder that does not exist (before any work)."""
+    if path.suffix.lower() != suffix:
+        raise RetouchError(f"{flag} must be a {suffix} file; got '{path}'")
+    if not path.parent.is_dir():
+        raise RetouchError(f"cannot write '{path}': folder '{path.parent}' does not exist")
+
+
+def run_portrait_table(output, *, models: dict[str, str] | None = None, baselines: list[str] = BASELINES,
+                   backbone: str = "mini", count: int = 100, num_steps: int = 20, batch: int = 25, seed: int = 0,
+                   probes=None, figure=None, figure_rows: int = 3,
+                   log: Callable[[str], None] | None = None) -> str:
+    """Table 1 and Fig. 8: the reference rows, each MCDM of ``models`` (name → folder) with and without mask
+    guidance and the ``baselines`` on ``backbone``, on ``count`` held-out inputs per direction. Writes the
+    Markdown table to ``output``, the numbers to the same name with .json and the figure to ``figure``.
+    Everything is checked before any model loads. Returns the line to print."""
+    import json
+    from pathlib import Path
+
+    from retouch.backbone import MINI_DIR, load_backbone
+    from retouch.imageio import atomic_write_text
+    from retouch.methods.portrait import PortraitModel
+    from retouch.metrics import TransformersCLIPJudge
+    from retouch.world import World
+    from retouch.world.probe import SHIPPED_PROBES, load_probes
+
+    output = Path(output)
+    check_output_file(output, ".md", "--output")
+    if figure is not None:
+        figure = Path(figure)
+        check_output_file(figure, ".png", "--figure")
+    for flag, value in (("--count", count), ("--num-steps", num_steps), ("--batch", batch)):
+        if value < 1:
+            raise RetouchError(f"{flag} must be at least 1; got {value}")
+    unknown = [b for b in baselines if b not in BASELINES]
+    if unknown:
+        raise RetouchError(f"unknown baseline {unknown[0]!r}; choose from {', '.join(BASELINES)} or none")
+    models = dict(models or {})
+    loaded = {name: PortraitModel.load(Path(folder)) for name, folder in models.items()}
+    probe_set = load_probes(probes or SHIPPED_PROBES)
+    text_to_image = load_backbone(backbone)
+    systems = reference_systems(text_to_image)
+    for name, model in loaded.items():
+        systems += mcdm_systems(name, model, num_steps=num_steps, seed=seed)
+    systems += baseline_systems(text_to_image, list(baselines), num_steps=num_steps, seed=seed)
+    world = World(seed=seed, size=64)
+    inputs = {d: direction_inputs(world, d, count) for d in DIRECTIONS}
+    judge = TransformersCLIPJudge(MINI_DIR / "judge")
+    result = evaluate(systems, inputs, probe_set, judge, batch=batch, figure_rows=figure_rows if figure else 0,
+                      log=log)
+    header = (f"Mini world, {count} held-out inputs per direction, {num_steps} DDIM steps, baselines on "
+              f"`{backbone}`, seed {seed}. Success and identity by the attribute probes; CLIP-Acc by the "
+              "zero-shot mini judge; background outside the true edit region (PSNR capped at "
+              f"{PSNR_CAP:g} dB per image); mask IoU against that region.")
+    atomic_write_text(output, report_markdown(result.rows, header))
+    atomic_write_text(output.with_suffix(".json"), json.dumps({"settings": {
+        "count": count, "num_steps": num_steps, "backbone": backbone, "seed": seed, "models": models,
+        "baselines": list(baselines)}, "rows": result.rows}, indent=2) + "\n")
+    if figure is not None:
+        save_figure(result.figure, figure)
+    return f"wrote {output} and {output.with_suffix('.json')}" + (f" and {figure}" if figure else "")

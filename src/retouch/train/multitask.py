@@ -287,11 +287,3 @@ def ship_multitask_model(folder: Path, destination: Path | None = None) -> Path:
     model = MultitaskModel.load(Path(folder))
     model.denoiser.unet.to(torch.float16)  # half the bytes; loading casts it to the edit's dtype
     return ship_folder(model.save, folder, Path(destination or SHIPPED_MODEL))
-
-
-if __name__ == "__main__":
-    import argparse
-
-    parser = argparse.ArgumentParser(description="ship a trained multitask model as the package default")
-    parser.add_argument("--ship", type=Path, required=True, help="a trained model folder (…/final)")
-    print(f"shipped to {ship_multitask_model(parser.parse_args().ship)}")

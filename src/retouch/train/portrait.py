@@ -63,7 +63,7 @@ class PortraitTrainConfig:
 
 
 @dataclass
-class PairSet:
+class PortraitPairs:
     """The kept pairs of a dataset, as tensors in [−1, 1], with each pair's direction."""
 
     sources: torch.Tensor  # (N, 3, H, W)
@@ -71,14 +71,14 @@ class PairSet:
     directions: list[str]
 
     @staticmethod
-    def join(sets: list["PairSet"]) -> "PairSet":
+    def join(sets: list["PortraitPairs"]) -> "PortraitPairs":
         if not sets:
             raise RetouchError("no pairs dataset given (--data)")
-        return PairSet(torch.cat([s.sources for s in sets]), torch.cat([s.targets for s in sets]),
+        return PortraitPairs(torch.cat([s.sources for s in sets]), torch.cat([s.targets for s in sets]),
                        [d for s in sets for d in s.directions])
 
 
-def read_pairs(folder: Path, split: str | None = "train", only_kept: bool = True) -> PairSet:
+def read_pairs(folder: Path, split: str | None = "train", only_kept: bool = True) -> PortraitPairs:
     """The pairs of ``folder/manifest.jsonl`` (rows of ``retouch data pairs``) whose split is ``split``."""
     from retouch.imageio import load_image
 
@@ -99,13 +99,13 @@ def read_pairs(folder: Path, split: str | None = "train", only_kept: bool = True
         directions.append(row["direction"])
     if not sources:
         raise RetouchError(f"'{folder}' has no kept pairs of the {split} split")
-    return PairSet(torch.stack(sources).float(), torch.stack(targets).float(), directions)
+    return PortraitPairs(torch.stack(sources).float(), torch.stack(targets).float(), directions)
 
 
 class PairCache:
     """E(x_A), E(x_B), CLIP_im(x_A) of every pair and the prompts' text states, computed once."""
 
-    def __init__(self, model: PortraitModel, pairs: PairSet, batch: int = 32):
+    def __init__(self, model: PortraitModel, pairs: PortraitPairs, batch: int = 32):
         unknown = sorted(set(pairs.directions) - set(model.spec.directions))
         if unknown:
             raise RetouchError(f"the dataset has directions the model lacks prompts for: {', '.join(unknown)}")
@@ -145,7 +145,7 @@ class PairCache:
         return target, Conditions(source, clip, self.text[prompt_rows], pooled)
 
 
-def train_portrait(config: PortraitTrainConfig, *, backbone=None, pairs: PairSet | None = None,
+def train_portrait(config: PortraitTrainConfig, *, backbone=None, pairs: PortraitPairs | None = None,
                    progress: bool = True) -> tuple[PortraitModel, dict]:
     """Initialise from ``config.init`` (or ``backbone``), train, save to ``output_dir/final``."""
     from retouch.backbone import load_backbone
@@ -155,7 +155,7 @@ def train_portrait(config: PortraitTrainConfig, *, backbone=None, pairs: PairSet
     if is_main_process():  # under `accelerate launch` the first process writes the run's files
         output.mkdir(parents=True, exist_ok=True)
         (output / "run_config.json").write_text(json.dumps(asdict(config), indent=2))
-    pairs = pairs if pairs is not None else PairSet.join([read_pairs(Path(folder)) for folder in config.data])
+    pairs = pairs if pairs is not None else PortraitPairs.join([read_pairs(Path(folder)) for folder in config.data])
     backbone = (backbone or load_backbone(config.init)).eval()
     spec = PortraitSpec(directions=dict(config.directions), spatial=config.spatial,
                         image_embedding=config.image_embedding, image_tokens=config.image_tokens,
@@ -205,13 +205,3 @@ def ship_portrait_model(folder: Path, destination: Path | None = None, *, base: 
     model = PortraitModel.load(Path(folder))
     model.backbone.unet.to(torch.float16)  # half the bytes; loading casts it to the edit's dtype
     return ship_folder(lambda staging: model.save(staging, base=base), folder, Path(destination or SHIPPED_MODEL))
-
-
-if __name__ == "__main__":
-    import argparse
-
-    parser = argparse.ArgumentParser(description="ship a trained MCDM as the package default")
-    parser.add_argument("--ship", type=Path, required=True, help="a trained model folder (…/final)")
-    parser.add_argument("--base", default="mini", help="the backbone whose frozen parts the model shares")
-    arguments = parser.parse_args()
-    print(f"shipped to {ship_portrait_model(arguments.ship, base=arguments.base)}")
