@@ -7,7 +7,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-$(shell cat requirements.txt pyproject.toml | sha1sum | cut -c1-12)
 DEMO_OUT ?= out/demo
 
-.PHONY: demo test venv clean mini-models chromium multitask-models
+.PHONY: demo test venv clean mini-models mini-models-v2 chromium multitask-models
 
 venv: $(STAMP)
 
@@ -56,6 +56,18 @@ mini-models: $(STAMP)
 	$(VENV)/bin/retouch train mini --stages unet --unet-steps 7000 --unet-batch 32 --work-dir $(MINI_WORK)
 	$(VENV)/bin/retouch train mini --stages judge,export --judge-steps 1000 --judge-batch 64 --work-dir $(MINI_WORK)
 	$(VENV)/bin/retouch eval mini
+
+# The v2 world's models (issue 19, docs/world_v2.md; in progress: not yet exported or shipped), as the runs
+# of the first session were made: tokenizer, then autoencoder and CLIP side by side on one core each, then
+# the U-Net from pre-encoded shards under two gloo processes of one thread each (global batch 64).
+MINI_V2_WORK ?= out/train-mini-v2
+MINI_V2 = $(VENV)/bin/retouch train mini --recipe v2 --work-dir $(MINI_V2_WORK)
+LAUNCH2 = ACCELERATE_USE_CPU=1 OMP_NUM_THREADS=1 $(PY) -m accelerate.commands.launch --multi_gpu --num_processes 2 \
+	--num_machines 1 --mixed_precision no --dynamo_backend no --main_process_ip 127.0.0.1 -m retouch.cli
+mini-models-v2: $(STAMP)
+	$(MINI_V2) --stages tokenizer
+	OMP_NUM_THREADS=1 $(MINI_V2) --stages vae & OMP_NUM_THREADS=1 $(MINI_V2) --stages clip & wait
+	$(LAUNCH2) train mini --recipe v2 --work-dir $(MINI_V2_WORK) --stages unet --unet-batch 32
 
 clean:
 	rm -rf $(VENV) out .pytest_cache

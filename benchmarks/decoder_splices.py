@@ -21,7 +21,8 @@ from _grid import save_labelled_rows
 from diffusers import AutoencoderKL
 
 from retouch.distributed import exit_unless_main_process
-from retouch.train.evaluate_mini import held_out_scenes, reconstruction_psnr, splice_psnr
+from retouch.train.evaluate_mini import reconstruction_psnr, splice_psnr
+from retouch.world.heldout import held_out_scenes
 from retouch.train.mini import latent_composites
 from retouch.world import World
 

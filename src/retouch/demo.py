@@ -30,7 +30,7 @@ def diffusion_demo(folder: Path) -> str:
     from retouch.backbone import load_backbone
     from retouch.imageio import check_outputs, save_image, side_by_side
     from retouch.methods import edit_image, get_method, make_config
-    from retouch.train.evaluate_mini import held_out_scenes
+    from retouch.world.heldout import held_out_scenes
     from retouch.world import World
 
     check_outputs([folder / "comparison.png"])

@@ -21,6 +21,8 @@ def train() -> None:
 @click.option("--stages", default="tokenizer,vae,decoder,clip,judge,unet,export", show_default=True,
               help="comma-separated subset of tokenizer, vae, decoder, clip, judge, unet, export; finished stages "
                    "are reused")
+@click.option("--recipe", type=click.Choice(["v1", "v2"]), default="v1", show_default=True,
+              help="which world and model sizes to train (train/mini.py: MINI_RECIPES; v2: docs/world_v2.md)")
 @click.option("--work-dir", default="out/train-mini", show_default=True, help="checkpoints and logs (resumable)")
 @click.option("--export-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="where the trained models go (default: the package's shipped folder)")
@@ -37,10 +39,10 @@ def train() -> None:
 @click.option("--unet-object-weight", type=float, default=None,
               help="extra ε-loss weight on object pixels (0 = plain MSE)")
 @click.option("--unet-min-snr-gamma", type=float, default=None, help="Min-SNR-γ timestep weighting (0 = off)")
-def train_mini(stages, work_dir, export_dir, seed, vae_steps, decoder_steps, clip_steps, unet_steps, judge_steps,
+def train_mini(stages, recipe, work_dir, export_dir, seed, vae_steps, decoder_steps, clip_steps, unet_steps, judge_steps,
                judge_batch, vae_batch, clip_batch, unet_batch, unet_object_weight, unet_min_snr_gamma) -> None:
     """Train the mini world's autoencoder, CLIP-style judge and text-to-image U-Net."""
-    from retouch.train.mini import MINI_DIR, STAGES, MiniConfig, run_mini_training
+    from retouch.train.mini import MINI_DIR, STAGES, mini_recipe, run_mini_training
 
     chosen = comma_list(stages)
     unknown = sorted(set(chosen) - set(STAGES))
@@ -58,7 +60,7 @@ def train_mini(stages, work_dir, export_dir, seed, vae_steps, decoder_steps, cli
             if not value >= 0:
                 raise RetouchError(f"--{name.replace('_', '-')} must be zero or positive; got {value}")
             overrides[name] = value
-    config = MiniConfig(work_dir=work_dir, seed=seed, **overrides)
+    config = mini_recipe(recipe, work_dir=work_dir, seed=seed, **overrides)
     report = run_mini_training(config, chosen, export_dir or MINI_DIR)
     for name, stats in report["stages"].items():
         click.echo(f"{name}: {stats['seconds'] / 60:.1f} min, {stats['samples_per_second']:.1f} samples/s, "

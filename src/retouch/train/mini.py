@@ -776,7 +776,7 @@ def write_model_card(export_dir: Path, command: str) -> Path:
         *[f"- `{name}`: {size / 2**20:.1f} MiB" for name, size in sizes.items()],
         f"- total: {sum(sizes.values()) / 2**20:.1f} MiB",
         "",
-        "## Evaluation (held-out test-split scenes; `python -m retouch.train.evaluate_mini`)",
+        "## Evaluation (held-out test-split scenes; `retouch eval mini`)",
         "",
         "```json",
         json.dumps(evaluation, indent=2),
