@@ -67,6 +67,29 @@ def train_mini(stages, recipe, work_dir, export_dir, seed, vae_steps, decoder_st
                    f"final loss {stats['final_loss']:.4f}")
 
 
+@train.command("probes")
+@click.option("--output", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="where the probes go (default: the shipped folder, assets/mini/probes)")
+@click.option("--profile", type=click.Choice(["v1", "v2"]), default=None, help="world profile the probes read")
+@click.option("--model", default="mini", show_default=True, help="backbone whose autoencoder round trip is reported")
+@click.option("--judge", "judge_folder", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="judge folder for the linear-probe comparison (default: the shipped judge)")
+@click.option("--train-scenes", type=click.IntRange(min=1), default=4000, show_default=True)
+@click.option("--test-scenes", type=click.IntRange(min=1), default=500, show_default=True)
+@click.option("--epochs", type=click.IntRange(min=1), default=15, show_default=True)
+@click.option("--blur", type=click.FloatRange(min=0), default=1.5, show_default=True,
+              help="half of each batch is blurred by σ ~ U(0, blur) px")
+@seed_option()
+def train_probes(output, profile, model, judge_folder, train_scenes, test_scenes, epochs, blur, seed) -> None:
+    """Train the pixel attribute probes (world/probe.py) and report them beside the judge's linear probe."""
+    from retouch.world.probe import SHIPPED_PROBES, build_shipped_probes
+
+    output = output or SHIPPED_PROBES
+    build_shipped_probes(output, profile=profile, model=model, judge_folder=judge_folder, train_scenes=train_scenes,
+                         test_scenes=test_scenes, epochs=epochs, blur=blur, seed=seed, log=click.echo)
+    click.echo(f"wrote {output}")
+
+
 @train.command("multitask")
 @click.option("--data", type=click.Path(file_okay=False, path_type=Path), required=True,
               help="a dataset folder from `retouch data compositing`")

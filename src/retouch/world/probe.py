@@ -13,7 +13,7 @@ scenes (:func:`probe_scenes`) and measure them on TEST-split renders. Two kinds 
   MLP on earlier layers (``docs/portrait_eval.md``). It is kept to measure that.
 * :class:`PixelProbes` — a small CNN on the pixels with one linear head per attribute, trained
   jointly (AdamW, one-cycle schedule). It makes shape and pattern measurable; the benchmarks use it.
-  The shipped copy (``assets/mini/probes/``, float16) is built by ``python -m retouch.world.probe``.
+  The shipped copy (``assets/mini/probes/``, float16) is built by ``retouch train probes``.
 
 Everything is a pure function of the seed: scenes come from their own stream ``(seed, index, 11)``,
 initialisation and shuffling from a seeded generator.
@@ -270,7 +270,7 @@ def load_probes(folder: Path = SHIPPED_PROBES) -> PixelProbes:
     meta_path = folder / "probes.json"
     if not meta_path.is_file():
         raise RetouchError(f"no attribute probes in '{folder}' (no probes.json); build them with "
-                           "`python -m retouch.world.probe --output FOLDER`")
+                           "`retouch train probes --output FOLDER`")
     meta = json.loads(meta_path.read_text())
     if meta.get("format") != _FORMAT or meta.get("kind") != "pixels":
         raise RetouchError(f"'{meta_path}' is not a pixel-probe file of format {_FORMAT}")
@@ -314,43 +314,30 @@ def build_probes(world, config: ProbeConfig, judge=None, autoencoder=None) -> tu
     return probes, report
 
 
-def main(argv: list[str] | None = None) -> None:
-    """Build the shipped pixel probes and report both kinds (``python -m retouch.world.probe``)."""
-    import argparse
-
+def build_shipped_probes(output: Path = SHIPPED_PROBES, *, profile: str | None = None, model: str = "mini",
+                         judge_folder: Path | None = None, train_scenes: int = ProbeConfig.train_scenes,
+                         test_scenes: int = ProbeConfig.test_scenes, epochs: int = ProbeConfig.epochs,
+                         blur: float = ProbeConfig.blur, seed: int = 0, log=print) -> dict:
+    """Build pixel probes for a world ``profile``, save them to ``output`` and report both kinds
+    (``retouch train probes``): held-out accuracy on renders and after ``model``'s autoencoder round trip,
+    beside the linear probe on the judge's embedding (``judge_folder``, default the shipped judge)."""
     from retouch.backbone import MINI_DIR, load_backbone
     from retouch.metrics import TransformersCLIPJudge
     from retouch.world import World
 
-    parser = argparse.ArgumentParser(description=main.__doc__)
-    parser.add_argument("--output", type=Path, default=SHIPPED_PROBES)
-    parser.add_argument("--train-scenes", type=int, default=ProbeConfig.train_scenes)
-    parser.add_argument("--test-scenes", type=int, default=ProbeConfig.test_scenes)
-    parser.add_argument("--epochs", type=int, default=ProbeConfig.epochs)
-    parser.add_argument("--blur", type=float, default=ProbeConfig.blur)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--profile", default=None, help="world profile the probes read (default: the world's)")
-    parser.add_argument("--model", default="mini", help="backbone whose autoencoder round trip is reported")
-    parser.add_argument("--judge", type=Path, default=MINI_DIR / "judge")
-    args = parser.parse_args(argv)
-    world = World(seed=args.seed, profile=args.profile)
-    backbone = load_backbone(args.model)
+    world = World(seed=seed, profile=profile)
+    backbone = load_backbone(model)
 
     @torch.no_grad()
     def autoencoder(images01):
         return torch.cat([((backbone.decode_latents(backbone.encode_images(images01[k:k + 100] * 2 - 1)) + 1) / 2)
                           .clamp(0, 1) for k in range(0, len(images01), 100)])
 
-    shared = dict(train_scenes=args.train_scenes, test_scenes=args.test_scenes, seed=args.seed)
-    judge = TransformersCLIPJudge(args.judge)
+    shared = dict(train_scenes=train_scenes, test_scenes=test_scenes, seed=seed)
+    judge = TransformersCLIPJudge(judge_folder or MINI_DIR / "judge")
     _, judge_report = build_probes(world, ProbeConfig(kind="judge", **shared), judge, autoencoder)
-    print(json.dumps({"judge": judge_report}, indent=2), flush=True)
-    config = ProbeConfig(epochs=args.epochs, blur=args.blur, **shared)
-    probes, report = build_probes(world, config, autoencoder=autoencoder)
-    probes.save(args.output, {"report": report, "judge_linear_probe_report": judge_report})
-    print(json.dumps({"pixels": report}, indent=2))
-    print(f"wrote {args.output}")
-
-
-if __name__ == "__main__":
-    main()
+    log(json.dumps({"judge": judge_report}, indent=2))
+    probes, report = build_probes(world, ProbeConfig(epochs=epochs, blur=blur, **shared), autoencoder=autoencoder)
+    probes.save(output, {"report": report, "judge_linear_probe_report": judge_report})
+    log(json.dumps({"pixels": report}, indent=2))
+    return report
