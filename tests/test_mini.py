@@ -212,3 +212,32 @@ def test_unet_loss_weights_favour_objects_and_noisy_timesteps():
     assert per_sample.tolist() == pytest.approx([5.0 / snr, 1.0])
     plain_spatial, plain_sample = unet_loss_weights(masks, 16, alpha_bar, object_weight=0.0, min_snr_gamma=0.0)
     assert (plain_spatial == 1).all() and (plain_sample == 1).all()
+
+
+def test_v2_recipe_trains_every_stage_from_shards_and_keeps_the_encoder(tmp_path):
+    """The v2 recipe end to end at toy sizes: mixture autoencoder without attention, CLIP with hard
+    negatives, a noise-robust decoder that leaves the encoder (the U-Net's latent space) untouched, and a
+    U-Net trained from pre-encoded shards."""
+    from diffusers import AutoencoderKL, UNet2DConditionModel
+
+    from retouch.data.latent_shards import LatentShards
+    from retouch.train.mini import mini_recipe, run_mini_training
+
+    config = mini_recipe("v2", work_dir=str(tmp_path / "work"), vae_steps=2, vae_batch=2, vae_dead_leaves=4,
+                         decoder_steps=2, decoder_batch=2, clip_steps=2, clip_batch=4, unet_steps=2, unet_batch=2,
+                         unet_shards=12, vocab_size=600)
+    with pytest.raises(ValueError, match="unknown mini recipe"):
+        mini_recipe("v7")
+    run_mini_training(config, ("tokenizer", "vae", "decoder", "clip", "unet"), tmp_path / "export")
+    work = tmp_path / "work"
+    vae = AutoencoderKL.from_pretrained(work / "vae" / "final")
+    decoder = AutoencoderKL.from_pretrained(work / "decoder" / "final")
+    assert vae.config.latent_channels == 8 and not vae.config.mid_block_add_attention
+    for name, tensor in vae.encoder.state_dict().items():
+        assert torch.equal(tensor, decoder.encoder.state_dict()[name]), name
+    assert any(not torch.equal(a, b) for a, b in zip(vae.decoder.parameters(), decoder.decoder.parameters()))
+    shards = LatentShards.load(work / "shards")
+    assert len(shards) == 12 and shards.manifest["profile"] == "v2" and shards.latents.shape[1] == 8
+    unet = UNet2DConditionModel.from_pretrained(work / "unet" / "final")
+    assert unet.config.in_channels == 8 and unet.config.block_out_channels == [32, 64, 128]
+    assert unet.config.down_block_types[0] == "DownBlock2D"  # no attention at full latent resolution

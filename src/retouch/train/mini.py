@@ -55,9 +55,15 @@ class MiniConfig:
     #: scenes and dead leaves) in ``vae_crop``² crops
     vae_data: str = "world"
     vae_crop: int = 32
+    #: dead-leaves images rendered once for the mixture (≈ 44 per second on one core)
+    vae_dead_leaves: int = 1024
     vae_learning_rate: float = 1e-3
     decoder_steps: int = 600
     decoder_batch: int = 16
+    #: the decoder stage adds Gaussian noise of σ ~ U(0, this) latent standard deviations to the latents it
+    #: decodes, so a diffusion sample's small residual error decodes to a clean image, not to colourful
+    #: speckle (docs/world_v2.md, "decoder fragility"); 0 = no noise (the first world's decoder)
+    decoder_latent_noise: float = 0.0
     clip_steps: int = 3000
     clip_batch: int = 128
     judge_steps: int = 1000
@@ -91,7 +97,7 @@ class MiniConfig:
 MINI_RECIPES: dict[str, dict] = {
     "v1": {},
     "v2": dict(profile="v2", vae_channels=(32, 64, 64), vae_latent_channels=8, vae_mid_attention=False,
-               vae_data="mixture", vae_crop=32, vae_batch=16, vae_steps=5000, decoder_steps=1000,
+               vae_data="mixture", vae_crop=32, vae_batch=16, vae_steps=5000, decoder_steps=800, decoder_latent_noise=0.5,
                clip_hard_negatives=1.0, clip_steps=1200, clip_batch=64, judge_steps=300, judge_batch=64,
                unet_channels=(32, 64, 128), unet_attention=(False, True, True), unet_learning_rate=1e-3,
                unet_batch=64, unet_steps=10000, unet_shards=65536, unet_object_weight=1.0),
@@ -301,7 +307,8 @@ def train_vae(world, config: MiniConfig):
     vae = mini_vae(tuple(config.vae_channels), config.vae_latent_channels, mid_attention=config.vae_mid_attention)
     out = Path(config.work_dir) / "vae"
     if config.vae_data == "mixture":
-        sources = autoencoder_sources(config.seed, work_dir=Path(config.work_dir), size=config.image_size)
+        sources = autoencoder_sources(config.seed, config.vae_dead_leaves, work_dir=Path(config.work_dir),
+                                      size=config.image_size)
 
         def make_batch(step, rank, world_size):
             if step >= 10_000_000:  # the latent-scale estimate below: whole training-world scenes
@@ -392,9 +399,14 @@ def train_local_decoder(world, config: MiniConfig, vae):
         second = world_batch(world, step, rank, world_size, config.decoder_batch, seed_offset=6)
         return first.images, second.images, second.object_masks, first.rng
 
+    latent_std = 1.0 / float(vae.config.scaling_factor)  # the scaling factor is 1/std of the latents
+
     def loss_fn(model, batch, generator):
         first, second, second_objects, rng = batch
         latents, target = latent_composites(model, first, second, second_objects, rng, generator)
+        if config.decoder_latent_noise > 0:
+            sigma = torch.rand(len(latents), 1, 1, 1, generator=generator) * config.decoder_latent_noise
+            latents = latents + sigma * latent_std * torch.randn(latents.shape, generator=generator)
         l1 = (model.decode(latents).sample - target).abs().mean()
         return l1, {"l1": l1.detach()}
 
