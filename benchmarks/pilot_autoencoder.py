@@ -24,12 +24,13 @@ import torch
 def evaluate(vae, scenes, photos) -> dict:
     from retouch.train.evaluate_mini import reconstruction_psnr, splice_psnr
 
+    from retouch.world.heldout import photo_crops
+
     vae.eval()
-    quadrants = torch.cat([photos[..., :64, :64], photos[..., :64, 64:], photos[..., 64:, :64], photos[..., 64:, 64:]])
     result = {
         "world_psnr": float(np.mean(reconstruction_psnr(vae, scenes.images))),
         "photo_psnr_128": float(np.mean(reconstruction_psnr(vae, photos))),
-        "photo_crop_psnr_64": float(np.mean(reconstruction_psnr(vae, quadrants))),
+        "photo_crop_psnr_64": float(np.mean(reconstruction_psnr(vae, photo_crops(128, 64)))),
         "cut_psnr": splice_psnr(vae, scenes, 1),
         "paste_psnr": splice_psnr(vae, scenes, 2),
     }

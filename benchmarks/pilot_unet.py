@@ -2,7 +2,8 @@
 
 Every ``--eval-every`` training samples the pilot draws one sample per held-out (test-split) v2 caption
 (25 DDIM steps, classifier-free guidance), decodes it and reads the main object's attributes with the
-v2 pixel probes (shape, colour, pattern, hat, background); accuracy is the fraction that match the
+v2 pixel probes (shape, colour, pattern, hat, background), with the mini U-Net's own ε-loss
+(``train/mini.py: weighted_eps_loss``: SD's scaled-linear schedule, object weight, Min-SNR-γ); accuracy is the fraction that match the
 caption. Training time is wall time of the gradient steps only (evaluation excluded).
 
     python benchmarks/pilot_unet.py --name small --channels 32,64,128 --attention 0,0,1 --shards out/shards/pilot-v2 \\
@@ -43,38 +44,19 @@ def load_parts(args):
     return vae, text_encoder.requires_grad_(False), tokenizer
 
 
-def scheduler_config(args) -> dict:
-    from diffusers import DDIMScheduler
-
-    if args.schedule == "zero-snr":
-        scheduler = DDIMScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
-                                  clip_sample=False, set_alpha_to_one=False, steps_offset=0,
-                                  rescale_betas_zero_snr=True, timestep_spacing="trailing",
-                                  prediction_type="v_prediction")
-    else:
-        scheduler = DDIMScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
-                                  clip_sample=False, set_alpha_to_one=False, steps_offset=1,
-                                  prediction_type=args.prediction)
-    return dict(scheduler.config)
-
-
 @torch.no_grad()
 def evaluate(backbone, probes, scenes, *, guidance_scale: float, steps: int = 25) -> tuple[dict, torch.Tensor]:
-    from retouch.train.evaluate_mini import generate
-    from retouch.world import attributes
+    from retouch.train.evaluate_mini import generate, probe_accuracy
 
     samples = generate(backbone, scenes.captions, num_steps=steps, guidance_scale=guidance_scale, batch=64)
-    predicted = probes.predict(samples)
-    truth = [attributes(spec) for spec in scenes.specs]
-    return {name: float(np.mean([int(p) == t[name] for p, t in zip(predicted[name].tolist(), truth)]))
-            for name in CURVE_ATTRIBUTES}, samples
+    return probe_accuracy(probes, samples, scenes.specs), samples
 
 
 def run(args) -> None:
     from retouch.backbone import Backbone
     from retouch.data.latent_shards import LatentShards
     from retouch.sampling import NoiseSchedule
-    from retouch.train.mini import CAPTION_DROPOUT, mini_unet, unet_loss_weights
+    from retouch.train.mini import CAPTION_DROPOUT, mini_scheduler_config, mini_unet, weighted_eps_loss
     from retouch.world import World
     from retouch.world.heldout import held_out_scenes
     from retouch.world.probe import load_probes
@@ -84,7 +66,7 @@ def run(args) -> None:
     vae, text_encoder, tokenizer = load_parts(args)
     shards = LatentShards.load(args.shards)
     scale = float(1.0 / shards.latents[:4096].float().std())
-    config = scheduler_config(args)
+    config = mini_scheduler_config()
     schedule = NoiseSchedule.from_scheduler_config(config)
     channels = tuple(int(c) for c in args.channels.split(","))
     attention = tuple(flag == "1" for flag in args.attention.split(","))
@@ -113,17 +95,8 @@ def run(args) -> None:
         ids = torch.where(drop[:, None], empty.expand_as(ids), ids)
         with torch.no_grad():
             states = text_encoder(ids)[0]
-        generator = torch.Generator().manual_seed(step)
-        t = torch.randint(0, schedule.num_train_timesteps, (len(latents),), generator=generator)
-        noise = torch.randn(latents.shape, generator=generator)
-        alpha_bar = schedule.alphas_cumprod[t].float().view(-1, 1, 1, 1)
-        noisy = alpha_bar.sqrt() * latents + (1 - alpha_bar).sqrt() * noise
-        target = noise if schedule.prediction_type == "epsilon" else alpha_bar.sqrt() * noise - (1 - alpha_bar).sqrt() * latents
-        prediction = unet(noisy, t, encoder_hidden_states=states).sample
-        spatial, per_sample = unet_loss_weights(cells, latents.shape[-1], alpha_bar.flatten(), args.object_weight,
-                                                args.min_snr_gamma if schedule.prediction_type == "epsilon" else 0)
-        squared = ((prediction - target) ** 2).mean(dim=1, keepdim=True)
-        loss = (per_sample * (spatial * squared).sum(dim=(1, 2, 3)) / spatial.sum(dim=(1, 2, 3))).mean()
+        loss = weighted_eps_loss(unet, (latents, states, cells), torch.Generator().manual_seed(step), schedule,
+                                 args.object_weight, args.min_snr_gamma)
         loss.backward()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
@@ -177,8 +150,6 @@ if __name__ == "__main__":
     parser.add_argument("--probes", default="out/probes-v2")
     parser.add_argument("--channels", default="64,128,256")
     parser.add_argument("--attention", default="0,1,1")
-    parser.add_argument("--prediction", default="epsilon", choices=("epsilon", "v_prediction"))
-    parser.add_argument("--schedule", default="scaled-linear", choices=("scaled-linear", "zero-snr"))
     parser.add_argument("--batch", type=int, default=64)
     parser.add_argument("--learning-rate", type=float, default=5e-4)
     parser.add_argument("--ema", type=float, default=0.999)
