@@ -137,7 +137,7 @@ def _plan_row(index: int, row: dict | str, base: Path, outdir: Path, settings: B
         item.model = _typed("model", given.pop("model"), str) if "model" in given else settings.model
         item.output = _row_output(given.pop("output", None), item.image, outdir)
         seed = _typed("seed", given.pop("seed"), int) if "seed" in given else settings.seed
-        kinds = _field_kinds(item.method.config_class)
+        kinds = field_kinds(item.method.config_class)
         unknown = sorted(set(given) - set(kinds))
         if unknown:
             hints = [f"'{key}' (did you mean '{key.replace('-', '_')}'?)" if key.replace("-", "_") in kinds
@@ -197,7 +197,7 @@ def _input_files(config) -> tuple[Path, ...]:
     return tuple(map(Path, getattr(config, "input_files", tuple)()))
 
 
-def _field_kinds(config_class) -> dict[str, tuple[type, bool]]:
+def field_kinds(config_class) -> dict[str, tuple[type, bool]]:
     """Config field name → (scalar type, repeatable) from its type hints (``float | None`` → float)."""
     kinds = {}
     hints = typing.get_type_hints(config_class)

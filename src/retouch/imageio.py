@@ -98,11 +98,22 @@ def load_map(
         raise RetouchError(f"map background must lie in [0, 1]; got {background}")
     with _open_decoded(path, max_pixels, max_side) as img:
         rgb = _to_float_rgb(img, (float(background),) * 3, name=_quoted(path))
-    luminance = np.clip(rgb @ _LUMA_WEIGHTS, 0.0, 1.0)
+    return map_from_array(rgb, size=size, name=f"edit map {_quoted(path)}")
+
+
+def map_from_array(image: np.ndarray, *, size: tuple[int, int] | None = None, name: str = "edit map") -> np.ndarray:
+    """:func:`load_map` without the file: float32 (H, W) in [0, 1], the luminance of an RGB image (H, W, 3) or a
+    grey map (H, W) in [0, 1], resized bilinearly to ``size`` = (width, height) when given."""
+    image = np.asarray(image, dtype=np.float32)
+    if image.ndim == 2:
+        image = _replicate(image)
+    if image.ndim != 3 or image.shape[-1] != 3:
+        raise RetouchError(f"{name} must be (H, W) or (H, W, 3); got an array of shape {image.shape}")
+    luminance = np.clip(image @ _LUMA_WEIGHTS, 0.0, 1.0)
     if size is not None:
         width, height = _check_size(size)
         luminance = np.clip(_resize(luminance, (width, height), Image.Resampling.BILINEAR), 0.0, 1.0)
-    return validate_map(luminance, name=f"edit map {_quoted(path)}")
+    return validate_map(luminance, name=name)
 
 
 def validate_map(array, *, name: str = "edit map", tolerance: float = 1e-3) -> np.ndarray:
@@ -483,6 +494,12 @@ def png_bytes(image: np.ndarray, name: str = "a PNG record") -> bytes:
     buffer = io.BytesIO()
     _encode(_to_uint8(image, name), buffer, "PNG")
     return buffer.getvalue()
+
+
+def as_8bit(image: np.ndarray, name: str = "an image") -> np.ndarray:
+    """A float image (H, W, 3) or map (H, W) as saving it to PNG and reading it back gives it, without the file:
+    clipped to [0, 1] and rounded to 8 bits, float32."""
+    return _to_uint8(image, name).astype(np.float32) / 255.0
 
 
 def image_from_png_bytes(data: bytes, name: str = "a PNG record") -> np.ndarray:
