@@ -99,7 +99,7 @@ def test_pixels_in_the_app_is_the_cli_run(app, scenes, tmp_path, capsys):
     edit_map[16:48, 40:48] = 0.5
     values = dict(num_steps=4, strength=0.8, threshold="quadratic", seed=3)
     result = run_pixels(app, "mini", source, [Exemplar(exemplar, edit_map)], values)
-    assert not any((app.output.root / ".work").iterdir())  # the scratch maps are gone
+    assert _written(app) == sorted(p.name for p in (result.result, result.comparison))  # no scratch files either
     for name, image in (("in", source), ("exemplar", exemplar), ("map", edit_map)):
         save_image(image, tmp_path / f"{name}.png")
     code, _, err = run_cli(["edit", tmp_path / "in.png", "-o", tmp_path / "cli.png", "--method", "pixels", "--model",
@@ -113,7 +113,7 @@ def test_pixels_in_the_app_is_the_cli_run(app, scenes, tmp_path, capsys):
         run_pixels(app, "mini", source, [], values)
     with pytest.raises(RetouchError, match="--strength"):
         run_pixels(app, "mini", source, [Exemplar(exemplar, edit_map)], {**values, "strength": 0.0})
-    assert not any((app.output.root / ".work").iterdir())
+    assert sorted(p.name for p in app.output.root.iterdir()) == ["directions", *_written(app)]
 
 
 def test_pix2pix_zero_with_a_built_direction_matches_the_cli(app, scenes, tmp_path, capsys):
@@ -135,7 +135,7 @@ def test_pix2pix_zero_with_a_built_direction_matches_the_cli(app, scenes, tmp_pa
             app.output.direction_path(bad)
 
 
-def test_only_offered_models_load_and_multitask_explains_its_absence(app, scenes, tiny_backbones, tmp_path):
+def test_only_offered_models_load_and_multitask_explains_its_absence(app, scenes, tiny_backbones, tmp_path, capsys):
     from retouch.methods import get_method
     from retouch.methods.multitask import MultitaskModel
 
@@ -150,13 +150,20 @@ def test_only_offered_models_load_and_multitask_explains_its_absence(app, scenes
     MultitaskModel.from_backbone(tiny_backbones["tiny-sd"]).save(folder)
     offered = App(app.output, app.limits, extra_models=(str(folder),))
     assert str(folder) in offered.multitask_models() and str(folder) not in offered.backbone_models()
-    save_image(scenes[1], tmp_path / "reference.png")
     hole = np.zeros((64, 64), np.float32)
     hole[20:40, 20:40] = 1
-    result = run_multitask(offered, str(folder), scenes[0], dict(blur=0.3, num_steps=2),
-                           reference=str(tmp_path / "reference.png"), hole=hole)
+    result = run_multitask(offered, str(folder), scenes[0], dict(blur=0.3, num_steps=2), reference=scenes[1],
+                           hole=hole)
     assert load_image(result.result).shape == (64, 64, 3)
-    assert not any((app.output.root / ".work").iterdir())
+    # the in-memory reference and hole are the CLI's files
+    for name, image in (("in", scenes[0]), ("reference", scenes[1]), ("hole", hole)):
+        save_image(image, tmp_path / f"{name}.png")
+    code, _, err = run_cli(["edit", tmp_path / "in.png", "-o", tmp_path / "cli.png", "--method", "multitask",
+                            "--model", folder, "--blur", "0.3", "--num-steps", "2", "--reference",
+                            tmp_path / "reference.png", "--mask", tmp_path / "hole.png"], capsys)
+    assert code == 0, err
+    assert np.array_equal(load_image(result.result), load_image(tmp_path / "cli.png"))
+    assert sorted(p.name for p in app.output.root.iterdir()) == ["directions", *_written(app)]
 
 
 def test_the_model_cache_loads_once_under_concurrency_and_evicts_the_oldest():
@@ -236,6 +243,24 @@ def test_the_page_has_a_tab_per_method_and_api_names(app):
     assert tabs == {"pix2pix-zero / zeroCon", "PIXELS", "portrait (MCDM)", "multitask", "effects"}
     names = {d.get("api_name") for d in config["dependencies"]}
     assert {"pix2pix", "pixels", "portrait", "multitask", "effects", "build_direction", "status"} <= names
+
+
+def test_controls_come_from_the_config_fields_and_read_back_typed():
+    gr = pytest.importorskip("gradio")
+    from retouch.app.forms import ConfigForm, Shown
+    from retouch.methods.multitask import MultitaskConfig
+
+    form = ConfigForm(MultitaskConfig, "t", blur=Shown("blur", range=(0, 1, 0.01), value=0),
+                      num_steps=Shown("steps", range=(1, 100, 1)), start=Shown("start", choices=["noise", "x"]),
+                      seed=Shown("seed"))
+    with gr.Blocks():
+        blur, steps, start, seed = form.show("blur", "num_steps", "start", "seed")
+    assert isinstance(steps, gr.Slider) and steps.value == 50 and steps.info == "DDIM steps"
+    assert isinstance(start, gr.Radio) and isinstance(seed, gr.Number) and blur.elem_id == "t-blur"
+    assert form.values([0, 3.0, "noise", None]) == dict(blur=None, num_steps=3, start="noise", seed=0)
+    assert form.values([0.25, 3, "x", 2.0]) == dict(blur=0.25, num_steps=3, start="x", seed=2)
+    with pytest.raises(ValueError, match="no field nothing"):
+        ConfigForm(MultitaskConfig, "t", nothing=Shown("nothing"))
 
 
 def test_uploaded_maps_read_like_the_cli_reads_them(app, tmp_path):

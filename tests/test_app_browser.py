@@ -215,7 +215,7 @@ def test_pixels_with_a_painted_map_in_the_browser(page, files, tmp_path):
     _upload_to_editor(page, "pixels-exemplar1", files["exemplar"])
     _paint(page, "pixels-exemplar1", [[(0.3, 0.3), (0.7, 0.35), (0.65, 0.7), (0.3, 0.65)]], (64, 64))
     page.get_by_text("more settings").click()
-    _set_number(page, "pixels-steps", 8)
+    _set_number(page, "pixels-num-steps", 8)
     result = _run_and_download(page, "pixels", tmp_path)
     assert result.size == (64, 64) and _differs(result, files["scene"]) > 1.0
     assert "pixels on mini" in page.locator("#pixels-summary").inner_text()
@@ -228,7 +228,7 @@ def test_pix2pix_zero_in_the_browser(page, files, tmp_path):
     page.locator("#pix2pix-source textarea").fill("green")
     page.locator("#pix2pix-target textarea").fill("purple")
     page.get_by_text("guidance and inversion").click()
-    _set_number(page, "pix2pix-steps", 8)
+    _set_number(page, "pix2pix-num-steps", 8)
     result = _run_and_download(page, "pix2pix", tmp_path)
     assert result.size == (64, 64) and _differs(result, files["scene"]) > 1.0
     _shot(page, "pix2pix")
@@ -238,7 +238,7 @@ def test_portrait_tab_puts_the_shipped_mcdm_to_work(page, files, tmp_path):
     _tab(page, "portrait (MCDM)", "portrait")
     _upload(page, "portrait-input", files["exemplar"])  # the cyan hexagon: the hat edit works on it
     page.get_by_text("more settings").last.click()
-    _set_number(page, "portrait-steps", 20)
+    _set_number(page, "portrait-num-steps", 20)
     result = _run_and_download(page, "portrait", tmp_path)
     assert result.size == (64, 64) and _differs(result, files["exemplar"]) > 1.0
     _shot(page, "portrait")

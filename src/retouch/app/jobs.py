@@ -3,13 +3,14 @@
 The Gradio layer (:mod:`retouch.app.server`) only turns widget values into these functions' arguments
 and :class:`~retouch.errors.RetouchError` into a message on the page. Everything here goes through the
 same method registry (:func:`retouch.methods.edit_image`), image I/O and effects as the CLI, so the two
-cannot drift apart; ``tests/test_app.py`` calls these functions directly.
+cannot drift apart; ``tests/test_app.py`` calls these functions directly. Images stay in memory: a
+method's extra inputs (PIXELS' exemplars and maps, multitask's reference and hole) reach it through a
+``prepare`` hook that reads them as the CLI's hook reads the same images saved as 8-bit files.
 """
 
 from __future__ import annotations
 
-import shutil
-import tempfile
+import dataclasses
 import threading
 import time
 import uuid
@@ -22,7 +23,7 @@ from typing import Callable
 import numpy as np
 
 from retouch.errors import RetouchError, check_range
-from retouch.imageio import check_image_size, load_image, load_map, save_image, side_by_side
+from retouch.imageio import as_8bit, check_image_size, load_image, load_map, map_from_array, save_image, side_by_side
 
 MINI = "mini"
 MB = 1024 * 1024
@@ -97,7 +98,8 @@ class ModelCache:
 
 
 class OutputFolder:
-    """The only folder the app writes to: results, comparison strips, built directions, per-run scratch."""
+    """The only folder the app writes to: results, comparison strips and built directions (Gradio's upload
+    cache lives under it too, see :func:`retouch.app.server.serve`)."""
 
     def __init__(self, root: str | Path):
         self.root = Path(root).resolve()
@@ -114,17 +116,6 @@ class OutputFolder:
         strip = save_image(side_by_side([before, after], labels=["before", "after"]),
                            self.root / f"{name}-comparison.png")
         return result, strip
-
-    @contextmanager
-    def scratch(self):
-        """A private folder for one run's painted maps and canvases, removed afterwards whatever happens."""
-        work = self.root / ".work"
-        work.mkdir(exist_ok=True)
-        folder = Path(tempfile.mkdtemp(dir=work))
-        try:
-            yield folder
-        finally:
-            shutil.rmtree(folder, ignore_errors=True)
 
     def directions(self) -> list[str]:
         return sorted(p.name for p in self.directions_dir.glob("*.safetensors"))
@@ -263,12 +254,18 @@ class _Steps:
 # One function per tab
 # ---------------------------------------------------------------------------------------------------
 def run_edit(app: App, method_name: str, model: str, image: np.ndarray, values: dict, *,
-             report: Report = _silent) -> Result:
-    """Any registered method on a float image with config field ``values``, through the CLI's own path."""
+             prepare: Callable | None = None, report: Report = _silent) -> Result:
+    """Any registered method on a float image with config field ``values``, through the CLI's own path.
+
+    ``prepare`` replaces the method's ``prepare`` hook: the extra inputs come from memory, not from the
+    files the config names.
+    """
     from retouch.methods import edit_image, get_method, make_config
 
     method = get_method(method_name)
     config = make_config(method, **values)
+    if prepare is not None:
+        method = dataclasses.replace(method, prepare=prepare)
     report(0, None, f"loading {Path(model).name}")
     with app.model(method, model) as loaded:
         started = time.perf_counter()
@@ -280,6 +277,11 @@ def run_edit(app: App, method_name: str, model: str, image: np.ndarray, values: 
                           f"{time.perf_counter() - started:.1f} s")
 
 
+def read_map(edit_map: np.ndarray, size: tuple[int, int], label: str) -> np.ndarray:
+    """A painted or uploaded map (H, W) at ``size`` = (width, height), as the CLI reads it saved as an 8-bit file."""
+    return map_from_array(as_8bit(edit_map, label), size=size, name=label)
+
+
 @dataclass
 class Exemplar:
     """One PIXELS exemplar with its edit map (1 = take the exemplar), both float arrays in [0, 1]."""
@@ -288,63 +290,92 @@ class Exemplar:
     edit_map: np.ndarray
 
 
+def exemplar_inputs(exemplars: list[Exemplar]) -> Callable:
+    """PIXELS' ``prepare`` hook on in-memory exemplars: what ``load_exemplar_inputs`` makes of them as files
+    (fitted exemplars; maps resized, then grown, ramped and blurred as the config says)."""
+    def prepare(config, size: tuple[int, int], device, dtype) -> dict:
+        import torch
+
+        from retouch.edit_maps import blur_map, grow_mask, linear_ramp_map
+        from retouch.imageio import to_tensor
+        from retouch.methods.pixels import fit_exemplar
+
+        images, maps = [], []
+        for k, exemplar in enumerate(exemplars, start=1):
+            fitted = fit_exemplar(as_8bit(exemplar.image, f"exemplar {k}"), size, config.exemplar_fit)
+            images.append(to_tensor(fitted, device=device, dtype=dtype))
+            edit_map = read_map(exemplar.edit_map, size, f"exemplar {k}'s edit map")
+            for amount, shape in ((config.map_grow, grow_mask), (config.map_ramp, linear_ramp_map),
+                                  (config.map_blur, blur_map)):
+                edit_map = shape(edit_map, amount) if amount > 0 else edit_map
+            maps.append(torch.from_numpy(edit_map))
+        return {"exemplars": images, "maps": maps}
+
+    return prepare
+
+
 def run_pixels(app: App, model: str, image: np.ndarray, exemplars: list[Exemplar], values: dict, *,
                report: Report = _silent) -> Result:
-    """PIXELS with in-memory exemplars and maps: written to scratch files, read back by its ``prepare`` hook.
-
-    Going through the files keeps one loading path (fitting, map resizing, grow/ramp/blur) for the CLI
-    and the app; at the editor's sizes the PNG round trip costs milliseconds.
-    """
+    """PIXELS with in-memory exemplars and maps; the result is the CLI's on the same images as 8-bit files."""
     if not exemplars:
         raise RetouchError("PIXELS needs at least one exemplar with an edit map: upload an exemplar and paint "
                            "(or upload) where it should go")
-    with app.output.scratch() as folder:
-        files = {"exemplar": [], "map": []}
-        for k, exemplar in enumerate(exemplars, start=1):
-            files["exemplar"].append(str(save_image(exemplar.image, folder / f"exemplar{k}.png")))
-            files["map"].append(str(save_image(exemplar.edit_map, folder / f"map{k}.png")))
-        values = {**values, "exemplar": tuple(files["exemplar"]), "map": tuple(files["map"])}
-        return run_edit(app, "pixels", model, image, values, report=report)
+    return run_edit(app, "pixels", model, image, values, prepare=exemplar_inputs(exemplars), report=report)
 
 
-def run_multitask(app: App, model: str, image: np.ndarray, values: dict, *, reference: str | None = None,
-                  hole: np.ndarray | None = None, report: Report = _silent) -> Result:
-    """The multitask model; the colour reference upload and the painted hole mask (1 = hole) turn tasks on."""
-    with app.output.scratch() as folder:
-        values = dict(values)
-        if reference:
-            app.read_image(reference, "colour reference")
-            values["reference"] = str(reference)
+def multitask_inputs(reference: np.ndarray | None, hole: np.ndarray | None) -> Callable:
+    """Multitask's ``prepare`` hook on an in-memory colour reference and hole map (1 = hole)."""
+    def prepare(config, size: tuple[int, int], device, dtype) -> dict:
+        import torch
+
+        from retouch.imageio import resize_image, to_tensor
+
+        inputs = {}
+        if reference is not None:
+            inputs["reference"] = to_tensor(resize_image(as_8bit(reference), size), device=device, dtype=dtype)
         if hole is not None:
-            values["mask"] = str(save_image(hole, folder / "mask.png"))
-        return run_edit(app, "multitask", model, image, values, report=report)
+            keep = read_map(hole, size, "hole mask") <= 0.5
+            inputs["mask"] = torch.from_numpy(keep).to(device, dtype)[None, None]
+        return inputs
+
+    return prepare
+
+
+def run_multitask(app: App, model: str, image: np.ndarray, values: dict, *, reference: np.ndarray | None = None,
+                  hole: np.ndarray | None = None, report: Report = _silent) -> Result:
+    """The multitask model; a colour reference image and a hole map (1 = hole), in memory, turn their tasks on.
+
+    The config's ``reference`` and ``mask`` fields then only name the inputs (a named one is on).
+    """
+    named = {"reference": "the colour reference" if reference is not None else "",
+             "mask": "the painted hole" if hole is not None else ""}
+    return run_edit(app, "multitask", model, image, {**values, **named}, prepare=multitask_inputs(reference, hole),
+                    report=report)
 
 
 def run_effects(app: App, image: np.ndarray, *, blur: float | None = None, blur_angle: float | None = None,
-                grain: float | None = None, grain_samples: int = 800, reference: str | None = None,
+                grain: float | None = None, grain_samples: int = 800, reference: np.ndarray | None = None,
                 hole: np.ndarray | None = None, random_hole: bool = False,
                 sharpen: tuple[float, float] | None = None, seed: int = 0, report: Report = _silent) -> Result:
-    """The compositing operators of ``retouch effects`` (same order, ranges and hole threshold).
+    """The compositing operators of ``retouch effects`` (same order, ranges, hole resizing and threshold).
 
     ``random_hole`` adds a free-form hole drawn from ``seed`` (Yu et al. 2019's strokes, the multitask
     paper's inpainting masks) to any painted one.
     """
     from retouch.effects import EffectsRecipe, apply_effects, check_effects, free_form_mask
-    from retouch.imageio import resize_image
 
     check_effects(blur, grain, sharpen, names=("blur β", "grain σ", "sharpen"))
     check_range("grain samples", grain_samples, 1, 800)
+    height, width = image.shape[:2]
+    hole = None if hole is None else read_map(hole, (width, height), "hole mask") > 0.5
     if random_hole:
-        drawn = free_form_mask(*image.shape[:2], seed=seed).astype(np.float32)
-        hole = drawn if hole is None else np.maximum(drawn, resize_image(hole, (image.shape[1], image.shape[0])))
+        drawn = free_form_mask(height, width, seed=seed)
+        hole = drawn if hole is None else hole | drawn
     if not any(v is not None for v in (blur, grain, reference, hole, sharpen)):
         raise RetouchError("no effect chosen: set motion blur, film grain, sharpening, a colour reference or "
                            "paint an inpainting mask")
-    if hole is not None and hole.shape != image.shape[:2]:
-        hole = resize_image(hole, (image.shape[1], image.shape[0]))
-    recipe = EffectsRecipe(blur=blur, blur_angle=blur_angle, grain=grain, seed=seed,
-                           reference=app.read_image(reference, "colour reference") if reference else None,
-                           mask=hole > 0.5 if hole is not None else None, sharpen=sharpen)
+    recipe = EffectsRecipe(blur=blur, blur_angle=blur_angle, grain=grain, seed=seed, reference=reference, mask=hole,
+                           sharpen=sharpen)
     report(0, None, "effects: applying")
     started = time.perf_counter()
     result = apply_effects(image, recipe, grain_samples=int(grain_samples))

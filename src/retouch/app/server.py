@@ -1,21 +1,25 @@
 """The Gradio page of ``retouch serve``: a tab per method, a shared queue, results only in the output folder.
 
-Widgets map one-to-one onto the methods' config fields (defaults and help come from the dataclasses);
-each handler turns widget values into a call of :mod:`retouch.app.jobs` and a RetouchError into
-``gr.Error``, the one line shown on the page.
+:func:`build_blocks` is one small function per tab. A tab's settings are its method's config fields,
+made into controls by :class:`~retouch.app.forms.ConfigForm` from the same dataclass metadata as the
+CLI's options; its handler reads the uploads into arrays, calls :mod:`retouch.app.jobs` and turns a
+RetouchError into ``gr.Error``, the one line shown on the page.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import os
 from contextlib import contextmanager
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 
-from retouch.app.jobs import MINI, App, Exemplar, Result, map_from_layers, portrait_directions, run_build_direction
-from retouch.app.jobs import run_edit, run_effects, run_multitask, run_pixels
+from retouch.app.forms import ConfigForm, Shown
+from retouch.app.jobs import (
+    MINI, App, Exemplar, Result, map_from_layers, portrait_directions, run_build_direction, run_edit, run_effects,
+    run_multitask, run_pixels,
+)
 from retouch.errors import RetouchError
 
 #: Exemplar slots on the PIXELS tab; a result can be sent back as the source for more (PIXELS iterative).
@@ -30,6 +34,9 @@ CSS = """
 .pixelated canvas { image-rendering: pixelated; }
 """
 WORDS, SENTENCE, SAVED = "sentence banks of two words", "one target sentence", "a saved direction"
+#: How the tabs show the fields most methods share.
+STEPS, SEED = Shown("DDIM steps", range=(1, 100, 1)), Shown("seed")
+GUIDANCE = Shown("classifier-free guidance", range=(0, 15, 0.5))
 
 
 def _upload_class():
@@ -48,12 +55,6 @@ def _upload_class():
             return None if payload is None else payload.path
 
     return _Upload
-
-
-def _help(config_class, name: str) -> tuple[object, str]:
-    """(default, help text) of a config field, so the page shows the paper's defaults and citations."""
-    field = {f.name: f for f in dataclasses.fields(config_class)}[name]
-    return field.default, field.metadata.get("help", "")
 
 
 @contextmanager
@@ -80,34 +81,41 @@ def _outputs(before: np.ndarray, result: Result):
     return before8, str(result.result), [str(result.result), str(result.comparison)], result.summary
 
 
-def build_blocks(app: App, *, concurrency: int = 1):
-    """The page for ``app``; call ``.queue()`` and ``.launch()`` on it (:func:`serve` does)."""
-    import gradio as gr
+class _Page:
+    """What the tabs share: the app, one job queue across all tabs, the upload, editor and result widgets."""
 
-    from retouch.effects import EffectsRecipe
-    from retouch.methods.multitask import MultitaskConfig
-    from retouch.methods.pix2pix_zero import Pix2PixZeroConfig
-    from retouch.methods.pixels import THRESHOLDS, PixelsConfig
-    from retouch.methods.portrait import PortraitConfig
-    from retouch.methods.zerocon import ZeroConConfig
+    def __init__(self, app: App, concurrency: int):
+        self.app, self.upload_class = app, _upload_class()
+        self.heavy = dict(concurrency_limit=concurrency, concurrency_id="jobs")
+        self.jobs = []
 
-    upload = _upload_class()
-    heavy = dict(concurrency_limit=concurrency, concurrency_id="jobs")  # one queue across all tabs
-    jobs = []
+    # ---- widgets ----------------------------------------------------------------------------------------
+    def upload(self, label: str, elem_id: str, *, height: int = 280, **props):
+        return self.upload_class(label=label, type="filepath", sources=["upload"], height=height, elem_id=elem_id,
+                                 **props)
 
-    def slider(config_class, name, low, high, step, label, value=None, elem_id=None):
-        default, info = _help(config_class, name)
-        return gr.Slider(low, high, value=default if value is None else value, step=step, label=label, info=info,
-                         elem_id=elem_id)
+    def editor(self, label: str, elem_id: str):
+        import gradio as gr
 
-    def editor(label, elem_id):
         return gr.ImageEditor(label=label, elem_id=elem_id, type="numpy", image_mode="RGBA", sources=["upload"],
                               layers=False, transforms=(), format="png", height=360, elem_classes="pixelated",
                               brush=gr.Brush(colors=BRUSH_COLOURS, default_color="#ffffff", default_size=6,
                                              color_mode="defaults"),
                               eraser=gr.Eraser(default_size=6))
 
-    def results(prefix):
+    def model_picker(self, offered: list[str], label: str, what: str):
+        """A model dropdown; with nothing to offer, a line that says how to train ``what`` and offer it."""
+        import gradio as gr
+
+        picker = gr.Dropdown(offered, value=offered[0] if offered else None, label=label)
+        if not offered:
+            gr.Markdown(f"**No {what} model is available.** Train one with `retouch train {what}` and start the "
+                        "app with `retouch serve --model FOLDER`.", elem_id=f"{what}-missing")
+        return picker
+
+    def results(self, prefix: str) -> list:
+        import gradio as gr
+
         with gr.Row():
             before = gr.Image(label="before", interactive=False, height=280, elem_classes="pixelated",
                               elem_id=f"{prefix}-before")
@@ -118,299 +126,53 @@ def build_blocks(app: App, *, concurrency: int = 1):
         summary = gr.Markdown(elem_id=f"{prefix}-summary")
         return [before, after, files, summary]
 
-    def read_hole(value, upload_path, label):
+    # ---- reading what the user gave ------------------------------------------------------------------
+    def picture(self, path: str | None, label: str) -> np.ndarray:
+        if not path:
+            raise RetouchError(f"upload {'an' if label[0] in 'aeiou' else 'a'} {label} first")
+        return self.app.read_image(path, label)
+
+    def canvas(self, value, label: str) -> np.ndarray:
+        """An editor's uploaded image."""
+        background = (value or {}).get("background")
+        if background is None:
+            raise RetouchError(f"upload an {label} first")
+        return self.app.canvas_image(background, label)
+
+    def painted(self, value, upload_path: str | None, label: str) -> np.ndarray | None:
+        """An uploaded map, else the one painted on the editor ``value``; None when neither is given."""
         if upload_path:
-            return app.read_map(upload_path, f"{label} upload")
+            return self.app.read_map(upload_path, f"{label} upload")
         return map_from_layers((value or {}).get("layers"))
 
-    with gr.Blocks(title="retouch", analytics_enabled=False) as blocks:
-        gr.Markdown("## retouch — diffusion image editing\nUpload an image, choose settings, press **Run**. "
-                    "Results are written to the server's output folder and offered for download.")
-        status = gr.Markdown(elem_id="status")
+    # ---- layout and wiring ------------------------------------------------------------------------------
+    @contextmanager
+    def tab(self, label: str, prefix: str):
+        """A tab: its settings (the body) on the left above a Run button, the results on the right."""
+        import gradio as gr
 
-        # ---- pix2pix-zero / zeroCon ----------------------------------------------------------------
-        with gr.Tab("pix2pix-zero / zeroCon", id="pix2pix"):
-            with gr.Row():
-                with gr.Column():
-                    p_image = upload(label="input image", type="filepath", sources=["upload"], height=280,
-                                     elem_classes="pixelated", elem_id="pix2pix-input")
-                    with gr.Row():
-                        p_method = gr.Radio(["pix2pix-zero", "zerocon"], value="pix2pix-zero", label="method")
-                        p_model = gr.Dropdown(app.backbone_models(), value=MINI, label="model")
-                    p_caption = gr.Textbox(label="caption of the input", elem_id="pix2pix-caption",
-                                           info="empty: the mini model's judge captions its own world's scenes")
-                    p_mode = gr.Radio([WORDS, SENTENCE, SAVED], value=WORDS, label="edit direction from")
-                    with gr.Row():
-                        p_source = gr.Textbox(label="source word", placeholder="red", elem_id="pix2pix-source")
-                        p_target = gr.Textbox(label="target word", placeholder="blue", elem_id="pix2pix-target")
-                        p_bank = gr.Dropdown(["auto", "templates", "world"], value="auto", label="sentence bank",
-                                             info="auto: mini-world captions for mini-world words on the mini "
-                                                  "model, else templates")
-                    p_sentence = gr.Textbox(label="target sentence",
-                                            info="the caption as it should read after the edit; the direction is "
-                                                 "the difference of the two sentences' embeddings")
-                    with gr.Row():
-                        p_saved = gr.Dropdown(app.output.directions(), label="saved direction", scale=3)
-                        p_build = gr.Button("build and save the two words' direction", scale=2)
-                    with gr.Accordion("guidance and inversion", open=False):
-                        p_steps = slider(Pix2PixZeroConfig, "num_steps", 1, 100, 1, "DDIM steps",
-                                         elem_id="pix2pix-steps")
-                        p_cfg = slider(Pix2PixZeroConfig, "guidance_scale", 0, 15, 0.5, "classifier-free guidance")
-                        p_xa = slider(Pix2PixZeroConfig, "xa_guidance", 0, 0.5, 0.01, "cross-attention guidance λ_xa")
-                        p_inversion = gr.Radio(["regularized", "ddim"], value="regularized", label="inversion",
-                                               info=_help(Pix2PixZeroConfig, "inversion")[1])
-                        p_lac = slider(Pix2PixZeroConfig, "lambda_auto_corr", 0, 50, 1, "λ autocorrelation")
-                        p_lkl = slider(Pix2PixZeroConfig, "lambda_kl", 0, 50, 1, "λ KL")
-                        p_lxa = slider(ZeroConConfig, "lambda_xa", 0, 5, 0.1, "zeroCon λ_c (cross-attention)")
-                        p_lcut = slider(ZeroConConfig, "lambda_cut", 0, 5, 0.1, "zeroCon λ_e (PatchNCE)")
-                        p_seed = gr.Number(0, label="seed", precision=0)
-                    p_run = gr.Button("Run", variant="primary", elem_id="pix2pix-run")
-                with gr.Column():
-                    p_out = results("pix2pix")
+        tab = SimpleNamespace(prefix=prefix)
+        with gr.Tab(label, id=prefix), gr.Row():
+            with gr.Column():
+                yield tab
+                tab.run = gr.Button("Run", variant="primary", elem_id=f"{prefix}-run")
+            with gr.Column() as tab.column:
+                tab.outputs = self.results(prefix)
 
-        def pix2pix(image, method, model, caption, mode, source, target, bank, sentence, saved, steps, cfg, xa,
-                    inversion, lac, lkl, lxa, lcut, seed, progress=gr.Progress()):
+    def job(self, tab, handler, inputs: list) -> None:
+        """The tab's Run button calls ``handler(*values, report=...) -> (input picture, Result)`` on the shared
+        queue; the API name is the tab's prefix."""
+        import gradio as gr
+
+        def run(*values, progress=gr.Progress()):
             with _user_errors():
-                if not image:
-                    raise RetouchError("upload an input image first")
-                picture = app.read_image(image, "input image")
-                values = dict(num_steps=int(steps), guidance_scale=cfg, xa_guidance=xa, inversion=inversion,
-                              lambda_auto_corr=lac, lambda_kl=lkl, seed=int(seed or 0))
-                if method == "zerocon":
-                    values.update(lambda_xa=lxa, lambda_cut=lcut)
-                if (caption or "").strip():
-                    values["source_text"] = caption.strip()
-                elif model == MINI:
-                    values["captioner"] = MINI
-                else:
-                    raise RetouchError("give the caption of the input: only the mini model captions images itself")
-                if mode == WORDS:
-                    values.update(edit=f"{(source or '').strip()}->{(target or '').strip()}", bank=bank)
-                elif mode == SENTENCE:
-                    values["target_text"] = (sentence or "").strip()
-                else:
-                    values["directions"] = str(app.output.direction_path(saved or ""))
-                return _outputs(picture, run_edit(app, method, model, picture, values, report=_report(progress)))
+                return _outputs(*handler(*values, report=_report(progress)))
 
-        p_inputs = [p_image, p_method, p_model, p_caption, p_mode, p_source, p_target, p_bank, p_sentence, p_saved,
-                    p_steps, p_cfg, p_xa, p_inversion, p_lac, p_lkl, p_lxa, p_lcut, p_seed]
-        jobs.append(p_run.click(pix2pix, p_inputs, p_out, api_name="pix2pix", **heavy))
+        self.jobs.append(tab.run.click(run, inputs, tab.outputs, api_name=tab.prefix, **self.heavy))
 
-        def build(model, source, target, bank):
-            with _user_errors():
-                name = run_build_direction(app, model, source, target, bank)
-                return gr.update(choices=app.output.directions(), value=name), SAVED
-
-        p_build.click(build, [p_model, p_source, p_target, p_bank], [p_saved, p_mode], api_name="build_direction",
-                      **heavy)
-
-        # ---- PIXELS ------------------------------------------------------------------------------------
-        with gr.Tab("PIXELS", id="pixels"):
-            with gr.Row():
-                with gr.Column():
-                    x_image = upload(label="source image", type="filepath", sources=["upload"], height=280,
-                                     elem_classes="pixelated", elem_id="pixels-source")
-                    x_model = gr.Dropdown(app.backbone_models(), value=MINI, label="model")
-                    gr.Markdown("Each exemplar: upload it, then paint its **edit map** on it — white = take the "
-                                "exemplar, grey or half-transparent = partly, unpainted or black = keep the "
-                                "source. Or upload a grey map instead.")
-                    slots, groups = [], []
-                    for k in range(MAX_EXEMPLARS):
-                        with gr.Group(visible=k == 0) as group:
-                            slot_editor = editor(f"exemplar {k + 1}: upload, then paint its edit map",
-                                                 f"pixels-exemplar{k + 1}")
-                            slot_map = upload(label=f"or upload exemplar {k + 1}'s edit map", type="filepath",
-                                              sources=["upload"], height=140, elem_id=f"pixels-map{k + 1}")
-                        slots += [slot_editor, slot_map]
-                        groups.append(group)
-                    x_count = gr.State(1)
-                    x_add = gr.Button(f"add an exemplar (up to {MAX_EXEMPLARS})")
-                    with gr.Row():
-                        x_threshold = gr.Dropdown(list(THRESHOLDS), value="linear", label="threshold function τ",
-                                                  info=_help(PixelsConfig, "threshold")[1])
-                        x_strength = slider(PixelsConfig, "strength", 0.05, 1, 0.05, "strength")
-                    with gr.Accordion("more settings", open=False):
-                        x_steps = slider(PixelsConfig, "num_steps", 1, 100, 1, "DDIM steps", elem_id="pixels-steps")
-                        x_cfg = slider(PixelsConfig, "guidance_scale", 0, 15, 0.5, "classifier-free guidance")
-                        x_prompt = gr.Textbox(label="prompt", info=_help(PixelsConfig, "prompt")[1])
-                        x_blur = slider(PixelsConfig, "map_blur", 0, 16, 0.5, "soften the maps (blur σ, pixels)")
-                        x_iterative = gr.Checkbox(False, label="iterative", info=_help(PixelsConfig, "iterative")[1])
-                        x_seed = gr.Number(0, label="seed", precision=0)
-                    x_run = gr.Button("Run", variant="primary", elem_id="pixels-run")
-                with gr.Column():
-                    x_out = results("pixels")
-                    x_again = gr.Button("use the result as the source (add more exemplars)")
-
-        def add_exemplar(count):
-            count = min(count + 1, MAX_EXEMPLARS)
-            return [count, *(gr.update(visible=k < count) for k in range(MAX_EXEMPLARS))]
-
-        x_add.click(add_exemplar, x_count, [x_count, *groups], queue=False, api_name=False)
-        x_again.click(lambda path: path, x_out[1], x_image, queue=False, api_name=False)
-
-        def pixels(image, model, threshold, strength, steps, cfg, prompt, blur, iterative, seed, *slot_values,
-                   progress=gr.Progress()):
-            with _user_errors():
-                if not image:
-                    raise RetouchError("upload a source image first")
-                picture = app.read_image(image, "source image")
-                exemplars = []
-                for k in range(MAX_EXEMPLARS):
-                    value, map_path = slot_values[2 * k], slot_values[2 * k + 1]
-                    background = (value or {}).get("background")
-                    if background is None and not map_path:
-                        continue
-                    if background is None:
-                        raise RetouchError(f"exemplar {k + 1} has a map but no image: upload the exemplar too")
-                    edit_map = read_hole(value, map_path, f"exemplar {k + 1}'s edit map")
-                    if edit_map is None:
-                        raise RetouchError(f"exemplar {k + 1} has no edit map: paint where it should go, or "
-                                           "upload a map")
-                    exemplars.append(Exemplar(app.canvas_image(background, f"exemplar {k + 1}"), edit_map))
-                values = dict(threshold=threshold, strength=strength, num_steps=int(steps), guidance_scale=cfg,
-                              prompt=prompt or "", map_blur=blur, iterative=iterative, seed=int(seed or 0))
-                result = run_pixels(app, model, picture, exemplars, values, report=_report(progress))
-                return _outputs(picture, result)
-
-        x_inputs = [x_image, x_model, x_threshold, x_strength, x_steps, x_cfg, x_prompt, x_blur, x_iterative, x_seed,
-                    *slots]
-        jobs.append(x_run.click(pixels, x_inputs, x_out, api_name="pixels", **heavy))
-
-        # ---- portrait (MCDM) ----------------------------------------------------------------------------
-        with gr.Tab("portrait (MCDM)", id="portrait"):
-            with gr.Row():
-                with gr.Column():
-                    f_image = upload(label="input image", type="filepath", sources=["upload"], height=280,
-                                     elem_classes="pixelated", elem_id="portrait-input")
-                    offered = app.portrait_models()
-                    f_model = gr.Dropdown(offered, value=offered[0] if offered else None, label="MCDM model")
-                    if not offered:
-                        gr.Markdown("**No portrait model is available.** Train one with `retouch train portrait` "
-                                    "and start the app with `retouch serve --model FOLDER`.",
-                                    elem_id="portrait-missing")
-                    edits = portrait_directions(offered[0]) if offered else []
-                    f_edit = gr.Dropdown(edits, value=edits[0] if edits else None, label="edit",
-                                         info=_help(PortraitConfig, "edit")[1], elem_id="portrait-edit")
-                    f_spatial = slider(PortraitConfig, "spatial_scale", 0, 15, 0.5, "guidance of the input (c_s)")
-                    f_image_scale = slider(PortraitConfig, "image_scale", 0, 10, 0.5,
-                                           "guidance of the image embedding (c_im)")
-                    f_text = slider(PortraitConfig, "text_scale", 0, 20, 0.5, "guidance of the edit prompt (c_p)")
-                    f_mask = gr.Checkbox(True, label="mask guidance (Eq. 3)", info=_help(PortraitConfig,
-                                                                                         "mask_guidance")[1])
-                    with gr.Accordion("more settings", open=False):
-                        f_steps = slider(PortraitConfig, "num_steps", 1, 100, 1, "DDIM steps", elem_id="portrait-steps")
-                        f_strength = slider(PortraitConfig, "mask_strength", 0.05, 0.95, 0.05, "mask noise level")
-                        f_draws = slider(PortraitConfig, "mask_draws", 1, 20, 1, "mask noise draws")
-                        f_threshold = slider(PortraitConfig, "mask_threshold", 0, 1, 0.05, "mask threshold")
-                        f_seed = gr.Number(0, label="seed", precision=0)
-                    f_run = gr.Button("Run", variant="primary", elem_id="portrait-run")
-                with gr.Column():
-                    f_out = results("portrait")
-
-        f_model.change(lambda model: gr.update(choices=portrait_directions(model or ""),
-                                               value=(portrait_directions(model or "") or [None])[0]),
-                       f_model, f_edit, queue=False, api_name=False)
-
-        def portrait(image, model, edit, spatial, image_scale, text, mask, steps, strength, draws, threshold, seed,
-                     progress=gr.Progress()):
-            with _user_errors():
-                if not image:
-                    raise RetouchError("upload an input image first")
-                picture = app.read_image(image, "input image")
-                values = dict(edit=edit or "", spatial_scale=spatial, image_scale=image_scale, text_scale=text,
-                              mask_guidance=bool(mask), num_steps=int(steps), mask_strength=strength,
-                              mask_draws=int(draws), mask_threshold=threshold, seed=int(seed or 0))
-                return _outputs(picture, run_edit(app, "portrait", model or "", picture, values,
-                                                  report=_report(progress)))
-
-        jobs.append(f_run.click(portrait, [f_image, f_model, f_edit, f_spatial, f_image_scale, f_text, f_mask, f_steps,
-                                           f_strength, f_draws, f_threshold, f_seed], f_out, api_name="portrait",
-                                **heavy))
-
-        # ---- multitask and effects share the compositing controls --------------------------------------
-        def compositing_controls(prefix, config_class):
-            image = editor("input image: upload, then paint the inpainting hole (white = fill in)", f"{prefix}-input")
-            elem = dict(type="filepath", sources=["upload"], height=140)
-            with gr.Row():
-                mask = upload(label="or upload a hole mask (white = hole)", elem_id=f"{prefix}-mask", **elem)
-                reference = upload(label="colour reference (turns colour transfer on)",
-                                   elem_id=f"{prefix}-reference", **elem)
-            blur = slider(config_class, "blur", 0, 1, 0.01, "motion blur β (0 = off)", value=0,
-                          elem_id=f"{prefix}-blur")
-            grain = slider(config_class, "grain", 0, 0.1, 0.005, "film grain σ (0 = off)", value=0,
-                           elem_id=f"{prefix}-grain")
-            with gr.Row():
-                amount = gr.Slider(0, 3, value=0, step=0.1, label="sharpen amount λ (0 = off)",
-                                   info="unsharp masking, multitask paper Table 1: λ in [1, 3]")
-                threshold = gr.Slider(0, 0.1, value=0.02, step=0.005, label="sharpen threshold μ",
-                                      info="only where the detail exceeds μ; Table 1: [0, 0.1]")
-            return image, mask, reference, blur, grain, amount, threshold
-
-        # ---- multitask ---------------------------------------------------------------------------------
-        with gr.Tab("multitask", id="multitask"):
-            with gr.Row():
-                with gr.Column():
-                    offered = app.multitask_models()
-                    m_model = gr.Dropdown(offered, value=offered[0] if offered else None, label="multitask model")
-                    if not offered:
-                        gr.Markdown("**No multitask model is available yet.** Train one with `retouch train "
-                                    "multitask` and start the app with `retouch serve --model FOLDER`.",
-                                    elem_id="multitask-missing")
-                    m_controls = compositing_controls("multitask", MultitaskConfig)
-                    with gr.Row():
-                        m_steps = slider(MultitaskConfig, "num_steps", 1, 100, 1, "DDIM steps")
-                        m_start = gr.Radio(["noise", "ddim-inversion"], value="noise", label="start from",
-                                           info=_help(MultitaskConfig, "start")[1])
-                        m_seed = gr.Number(0, label="seed", precision=0)
-                    m_run = gr.Button("Run", variant="primary", elem_id="multitask-run")
-                with gr.Column():
-                    m_out = results("multitask")
-
-        def multitask(model, value, mask_path, reference, blur, grain, amount, threshold, steps, start, seed,
-                      progress=gr.Progress()):
-            with _user_errors():
-                picture = _editor_image(app, value, "input image")
-                values = dict(blur=blur or None, grain=grain or None, sharpen=f"{amount},{threshold}" if amount else "",
-                              num_steps=int(steps), start=start, seed=int(seed or 0))
-                hole = read_hole(value, mask_path, "hole mask")
-                result = run_multitask(app, model or "", picture, values, reference=reference, hole=hole,
-                                       report=_report(progress))
-                return _outputs(picture, result)
-
-        jobs.append(m_run.click(multitask, [m_model, *m_controls, m_steps, m_start, m_seed], m_out,
-                                api_name="multitask", **heavy))
-
-        # ---- effects -----------------------------------------------------------------------------------
-        with gr.Tab("effects", id="effects"):
-            with gr.Row():
-                with gr.Column():
-                    e_controls = compositing_controls("effects", EffectsRecipe)
-                    with gr.Row():
-                        e_angle = gr.Slider(-180, 180, value=0, step=1, label="blur direction (degrees)")
-                        e_random = gr.Checkbox(True, label="random direction from the seed")
-                    with gr.Row():
-                        e_samples = gr.Slider(1, 800, value=800, step=1, label="grain Monte-Carlo samples",
-                                              info="Newson et al.: 800; fewer is faster and noisier")
-                        e_seed = gr.Number(0, label="seed", precision=0)
-                    e_free = gr.Checkbox(False, label="add a random free-form hole from the seed",
-                                         info="Yu et al. 2019's brush strokes, the multitask paper's inpainting masks")
-                    e_run = gr.Button("Run", variant="primary", elem_id="effects-run")
-                with gr.Column():
-                    e_out = results("effects")
-
-        def effects(value, mask_path, reference, blur, grain, amount, threshold, angle, random, samples, seed,
-                    free, progress=gr.Progress()):
-            with _user_errors():
-                picture = _editor_image(app, value, "input image")
-                result = run_effects(app, picture, blur=blur or None, blur_angle=None if random else angle,
-                                     grain=grain or None, grain_samples=int(samples), reference=reference,
-                                     hole=read_hole(value, mask_path, "hole mask"), random_hole=free,
-                                     sharpen=(amount, threshold) if amount else None, seed=int(seed or 0),
-                                     report=_report(progress))
-                return _outputs(picture, result)
-
-        jobs.append(e_run.click(effects, [*e_controls, e_angle, e_random, e_samples, e_seed, e_free], e_out,
-                                api_name="effects", **heavy))
+    def status(self, blocks, status, concurrency: int) -> None:
+        """The status line, on load and after every job (so "models in memory" stays true)."""
+        app = self.app
 
         def describe():
             loaded = ", ".join(Path(m).name for m in app.cache.loaded()) or "none yet"
@@ -419,16 +181,277 @@ def build_blocks(app: App, *, concurrency: int = 1):
                     f"at a time, {QUEUE_SIZE} waiting at most")
 
         blocks.load(describe, None, status, queue=False, api_name="status")
-        for job in jobs:  # after each job, so "models in memory" stays true
+        for job in self.jobs:
             job.then(describe, None, status, queue=False, api_name=False)
+
+
+def build_blocks(app: App, *, concurrency: int = 1):
+    """The page for ``app``, a tab per method; call ``.queue()`` and ``.launch()`` on it (:func:`serve` does)."""
+    import gradio as gr
+
+    page = _Page(app, concurrency)
+    with gr.Blocks(title="retouch", analytics_enabled=False) as blocks:
+        gr.Markdown("## retouch — diffusion image editing\nUpload an image, choose settings, press **Run**. "
+                    "Results are written to the server's output folder and offered for download.")
+        status = gr.Markdown(elem_id="status")
+        for tab in (_pix2pix_tab, _pixels_tab, _portrait_tab, _multitask_tab, _effects_tab):
+            tab(page)
+        page.status(blocks, status, concurrency)
     return blocks
 
 
-def _editor_image(app: App, value, label: str) -> np.ndarray:
-    background = (value or {}).get("background")
-    if background is None:
-        raise RetouchError(f"upload an {label} first")
-    return app.canvas_image(background, label)
+def _pix2pix_tab(page: _Page) -> None:
+    """pix2pix-zero and zeroCon: a direction from two words' sentence banks, one target sentence or a saved file."""
+    import gradio as gr
+
+    from retouch.directions import BANKS
+    from retouch.methods import get_method
+    from retouch.methods.pix2pix_zero import INVERSIONS
+    from retouch.methods.zerocon import ZeroConConfig
+
+    app = page.app
+    form = ConfigForm(
+        ZeroConConfig, "pix2pix",
+        bank=Shown("sentence bank", choices=("auto", *BANKS), dropdown=True),
+        target_text=Shown("target sentence"),
+        directions=Shown("saved direction", choices=app.output.directions(), dropdown=True, scale=3),
+        num_steps=STEPS, guidance_scale=GUIDANCE, seed=SEED,
+        xa_guidance=Shown("cross-attention guidance λ_xa", range=(0, 0.5, 0.01)),
+        inversion=Shown("inversion", choices=INVERSIONS),
+        lambda_auto_corr=Shown("λ autocorrelation", range=(0, 50, 1)),
+        lambda_kl=Shown("λ KL", range=(0, 50, 1)),
+        lambda_xa=Shown("zeroCon λ_c (cross-attention)", range=(0, 5, 0.1)),
+        lambda_cut=Shown("zeroCon λ_e (PatchNCE)", range=(0, 5, 0.1)))
+    with page.tab("pix2pix-zero / zeroCon", "pix2pix") as tab:
+        image = page.upload("input image", "pix2pix-input", elem_classes="pixelated")
+        with gr.Row():
+            method = gr.Radio(["pix2pix-zero", "zerocon"], value="pix2pix-zero", label="method")
+            model = gr.Dropdown(app.backbone_models(), value=MINI, label="model")
+        caption = gr.Textbox(label="caption of the input", elem_id="pix2pix-caption",
+                             info="empty: the mini model's judge captions its own world's scenes")
+        mode = gr.Radio([WORDS, SENTENCE, SAVED], value=WORDS, label="edit direction from")
+        with gr.Row():
+            source = gr.Textbox(label="source word", placeholder="red", elem_id="pix2pix-source")
+            target = gr.Textbox(label="target word", placeholder="blue", elem_id="pix2pix-target")
+            bank, = form.show("bank")
+        form.show("target_text")
+        with gr.Row():
+            saved, = form.show("directions")
+            build = gr.Button("build and save the two words' direction", scale=2)
+        with gr.Accordion("guidance and inversion", open=False):
+            form.show("num_steps", "guidance_scale", "xa_guidance", "inversion", "lambda_auto_corr", "lambda_kl",
+                      "lambda_xa", "lambda_cut", "seed")
+
+    def edit(path, method_name, model_name, caption, mode, source, target, *settings, report):
+        picture = page.picture(path, "input image")
+        values = form.values(settings)
+        values = {name: value for name, value in values.items() if name in get_method(method_name).option_names()}
+        direction = {WORDS: "bank", SENTENCE: "target_text", SAVED: "directions"}
+        for other in set(direction.values()) - {direction[mode]}:
+            values.pop(other)
+        if mode == WORDS:
+            values["edit"] = f"{(source or '').strip()}->{(target or '').strip()}"
+        elif mode == SENTENCE:
+            values["target_text"] = values["target_text"].strip()
+        else:
+            values["directions"] = str(app.output.direction_path(values["directions"]))
+        if (caption or "").strip():
+            values["source_text"] = caption.strip()
+        elif model_name == MINI:
+            values["captioner"] = MINI
+        else:
+            raise RetouchError("give the caption of the input: only the mini model captions images itself")
+        return picture, run_edit(app, method_name, model_name, picture, values, report=report)
+
+    page.job(tab, edit, [image, method, model, caption, mode, source, target, *form.inputs])
+
+    def build_direction(model_name, source, target, bank_name):
+        with _user_errors():
+            name = run_build_direction(app, model_name, source, target, bank_name)
+            return gr.update(choices=app.output.directions(), value=name), SAVED
+
+    build.click(build_direction, [model, source, target, bank], [saved, mode], api_name="build_direction",
+                **page.heavy)
+
+
+def _pixels_tab(page: _Page) -> None:
+    """PIXELS: exemplars with painted (or uploaded) edit maps; a result can come back as the source."""
+    import gradio as gr
+
+    from retouch.methods.pixels import THRESHOLDS, PixelsConfig
+
+    app = page.app
+    form = ConfigForm(
+        PixelsConfig, "pixels",
+        threshold=Shown("threshold function τ", choices=list(THRESHOLDS), dropdown=True),
+        strength=Shown("strength", range=(0.05, 1, 0.05)), num_steps=STEPS, guidance_scale=GUIDANCE, seed=SEED,
+        prompt=Shown("prompt"), iterative=Shown("iterative"),
+        map_blur=Shown("soften the maps (blur σ, pixels)", range=(0, 16, 0.5)))
+    with page.tab("PIXELS", "pixels") as tab:
+        image = page.upload("source image", "pixels-source", elem_classes="pixelated")
+        model = gr.Dropdown(app.backbone_models(), value=MINI, label="model")
+        gr.Markdown("Each exemplar: upload it, then paint its **edit map** on it — white = take the exemplar, "
+                    "grey or half-transparent = partly, unpainted or black = keep the source. Or upload a grey "
+                    "map instead.")
+        slots, groups = [], []
+        for k in range(1, MAX_EXEMPLARS + 1):
+            with gr.Group(visible=k == 1) as group:
+                slots += [page.editor(f"exemplar {k}: upload, then paint its edit map", f"pixels-exemplar{k}"),
+                          page.upload(f"or upload exemplar {k}'s edit map", f"pixels-map{k}", height=140)]
+            groups.append(group)
+        count = gr.State(1)
+        add = gr.Button(f"add an exemplar (up to {MAX_EXEMPLARS})")
+        with gr.Row():
+            form.show("threshold", "strength")
+        with gr.Accordion("more settings", open=False):
+            form.show("num_steps", "guidance_scale", "prompt", "map_blur", "iterative", "seed")
+    with tab.column:
+        again = gr.Button("use the result as the source (add more exemplars)")
+
+    def add_exemplar(shown):
+        shown = min(shown + 1, MAX_EXEMPLARS)
+        return [shown, *(gr.update(visible=k < shown) for k in range(MAX_EXEMPLARS))]
+
+    add.click(add_exemplar, count, [count, *groups], queue=False, api_name=False)
+    again.click(lambda path: path, tab.outputs[1], image, queue=False, api_name=False)
+
+    def edit(path, model_name, *settings, report):
+        picture = page.picture(path, "source image")
+        settings, slot_values = settings[:len(form.inputs)], settings[len(form.inputs):]
+        exemplars = []
+        for k, (value, map_path) in enumerate(zip(slot_values[::2], slot_values[1::2]), start=1):
+            background = (value or {}).get("background")
+            if background is None and not map_path:
+                continue
+            if background is None:
+                raise RetouchError(f"exemplar {k} has a map but no image: upload the exemplar too")
+            edit_map = page.painted(value, map_path, f"exemplar {k}'s edit map")
+            if edit_map is None:
+                raise RetouchError(f"exemplar {k} has no edit map: paint where it should go, or upload a map")
+            exemplars.append(Exemplar(app.canvas_image(background, f"exemplar {k}"), edit_map))
+        return picture, run_pixels(app, model_name, picture, exemplars, form.values(settings), report=report)
+
+    page.job(tab, edit, [image, model, *form.inputs, *slots])
+
+
+def _portrait_tab(page: _Page) -> None:
+    """The MCDM: an edit direction its model was trained on, with the three guidance scales and DiffEdit's mask."""
+    import gradio as gr
+
+    from retouch.methods.portrait import PortraitConfig
+
+    app = page.app
+    offered = app.portrait_models()
+    form = ConfigForm(
+        PortraitConfig, "portrait",
+        edit=Shown("edit", choices=portrait_directions(offered[0]) if offered else [], dropdown=True),
+        spatial_scale=Shown("guidance of the input (c_s)", range=(0, 15, 0.5)),
+        image_scale=Shown("guidance of the image embedding (c_im)", range=(0, 10, 0.5)),
+        text_scale=Shown("guidance of the edit prompt (c_p)", range=(0, 20, 0.5)),
+        mask_guidance=Shown("mask guidance (Eq. 3)"), num_steps=STEPS, seed=SEED,
+        mask_strength=Shown("mask noise level", range=(0.05, 0.95, 0.05)),
+        mask_draws=Shown("mask noise draws", range=(1, 20, 1)),
+        mask_threshold=Shown("mask threshold", range=(0, 1, 0.05)))
+    with page.tab("portrait (MCDM)", "portrait") as tab:
+        image = page.upload("input image", "portrait-input", elem_classes="pixelated")
+        model = page.model_picker(offered, "MCDM model", "portrait")
+        edit_choice, *_ = form.show("edit", "spatial_scale", "image_scale", "text_scale", "mask_guidance")
+        with gr.Accordion("more settings", open=False):
+            form.show("num_steps", "mask_strength", "mask_draws", "mask_threshold", "seed")
+
+    def directions(model_name):
+        edits = portrait_directions(model_name or "")
+        return gr.update(choices=edits, value=edits[0] if edits else None)
+
+    model.change(directions, model, edit_choice, queue=False, api_name=False)
+
+    def edit(path, model_name, *settings, report):
+        picture = page.picture(path, "input image")
+        return picture, run_edit(app, "portrait", model_name or "", picture, form.values(settings), report=report)
+
+    page.job(tab, edit, [image, model, *form.inputs])
+
+
+def _compositing(page: _Page, form: ConfigForm) -> list:
+    """The controls multitask and effects share: the input with its painted hole, a hole upload, a colour
+    reference, blur and grain (fields of ``form``) and sharpening; returns the non-form ones."""
+    import gradio as gr
+
+    prefix = form.prefix
+    image = page.editor("input image: upload, then paint the inpainting hole (white = fill in)", f"{prefix}-input")
+    with gr.Row():
+        mask = page.upload("or upload a hole mask (white = hole)", f"{prefix}-mask", height=140)
+        reference = page.upload("colour reference (turns colour transfer on)", f"{prefix}-reference", height=140)
+    form.show("blur", "grain")
+    with gr.Row():
+        amount = gr.Slider(0, 3, value=0, step=0.1, label="sharpen amount λ (0 = off)",
+                           info="unsharp masking, multitask paper Table 1: λ in [1, 3]")
+        threshold = gr.Slider(0, 0.1, value=0.02, step=0.005, label="sharpen threshold μ",
+                              info="only where the detail exceeds μ; Table 1: [0, 0.1]")
+    return [image, mask, reference, amount, threshold]
+
+
+def _compositing_inputs(page: _Page, image, mask_path, reference_path) -> tuple:
+    """(input picture, hole map or None, colour reference or None) from the compositing controls."""
+    picture = page.canvas(image, "input image")
+    reference = page.app.read_image(reference_path, "colour reference") if reference_path else None
+    return picture, page.painted(image, mask_path, "hole mask"), reference
+
+
+_BLUR_GRAIN = dict(blur=Shown("motion blur β (0 = off)", range=(0, 1, 0.01), value=0),
+                   grain=Shown("film grain σ (0 = off)", range=(0, 0.1, 0.005), value=0))
+
+
+def _multitask_tab(page: _Page) -> None:
+    """The multitask compositing model: the effects' sliders as its editing vector."""
+    import gradio as gr
+
+    from retouch.methods.multitask import MultitaskConfig
+
+    app = page.app
+    form = ConfigForm(MultitaskConfig, "multitask", **_BLUR_GRAIN, num_steps=STEPS,
+                      start=Shown("start from", choices=["noise", "ddim-inversion"]), seed=SEED)
+    with page.tab("multitask", "multitask") as tab:
+        model = page.model_picker(app.multitask_models(), "multitask model", "multitask")
+        controls = _compositing(page, form)
+        with gr.Row():
+            form.show("num_steps", "start", "seed")
+
+    def edit(model_name, image, mask_path, reference_path, amount, threshold, *settings, report):
+        picture, hole, reference = _compositing_inputs(page, image, mask_path, reference_path)
+        values = {**form.values(settings), "sharpen": f"{amount},{threshold}" if amount else ""}
+        return picture, run_multitask(app, model_name or "", picture, values, reference=reference, hole=hole,
+                                      report=report)
+
+    page.job(tab, edit, [model, *controls, *form.inputs])
+
+
+def _effects_tab(page: _Page) -> None:
+    """``retouch effects``: the compositing operators without a model."""
+    import gradio as gr
+
+    from retouch.effects import EffectsRecipe
+
+    form = ConfigForm(EffectsRecipe, "effects", **_BLUR_GRAIN, seed=SEED)
+    with page.tab("effects", "effects") as tab:
+        controls = _compositing(page, form)
+        with gr.Row():
+            angle = gr.Slider(-180, 180, value=0, step=1, label="blur direction (degrees)")
+            random = gr.Checkbox(True, label="random direction from the seed")
+        with gr.Row():
+            samples = gr.Slider(1, 800, value=800, step=1, label="grain Monte-Carlo samples",
+                                info="Newson et al.: 800; fewer is faster and noisier")
+            form.show("seed")
+        free = gr.Checkbox(False, label="add a random free-form hole from the seed",
+                           info="Yu et al. 2019's brush strokes, the multitask paper's inpainting masks")
+
+    def edit(image, mask_path, reference_path, amount, threshold, angle, random, samples, free, *settings, report):
+        picture, hole, reference = _compositing_inputs(page, image, mask_path, reference_path)
+        return picture, run_effects(page.app, picture, **form.values(settings), blur_angle=None if random else angle,
+                                    grain_samples=int(samples), reference=reference, hole=hole, random_hole=free,
+                                    sharpen=(amount, threshold) if amount else None, report=report)
+
+    page.job(tab, edit, [*controls, angle, random, samples, free, *form.inputs])
 
 
 def serve(output_dir: str | Path, *, host: str = "127.0.0.1", port: int = 7860, max_upload_mb: float = 10.0,
