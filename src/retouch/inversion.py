@@ -15,12 +15,10 @@ through the v→ε conversion instead, which rescales the gradient steps by √�
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable
-
 import torch
 
 from retouch.guidance import autocorrelation_gradient, kl_gradient
-from retouch.sampling import ddim_timesteps, ddim_transition, to_epsilon
+from retouch.sampling import Callback, ddim_invert
 
 
 @dataclass(frozen=True)
@@ -67,27 +65,20 @@ def invert_with_noise_regularization(
     num_steps: int,
     regularization: NoiseRegularization | None = NoiseRegularization(),
     generator: torch.Generator | None = None,
-    callback: Callable[[int, int, torch.Tensor], None] | None = None,
+    callback: Callback | None = None,
 ) -> torch.Tensor:
     """x_T of clean latents x₀ by DDIM inversion (pix2pix-zero Eq. 1–2) with regularized noise.
 
-    Runs on the grid :func:`retouch.sampling.ddim_invert` uses (so it matches diffusers'
-    ``DDIMInverseScheduler``) without classifier-free guidance, conditioned on ``conditioning`` (the
-    caption). ``regularization=None`` gives plain DDIM inversion. The random offsets of L_pair come
-    from ``generator`` (a fresh ``manual_seed(0)`` one if omitted), so inversion is deterministic.
+    :func:`retouch.sampling.ddim_invert` (so it matches diffusers' ``DDIMInverseScheduler``) without
+    classifier-free guidance, conditioned on ``conditioning`` (the caption), with
+    :func:`regularize_noise` as its ``regularize`` hook. ``regularization=None`` gives plain DDIM
+    inversion (up to float rounding). The random offsets of L_pair come from ``generator`` (a fresh
+    ``manual_seed(0)`` one if omitted), so inversion is deterministic.
     """
-    schedule = backbone.schedule
     generator = generator if generator is not None else torch.Generator().manual_seed(0)
-    ratio = schedule.num_train_timesteps // num_steps
-    for i, t in enumerate(ddim_timesteps(schedule, num_steps)[::-1]):
-        # Same pairing as ddim_invert: the output at t is read at the level one step below.
-        alpha_from = schedule.alpha(min(t - ratio, schedule.num_train_timesteps - 1))
-        with torch.no_grad():
-            output = backbone.denoise(latents, t, conditioning)
-        eps = to_epsilon(latents, output, alpha_from, schedule.prediction_type)
-        if regularization is not None:
-            eps = regularize_noise(eps, regularization, generator)
-        latents = ddim_transition(latents, eps, alpha_from, schedule.alpha(t), "epsilon")
-        if callback is not None:
-            callback(i, t, latents)
-    return latents
+    # Without regularization ε still goes through the ε reading (identity hook), as it always has:
+    # for v-prediction that differs from plain ddim_invert by float rounding only.
+    regularize = (lambda eps: eps) if regularization is None else (
+        lambda eps: regularize_noise(eps, regularization, generator))
+    return ddim_invert(torch.no_grad()(backbone.denoise), backbone.schedule, latents, conditioning,
+                       num_steps=num_steps, regularize=regularize, callback=callback)

@@ -1,9 +1,13 @@
 """The sampling core: plain functions over tensors.
 
-Every method composes these; none re-implements a DDIM step. The functions assume valid tensors
-(latents ``(B, C, h, w)``, integer timesteps) and a :class:`NoiseSchedule`; they never touch a model.
-A *denoiser* is any callable ``model_output = denoise(latents, t, conditioning)``; guidance is a
-wrapper around it (``classifier_free_guidance``/``multi_condition_guidance`` below).
+Every method composes these; none re-implements a DDIM step or loop. :func:`ddim_loop` is the one
+loop (in the spirit of k-diffusion's samplers): sampling and inversion are lists of :class:`DDIMStep`,
+and a method changes what happens inside a step through named hooks (``correct`` x_t before the
+network, ``regularize`` its ε, ``blend`` the result, ``callback`` to observe) rather than by
+copying the loop. The functions assume valid tensors (latents ``(B, C, h, w)``, integer timesteps)
+and a :class:`NoiseSchedule`; they never touch a model. A *denoiser* is any callable
+``model_output = denoise(latents, t, conditioning)``; guidance is a wrapper around it
+(``classifier_free_guidance``/``multi_condition_guidance`` below).
 
 Conventions follow diffusers' ``DDIMScheduler``/``DDIMInverseScheduler`` exactly, so results agree
 with diffusers on the same model (tested to 1e-5): ᾱ_t is ``alphas_cumprod[t]``; the step below
@@ -13,7 +17,7 @@ timestep 0 uses ᾱ = 1 when ``set_alpha_to_one`` (the "final alpha"), else ᾱ_
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable, Sequence
+from typing import Callable, NamedTuple, Sequence
 
 import numpy as np
 import torch
@@ -195,18 +199,88 @@ def ddim_step(
     )
 
 
-def ddim_inversion_step(
-    schedule: NoiseSchedule, sample: torch.Tensor, model_output: torch.Tensor, t_from: int, t_to: int
-) -> torch.Tensor:
-    """One deterministic DDIM inversion step x_{t_from} → x_{t_to}, t_to > t_from (Song et al. 2021, Eq. 13).
-
-    ``model_output`` is the network evaluated at ``t_to`` on ``sample`` (the usual approximation
-    x_{t_to} ≈ x_{t_from} inside the network, as in diffusers and pix2pix-zero).
-    """
-    return ddim_transition(sample, model_output, schedule.alpha(t_from), schedule.alpha(t_to), schedule.prediction_type)
-
-
 Denoiser = Callable[[torch.Tensor, int, object], torch.Tensor]
+#: ``hook(i, t, latents) -> latents``: an extension point of :func:`ddim_loop` at step i (timestep t).
+LatentHook = Callable[[int, int, torch.Tensor], torch.Tensor]
+#: ``callback(i, t, latents)`` after step i: progress bars, recording. Every method reports this way.
+Callback = Callable[[int, int, torch.Tensor], None]
+
+
+class DDIMStep(NamedTuple):
+    """One step of :func:`ddim_loop`: the network sees ``t``, its output is read at the noise level of
+    ``t_from`` and the latents move to the level of ``t_to`` (negative: clean data)."""
+
+    t: int
+    t_from: int
+    t_to: int
+
+
+def sampling_steps(schedule: NoiseSchedule, timesteps: Sequence[int], num_steps: int) -> list[DDIMStep]:
+    """DDIM sampling over ``timesteps`` (noisiest first) of a ``num_steps`` schedule: t → one grid step below."""
+    return [DDIMStep(t, t, previous_timestep(schedule, t, num_steps)) for t in timesteps]
+
+
+def inversion_steps(schedule: NoiseSchedule, num_steps: int, until_step: int | None = None) -> list[DDIMStep]:
+    """Deterministic DDIM inversion x₀ → x_T (Song et al. 2021, Eq. 13) on the grid :func:`ddim_timesteps`
+    samples on, the first ``until_step`` steps (all if None).
+
+    As in diffusers' ``DDIMInverseScheduler``, the network runs at the step's target t on the latents
+    still one level below (the usual x_t ≈ x_{t−1} approximation) and its output is read at that lower
+    level: the level of t − N/num_steps, ᾱ = 1 for the first step when ``set_alpha_to_one``.
+    """
+    ratio, n_train = schedule.num_train_timesteps // num_steps, schedule.num_train_timesteps
+    return [DDIMStep(t, min(t - ratio, n_train - 1), t) for t in ddim_timesteps(schedule, num_steps)[::-1][:until_step]]
+
+
+def ddim_loop(
+    denoise: Denoiser,
+    schedule: NoiseSchedule,
+    latents: torch.Tensor,
+    steps: Sequence[DDIMStep],
+    conditioning=None,
+    *,
+    eta: float = 0.0,
+    noises: Sequence[torch.Tensor] | None = None,
+    generator: torch.Generator | None = None,
+    correct: LatentHook | None = None,
+    regularize: Callable[[torch.Tensor], torch.Tensor] | None = None,
+    blend: LatentHook | None = None,
+    callback: Callback | None = None,
+) -> torch.Tensor:
+    """The one DDIM loop: sampling, inversion and every method's editing pass are this with hooks.
+
+    Step i, (t, t_from, t_to) = ``steps[i]``, in this order:
+
+    1. ``correct(i, t, latents)`` moves x_t before the network sees it (pix2pix-zero's cross-attention
+       guidance, zeroCon's contrastive term: x_t ← x_t − λ∇L);
+    2. ``model_output = denoise(latents, t, conditioning)``; guidance wraps the denoiser;
+    3. ``regularize(ε)`` replaces the prediction, first read as ε at ᾱ_{t_from} (pix2pix-zero's noise
+       regularization of the inversion);
+    4. the DDIM transition ᾱ_{t_from} → ᾱ_{t_to} (:func:`ddim_transition`); with η > 0 it adds σ z,
+       z = ``noises[i]`` or drawn from ``generator`` on the CPU;
+    5. ``blend(i, t, latents)`` overwrites parts of the result, which now sits at the level of step
+       i + 1 (PIXELS' per-pixel start, DiffEdit's mask-guided decoding);
+    6. ``callback(i, t, latents)`` observes it.
+    """
+    for i, (t, t_from, t_to) in enumerate(steps):
+        if correct is not None:
+            latents = correct(i, t, latents)
+        model_output = denoise(latents, t, conditioning)
+        alpha_from, prediction_type = schedule.alpha(t_from), schedule.prediction_type
+        if regularize is not None:
+            model_output = regularize(to_epsilon(latents, model_output, alpha_from, prediction_type))
+            prediction_type = "epsilon"
+        noise = None
+        if eta > 0:
+            noise = noises[i] if noises is not None else torch.randn(
+                latents.shape, generator=generator, dtype=latents.dtype, device="cpu").to(latents.device)
+        latents = ddim_transition(latents, model_output, alpha_from, schedule.alpha(t_to), prediction_type,
+                                  eta=eta, noise=noise)
+        if blend is not None:
+            latents = blend(i, t, latents)
+        if callback is not None:
+            callback(i, t, latents)
+    return latents
 
 
 def ddim_sample(
@@ -220,28 +294,18 @@ def ddim_sample(
     eta: float = 0.0,
     generator: torch.Generator | None = None,
     noises: Sequence[torch.Tensor] | None = None,
-    callback: Callable[[int, int, torch.Tensor], None] | None = None,
+    correct: LatentHook | None = None,
+    blend: LatentHook | None = None,
+    callback: Callback | None = None,
 ) -> torch.Tensor:
     """Run DDIM over ``timesteps`` (noisiest first); ``num_steps`` is the full schedule's length.
 
     With η > 0 each step adds σ_t z_t; ``noises[i]`` is step i's z (e.g. the edit-friendly noise
-    maps of :func:`edit_friendly_inversion`), else z is drawn from ``generator``.
-    ``callback(i, t, latents)`` runs after each step (progress bars, step-wise edits).
+    maps of :func:`edit_friendly_inversion`), else z is drawn from ``generator``. ``correct``,
+    ``blend`` and ``callback(i, t, latents)`` are the hooks of :func:`ddim_loop`.
     """
-    for i, t in enumerate(timesteps):
-        model_output = denoise(latents, t, conditioning)
-        noise = None
-        if eta > 0 and noises is not None:
-            noise = noises[i]
-        elif eta > 0:
-            noise = torch.randn(latents.shape, generator=generator, dtype=latents.dtype, device="cpu")
-            noise = noise.to(latents.device)
-        latents = ddim_step(
-            schedule, latents, model_output, t, previous_timestep(schedule, t, num_steps), eta=eta, noise=noise
-        )
-        if callback is not None:
-            callback(i, t, latents)
-    return latents
+    return ddim_loop(denoise, schedule, latents, sampling_steps(schedule, timesteps, num_steps), conditioning,
+                     eta=eta, noises=noises, generator=generator, correct=correct, blend=blend, callback=callback)
 
 
 def ddim_invert(
@@ -252,23 +316,16 @@ def ddim_invert(
     *,
     num_steps: int,
     until_step: int | None = None,
-    callback: Callable[[int, int, torch.Tensor], None] | None = None,
+    regularize: Callable[[torch.Tensor], torch.Tensor] | None = None,
+    callback: Callback | None = None,
 ) -> torch.Tensor:
     """Deterministic DDIM inversion x₀ → x_T over the same grid :func:`ddim_timesteps` samples on.
 
-    ``until_step`` stops after that many steps (inversion to an intermediate strength).
+    ``until_step`` stops after that many steps (inversion to an intermediate strength); ``regularize``
+    replaces each predicted ε (see :func:`ddim_loop` and :mod:`retouch.inversion`).
     """
-    ascending = ddim_timesteps(schedule, num_steps)[::-1]
-    if until_step is not None:
-        ascending = ascending[:until_step]
-    ratio = schedule.num_train_timesteps // num_steps
-    for i, t in enumerate(ascending):
-        model_output = denoise(latents, t, conditioning)
-        t_from = min(t - ratio, schedule.num_train_timesteps - 1)
-        latents = ddim_inversion_step(schedule, latents, model_output, t_from, t)
-        if callback is not None:
-            callback(i, t, latents)
-    return latents
+    return ddim_loop(denoise, schedule, latents, inversion_steps(schedule, num_steps, until_step), conditioning,
+                     regularize=regularize, callback=callback)
 
 
 def edit_friendly_inversion(
@@ -281,7 +338,7 @@ def edit_friendly_inversion(
     *,
     num_steps: int,
     eta: float = 1.0,
-    callback: Callable[[int, int, torch.Tensor], None] | None = None,
+    callback: Callback | None = None,
 ) -> tuple[torch.Tensor, list[torch.Tensor]]:
     """Edit-friendly DDPM noise-space inversion (Huberman-Spiegelglas, Kulikov & Michaeli, CVPR 2024, Alg. 1).
 
@@ -335,7 +392,7 @@ def multi_condition_guidance(outputs: Sequence[torch.Tensor], scales: Sequence[f
     return guided
 
 
-def guided_denoiser(denoise: Denoiser, cond, uncond, scale: float) -> Callable[[torch.Tensor, int, object], torch.Tensor]:
+def guided_denoiser(denoise: Denoiser, cond, uncond, scale: float) -> Denoiser:
     """Wrap ``denoise`` with classifier-free guidance between ``uncond`` and ``cond``.
 
     Both branches run as one batch (``uncond`` rows first). Conditioning objects only need a

@@ -41,13 +41,13 @@ from retouch.errors import RetouchError
 from retouch.methods import register
 from retouch.methods.word_swap import check_range, check_sampling, edit_field, source_text_field, swap_prompts
 from retouch.sampling import (
+    Callback,
     NoiseSchedule,
     add_noise,
     ddim_invert,
-    ddim_step,
+    ddim_sample,
     guided_denoiser,
     img2img_timesteps,
-    previous_timestep,
     to_epsilon,
 )
 
@@ -156,7 +156,7 @@ def mask_guided_decode(
     timesteps: Sequence[int],
     *,
     num_steps: int,
-    callback: Callable[[int, int, torch.Tensor], None] | None = None,
+    callback: Callback | None = None,
 ) -> torch.Tensor:
     """DiffEdit §3.2 step 3: DDIM from x_r = ``trajectory[-1]``, keeping the encoded latents outside ``mask``.
 
@@ -164,15 +164,10 @@ def mask_guided_decode(
     latent at t_prev (ỹ_t = M y_t + (1 − M) x_t); after the last step that is x₀ itself, so outside
     the mask the result equals ``trajectory[0]`` exactly. ``timesteps`` are the
     ``len(trajectory) − 1`` decoding steps, noisiest first; ``denoise(latents, t, None)`` is the
-    (guided) query denoiser.
+    (guided) query denoiser; the put-back is :func:`~retouch.sampling.ddim_loop`'s ``blend``.
     """
-    latents = trajectory[-1]
-    for i, t in enumerate(timesteps):
-        latents = ddim_step(schedule, latents, denoise(latents, t, None), t, previous_timestep(schedule, t, num_steps))
-        latents = torch.where(mask, latents, trajectory[-2 - i])
-        if callback is not None:
-            callback(i, t, latents)
-    return latents
+    return ddim_sample(denoise, schedule, trajectory[-1], timesteps, None, num_steps=num_steps, callback=callback,
+                       blend=lambda i, t, latents: torch.where(mask, latents, trajectory[-2 - i]))
 
 
 @dataclass

@@ -39,7 +39,7 @@ from retouch.guidance import cross_attention_loss
 from retouch.inversion import NoiseRegularization, invert_with_noise_regularization
 from retouch.methods import register
 from retouch.methods.edit_text import EditSpec, parse_edit
-from retouch.sampling import classifier_free_guidance, ddim_step, ddim_timesteps, previous_timestep
+from retouch.sampling import Callback, classifier_free_guidance, ddim_sample, ddim_step, ddim_timesteps, previous_timestep
 
 __all__ = ["Pix2PixZeroConfig", "CrossAttentionTerm", "guided_edit_latents", "guidance_step", "record_features",
            "recording", "run_pix2pix_zero", "invert_with_noise_regularization"]
@@ -223,7 +223,7 @@ def guided_edit_latents(
     step_size: float,
     terms: Sequence = (),
     branches: str = "conditional",
-    callback: Callable[[int, int, torch.Tensor], None] | None = None,
+    callback: Callback | None = None,
     trace: list | None = None,
 ) -> torch.Tensor:
     """Algorithm 1 of pix2pix-zero from x_inv = ``latents``: the guided edited pass, x₀ returned.
@@ -233,6 +233,9 @@ def guided_edit_latents(
     classifier-free-guided DDIM step with ``edit_cond``. ``branches`` says which CFG branches are
     guided (see the module docstring). ``trace``, if given, receives each step's term losses
     ``{name: (rows,)}`` measured before the gradient step (also when ``step_size`` is 0).
+
+    The edited pass is :func:`~retouch.sampling.ddim_sample` whose ``correct`` hook first steps the
+    reconstruction (recording the references), then takes the guidance step on the edited x_t.
     """
     schedule, batch = backbone.schedule, latents.shape[0]
     use_cfg = guidance_scale != 1.0
@@ -245,6 +248,7 @@ def guided_edit_latents(
     sampling_cond = pair([uncond, edit_cond]) if use_cfg else edit_cond
     guided_cond = sampling_cond if both else edit_cond
     steer = bool(terms) and (step_size > 0 or trace is not None)
+    reconstruction = latents
 
     def combine(output):
         return classifier_free_guidance(*output.chunk(2), guidance_scale) if use_cfg else output
@@ -258,26 +262,32 @@ def guided_edit_latents(
             return torch.cat([feature, feature]) if both else feature
         return feature if both else feature[batch:]
 
-    reconstruction = edited = latents
+    def correct(i, t, edited):
+        """The reconstruction's step, recording the references, then Δx_t on the edited pass."""
+        nonlocal reconstruction
+        edited = edited[:batch]  # "both": continue from the unconditional branch's copy (official code)
+        x_in = torch.cat([edited, edited]) if both else edited
+        if not steer:
+            return x_in
+        output, recorded = record_features(backbone, reconstruction if single_reference else doubled(reconstruction),
+                                           t, reference_cond, terms, installed=True)
+        references = [{k: reference_rows(v) for k, v in features.items()} for features in recorded]
+        reconstruction = ddim_step(schedule, reconstruction, output if single_reference else combine(output), t,
+                                   previous_timestep(schedule, t, num_steps))
+        return guidance_step(backbone, x_in, t, guided_cond, terms, references, step_size,
+                             branches=2 if both else 1, trace=trace, installed=True)
+
+    def denoise(x, t, _):
+        """The edited pass's guided ε̃ with the hooks closed; "both": one copy per branch, both stepped with it."""
+        with gate.closed() if steer else nullcontext():
+            output = combine(backbone.denoise(x if both else doubled(x), t, sampling_cond))
+        return torch.cat([output, output]) if both else output
+
     with recording(backbone.unet, terms) if steer else nullcontext() as gate:
-        for i, t in enumerate(ddim_timesteps(schedule, num_steps)):
-            t_prev = previous_timestep(schedule, t, num_steps)
-            x_in = torch.cat([edited, edited]) if both else edited
-            if steer:
-                output, recorded = record_features(backbone, reconstruction if single_reference else
-                                                   doubled(reconstruction), t, reference_cond, terms, installed=True)
-                references = [{k: reference_rows(v) for k, v in features.items()} for features in recorded]
-                reconstruction = ddim_step(schedule, reconstruction, output if single_reference else combine(output),
-                                           t, t_prev)
-                x_in = guidance_step(backbone, x_in, t, guided_cond, terms, references, step_size,
-                                     branches=2 if both else 1, trace=trace, installed=True)
-            with gate.closed() if steer else nullcontext():
-                output = backbone.denoise(x_in if both else doubled(x_in), t, sampling_cond)
-            # "both": the step continues from the unconditional branch's copy, as the official code does.
-            edited = ddim_step(schedule, x_in[:batch], combine(output), t, t_prev)
-            if callback is not None:
-                callback(i, t, edited)
-    return edited
+        edited = ddim_sample(denoise, schedule, latents, ddim_timesteps(schedule, num_steps), None,
+                             num_steps=num_steps, correct=correct,
+                             callback=None if callback is None else lambda i, t, x: callback(i, t, x[:batch]))
+    return edited[:batch]
 
 
 def _same_conditioning(a, b) -> bool:

@@ -40,7 +40,7 @@ import torch.nn.functional as F
 
 from retouch.errors import RetouchError, check_choice
 from retouch.methods import register
-from retouch.sampling import add_noise, ddim_step, guided_denoiser, img2img_timesteps, previous_timestep
+from retouch.sampling import Callback, add_noise, ddim_sample, guided_denoiser, img2img_timesteps
 
 ThresholdFn = Callable[[int], torch.Tensor]
 """``threshold(n) -> (n,)`` values τ₀ ≤ … ≤ τ_{n−1} in [0, 1], one per denoising step actually run."""
@@ -145,23 +145,22 @@ def progressive_sample(
     noise: torch.Tensor,
     *,
     num_steps: int,
-    callback: Callable[[int, int, torch.Tensor], None] | None = None,
+    callback: Callback | None = None,
 ) -> torch.Tensor:
     """Algorithm 1 lines 10-17 with DDIM: copy the re-noised source where ``preserve > τᵢ``, then step.
 
     ``start_latents`` is the noised surgical latent z_mix^T at ``timesteps[0]``; ``preserve`` (B, 1, h, w)
     is the paper's μ_d = 1 − m (the minimum over the maps for several exemplars); ``noise`` is the
     fixed ε every re-noising uses (lines 7 and 13: one draw, re-scaled to each step's ᾱ_t).
+    After step 0 the copy for the next step is :func:`~retouch.sampling.ddim_loop`'s ``blend``.
     """
-    latents = start_latents
-    for i, t in enumerate(timesteps):
-        alpha_t = schedule.alpha(t)
-        latents = torch.where(preserve > thresholds[i], add_noise(source_latents, noise, alpha_t), latents)
-        model_output = denoise(latents, t, None)
-        latents = ddim_step(schedule, latents, model_output, t, previous_timestep(schedule, t, num_steps))
-        if callback is not None:
-            callback(i, t, latents)
-    return latents
+    def copy_source(k, latents):  # line 14 for step k
+        renoised = add_noise(source_latents, noise, schedule.alpha(timesteps[k]))
+        return torch.where(preserve > thresholds[k], renoised, latents)
+
+    return ddim_sample(denoise, schedule, copy_source(0, start_latents), timesteps, None, num_steps=num_steps,
+                       blend=lambda i, t, x: copy_source(i + 1, x) if i + 1 < len(timesteps) else x,
+                       callback=callback)
 
 
 # ---------------------------------------------------------------------------------------------

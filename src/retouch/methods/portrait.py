@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import json
 import shutil
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import torch
@@ -442,7 +442,7 @@ def portrait_edit(model: PortraitModel, images: torch.Tensor, config: PortraitCo
     ``mask`` (B or 1, 1, h, w at latent size, 1 = edit) replaces the mask the model would derive.
     """
     from retouch.methods.diffedit import difference_mask
-    from retouch.sampling import ddim_timesteps, ddim_transition, previous_timestep
+    from retouch.sampling import ddim_sample, ddim_timesteps
 
     config.validate()
     source_prompt, target_prompt = model.spec.prompts(config.edit)
@@ -464,18 +464,17 @@ def portrait_edit(model: PortraitModel, images: torch.Tensor, config: PortraitCo
         soft, mask = difference_mask(predict_noise, source_latents, backbone.schedule, strength=config.mask_strength,
                                      draws=config.mask_draws, seed=config.seed, threshold=config.mask_threshold)
         mask = mask.to(source_latents)
-    generator = torch.Generator().manual_seed(config.seed)
-    latents = torch.randn(source_latents.shape, generator=generator).to(source_latents)
-    timesteps = ddim_timesteps(backbone.schedule, config.num_steps)
     prompts = [target_states] if mask is None else [target_states, source_states]
     pick = None if pooled is None else ([pooled[0], pooled[2]] if mask is None else [pooled[0], pooled[1], pooled[2]])
-    for i, t in enumerate(timesteps):
+
+    def denoise(latents, t, _):
         eps = guided_predictions(model, latents, t, conditions, prompts, null_text, config.scales, pick)
-        noise = eps[0] if mask is None else eps[0] * mask + eps[1] * (1 - mask)  # Eq. 3
-        t_prev = previous_timestep(backbone.schedule, t, config.num_steps)
-        latents = ddim_transition(latents, noise, backbone.schedule.alpha(t), backbone.schedule.alpha(t_prev), "epsilon")
-        if progress is not None:
-            progress(i + 1, len(timesteps))
+        return eps[0] if mask is None else eps[0] * mask + eps[1] * (1 - mask)  # Eq. 3
+
+    schedule = replace(backbone.schedule, prediction_type="epsilon")  # guided_predictions returns ε
+    noise = torch.randn(source_latents.shape, generator=torch.Generator().manual_seed(config.seed)).to(source_latents)
+    latents = ddim_sample(denoise, schedule, noise, ddim_timesteps(schedule, config.num_steps), None,
+                          num_steps=config.num_steps, callback=progress)
     return PortraitResult(backbone.decode_latents(latents).float(), mask, soft)
 
 
