@@ -124,7 +124,7 @@ def method_parameters(method_name: str, family_key: str) -> int:
         return sum(counts.values())
     import torch
 
-    from retouch.methods.multitask import MappingNetwork, MultitaskSpec
+    from retouch.networks.multitask import MappingNetwork, MultitaskSpec
 
     spec, unet = MultitaskSpec(), FAMILIES[family_key].unet
     widened = (spec.input_channels - unet["in_channels"]) * unet["block_out_channels"][0] * 3 * 3
@@ -137,7 +137,7 @@ def _portrait_parameters(family_key: str, counts: dict) -> int:
     """The backbone, c_s's 4 extra input channels, the c_im MLP and a ViT-L/14 image tower."""
     import torch
 
-    from retouch.methods.portrait import ImageEmbeddingMLP, PortraitSpec
+    from retouch.networks.portrait import ImageEmbeddingMLP, PortraitSpec
 
     unet = FAMILIES[family_key].unet
     spec = PortraitSpec(clip_dim=CLIP_IMAGE_WIDTH, latent_channels=unet["in_channels"])

@@ -11,6 +11,7 @@ at the fitted input ``size`` (width, height); the CLI passes the dict to ``edit`
 from __future__ import annotations
 
 from dataclasses import dataclass, fields
+from pathlib import Path
 from typing import Callable
 
 from retouch.errors import RetouchError
@@ -75,6 +76,20 @@ def model_name(method: Method, model: str | None) -> str:
     from retouch.backbone import MINI_NAME
 
     return model or method.default_model or MINI_NAME
+
+
+def trained_model_folder(model: str, marker: str, shipped: Path, kind: str, *, not_shipped: str) -> Path:
+    """``--model`` of a method that runs its own trained model: a folder with ``marker`` (``portrait.json``, …).
+
+    ``kind`` names the model in the error; ``not_shipped`` says what is wrong when ``model`` is the
+    shipped default ``shipped`` and the installation lacks it.
+    """
+    folder, command = Path(model), f"`retouch train {kind.split()[0]}`"
+    if not (folder / marker).is_file():
+        if folder == shipped:
+            raise RetouchError(f"{not_shipped}; train one with {command} and pass its folder with --model")
+        raise RetouchError(f"--model '{model}' is not a {kind} model folder (no {marker}); train one with {command}")
+    return folder
 
 
 def load_method_model(method: Method, model: str | None = None, *, device: str = "auto", dtype=None,

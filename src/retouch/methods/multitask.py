@@ -1,358 +1,24 @@
-"""Multi-task image-to-image diffusion with fine-grained control (the multitask paper, §3.2, Table 1).
+"""Multi-task image-to-image diffusion with fine-grained control (the multitask paper, §3.2, Table 1),
+as ``retouch edit --method multitask``.
 
-One latent diffusion model learns five compositing effects at once. The denoiser ε_θ(z_0^A, I_ref, C,
-z_t^B, t) sees, concatenated on its input channels, the noisy target latent z_t^B, the source latent
-z_0^A and the colour reference I_ref as RGB downsampled to the latent size; the *editing vector*
-
-    C = [β, σ, λ, μ, e1, e2, e3, e4, e5]
-
-(blur degree, grain size, sharpening amount and threshold, then the binary activation labels of blur,
-grain, colour transfer, inpainting and sharpening, in the paper's order) goes through the mapping
-network f_θ — two linear layers with a SiLU between — into the U-Net's cross-attention. Inactive
-tasks' conditions are zero (their scalars, their label, a zero reference); inpainting multiplies the
-source image by the mask before encoding. Training minimises ‖ε_θ − ε‖_p^p with p = 1 (Eq. 2) on
-examples labelled with no task or one task; at inference any combination of tasks can be switched on.
-
-Palette++ (the paper's baseline) is the same network with everything concatenated: z_A, I_ref and C
-broadcast over the latent grid, and a constant, all-zero cross-attention context.
+One latent diffusion model learns five compositing effects at once (the network:
+:mod:`retouch.networks.multitask`; its training and Eq. 2 loss: :mod:`retouch.train.multitask`). At
+inference any combination of tasks can be switched on: DDIM from random noise, each example
+conditioned on its own source latent, colour reference and editing vector C.
 """
 
 from __future__ import annotations
 
-import json
-import math
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
-from torch import nn
 
-from retouch.backbone import widen_conv_in  # noqa: F401  (re-exported: the multitask tests and callers import it here)
+from retouch.backbone import widen_conv_in  # noqa: F401  (old import path; the tests use it)
 from retouch.errors import RetouchError
-
-TASKS = ("blur", "grain", "colour", "inpaint", "sharpen")  # e1..e5, the paper's label order (§4.1)
-SCALARS = ("beta", "sigma", "lambda", "mu")  # β, σ, λ, μ (Table 1)
-RANGES = {"beta": (0.0, 1.0), "sigma": (0.0, 0.1), "lambda": (1.0, 3.0), "mu": (0.0, 0.1)}  # Table 1
-CONDITIONINGS = ("cross-attention", "concat")  # ours, Palette++
-
-
-@dataclass(frozen=True)
-class EditingVector:
-    """Which tasks are on, with their sliders. ``None`` / ``False`` = the task is off."""
-
-    blur: float | None = None  # β ∈ [0, 1]
-    grain: float | None = None  # σ ∈ [0, 0.1]
-    colour: bool = False  # a colour reference is given
-    inpaint: bool = False  # an inpainting mask is given
-    sharpen: tuple[float, float] | None = None  # (λ ∈ [1, 3], μ ∈ [0, 0.1])
-
-    def validate(self) -> None:
-        values = {"beta": self.blur, "sigma": self.grain}
-        if self.sharpen is not None:
-            values["lambda"], values["mu"] = self.sharpen
-        flags = {"beta": "--blur", "sigma": "--grain", "lambda": "--sharpen amount", "mu": "--sharpen threshold"}
-        for name, value in values.items():
-            if value is None:
-                continue
-            low, high = RANGES[name]
-            if not low <= float(value) <= high:  # NaN fails too
-                raise RetouchError(f"{flags[name]} must lie in [{low:g}, {high:g}] (multitask paper, Table 1); "
-                                   f"got {value}")
-
-    @property
-    def active(self) -> tuple[bool, ...]:
-        return (self.blur is not None, self.grain is not None, self.colour, self.inpaint, self.sharpen is not None)
-
-    def as_tensor(self, labels: bool = True) -> torch.Tensor:
-        """C = [β, σ, λ, μ, e1..e5] (or the first four only, for the no-labels ablation), float32."""
-        lam, mu = self.sharpen if self.sharpen is not None else (0.0, 0.0)
-        scalars = [self.blur or 0.0, self.grain or 0.0, lam, mu]
-        return torch.tensor(scalars + ([float(a) for a in self.active] if labels else []), dtype=torch.float32)
-
-
-class MappingNetwork(nn.Module):
-    """f_θ: the editing vector → a cross-attention context of ``tokens`` vectors of size ``width``.
-
-    ``depth`` linear layers with SiLU between them (the paper: 2; its ablation: 0, 1, 2, 4). Depth 0
-    passes C through, zero-padded to ``width``.
-    """
-
-    def __init__(self, in_features: int, width: int, depth: int = 2, tokens: int = 1):
-        super().__init__()
-        if depth < 0 or tokens < 1 or (depth == 0 and (in_features > width or tokens != 1)):
-            raise RetouchError(f"mapping network: depth {depth} with {tokens} token(s) cannot map {in_features} "
-                               f"features to width {width}")
-        self.in_features, self.width, self.depth, self.tokens = in_features, width, depth, tokens
-        layers: list[nn.Module] = []
-        sizes = [in_features] + [width] * (depth - 1) + [width * tokens] if depth else []
-        for k in range(depth):
-            layers.append(nn.Linear(sizes[k], sizes[k + 1]))
-            if k < depth - 1:
-                layers.append(nn.SiLU())
-        self.layers = nn.Sequential(*layers)
-
-    def forward(self, vector: torch.Tensor) -> torch.Tensor:
-        if self.depth == 0:
-            return F.pad(vector, (0, self.width - self.in_features))[:, None, :]
-        return self.layers(vector).view(vector.shape[0], self.tokens, self.width)
-
-
-@dataclass
-class MultitaskSpec:
-    """What a saved multitask model is (``multitask.json``)."""
-
-    conditioning: str = "cross-attention"
-    labels: bool = True
-    mapping_depth: int = 2
-    mapping_tokens: int = 1
-    latent_channels: int = 4
-    #: Factor on the conditioning channels (z_A, reference, Palette++'s C maps) before the U-Net. The
-    #: weights reading them start at zero and Adam moves each weight by about the learning rate per
-    #: step whatever its gradient's size, so a gain g makes those channels learn g× faster (the
-    #: "equalised learning rate" of Karras et al. 2018). 1 is the paper's plain concatenation.
-    input_gain: float = 1.0
-
-    @property
-    def vector_size(self) -> int:
-        return len(SCALARS) + (len(TASKS) if self.labels else 0)
-
-    @property
-    def input_channels(self) -> int:
-        extra = self.vector_size if self.conditioning == "concat" else 0
-        return 2 * self.latent_channels + 3 + extra
-
-
-class MultitaskDenoiser(nn.Module):
-    """ε_θ(z_0^A, I_ref, C, z_t^B, t): the U-Net with widened input and its conditioning (Fig. 1)."""
-
-    def __init__(self, unet, mapping: MappingNetwork, spec: MultitaskSpec, vae_factor: int = 8):
-        """``vae_factor``: pixels per latent cell along a side (SDXL's size conditioning is in pixels)."""
-        super().__init__()
-        if spec.conditioning not in CONDITIONINGS:
-            raise RetouchError(f"unknown conditioning {spec.conditioning!r}; choose from {', '.join(CONDITIONINGS)}")
-        if unet.config.in_channels != spec.input_channels:
-            raise RetouchError(f"the U-Net takes {unet.config.in_channels} input channels; this model needs "
-                               f"{spec.input_channels}")
-        if unet.config.addition_embed_type not in (None, "text_time"):
-            raise RetouchError("the multitask denoiser conditions U-Nets with no added embedding (SD 1.x/2.x) or "
-                               f"SDXL's text_time; this one has {unet.config.addition_embed_type!r}")
-        self.unet, self.mapping, self.spec, self.vae_factor = unet, mapping, spec, vae_factor
-
-    def context(self, vector: torch.Tensor) -> torch.Tensor:
-        if self.spec.conditioning == "concat":  # Palette++: nothing through cross-attention
-            return vector.new_zeros(vector.shape[0], 1, self.unet.config.cross_attention_dim)
-        return self.mapping(vector)
-
-    def forward(self, noisy, t, source_latents, reference_small, vector) -> torch.Tensor:
-        conditions = [source_latents.to(noisy.dtype), reference_small.to(noisy.dtype)]
-        if self.spec.conditioning == "concat":
-            conditions.append(vector[:, :, None, None].expand(-1, -1, *noisy.shape[-2:]).to(noisy.dtype))
-        conditions = torch.cat(conditions, dim=1)
-        if self.spec.input_gain != 1.0:
-            conditions = conditions * self.spec.input_gain
-        context = self.context(vector.to(noisy.dtype))
-        return self.unet(torch.cat([noisy, conditions], dim=1), t, encoder_hidden_states=context,
-                         added_cond_kwargs=self.added_conditioning(noisy)).sample
-
-    def added_conditioning(self, latents: torch.Tensor) -> dict | None:
-        """SDXL's added conditioning (Podell et al. 2023, §2.2) for a model without text.
-
-        The pooled text embedding is zero, so the added embedding carries only the micro-conditioning
-        time ids (H, W, 0, 0, H, W) in pixels: original size = target size, no crop.
-        """
-        config = self.unet.config
-        if config.addition_embed_type != "text_time":
-            return None
-        pooled_size = config.projection_class_embeddings_input_dim - 6 * config.addition_time_embed_dim
-        height, width = (side * self.vae_factor for side in latents.shape[-2:])
-        time_ids = latents.new_tensor([height, width, 0, 0, height, width]).expand(latents.shape[0], -1)
-        return {"text_embeds": latents.new_zeros(latents.shape[0], pooled_size), "time_ids": time_ids}
-
-
-@dataclass
-class MultitaskModel:
-    """The autoencoder, the denoiser and the noise schedule: everything a multitask edit needs."""
-
-    vae: object
-    denoiser: MultitaskDenoiser
-    scheduler_config: dict
-
-    @property
-    def spec(self) -> MultitaskSpec:
-        return self.denoiser.spec
-
-    @property
-    def device(self) -> torch.device:
-        return next(self.denoiser.parameters()).device
-
-    @property
-    def dtype(self) -> torch.dtype:
-        return next(self.denoiser.parameters()).dtype
-
-    @property
-    def size_multiple(self) -> int:
-        """Image sides must be multiples of this: the VAE's factor times the U-Net's downsamplings."""
-        return self.denoiser.vae_factor * 2 ** (len(self.denoiser.unet.config.block_out_channels) - 1)
-
-    @classmethod
-    def from_backbone(cls, backbone, spec: MultitaskSpec | None = None) -> "MultitaskModel":
-        """Initialise from a text-to-image backbone's U-Net and VAE (the paper's initialisation)."""
-        spec = spec or MultitaskSpec(latent_channels=backbone.unet.config.in_channels)
-        unet = widen_conv_in(backbone.unet, spec.input_channels)
-        mapping = MappingNetwork(spec.vector_size, unet.config.cross_attention_dim, spec.mapping_depth,
-                                 spec.mapping_tokens)
-        # Eq. 2 trains ε_θ, whatever the init predicted (SD 2.1: v), so sampling must read ε.
-        scheduler_config = {**dict(backbone.scheduler_config), "prediction_type": "epsilon"}
-        return cls(backbone.vae, MultitaskDenoiser(unet, mapping, spec, backbone.vae_scale_factor), scheduler_config)
-
-    def save(self, folder: Path) -> None:
-        from safetensors.torch import save_file
-
-        folder = Path(folder)
-        folder.mkdir(parents=True, exist_ok=True)
-        self.vae.save_pretrained(folder / "vae", safe_serialization=True)
-        self.denoiser.unet.save_pretrained(folder / "unet", safe_serialization=True)
-        save_file({k: v.contiguous() for k, v in self.denoiser.mapping.state_dict().items()} or
-                  {"_empty": torch.zeros(0)}, str(folder / "mapping.safetensors"))
-        (folder / "multitask.json").write_text(json.dumps({"spec": asdict(self.spec),
-                                                           "scheduler": self.scheduler_config}, indent=2))
-
-    @classmethod
-    def load(cls, folder: Path, device: str | torch.device = "cpu") -> "MultitaskModel":
-        from diffusers import AutoencoderKL, UNet2DConditionModel
-        from safetensors.torch import load_file
-
-        folder = Path(folder)
-        meta_path = folder / "multitask.json"
-        if not meta_path.is_file():
-            raise RetouchError(f"'{folder}' is not a multitask model folder (no multitask.json)")
-        meta = json.loads(meta_path.read_text())
-        spec = MultitaskSpec(**meta["spec"])
-        try:
-            vae = AutoencoderKL.from_pretrained(folder / "vae").to(device).eval()
-            unet = UNet2DConditionModel.from_pretrained(folder / "unet").to(device).eval()
-            weights = load_file(str(folder / "mapping.safetensors"))
-        except (OSError, ValueError) as error:
-            raise RetouchError(f"cannot load the multitask model in '{folder}': {str(error).splitlines()[0]}") from None
-        mapping = MappingNetwork(spec.vector_size, unet.config.cross_attention_dim, spec.mapping_depth,
-                                 spec.mapping_tokens)
-        mapping.load_state_dict({k: v for k, v in weights.items() if k != "_empty"})
-        vae_factor = 2 ** (len(vae.config.block_out_channels) - 1)  # as Backbone.vae_scale_factor
-        return cls(vae, MultitaskDenoiser(unet, mapping.to(device).eval(), spec, vae_factor), meta["scheduler"])
-
-
-# ---------------------------------------------------------------------------------------------
-# Conditioning inputs, loss, sampling
-# ---------------------------------------------------------------------------------------------
-def conditioning_inputs(model: MultitaskModel, images: torch.Tensor, vector: EditingVector,
-                        reference: torch.Tensor | None = None, mask: torch.Tensor | None = None):
-    """(z_0^A, I_ref at latent size, C) for images (B, 3, H, W) in [−1, 1].
-
-    ``mask`` (B, 1, H, W), 1 = keep, 0 = hole, is applied to the source before encoding when the
-    inpainting task is on; ``reference`` (B or 1, 3, h, w) in [−1, 1] is resized to the latent grid
-    when colour transfer is on; otherwise the reference input is zero (§4.1).
-    """
-    images = masked_input(images, vector, mask)
-    latents = encode(model, images)
-    small = reference_input(reference, vector, latents)
-    c = vector.as_tensor(model.spec.labels).to(latents.device)[None].expand(latents.shape[0], -1)
-    return latents, small, c
-
-
-def masked_input(images: torch.Tensor, vector: EditingVector, keep: torch.Tensor | None) -> torch.Tensor:
-    """The source as the model sees it: times the keep-mask when inpainting is on (§4.1)."""
-    if not vector.inpaint:
-        return images
-    if keep is None:
-        raise RetouchError("the inpainting task needs a mask")
-    return images * keep.to(images)
-
-
-def reference_input(reference: torch.Tensor | None, vector: EditingVector, like: torch.Tensor) -> torch.Tensor:
-    """I_ref area-resized to ``like``'s grid and batch when colour transfer is on, else zeros (§4.1)."""
-    if not vector.colour:
-        return like.new_zeros(like.shape[0], 3, *like.shape[-2:])
-    if reference is None:
-        raise RetouchError("the colour-transfer task needs a reference image")
-    small = F.interpolate(reference.to(like), size=like.shape[-2:], mode="area")
-    return small.expand(like.shape[0], -1, -1, -1)
-
-
-def encode(model: MultitaskModel, images: torch.Tensor) -> torch.Tensor:
-    vae = model.vae
-    return vae.encode(images.to(vae.dtype)).latent_dist.mode() * vae.config.scaling_factor
-
-
-def decode(model: MultitaskModel, latents: torch.Tensor) -> torch.Tensor:
-    vae = model.vae
-    return vae.decode(latents / vae.config.scaling_factor).sample
-
-
-def multitask_loss(denoiser: MultitaskDenoiser, alphas_cumprod: torch.Tensor, target_latents, source_latents,
-                   reference_small, vectors, generator: torch.Generator | None = None, p: float = 1.0,
-                   n_pair: str | None = None, n_pair_weight: float = 0.0, loss_space: str = "epsilon"):
-    """Eq. 2: E ‖ε_θ(z_0^A, I_ref, C, z_t^B, t) − ε‖_p^p with t uniform, p = 1 by default (mean over elements).
-
-    ``n_pair`` adds ``n_pair_weight`` × the N-pair loss of Eq. 3 (§5, Table 5) on the U-Net's bottleneck
-    features (``"bottleneck"``, the paper's config A) or on the label features f_θ(C) (``"labels"``,
-    config B), with the binary task labels of C as the classes.
-
-    ``loss_space="v"`` (not the paper's) measures the same ε prediction's error in v = √ᾱ ε − √(1−ᾱ) z_0
-    (Salimans & Ho 2022), i.e. weights |ε̂ − ε| by 1/√ᾱ_t: at ᾱ ≈ 0.007 (t ≈ 960) an ε error is a z_0
-    error ~12× larger, and plain ε loss barely rewards reading z_A there, so sampling from noise commits
-    to a wrong scene in its first steps (docs/multitask.md).
-    """
-    from retouch.sampling import add_noise
-
-    t = torch.randint(0, len(alphas_cumprod), (target_latents.shape[0],), generator=generator)
-    noise = torch.randn(target_latents.shape, generator=generator).to(target_latents)
-    noisy = add_noise(target_latents, noise, alphas_cumprod[t].to(target_latents))
-    captured = {}
-    handle = None
-    if n_pair == "bottleneck":
-        handle = denoiser.unet.mid_block.register_forward_hook(lambda _m, _i, out: captured.update(mid=out))
-    try:
-        prediction = denoiser(noisy, t.to(target_latents.device), source_latents, reference_small, vectors)
-    finally:
-        if handle is not None:
-            handle.remove()
-    error = (prediction.float() - noise.float()).abs()
-    if loss_space == "v":
-        error = error / alphas_cumprod[t].to(error).sqrt()[:, None, None, None]
-    elif loss_space != "epsilon":
-        raise RetouchError(f"loss space must be epsilon or v; got {loss_space!r}")
-    loss = error.pow(p).mean()
-    if n_pair is None or n_pair_weight == 0:
-        return loss
-    if not denoiser.spec.labels:
-        raise RetouchError("the N-pair loss needs the binary task labels in C (train without --no-labels)")
-    if n_pair == "bottleneck":
-        features = captured["mid"].float().mean(dim=(2, 3))
-    elif n_pair == "labels":
-        features = denoiser.mapping(vectors).flatten(1).float()
-    else:
-        raise RetouchError(f"--n-pair must be bottleneck or labels; got {n_pair!r}")
-    return loss + n_pair_weight * n_pair_loss(features, vectors[:, len(SCALARS):])
-
-
-def n_pair_loss(features: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """The N-pair loss of the multitask paper's Eq. 3 (after Aksoy et al. 2018), over one batch P.
-
-        L = 1/|P| Σ_{p<q} 𝟙[l_p = l_q] log((1 + exp(‖f_p − f_q‖)) / 2) + 𝟙[l_p ≠ l_q] log(1 + exp(−‖f_p − f_q‖) / 2)
-
-    Same-label pairs are pulled together (the first term is 0 at distance 0 and grows), different-label
-    pairs pushed apart (the second falls towards 0 with distance). The second term is read as printed,
-    log(1 + e^{−d}/2), which keeps the loss non-negative. ``labels`` (B, L): rows equal ⇔ same class.
-    """
-    count = features.shape[0]
-    diff = features[:, None, :] - features[None, :, :]
-    distance = (diff.pow(2).sum(-1) + 1e-12).sqrt()  # the epsilon keeps the gradient finite at 0
-    same = (labels[:, None, :] == labels[None, :, :]).all(dim=-1)
-    pull = F.softplus(distance) - math.log(2.0)
-    push = torch.log1p(torch.exp(-distance) / 2)
-    pairs = torch.triu(torch.ones(count, count, dtype=torch.bool, device=features.device), diagonal=1)
-    return torch.where(same, pull, push)[pairs].sum() / count
+from retouch.methods import trained_model_folder
+from retouch.networks.multitask import EditingVector, MultitaskModel, conditioning_inputs, decode
+from retouch.networks.multitask import MappingNetwork, MultitaskDenoiser, MultitaskSpec, encode  # noqa: F401  (ditto)
 
 
 @torch.no_grad()
@@ -454,13 +120,8 @@ def load_multitask_inputs(config: MultitaskConfig, size: tuple[int, int], device
 
 def load_multitask_model(model: str, *, device="cpu", dtype=torch.float32, **_) -> MultitaskModel:
     """``--model`` for ``--method multitask``: a folder written by ``retouch train multitask``."""
-    folder = Path(model)
-    if not (folder / "multitask.json").is_file():
-        if folder == SHIPPED_MODEL:
-            raise RetouchError("no multitask model is shipped yet; train one with `retouch train multitask` "
-                               "and pass its folder with --model")
-        raise RetouchError(f"--model '{model}' is not a multitask model folder (no multitask.json); "
-                           "train one with `retouch train multitask`")
+    folder = trained_model_folder(model, "multitask.json", SHIPPED_MODEL, "multitask",
+                                  not_shipped="no multitask model is shipped yet")
     loaded = MultitaskModel.load(folder, device=device)
     loaded.vae.to(dtype)
     loaded.denoiser.to(dtype)
@@ -480,3 +141,12 @@ def _register() -> None:
 
 
 _register()
+
+
+def __getattr__(name: str):
+    """The training losses moved to :mod:`retouch.train.multitask`; old imports of them keep working."""
+    if name in ("multitask_loss", "n_pair_loss"):
+        from retouch.train import multitask as trainer
+
+        return getattr(trainer, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

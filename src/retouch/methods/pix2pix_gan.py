@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from retouch.errors import RetouchError
-from retouch.methods.multitask import EditingVector, masked_input, reference_input
+from retouch.networks.multitask import EditingVector, masked_input, reference_input
 
 L1_WEIGHT = 100.0  # pix2pix's λ
 

@@ -19,7 +19,7 @@ import torch
 
 from retouch.data.compositing import GRAIN_NAMES, MULTI_TASKS, iter_compositing
 from retouch.errors import RetouchError
-from retouch.methods.multitask import EditingVector, MultitaskModel
+from retouch.networks.multitask import EditingVector, MultitaskModel
 from retouch.metrics import kid, l1, ssim
 
 SINGLE_TASKS = ("blur", "grain", "colour", "inpaint", "sharpen")
@@ -113,7 +113,8 @@ def edit_cases(model, images: torch.Tensor, batch: list[Case], vectors: list[Edi
     Example k of a diffusion model starts from the noise of seed ``seed + k``: the edit a batch of one
     with that seed would give.
     """
-    from retouch.methods.multitask import conditioning_inputs, masked_input, sample_conditioned
+    from retouch.methods.multitask import sample_conditioned
+    from retouch.networks.multitask import conditioning_inputs, masked_input
     from retouch.methods.pix2pix_gan import Pix2PixGAN, gan_condition
 
     def extras(case):

@@ -8,34 +8,104 @@ task's condition zero. The autoencoder is frozen; the denoiser (widened U-Net + 
 Eq. 2 loss. The training split is read once into memory as 8-bit arrays (a 64² set of a few thousand
 crops is a few hundred MB) and, for the diffusion models, encoded once into a latent cache (every
 input and target latent: a twelfth of the pixels' values at the VAE's factor 4); batches are a pure
-function of the step, so runs resume exactly.
+function of the step, so runs resume exactly. The losses (Eq. 2, Eq. 3's N-pair term) live here; the
+network is :mod:`retouch.networks.multitask`.
 """
 
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 from retouch.data.compositing import GRAIN_NAMES, iter_compositing, read_summary
 from retouch.distributed import is_main_process, wait_for_everyone
 from retouch.errors import RetouchError
-from retouch.methods.multitask import (
+from retouch.networks.multitask import (
+    SCALARS,
     TASKS,
     EditingVector,
+    MultitaskDenoiser,
     MultitaskModel,
     MultitaskSpec,
     encode,
     masked_input,
-    multitask_loss,
     reference_input,
 )
 from retouch.train.loop import LoopConfig, train
 
 LABELS = (None, *TASKS)  # "none" plus each single task, drawn uniformly (§4.1)
+
+
+def multitask_loss(denoiser: MultitaskDenoiser, alphas_cumprod: torch.Tensor, target_latents, source_latents,
+                   reference_small, vectors, generator: torch.Generator | None = None, p: float = 1.0,
+                   n_pair: str | None = None, n_pair_weight: float = 0.0, loss_space: str = "epsilon"):
+    """Eq. 2: E ‖ε_θ(z_0^A, I_ref, C, z_t^B, t) − ε‖_p^p with t uniform, p = 1 by default (mean over elements).
+
+    ``n_pair`` adds ``n_pair_weight`` × the N-pair loss of Eq. 3 (§5, Table 5) on the U-Net's bottleneck
+    features (``"bottleneck"``, the paper's config A) or on the label features f_θ(C) (``"labels"``,
+    config B), with the binary task labels of C as the classes.
+
+    ``loss_space="v"`` (not the paper's) measures the same ε prediction's error in v = √ᾱ ε − √(1−ᾱ) z_0
+    (Salimans & Ho 2022), i.e. weights |ε̂ − ε| by 1/√ᾱ_t: at ᾱ ≈ 0.007 (t ≈ 960) an ε error is a z_0
+    error ~12× larger, and plain ε loss barely rewards reading z_A there, so sampling from noise commits
+    to a wrong scene in its first steps (docs/multitask.md).
+    """
+    from retouch.sampling import add_noise
+
+    t = torch.randint(0, len(alphas_cumprod), (target_latents.shape[0],), generator=generator)
+    noise = torch.randn(target_latents.shape, generator=generator).to(target_latents)
+    noisy = add_noise(target_latents, noise, alphas_cumprod[t].to(target_latents))
+    captured = {}
+    handle = None
+    if n_pair == "bottleneck":
+        handle = denoiser.unet.mid_block.register_forward_hook(lambda _m, _i, out: captured.update(mid=out))
+    try:
+        prediction = denoiser(noisy, t.to(target_latents.device), source_latents, reference_small, vectors)
+    finally:
+        if handle is not None:
+            handle.remove()
+    error = (prediction.float() - noise.float()).abs()
+    if loss_space == "v":
+        error = error / alphas_cumprod[t].to(error).sqrt()[:, None, None, None]
+    elif loss_space != "epsilon":
+        raise RetouchError(f"loss space must be epsilon or v; got {loss_space!r}")
+    loss = error.pow(p).mean()
+    if n_pair is None or n_pair_weight == 0:
+        return loss
+    if not denoiser.spec.labels:
+        raise RetouchError("the N-pair loss needs the binary task labels in C (train without --no-labels)")
+    if n_pair == "bottleneck":
+        features = captured["mid"].float().mean(dim=(2, 3))
+    elif n_pair == "labels":
+        features = denoiser.mapping(vectors).flatten(1).float()
+    else:
+        raise RetouchError(f"--n-pair must be bottleneck or labels; got {n_pair!r}")
+    return loss + n_pair_weight * n_pair_loss(features, vectors[:, len(SCALARS):])
+
+
+def n_pair_loss(features: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """The N-pair loss of the multitask paper's Eq. 3 (after Aksoy et al. 2018), over one batch P.
+
+        L = 1/|P| Σ_{p<q} 𝟙[l_p = l_q] log((1 + exp(‖f_p − f_q‖)) / 2) + 𝟙[l_p ≠ l_q] log(1 + exp(−‖f_p − f_q‖) / 2)
+
+    Same-label pairs are pulled together (the first term is 0 at distance 0 and grows), different-label
+    pairs pushed apart (the second falls towards 0 with distance). The second term is read as printed,
+    log(1 + e^{−d}/2), which keeps the loss non-negative. ``labels`` (B, L): rows equal ⇔ same class.
+    """
+    count = features.shape[0]
+    diff = features[:, None, :] - features[None, :, :]
+    distance = (diff.pow(2).sum(-1) + 1e-12).sqrt()  # the epsilon keeps the gradient finite at 0
+    same = (labels[:, None, :] == labels[None, :, :]).all(dim=-1)
+    pull = F.softplus(distance) - math.log(2.0)
+    push = torch.log1p(torch.exp(-distance) / 2)
+    pairs = torch.triu(torch.ones(count, count, dtype=torch.bool, device=features.device), diagonal=1)
+    return torch.where(same, pull, push)[pairs].sum() / count
 
 
 @dataclass

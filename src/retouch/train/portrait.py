@@ -5,8 +5,9 @@ the pair filter dropped are skipped. Several directions train one model: each di
 target prompts (p_a, p_b) come from the model's spec. The autoencoder, the text encoder and the CLIP
 image encoder are frozen, so every latent, CLIP embedding and prompt state is computed once (the same
 values a per-batch pass would give). Per batch, 5 % of the rows become identity pairs (p_b → p_a,
-x_B → x_A); the loss drops each condition with 20 % probability (:func:`retouch.methods.portrait.mcdm_loss`).
-Batches are a pure function of the step, so runs resume exactly.
+x_B → x_A); the loss drops each condition with 20 % probability (:func:`mcdm_loss`).
+Batches are a pure function of the step, so runs resume exactly. The network is
+:mod:`retouch.networks.portrait`.
 """
 
 from __future__ import annotations
@@ -17,20 +18,54 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 from retouch.distributed import is_main_process, wait_for_everyone
 from retouch.errors import RetouchError
-from retouch.methods.portrait import (
+from retouch.networks.portrait import (
+    CONDITIONS,
     MINI_DIRECTIONS,
     SHIPPED_JUDGE_NAME,
     Conditions,
+    MCDMDenoiser,
     PortraitModel,
     PortraitSpec,
+    added_conditioning,
     load_image_encoder,
-    mcdm_loss,
     source_conditions,
 )
 from retouch.train.loop import LoopConfig, train
+
+
+# ---------------------------------------------------------------------------------------------
+# The loss (§3.3)
+# ---------------------------------------------------------------------------------------------
+def draw_dropout(batch: int, generator: torch.Generator, probability: float = 0.2) -> torch.Tensor:
+    """(B, 3) booleans, True = keep, for (c_s, c_im, c_p): each dropped independently with ``probability``,
+    so every combination — none, any subset, all three — is dropped at some rate (§3.3, after [22])."""
+    return torch.rand(batch, len(CONDITIONS), generator=generator) >= probability
+
+
+def mcdm_loss(model: PortraitModel, denoiser: MCDMDenoiser, target_latents: torch.Tensor, conditions: Conditions,
+              null_text: torch.Tensor, generator: torch.Generator, *, dropout: float = 0.2) -> torch.Tensor:
+    """‖ε_θ(z_t, t, {c_s, c_im, c_p}) − ε‖² with t uniform and each condition dropped independently
+    with ``dropout`` (its null: zeros for c_s and c_im, the empty prompt's states for c_p). The 5 %
+    identity pairs are the batch builder's job (:meth:`PairCache.batch`)."""
+    from retouch.sampling import add_noise, velocity
+
+    schedule = model.backbone.schedule
+    batch = target_latents.shape[0]
+    t = torch.randint(0, len(schedule.alphas_cumprod), (batch,), generator=generator)
+    noise = torch.randn(target_latents.shape, generator=generator).to(target_latents)
+    alpha = schedule.alphas_cumprod[t].to(target_latents)
+    noisy = add_noise(target_latents, noise, alpha)
+    keep = draw_dropout(batch, generator, dropout).to(target_latents.device)
+    text = torch.where(keep[:, 2, None, None], conditions.text_states, null_text.expand_as(conditions.text_states))
+    added = added_conditioning(model.backbone, noisy, conditions.pooled, conditions.time_ids)
+    prediction = denoiser(noisy, t.to(noisy.device), conditions.source_latents, conditions.clip, text,
+                          keep[:, 0], keep[:, 1], added)
+    target = velocity(target_latents, noise, alpha) if schedule.prediction_type == "v_prediction" else noise
+    return F.mse_loss(prediction.float(), target.float())
 
 
 @dataclass
