@@ -231,6 +231,27 @@ def test_cli_edits_with_a_trained_folder_and_explains_missing_models(tiny_backbo
     assert code != 0 and "no multitask model is shipped yet" in err
 
 
+def test_the_cli_reads_reference_and_hole_at_the_inputs_width_and_height(tmp_path):
+    """``prepare``'s size is (width, height): a wide input gets a wide reference and keep-mask (the reference was
+    once resized to (height, width), which the model's area resize then silently stretched back)."""
+    import numpy as np
+
+    from retouch.imageio import load_image, resize_image, save_image, to_tensor
+    from retouch.methods.multitask import MultitaskConfig, load_multitask_inputs
+
+    rng = np.random.default_rng(0)
+    save_image(rng.random((20, 30, 3)).astype(np.float32), tmp_path / "ref.png")
+    hole = np.zeros((24, 32), np.float32)
+    hole[4:12, 20:28] = 1
+    save_image(hole, tmp_path / "hole.png")
+    config = MultitaskConfig(reference=str(tmp_path / "ref.png"), mask=str(tmp_path / "hole.png"))
+    inputs = load_multitask_inputs(config, (64, 48), "cpu", torch.float32)
+    expected = to_tensor(resize_image(load_image(tmp_path / "ref.png"), (64, 48)))
+    assert inputs["reference"].shape == (1, 3, 48, 64) and torch.equal(inputs["reference"], expected)
+    keep = inputs["mask"][0, 0]
+    assert keep.shape == (48, 64) and keep[8:24, 40:56].eq(0).all() and keep[:, :32].eq(1).all()
+
+
 def test_train_command_refuses_bad_input_with_one_line(tmp_path, capsys):
     from helpers import run_cli
 

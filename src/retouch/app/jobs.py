@@ -291,25 +291,14 @@ class Exemplar:
 
 
 def exemplar_inputs(exemplars: list[Exemplar]) -> Callable:
-    """PIXELS' ``prepare`` hook on in-memory exemplars: what ``load_exemplar_inputs`` makes of them as files
-    (fitted exemplars; maps resized, then grown, ramped and blurred as the config says)."""
+    """PIXELS' ``prepare`` hook on in-memory exemplars: what ``load_exemplar_inputs`` makes of them as 8-bit files."""
     def prepare(config, size: tuple[int, int], device, dtype) -> dict:
-        import torch
+        from retouch.methods.pixels import exemplar_tensors
 
-        from retouch.edit_maps import blur_map, grow_mask, linear_ramp_map
-        from retouch.imageio import to_tensor
-        from retouch.methods.pixels import fit_exemplar
-
-        images, maps = [], []
-        for k, exemplar in enumerate(exemplars, start=1):
-            fitted = fit_exemplar(as_8bit(exemplar.image, f"exemplar {k}"), size, config.exemplar_fit)
-            images.append(to_tensor(fitted, device=device, dtype=dtype))
-            edit_map = read_map(exemplar.edit_map, size, f"exemplar {k}'s edit map")
-            for amount, shape in ((config.map_grow, grow_mask), (config.map_ramp, linear_ramp_map),
-                                  (config.map_blur, blur_map)):
-                edit_map = shape(edit_map, amount) if amount > 0 else edit_map
-            maps.append(torch.from_numpy(edit_map))
-        return {"exemplars": images, "maps": maps}
+        images = [as_8bit(exemplar.image, f"exemplar {k}") for k, exemplar in enumerate(exemplars, start=1)]
+        maps = [read_map(exemplar.edit_map, size, f"exemplar {k}'s edit map")
+                for k, exemplar in enumerate(exemplars, start=1)]
+        return exemplar_tensors(config, images, maps, size, device, dtype)
 
     return prepare
 
@@ -324,19 +313,13 @@ def run_pixels(app: App, model: str, image: np.ndarray, exemplars: list[Exemplar
 
 
 def multitask_inputs(reference: np.ndarray | None, hole: np.ndarray | None) -> Callable:
-    """Multitask's ``prepare`` hook on an in-memory colour reference and hole map (1 = hole)."""
+    """Multitask's ``prepare`` hook on an in-memory colour reference and hole map (1 = hole): what
+    ``load_multitask_inputs`` makes of them as 8-bit files."""
     def prepare(config, size: tuple[int, int], device, dtype) -> dict:
-        import torch
+        from retouch.methods.multitask import multitask_tensors
 
-        from retouch.imageio import resize_image, to_tensor
-
-        inputs = {}
-        if reference is not None:
-            inputs["reference"] = to_tensor(resize_image(as_8bit(reference), size), device=device, dtype=dtype)
-        if hole is not None:
-            keep = read_map(hole, size, "hole mask") <= 0.5
-            inputs["mask"] = torch.from_numpy(keep).to(device, dtype)[None, None]
-        return inputs
+        return multitask_tensors(size, device, dtype, reference=None if reference is None else as_8bit(reference),
+                                 hole=None if hole is None else read_map(hole, size, "hole mask"))
 
     return prepare
 

@@ -105,16 +105,24 @@ class MultitaskConfig:
 
 
 def load_multitask_inputs(config: MultitaskConfig, size: tuple[int, int], device, dtype) -> dict:
-    """The CLI's ``prepare`` hook: the reference image and the keep-mask (1 − hole) at ``size`` (w, h)."""
-    from retouch.imageio import load_image, load_map, resize_image, to_tensor
+    """The CLI's ``prepare`` hook: the reference image and the hole mask files, by :func:`multitask_tensors`."""
+    from retouch.imageio import load_image, load_map
+
+    return multitask_tensors(size, device, dtype, reference=load_image(config.reference) if config.reference else None,
+                             hole=load_map(config.mask, size=size) if config.mask else None)
+
+
+def multitask_tensors(size: tuple[int, int], device, dtype, *, reference=None, hole=None) -> dict:
+    """``prepare``'s result at ``size`` = (width, height): the colour ``reference`` (H, W, 3) in [0, 1] resized
+    to it, and the keep-mask 1 − hole of a ``hole`` map already at ``size`` (values > 1/2 are the hole).
+    The CLI reads them from files, the app hands them over in memory."""
+    from retouch.imageio import resize_image, to_tensor
 
     inputs = {}
-    if config.reference:
-        inputs["reference"] = to_tensor(resize_image(load_image(config.reference), (size[1], size[0])),
-                                        device=device, dtype=dtype)
-    if config.mask:
-        hole = load_map(config.mask, size=size) > 0.5
-        inputs["mask"] = torch.from_numpy(~hole).to(device, dtype)[None, None]
+    if reference is not None:
+        inputs["reference"] = to_tensor(resize_image(reference, size), device=device, dtype=dtype)
+    if hole is not None:
+        inputs["mask"] = torch.from_numpy(~(hole > 0.5)).to(device, dtype)[None, None]
     return inputs
 
 

@@ -241,27 +241,34 @@ def fit_exemplar(image: np.ndarray, size: tuple[int, int], policy: str = "resize
 def load_exemplar_inputs(config: ExemplarConfig, size: tuple[int, int], device, dtype) -> dict:
     """The CLI's ``prepare`` hook: exemplar and map files at the fitted source ``size`` (width, height).
 
-    Maps are read as luminance and resized bilinearly by :func:`retouch.imageio.load_map`, then
-    shaped by ``map_grow`` → ``map_ramp`` → ``map_blur`` (:mod:`retouch.edit_maps`).
+    Maps are read as luminance and resized bilinearly by :func:`retouch.imageio.load_map`; the rest is
+    :func:`exemplar_tensors`.
     """
-    from retouch.edit_maps import blur_map, grow_mask, linear_ramp_map
-    from retouch.imageio import load_image, load_map, to_tensor
+    from retouch.imageio import load_image, load_map
 
     if not config.exemplar:
         raise RetouchError("exemplar editing needs at least one --exemplar IMAGE with its --map MAP")
-    exemplars = [to_tensor(fit_exemplar(load_image(path), size, config.exemplar_fit), device=device, dtype=dtype)
-                 for path in config.exemplar]
-    maps = []
-    for path in config.map:
-        edit_map = load_map(path, size=size)
-        if config.map_grow > 0:
-            edit_map = grow_mask(edit_map, config.map_grow)
-        if config.map_ramp > 0:
-            edit_map = linear_ramp_map(edit_map, config.map_ramp)
-        if config.map_blur > 0:
-            edit_map = blur_map(edit_map, config.map_blur)
-        maps.append(torch.from_numpy(edit_map))
-    return {"exemplars": exemplars, "maps": maps}
+    return exemplar_tensors(config, [load_image(path) for path in config.exemplar],
+                            [load_map(path, size=size) for path in config.map], size, device, dtype)
+
+
+def exemplar_tensors(config: ExemplarConfig, images: Sequence[np.ndarray], maps: Sequence[np.ndarray],
+                     size: tuple[int, int], device, dtype) -> dict:
+    """``prepare``'s result from exemplar images (H, W, 3) and edit maps already at ``size`` (width, height), both
+    in [0, 1]: the exemplars fitted to ``size``, the maps shaped by ``map_grow`` → ``map_ramp`` → ``map_blur``
+    (:mod:`retouch.edit_maps`). The CLI reads them from files, the app hands them over in memory."""
+    from retouch.edit_maps import blur_map, grow_mask, linear_ramp_map
+    from retouch.imageio import to_tensor
+
+    exemplars = [to_tensor(fit_exemplar(image, size, config.exemplar_fit), device=device, dtype=dtype)
+                 for image in images]
+    shaped = []
+    for edit_map in maps:
+        for amount, shape in ((config.map_grow, grow_mask), (config.map_ramp, linear_ramp_map),
+                              (config.map_blur, blur_map)):
+            edit_map = shape(edit_map, amount) if amount > 0 else edit_map
+        shaped.append(torch.from_numpy(edit_map))
+    return {"exemplars": exemplars, "maps": shaped}
 
 
 def check_exemplar_inputs(source: torch.Tensor, exemplars, maps) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
