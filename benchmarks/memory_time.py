@@ -74,11 +74,11 @@ def _job(method, backbone, side: int, steps: int):
         edit_map[:, side // 2:] = 1.0
         extra = dict(exemplars=[exemplar.to(device, dtype)], maps=[edit_map.to(device, dtype)])
     if method.name == "multitask":
-        from retouch.methods.multitask import MultitaskModel
+        from retouch.networks.multitask import MultitaskModel
 
         model = MultitaskModel.from_backbone(backbone)
     if method.name == "portrait":
-        from retouch.methods.portrait import PortraitModel, PortraitSpec
+        from retouch.networks.portrait import PortraitModel, PortraitSpec
 
         torch.manual_seed(0)
         model = PortraitModel.from_backbone(backbone, PortraitSpec(directions={"blue": (SOURCE, "a blue circle on sand")}))

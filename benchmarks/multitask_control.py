@@ -22,7 +22,8 @@ from _grid import save_labelled_rows
 from retouch.data.compositing import GRAIN_NAMES, iter_compositing
 from retouch.distributed import exit_unless_main_process
 from retouch.effects import free_form_mask, motion_blur
-from retouch.methods.multitask import EditingVector, multitask_edit
+from retouch.methods.multitask import multitask_edit
+from retouch.networks.multitask import EditingVector
 from retouch.train.evaluate_multitask import load_compositing_model
 
 

@@ -137,7 +137,7 @@ def test_pix2pix_zero_with_a_built_direction_matches_the_cli(app, scenes, tmp_pa
 
 def test_only_offered_models_load_and_multitask_explains_its_absence(app, scenes, tiny_backbones, tmp_path, capsys):
     from retouch.methods import get_method
-    from retouch.methods.multitask import MultitaskModel
+    from retouch.networks.multitask import MultitaskModel
 
     for name in ("tiny-sd", str(tmp_path)):
         with pytest.raises(RetouchError, match="is not offered here"):
@@ -206,7 +206,8 @@ def test_the_model_cache_loads_once_under_concurrency_and_evicts_the_oldest():
 
 def test_portrait_in_the_app_is_the_cli_run_on_the_shipped_mcdm(app, scenes, tiny_backbones, tmp_path, capsys):
     from retouch.app.jobs import portrait_directions
-    from retouch.methods.portrait import SHIPPED_MODEL, PortraitModel, PortraitSpec
+    from retouch.methods.portrait import SHIPPED_MODEL
+    from retouch.networks.portrait import PortraitModel, PortraitSpec
 
     shipped = str(SHIPPED_MODEL)
     assert app.portrait_models() == [shipped] and portrait_directions(shipped) == ["hat", "striped"]

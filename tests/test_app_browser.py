@@ -76,7 +76,7 @@ def files(tmp_path_factory):
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
     from retouch.backbone import build_tiny
-    from retouch.methods.multitask import MultitaskModel
+    from retouch.networks.multitask import MultitaskModel
 
     root = tmp_path_factory.mktemp("app")
     # An untrained multitask model on the tiny backbone: enough to drive the multitask tab's whole path.

@@ -268,7 +268,7 @@ def test_a_training_command_under_two_processes_writes_the_run_files_once(tmp_pa
     import numpy as np
     from PIL import Image
 
-    from retouch.methods.portrait import PortraitModel
+    from retouch.networks.portrait import PortraitModel
 
     data, out, audit = tmp_path / "pairs", tmp_path / "run", tmp_path / "audit"
     rng = np.random.default_rng(0)

@@ -86,7 +86,7 @@ def test_table_has_a_block_per_direction_and_dashes_where_nothing_ran():
 
 
 def test_cli_runs_end_to_end_on_a_tiny_mcdm_and_the_tiny_backbone(tmp_path, capsys, tiny_backbones):
-    from retouch.methods.portrait import PortraitModel, PortraitSpec
+    from retouch.networks.portrait import PortraitModel, PortraitSpec
 
     PortraitModel.from_backbone(tiny_backbones["tiny-sd"], PortraitSpec()).save(tmp_path / "mcdm")
     output, figure = tmp_path / "table.md", tmp_path / "fig.png"

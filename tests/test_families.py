@@ -247,11 +247,11 @@ def test_each_method_runs_on_each_family(families, tmp_path, monkeypatch, key, n
     config = _recipe_config(method, key, num_steps=2)
     model = backbone
     if name == "multitask":
-        from retouch.methods.multitask import MultitaskModel
+        from retouch.networks.multitask import MultitaskModel
 
         model = MultitaskModel.from_backbone(backbone)
     if name == "portrait":
-        from retouch.methods.portrait import PortraitModel, PortraitSpec
+        from retouch.networks.portrait import PortraitModel, PortraitSpec
 
         torch.manual_seed(0)
         model = PortraitModel.from_backbone(backbone, PortraitSpec(), None)
@@ -269,7 +269,7 @@ def test_each_method_runs_on_each_family(families, tmp_path, monkeypatch, key, n
 
 
 def test_sdxl_multitask_conditions_on_the_image_size_without_text(families, tmp_path):
-    from retouch.methods.multitask import MultitaskModel
+    from retouch.networks.multitask import MultitaskModel
 
     model = MultitaskModel.from_backbone(families["sdxl"][1])
     denoiser = model.denoiser
@@ -294,7 +294,7 @@ def test_sdxl_multitask_conditions_on_the_image_size_without_text(families, tmp_
 
 def test_multitask_refuses_a_unet_it_cannot_condition(families):
     from retouch.errors import RetouchError
-    from retouch.methods.multitask import MultitaskDenoiser, MultitaskModel
+    from retouch.networks.multitask import MultitaskDenoiser, MultitaskModel
 
     denoiser = MultitaskModel.from_backbone(families["sdxl"][1]).denoiser
     denoiser.unet.register_to_config(addition_embed_type="image")

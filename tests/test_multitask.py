@@ -4,16 +4,10 @@ import pytest
 import torch
 
 from retouch.errors import RetouchError
-from retouch.methods.multitask import (
-    EditingVector,
-    MappingNetwork,
-    MultitaskModel,
-    MultitaskSpec,
-    conditioning_inputs,
-    multitask_edit,
-    multitask_loss,
-    widen_conv_in,
-)
+from retouch.backbone import widen_conv_in
+from retouch.methods.multitask import multitask_edit
+from retouch.networks.multitask import EditingVector, MappingNetwork, MultitaskModel, MultitaskSpec, conditioning_inputs
+from retouch.train.multitask import multitask_loss
 from retouch.sampling import NoiseSchedule
 
 
@@ -153,7 +147,7 @@ def test_training_examples_follow_the_papers_labelling(tiny_dataset):
 def test_latent_cache_gives_what_encoding_each_batch_gives(tiny_backbones, tiny_dataset):
     """The trainer encodes every latent once; a batch from the cache must equal the per-example path
     (masking, encoding, reference resize and C built one example at a time)."""
-    from retouch.methods.multitask import encode
+    from retouch.networks.multitask import encode
     from retouch.train.multitask import LatentCache, TrainingSet, target_name, training_example
 
     data = TrainingSet(tiny_dataset)
@@ -306,7 +300,7 @@ def test_evaluation_tables_score_edits_against_targets(tiny_backbones, tmp_path,
 def test_n_pair_loss_pulls_same_labels_together_and_pushes_others_apart():
     import math
 
-    from retouch.methods.multitask import n_pair_loss
+    from retouch.train.multitask import n_pair_loss
 
     labels = torch.tensor([[1, 0], [1, 0], [0, 1]])
     features = torch.tensor([[0.0, 0.0], [0.0, 0.0], [3.0, 4.0]])  # same pair at distance 0, others at 5

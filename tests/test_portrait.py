@@ -5,20 +5,16 @@ import pytest
 import torch
 
 from retouch.errors import RetouchError
-from retouch.methods.portrait import (
-    CONDITIONS,
-    Conditions,
-    GuidanceScales,
-    PortraitConfig,
-    PortraitModel,
-    PortraitSpec,
+from retouch.methods.portrait import GuidanceScales, PortraitConfig, guided_predictions, portrait_edit
+from retouch.networks.portrait import CONDITIONS, Conditions, PortraitModel, PortraitSpec, source_conditions
+from retouch.train.portrait import (
+    PairCache,
+    PortraitPairs,
+    PortraitTrainConfig,
     draw_dropout,
-    guided_predictions,
     mcdm_loss,
-    portrait_edit,
-    source_conditions,
+    train_portrait,
 )
-from retouch.train.portrait import PairCache, PortraitPairs, PortraitTrainConfig, train_portrait
 
 
 class FakeEncoder:

@@ -14,11 +14,9 @@ from pathlib import Path
 
 import torch
 
-from retouch.backbone import widen_conv_in  # noqa: F401  (old import path; the tests use it)
 from retouch.errors import RetouchError
 from retouch.methods import trained_model_folder
 from retouch.networks.multitask import EditingVector, MultitaskModel, conditioning_inputs, decode
-from retouch.networks.multitask import MappingNetwork, MultitaskDenoiser, MultitaskSpec, encode  # noqa: F401  (ditto)
 
 
 @torch.no_grad()
@@ -150,11 +148,3 @@ def _register() -> None:
 
 _register()
 
-
-def __getattr__(name: str):
-    """The training losses moved to :mod:`retouch.train.multitask`; old imports of them keep working."""
-    if name in ("multitask_loss", "n_pair_loss"):
-        from retouch.train import multitask as trainer
-
-        return getattr(trainer, name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -23,7 +23,6 @@ import torch
 
 from retouch.errors import RetouchError
 from retouch.methods import register, trained_model_folder
-from retouch.networks.portrait import CONDITIONS, PortraitSpec  # noqa: F401  (old import path; tests use it)
 from retouch.networks.portrait import Conditions, PortraitModel, added_conditioning, source_conditions
 
 #: The shipped MCDM on the mini world (``--method portrait``'s default ``--model``): directions striped
@@ -193,11 +192,3 @@ def _register() -> None:
 
 _register()
 
-
-def __getattr__(name: str):
-    """The training loss moved to :mod:`retouch.train.portrait`; old imports of it keep working."""
-    if name in ("mcdm_loss", "draw_dropout"):
-        from retouch.train import portrait as trainer
-
-        return getattr(trainer, name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -357,7 +357,7 @@ def run_portrait_table(output, *, models: dict[str, str] | None = None, baseline
 
     from retouch.backbone import MINI_DIR, load_backbone
     from retouch.imageio import atomic_write_text
-    from retouch.methods.portrait import PortraitModel
+    from retouch.networks.portrait import PortraitModel
     from retouch.metrics import TransformersCLIPJudge
     from retouch.world import World
     from retouch.world.probe import SHIPPED_PROBES, load_probes
