@@ -26,9 +26,9 @@ from _grid import save_labelled_rows
 
 from retouch.backbone import MINI_DIR, load_backbone
 from retouch.distributed import exit_unless_main_process
+from retouch.edit_text import parse_edit
 from retouch.methods import edit_by_caption, get_method
 from retouch.methods.ablation import PIX2PIX_ZERO_ABLATION, ablation_run
-from retouch.methods.edit_text import parse_edit
 from retouch.metrics import TransformersCLIPJudge, background_preservation, clip_accuracy, structure_distance
 from retouch.metrics.structure import TransformersViTSpatial
 from retouch.world import World

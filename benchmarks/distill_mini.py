@@ -21,9 +21,9 @@ from _grid import save_labelled_rows
 
 from retouch.backbone import MINI_DIR, load_backbone
 from retouch.distributed import exit_unless_main_process
+from retouch.edit_text import parse_edit
 from retouch.metrics import TransformersCLIPJudge, background_preservation, clip_accuracy, structure_distance
 from retouch.metrics.structure import TransformersViTSpatial
-from retouch.methods.edit_text import parse_edit
 from retouch.train.distill import DistillConfig, distill, load_translator, pix2pix_zero_edits, translate
 from retouch.world import World
 from retouch.world.edits import edit_scenes

@@ -253,7 +253,7 @@ def build_direction_file(source: str, target: str, output: str | Path, *, model:
     import time
 
     from retouch.backbone import load_backbone, resolve_device
-    from retouch.methods.edit_text import parse_edit
+    from retouch.edit_text import parse_edit
 
     output = Path(output)
     spec = parse_edit(f"{source}->{target}")

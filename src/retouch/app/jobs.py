@@ -372,7 +372,7 @@ def run_build_direction(app: App, model: str, source: str, target: str, bank: st
 
     from retouch.directions import build_direction as build, save_direction, sentence_banks
     from retouch.methods import get_method
-    from retouch.methods.edit_text import parse_edit
+    from retouch.edit_text import parse_edit
 
     spec = parse_edit(f"{(source or '').strip()}->{(target or '').strip()}")
     with app.model(get_method("pix2pix-zero"), model) as backbone:

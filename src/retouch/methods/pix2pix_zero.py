@@ -34,11 +34,11 @@ import torch
 from retouch.attention import CrossAttentionRecorder, Gate, HookGroup, hooked_attention, select_layers
 from retouch.captioning import caption_images
 from retouch.directions import BANKS, EditDirection, build_direction, load_direction, sentence_banks
+from retouch.edit_text import EditSpec, parse_edit
 from retouch.errors import RetouchError, check_choice
 from retouch.guidance import cross_attention_loss
 from retouch.inversion import NoiseRegularization, invert_with_noise_regularization
 from retouch.methods import register
-from retouch.methods.edit_text import EditSpec, parse_edit
 from retouch.sampling import Callback, classifier_free_guidance, ddim_sample, ddim_step, ddim_timesteps, previous_timestep
 
 __all__ = ["Pix2PixZeroConfig", "CrossAttentionTerm", "guided_edit_latents", "guidance_step", "record_features",

@@ -2,7 +2,7 @@
 
 SDEdit, DDIM and DDPM inversion and prompt-to-prompt all edit by swapping the source word for the
 target word inside a caption of the input ("a photo of a cat" → "a photo of a dog", via
-:func:`retouch.methods.edit_text.swap_words`), or take an explicit target text. The three config
+:func:`retouch.edit_text.swap_words`), or take an explicit target text. The three config
 fields below carry the same name and help in every method, so the CLI shows one option for each.
 """
 
@@ -12,8 +12,8 @@ from dataclasses import field
 
 import torch
 
+from retouch.edit_text import parse_edit, prompt_texts
 from retouch.errors import RetouchError, check_choice, check_range  # noqa: F401 - the methods' checks, imported from here
-from retouch.methods.edit_text import parse_edit, prompt_texts
 from retouch.sampling import ddim_invert
 
 INVERSIONS = ("ddim", "regularized")

@@ -70,7 +70,7 @@ def pix2pix_zero_edits(backbone, images01: torch.Tensor, sources: list[str], edi
 
 
 def collect_pairs(backbone, world, config: DistillConfig, split: str = "train") -> DistillPairs:
-    from retouch.methods.edit_text import parse_edit
+    from retouch.edit_text import parse_edit
     from retouch.world.edits import edit_scenes
 
     edit = parse_edit(config.edit)

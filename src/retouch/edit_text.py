@@ -1,4 +1,4 @@
-"""Edit strings ("cat->dog") and word swaps on captions, shared by every text-driven method.
+"""Edit strings ("cat->dog") and word swaps on captions, shared by every text-driven method and the direction builder.
 
 An edit names a source word (or phrase) and a target one. Methods that need a full source and target
 prompt (prompt-to-prompt, DDIM/DDPM inversion + word swap, SDEdit + word swap) get them by swapping
