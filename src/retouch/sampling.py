@@ -3,11 +3,11 @@
 Every method composes these; none re-implements a DDIM step or loop. :func:`ddim_loop` is the one
 loop (in the spirit of k-diffusion's samplers): sampling and inversion are lists of :class:`DDIMStep`,
 and a method changes what happens inside a step through named hooks (``correct`` x_t before the
-network, ``regularize`` its ε, ``blend`` the result, ``callback`` to observe) rather than by
-copying the loop. The functions assume valid tensors (latents ``(B, C, h, w)``, integer timesteps)
-and a :class:`NoiseSchedule`; they never touch a model. A *denoiser* is any callable
-``model_output = denoise(latents, t, conditioning)``; guidance is a wrapper around it
-(``classifier_free_guidance``/``multi_condition_guidance`` below).
+network, ``regularize`` its ε, ``solve_noise`` for a stochastic step's z, ``blend`` the result,
+``callback`` to observe) rather than by copying the loop. The functions assume valid tensors
+(latents ``(B, C, h, w)``, integer timesteps) and a :class:`NoiseSchedule`; they never touch a model.
+A *denoiser* is any callable ``model_output = denoise(latents, t, conditioning)``; guidance is a
+wrapper around it (``classifier_free_guidance``/``multi_condition_guidance`` below).
 
 Conventions follow diffusers' ``DDIMScheduler``/``DDIMInverseScheduler`` exactly, so results agree
 with diffusers on the same model (tested to 1e-5): ᾱ_t is ``alphas_cumprod[t]``; the step below
@@ -204,6 +204,8 @@ Denoiser = Callable[[torch.Tensor, int, object], torch.Tensor]
 LatentHook = Callable[[int, int, torch.Tensor], torch.Tensor]
 #: ``callback(i, t, latents)`` after step i: progress bars, recording. Every method reports this way.
 Callback = Callable[[int, int, torch.Tensor], None]
+#: ``solve_noise(i, t, latents, model_output) -> z``: step i's z, chosen once the network's output is known.
+NoiseHook = Callable[[int, int, torch.Tensor, torch.Tensor], torch.Tensor]
 
 
 class DDIMStep(NamedTuple):
@@ -244,6 +246,7 @@ def ddim_loop(
     generator: torch.Generator | None = None,
     correct: LatentHook | None = None,
     regularize: Callable[[torch.Tensor], torch.Tensor] | None = None,
+    solve_noise: NoiseHook | None = None,
     blend: LatentHook | None = None,
     callback: Callback | None = None,
 ) -> torch.Tensor:
@@ -257,7 +260,8 @@ def ddim_loop(
     3. ``regularize(ε)`` replaces the prediction, first read as ε at ᾱ_{t_from} (pix2pix-zero's noise
        regularization of the inversion);
     4. the DDIM transition ᾱ_{t_from} → ᾱ_{t_to} (:func:`ddim_transition`); with η > 0 it adds σ z,
-       z = ``noises[i]`` or drawn from ``generator`` on the CPU;
+       z = ``solve_noise(i, t, latents, model_output)`` (edit-friendly inversion solves z from the step's
+       mean), else ``noises[i]``, else drawn from ``generator`` on the CPU;
     5. ``blend(i, t, latents)`` overwrites parts of the result, which now sits at the level of step
        i + 1 (PIXELS' per-pixel start, DiffEdit's mask-guided decoding);
     6. ``callback(i, t, latents)`` observes it.
@@ -271,7 +275,9 @@ def ddim_loop(
             model_output = regularize(to_epsilon(latents, model_output, alpha_from, prediction_type))
             prediction_type = "epsilon"
         noise = None
-        if eta > 0:
+        if solve_noise is not None:
+            noise = solve_noise(i, t, latents, model_output)
+        elif eta > 0:
             noise = noises[i] if noises is not None else torch.randn(
                 latents.shape, generator=generator, dtype=latents.dtype, device="cpu").to(latents.device)
         latents = ddim_transition(latents, model_output, alpha_from, schedule.alpha(t_to), prediction_type,
@@ -354,19 +360,18 @@ def edit_friendly_inversion(
     """
     noisy = [add_noise(latents, eps, schedule.alpha(t)) for t, eps in zip(timesteps, forward_noises)]
     targets = noisy[1:] + [latents]  # x_{t−1} of each step, x₀ for the last
-    sample, zs = noisy[0], []
-    for i, t in enumerate(timesteps):
-        t_prev = previous_timestep(schedule, t, num_steps)
-        model_output = denoise(sample, t, conditioning)
+    steps, zs = sampling_steps(schedule, timesteps, num_steps), []
+
+    def solve(i, t, sample, model_output):
+        t_prev = steps[i].t_to
         mean = ddim_step(schedule, sample, model_output, t, t_prev, eta=eta, noise=torch.zeros_like(sample))
         sigma = ddim_sigma(schedule.alpha(t), schedule.alpha(t_prev), eta).item()
-        z = (targets[i] - mean) / sigma if sigma > 0 else torch.zeros_like(sample)
-        # Continue from the value the sampler will compute rather than the drawn x_{t−1}, so the
-        # per-step rounding of μ̂ + σz never accumulates into a drift between inversion and sampling.
-        sample = ddim_step(schedule, sample, model_output, t, t_prev, eta=eta, noise=z)
-        zs.append(z)
-        if callback is not None:
-            callback(i, t, sample)
+        zs.append((targets[i] - mean) / sigma if sigma > 0 else torch.zeros_like(sample))
+        return zs[-1]
+
+    # The loop continues from the value the sampler will compute rather than the drawn x_{t−1}, so the
+    # per-step rounding of μ̂ + σz never accumulates into a drift between inversion and sampling.
+    ddim_loop(denoise, schedule, noisy[0], steps, conditioning, eta=eta, solve_noise=solve, callback=callback)
     return noisy[0], zs
 
 
