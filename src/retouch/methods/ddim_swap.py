@@ -14,32 +14,21 @@ from dataclasses import dataclass, field
 
 import torch
 
+from retouch.errors import check_choice
 from retouch.methods import register
-from retouch.methods.word_swap import (
-    INVERSIONS,
-    check_choice,
-    check_sampling,
-    edit_field,
-    invert_latents,
-    source_text_field,
-    swap_prompts,
-    target_text_field,
-)
+from retouch.methods.word_swap import INVERSIONS, WordSwapText, check_sampling, invert_latents
 from retouch.sampling import ddim_sample, ddim_timesteps, guided_denoiser
 
 
 @dataclass
-class DDIMSwapConfig:
-    edit: str = edit_field()
-    source_text: str = source_text_field()
-    target_text: str = target_text_field()
+class DDIMSwapConfig(WordSwapText):
     num_steps: int = field(default=100, metadata={"help": "DDIM steps of inversion and of sampling (pix2pix-zero App. D: 100)"})
     guidance_scale: float = field(default=7.5, metadata={"help": "classifier-free guidance scale of the edit"})
     inversion: str = field(default="ddim", metadata={
         "help": "ddim (Table 2 config B) or regularized: with pix2pix-zero's L_auto (config C)"})
 
     def validate(self) -> None:
-        swap_prompts(self.edit, self.source_text, self.target_text)
+        self.prompts()
         check_sampling(self.num_steps, self.guidance_scale)
         check_choice("--inversion", self.inversion, INVERSIONS)
 
@@ -47,7 +36,7 @@ class DDIMSwapConfig:
 @register("ddim", DDIMSwapConfig, "DDIM inversion with the caption, DDIM sampling with the word-swapped caption")
 @torch.no_grad()
 def ddim_swap(backbone, images: torch.Tensor, config: DDIMSwapConfig, progress=None) -> torch.Tensor:
-    source, target = swap_prompts(config.edit, config.source_text, config.target_text)
+    source, target = config.prompts()
     batch = images.shape[0]
     latents = invert_latents(backbone, backbone.encode_images(images), backbone.encode_text([source] * batch),
                              num_steps=config.num_steps, inversion=config.inversion)

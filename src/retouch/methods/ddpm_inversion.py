@@ -24,16 +24,9 @@ from dataclasses import dataclass, field
 
 import torch
 
+from retouch.errors import check_choice, check_range
 from retouch.methods import register
-from retouch.methods.word_swap import (
-    check_choice,
-    check_range,
-    check_sampling,
-    edit_field,
-    source_text_field,
-    swap_prompts,
-    target_text_field,
-)
+from retouch.methods.word_swap import WordSwapText, check_sampling
 from retouch.sampling import add_noise, ddim_sample, edit_friendly_inversion, guided_denoiser, img2img_timesteps
 
 MODES = ("noising", "edit-friendly")
@@ -42,10 +35,7 @@ DDPM_ETA = 1.0
 
 
 @dataclass
-class DDPMInversionConfig:
-    edit: str = edit_field()
-    source_text: str = source_text_field()
-    target_text: str = target_text_field()
+class DDPMInversionConfig(WordSwapText):
     mode: str = field(default="noising", metadata={
         "help": "noising: forward noising, pix2pix-zero Table 2 config A; edit-friendly: the noise-space "
                 "inversion of Huberman-Spiegelglas et al. 2024"})
@@ -58,7 +48,7 @@ class DDPMInversionConfig:
     seed: int = field(default=0, metadata={"help": "seed of the forward and sampler noise"})
 
     def validate(self) -> None:
-        swap_prompts(self.edit, self.source_text, self.target_text)
+        self.prompts()
         check_choice("--mode", self.mode, MODES)
         check_range("--strength", self.strength, 0.0, 1.0)
         check_sampling(self.num_steps, self.guidance_scale)
@@ -80,7 +70,7 @@ def seeded_noise(count: int, like: torch.Tensor, seed: int) -> list[torch.Tensor
 @torch.no_grad()
 def ddpm_inversion(backbone, images: torch.Tensor, config: DDPMInversionConfig, progress=None) -> torch.Tensor:
     schedule = backbone.schedule
-    source, target = swap_prompts(config.edit, config.source_text, config.target_text)
+    source, target = config.prompts()
     timesteps = img2img_timesteps(schedule, config.num_steps, config.strength)
     latents = backbone.encode_images(images)
     if not timesteps:

@@ -37,9 +37,9 @@ from typing import Callable, NamedTuple, Sequence
 import torch
 import torch.nn.functional as F
 
-from retouch.errors import RetouchError
+from retouch.errors import RetouchError, check_range
 from retouch.methods import register
-from retouch.methods.word_swap import check_range, check_sampling, edit_field, source_text_field, swap_prompts
+from retouch.methods.word_swap import check_sampling, edit_field, source_text_field, swap_prompts
 from retouch.sampling import (
     Callback,
     NoiseSchedule,

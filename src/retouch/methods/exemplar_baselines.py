@@ -48,17 +48,18 @@ def exemplar_sdedit_latents(backbone, source, exemplars, maps, config: ExemplarC
     return ddim_sample(denoise, schedule, latents, timesteps, None, num_steps=config.num_steps, callback=progress)
 
 
-@register("latent-surgery", ExemplarConfig, "naive exemplar editing: paste exemplar latents, then SDEdit "
-          "(PIXELS' baseline)", prepare=load_exemplar_inputs)
-def latent_surgery(backbone, images, config: ExemplarConfig, progress=None, *, exemplars=None, maps=None):
-    latents = exemplar_sdedit_latents(backbone, images, exemplars, maps, config, scale_noise=False, progress=progress)
-    with torch.no_grad():
-        return backbone.decode_latents(latents)
+def _register_baseline(name: str, summary: str, *, scale_noise: bool):
+    @register(name, ExemplarConfig, f"{summary} (PIXELS' baseline)", prepare=load_exemplar_inputs)
+    def edit(backbone, images, config: ExemplarConfig, progress=None, *, exemplars=None, maps=None):
+        latents = exemplar_sdedit_latents(backbone, images, exemplars, maps, config, scale_noise=scale_noise,
+                                          progress=progress)
+        with torch.no_grad():
+            return backbone.decode_latents(latents)
+
+    return edit
 
 
-@register("scaled-noise", ExemplarConfig, "exemplar editing with noise scaled by the edit map "
-          "(PIXELS' baseline)", prepare=load_exemplar_inputs)
-def scaled_noise(backbone, images, config: ExemplarConfig, progress=None, *, exemplars=None, maps=None):
-    latents = exemplar_sdedit_latents(backbone, images, exemplars, maps, config, scale_noise=True, progress=progress)
-    with torch.no_grad():
-        return backbone.decode_latents(latents)
+latent_surgery = _register_baseline("latent-surgery", "naive exemplar editing: paste exemplar latents, then SDEdit",
+                                    scale_noise=False)
+scaled_noise = _register_baseline("scaled-noise", "exemplar editing with noise scaled by the edit map",
+                                  scale_noise=True)

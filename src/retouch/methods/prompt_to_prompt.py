@@ -25,18 +25,9 @@ from dataclasses import dataclass, field
 import torch
 
 from retouch.attention import AttentionHook, HookGroup, hooked_attention, select_layers
-from retouch.errors import RetouchError
+from retouch.errors import RetouchError, check_choice, check_range
 from retouch.methods import register
-from retouch.methods.word_swap import (
-    check_choice,
-    check_range,
-    check_sampling,
-    edit_field,
-    invert_latents,
-    source_text_field,
-    swap_prompts,
-    target_text_field,
-)
+from retouch.methods.word_swap import WordSwapText, check_sampling, invert_latents
 from retouch.sampling import ddim_sample, ddim_timesteps, guided_denoiser
 
 ATTENTION_EDITS = ("replace", "refine")
@@ -45,10 +36,7 @@ SELF_REPLACE_MAX_SIDE = 16
 
 
 @dataclass
-class PromptToPromptConfig:
-    edit: str = edit_field()
-    source_text: str = source_text_field()
-    target_text: str = target_text_field()
+class PromptToPromptConfig(WordSwapText):
     attention_edit: str = field(default="replace", metadata={
         "help": "replace: word swap, same token count (p2p §3.2); refine: the target adds words, "
                 "aligned tokens take the source maps"})
@@ -60,7 +48,7 @@ class PromptToPromptConfig:
     guidance_scale: float = field(default=7.5, metadata={"help": "classifier-free guidance scale of the edit"})
 
     def validate(self) -> None:
-        swap_prompts(self.edit, self.source_text, self.target_text)
+        self.prompts()
         check_choice("--attention-edit", self.attention_edit, ATTENTION_EDITS)
         check_range("--cross-replace-steps", self.cross_replace_steps, 0.0, 1.0)
         check_range("--self-replace-steps", self.self_replace_steps, 0.0, 1.0)
@@ -138,7 +126,7 @@ def prompt_to_prompt(backbone, images: torch.Tensor, config: PromptToPromptConfi
     """(source-branch latents, target-branch latents) after sampling; the source branch is the
     plain DDIM reconstruction. ``observer`` sees the attention maps after injection (for tests)."""
     schedule, batch = backbone.schedule, images.shape[0]
-    source, target = swap_prompts(config.edit, config.source_text, config.target_text)
+    source, target = config.prompts()
     source_cond, target_cond = backbone.encode_text([source] * batch), backbone.encode_text([target] * batch)
     latents = invert_latents(backbone, backbone.encode_images(images), source_cond, num_steps=config.num_steps)
 

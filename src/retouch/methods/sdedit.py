@@ -15,9 +15,9 @@ from dataclasses import dataclass, field
 
 import torch
 
-from retouch.errors import RetouchError
+from retouch.errors import RetouchError, check_range
 from retouch.methods import register
-from retouch.methods.word_swap import check_range, check_sampling, edit_field, source_text_field, swap_prompts
+from retouch.methods.word_swap import check_sampling, edit_field, source_text_field, swap_prompts
 from retouch.sampling import add_noise, ddim_sample, guided_denoiser, img2img_timesteps
 
 

@@ -3,17 +3,18 @@
 SDEdit, DDIM and DDPM inversion and prompt-to-prompt all edit by swapping the source word for the
 target word inside a caption of the input ("a photo of a cat" → "a photo of a dog", via
 :func:`retouch.edit_text.swap_words`), or take an explicit target text. The three config
-fields below carry the same name and help in every method, so the CLI shows one option for each.
+fields below carry the same name and help in every method, so the CLI shows one option for each;
+:class:`WordSwapText` holds all three for the methods that take them.
 """
 
 from __future__ import annotations
 
-from dataclasses import field
+from dataclasses import dataclass, field
 
 import torch
 
 from retouch.edit_text import parse_edit, prompt_texts
-from retouch.errors import RetouchError, check_choice, check_range  # noqa: F401 - the methods' checks, imported from here
+from retouch.errors import RetouchError
 from retouch.sampling import ddim_invert
 
 INVERSIONS = ("ddim", "regularized")
@@ -29,6 +30,19 @@ def source_text_field():
 
 def target_text_field():
     return field(default="", metadata={"help": "full text of the edited image (instead of --edit)"})
+
+
+@dataclass
+class WordSwapText:
+    """The word-swap text options, first in the configs of DDIM and DDPM inversion and prompt-to-prompt."""
+
+    edit: str = edit_field()
+    source_text: str = source_text_field()
+    target_text: str = target_text_field()
+
+    def prompts(self) -> tuple[str, str]:
+        """(source prompt, target prompt), by :func:`swap_prompts`."""
+        return swap_prompts(self.edit, self.source_text, self.target_text)
 
 
 def swap_prompts(edit: str, source_text: str, target_text: str, *, target_flag: str = "--target-text") -> tuple[str, str]:
