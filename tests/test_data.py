@@ -50,6 +50,14 @@ def small_dataset(tmp_path_factory):
     return folder, config, summary
 
 
+def test_a_small_image_is_scaled_up_to_the_crop_keeping_its_shape():
+    """A 20×40 image (H×W) becomes 32×64 before 32² crops, so each crop spans its whole height (it was once
+    resized to 64×32, transposed, and a crop saw half of it)."""
+    image = np.repeat(np.linspace(0, 1, 20, dtype=np.float32)[:, None, None], 40, axis=1).repeat(3, axis=2)
+    crops = compositing.random_crops(image, 32, 4, np.random.default_rng(0))
+    assert all(crop.shape == (32, 32, 3) and crop[-1, 0, 0] - crop[0, 0, 0] > 0.9 for crop in crops)
+
+
 def test_splits_sources_and_manifest(small_dataset):
     folder, config, summary = small_dataset
     manifest = [json.loads(line) for line in (folder / "manifest.jsonl").read_text().splitlines()]

@@ -125,7 +125,7 @@ def random_crops(image: np.ndarray, side: int, count: int, rng: np.random.Genera
     height, width = image.shape[:2]
     if min(height, width) < side:
         scale = side / min(height, width)
-        image = resize_image(image, (max(side, round(height * scale)), max(side, round(width * scale))))
+        image = resize_image(image, (max(side, round(width * scale)), max(side, round(height * scale))))
         height, width = image.shape[:2]
     crops = []
     for _ in range(count):
