@@ -93,3 +93,17 @@ def test_bucket_span_is_at_most_two():
     """The compiled loops size their buffers from GrainModel.span; b ≥ 2·r_max keeps it ≤ 2 below r = 0.5."""
     for radius, std in ((0.01, 0.0), (0.05, 0.0), (0.25, 0.0), (0.1, 0.05)):
         assert GrainModel(radius, std).span <= 2
+
+
+def test_apply_effects_reports_grain_progress():
+    """The CLI's bar is fed through apply_effects; effects without grain report nothing."""
+    from retouch.effects import EffectsRecipe, apply_effects
+
+    calls = []
+    picture = image((6, 7, 3), 2)
+    out = apply_effects(picture, EffectsRecipe(grain=0.1, blur=0.3, seed=4), grain_samples=32,
+                        progress=lambda *a: calls.append(a))
+    assert calls[-1] == (3 * 6 * 7, 3 * 6 * 7) and out.shape == picture.shape
+    calls.clear()
+    apply_effects(picture, EffectsRecipe(blur=0.3), progress=lambda *a: calls.append(a))
+    assert not calls
