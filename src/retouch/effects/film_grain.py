@@ -28,6 +28,7 @@ from __future__ import annotations
 import functools
 import math
 import os
+import threading
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from importlib.util import find_spec
 from typing import Callable
@@ -452,10 +453,20 @@ class _Kernels:
         self.dense, self.sparse, self.ndtri, self.threads = dense, sparse, ndtri, threads
 
 
-@functools.cache
+_KERNELS_LOCK = threading.Lock()
+
+
 def _numba_kernels() -> _Kernels:
-    """Compile the numba backend on first use (importing numba costs a second; the compiled code is
-    cached on disk next to this file, or in numba's user cache when that is read-only)."""
+    """The numba backend, set up on first use from any thread (the app renders in worker threads)."""
+    with _KERNELS_LOCK:
+        return _setup_numba()
+
+
+@functools.cache
+def _setup_numba() -> _Kernels:
+    """Importing numba costs a second, so it happens here, not at import. The loops compile on their
+    first call (~6 s) and are cached on disk next to this file, or in numba's user cache when that
+    is read-only; numba invalidates the cache when this file changes."""
     import ctypes
 
     from numba import config, njit
