@@ -328,6 +328,7 @@ def _grain(gy, gx, n, b, salt, law, ndtri):
 
 
 def _covers(py, px, cy, cx, r2):
+    """Is (py, px) inside the grain at (cy, cx) of squared radius r2? :func:`_covered`'s test, term for term."""
     return (py - cy) * (py - cy) + (px - cx) * (px - cx) < r2
 
 
