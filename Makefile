@@ -82,7 +82,7 @@ MT_STEPS ?= 900
 MT_TRAIN = OMP_NUM_THREADS=1 $(VENV)/bin/retouch train multitask --data $(MT_DATA) --batch 16 --learning-rate 2e-4
 multitask-models: $(STAMP)
 	test -d $(MT_DATA) || $(VENV)/bin/retouch data compositing -o $(MT_DATA) --world-scenes 300 --dead-leaves 300 \
-		--grain-samples 100 --workers 2
+		--workers 2
 	$(MT_TRAIN) --steps $(MT_STEPS) --output-dir $(MT_WORK)/ours & \
 	$(MT_TRAIN) --steps $(MT_STEPS) --output-dir $(MT_WORK)/palette --conditioning concat & \
 	wait

@@ -243,7 +243,9 @@ def build_compositing_dataset(config: CompositingConfig, output: Path, progress=
     try:
         renders = ((crop.image, images[params["reference"]], params, split in ("test", "photos"),
                     config.grain_samples) for split, _, crop, params in jobs)
-        if config.workers > 1:  # film grain is GIL-bound numpy: processes, not threads, use the cores
+        # Film grain's compiled loops thread over strips of 64 columns, so a 64² crop keeps one thread per
+        # channel, and the other effects are GIL-bound numpy: processes, not threads, fill the cores.
+        if config.workers > 1:
             from concurrent.futures import ProcessPoolExecutor
 
             pool = ProcessPoolExecutor(config.workers)

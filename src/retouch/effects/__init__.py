@@ -14,6 +14,7 @@ content last, exactly as the paper builds its inpainting input I_A ⊙ (1 − M)
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Callable
 
 import numpy as np
 
@@ -41,10 +42,12 @@ class EffectsRecipe:
     seed: int = field(default=0, metadata={"help": "seed for the grain realisation and a random blur angle"})
 
 
-def apply_effects(image: np.ndarray, recipe: EffectsRecipe, *, grain_samples: int = 800) -> np.ndarray:
+def apply_effects(image: np.ndarray, recipe: EffectsRecipe, *, grain_samples: int = 800,
+                  progress: Callable[[int, int], None] | None = None) -> np.ndarray:
     """Apply the recipe's effects in the fixed order of this module's docstring.
 
-    ``grain_samples`` is film grain's Monte-Carlo sample count (Newson et al.'s default 800).
+    ``grain_samples`` is film grain's Monte-Carlo sample count (Newson et al.'s default 800);
+    ``progress(done, total)`` follows film grain, the one slow effect (see :func:`film_grain`).
     """
     out = np.asarray(image, np.float32)
     if recipe.blur:
@@ -54,7 +57,7 @@ def apply_effects(image: np.ndarray, recipe: EffectsRecipe, *, grain_samples: in
     if recipe.sharpen is not None:
         out = unsharp_mask(out, *recipe.sharpen)
     if recipe.grain:
-        out = film_grain(out, recipe.grain, seed=recipe.seed, n_samples=grain_samples)
+        out = film_grain(out, recipe.grain, seed=recipe.seed, n_samples=grain_samples, progress=progress)
     if recipe.mask is not None:
         out = apply_inpainting_mask(out, recipe.mask)
     return out
@@ -75,10 +78,11 @@ def check_effects(blur: float | None = None, grain: float | None = None, sharpen
 
 def apply_effects_file(image, output, *, blur: float | None = None, blur_angle: float | None = None,
                        grain: float | None = None, reference=None, mask=None,
-                       sharpen: tuple[float, float] | None = None, seed: int = 0, compare=None) -> str:
+                       sharpen: tuple[float, float] | None = None, seed: int = 0, compare=None,
+                       progress: Callable[[int, int], None] | None = None) -> str:
     """``retouch effects``: the effects on an image file, written to ``output`` (and an input | output strip
     to ``compare``); ``reference`` and ``mask`` are image files. Everything is checked before any work.
-    Returns the line the command prints."""
+    ``progress`` goes to :func:`apply_effects`. Returns the line the command prints."""
     import time
     from pathlib import Path
 
@@ -99,7 +103,7 @@ def apply_effects_file(image, output, *, blur: float | None = None, blur_angle: 
         sharpen=sharpen, seed=seed,
     )
     started = time.perf_counter()
-    result = apply_effects(source, recipe)
+    result = apply_effects(source, recipe, progress=progress)
     save_with_comparison(output, result, compare, source, inputs)
     return f"wrote {output} ({width}x{height}, {time.perf_counter() - started:.1f} s)"
 
