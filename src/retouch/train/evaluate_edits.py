@@ -136,11 +136,11 @@ def run_edit(backbone, method_name: str, scenes: EditScenes, settings: dict, *, 
 
 def evaluate_edits(backbone, world, edits: list[str], count: int, probes, judge=None, *,
                    method: str = "pix2pix-zero", settings: dict | None = None, batch: int = 25,
-                   progress=None) -> tuple[dict, dict[str, torch.Tensor]]:
+                   progress=None) -> tuple[dict, dict[str, tuple[torch.Tensor, torch.Tensor]]]:
     """Each ``SOURCE->TARGET`` edit on the first ``count`` held-out scenes whose object is SOURCE.
 
     ``progress(done, total)`` counts edited scenes over all edits. Returns the report (per edit: the summary of :class:`EditScores`, the round-trip floor of the
-    background L1, seconds per edit) and the edited images per edit.
+    background L1, seconds per edit) and, per edit, the input and edited images.
     """
     from retouch.metrics.pixel import background_preservation
     from retouch.methods.edit_text import parse_edit
@@ -161,19 +161,19 @@ def evaluate_edits(backbone, world, edits: list[str], count: int, probes, judge=
         floor = background_preservation(scenes.images, round_trip.clamp(0, 1), region)["l1"].mean()
         report["edits"][text] = {**scores.summary(), "background_l1_round_trip": float(floor),
                                  "seconds_per_edit": seconds / count}
-        images[text] = edited
+        images[text] = (scenes.images, edited)
     return report, images
 
 
-def save_edit_grid(scenes_images: dict[str, torch.Tensor], edited: dict[str, torch.Tensor], path, columns: int = 8,
+def save_edit_grid(images: dict[str, tuple[torch.Tensor, torch.Tensor]], path, columns: int = 8,
                    upscale: int = 2) -> None:
     """Per edit, a row of inputs above a row of their edits (the first ``columns`` scenes, never picked)."""
     from retouch.imageio import save_image
 
     rows = []
-    for text, outputs in edited.items():
-        for images in (scenes_images[text][:columns], outputs[:columns]):
-            row = torch.cat(list(images), dim=-1)  # (3, H, columns·W)
+    for inputs, outputs in images.values():
+        for batch in (inputs[:columns], outputs[:columns]):
+            row = torch.cat(list(batch), dim=-1)  # (3, H, columns·W)
             rows.append(torch.nn.functional.pad(row, (0, 0, 0, 2), value=1.0))
     sheet = torch.cat(rows, dim=-2).permute(1, 2, 0).numpy()
     save_image(sheet.repeat(upscale, 0).repeat(upscale, 1), path, make_parents=True)
@@ -211,9 +211,5 @@ def run_edit_evaluation(edits: list[str], output, *, method: str = "pix2pix-zero
     text = json.dumps(report, indent=1)
     output.write_text(text + "\n")
     if grid:
-        from retouch.methods.edit_text import parse_edit
-
-        inputs = {t: edit_scenes(world, parse_edit(t).source, parse_edit(t).target, min(count, 8)).images
-                  for t in edits}
-        save_edit_grid(inputs, edited, grid)
+        save_edit_grid(edited, grid)
     return text
