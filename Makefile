@@ -7,7 +7,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-$(shell cat requirements.txt pyproject.toml | sha1sum | cut -c1-12)
 DEMO_OUT ?= out/demo
 
-.PHONY: demo test venv clean mini-models mini-models-v2 chromium multitask-models
+.PHONY: demo test venv clean mini-models chromium multitask-models
 
 venv: $(STAMP)
 
@@ -30,44 +30,34 @@ chromium:
 		DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; } || \
 		echo "make: could not install chromium (needs root and Debian's registry); browser tests will skip"
 
-# Retrain the shipped mini models from scratch on CPU (see src/retouch/assets/mini/MODEL_CARD.md):
-# autoencoder and CLIP side by side on one core each, the autoencoder's local decoder, then the U-Net in
-# three resumed phases, then the judge (a CLIP copy sharpened with attribute hard negatives), export,
-# and evaluation.
-MINI_WORK ?= out/train-mini
-PLAIN_MSE = --unet-object-weight 0 --unet-min-snr-gamma 0
-mini-models: $(STAMP)
-	$(VENV)/bin/retouch train mini --stages tokenizer --work-dir $(MINI_WORK)
-	OMP_NUM_THREADS=1 $(VENV)/bin/retouch train mini --stages vae --vae-steps 1000 --vae-batch 16 --work-dir $(MINI_WORK) & \
-	OMP_NUM_THREADS=1 $(VENV)/bin/retouch train mini --stages clip --clip-steps 1800 --clip-batch 64 --work-dir $(MINI_WORK) & \
-	wait
-	# Local decoder (encoder frozen, so the U-Net's latent space is unchanged): 600 steps, then
-	# resumed to 2000 (the resume re-spreads the cosine schedule), as the shipped decoder was made.
-	$(VENV)/bin/retouch train mini --stages decoder --decoder-steps 600 --work-dir $(MINI_WORK)
-	mv $(MINI_WORK)/decoder/final $(MINI_WORK)/decoder/final-600
-	$(VENV)/bin/retouch train mini --stages decoder --decoder-steps 2000 --work-dir $(MINI_WORK)
-	# U-Net: 2500 then 3600 steps of plain ε-MSE (each resume re-spreads the cosine schedule), then
-	# resumed to 7000 steps with the object-weighted, Min-SNR-5 loss (the config's defaults)
-	# (the shipped run set --unet-steps 7600 and was re-spread to 7000 at its step-4250 checkpoint)
-	$(VENV)/bin/retouch train mini --stages unet --unet-steps 2500 --unet-batch 32 $(PLAIN_MSE) --work-dir $(MINI_WORK)
-	mv $(MINI_WORK)/unet/final $(MINI_WORK)/unet/final-2500
-	$(VENV)/bin/retouch train mini --stages unet --unet-steps 3600 --unet-batch 32 $(PLAIN_MSE) --work-dir $(MINI_WORK)
-	mv $(MINI_WORK)/unet/final $(MINI_WORK)/unet/final-3600
-	$(VENV)/bin/retouch train mini --stages unet --unet-steps 7000 --unet-batch 32 --work-dir $(MINI_WORK)
-	$(VENV)/bin/retouch train mini --stages judge,export --judge-steps 1000 --judge-batch 64 --work-dir $(MINI_WORK)
-	$(VENV)/bin/retouch eval mini
-
-# The v2 world's models (issue 19, docs/world_v2.md; in progress: not yet exported or shipped), as the runs
-# of the first session were made: tokenizer, then autoencoder and CLIP side by side on one core each, then
-# the U-Net from pre-encoded shards under two gloo processes of one thread each (global batch 64).
-MINI_V2_WORK ?= out/train-mini-v2
-MINI_V2 = $(VENV)/bin/retouch train mini --recipe v2 --work-dir $(MINI_V2_WORK)
+# Retrain the shipped mini models from scratch on CPU, on the v2 world (src/retouch/assets/mini/MODEL_CARD.md,
+# docs/world_v2.md): the tokenizer; the autoencoder and CLIP side by side on one core each; the decoder
+# (latent-noise robust; the encoder and so the latents are unchanged); the U-Net from pre-encoded shards
+# under two gloo processes of one thread each (global batch 64): 10,000 steps of ε-MSE, then resumed to
+# 13,000 with offset noise (the cosine schedule re-spreads on resume); the judge; export; the pixel
+# probes; the portrait MCDM on rendered pairs; the evaluation. Every stage is resumable and reused.
+MINI_WORK ?= out/train-mini-v2
+MINI = $(VENV)/bin/retouch train mini --recipe v2 --work-dir $(MINI_WORK)
 LAUNCH2 = ACCELERATE_USE_CPU=1 OMP_NUM_THREADS=1 $(PY) -m accelerate.commands.launch --multi_gpu --num_processes 2 \
 	--num_machines 1 --mixed_precision no --dynamo_backend no --main_process_ip 127.0.0.1 -m retouch.cli
-mini-models-v2: $(STAMP)
-	$(MINI_V2) --stages tokenizer
-	OMP_NUM_THREADS=1 $(MINI_V2) --stages vae & OMP_NUM_THREADS=1 $(MINI_V2) --stages clip & wait
-	$(LAUNCH2) train mini --recipe v2 --work-dir $(MINI_V2_WORK) --stages unet --unet-batch 32
+PORTRAIT_PAIRS ?= out/pairs-renderer-v2
+PORTRAIT_WORK ?= out/portrait/v2-oracle-g10
+mini-models: $(STAMP)
+	$(MINI) --stages tokenizer
+	OMP_NUM_THREADS=1 $(MINI) --stages vae & OMP_NUM_THREADS=1 $(MINI) --stages clip & wait
+	$(MINI) --stages decoder
+	test -f $(MINI_WORK)/unet/final-10000/config.json || { \
+	  $(LAUNCH2) train mini --recipe v2 --work-dir $(MINI_WORK) --stages unet --unet-batch 32 --unet-steps 10000 && \
+	  mv $(MINI_WORK)/unet/final $(MINI_WORK)/unet/final-10000; }
+	$(LAUNCH2) train mini --recipe v2 --work-dir $(MINI_WORK) --stages unet --unet-batch 32 --unet-steps 13000 \
+	  --unet-offset-noise 0.1
+	OMP_NUM_THREADS=2 $(MINI) --stages judge,export
+	$(VENV)/bin/retouch train probes --profile v2
+	test -d $(PORTRAIT_PAIRS) || $(PY) benchmarks/portrait_oracle_pairs.py $(PORTRAIT_PAIRS) 1500
+	OMP_NUM_THREADS=2 $(VENV)/bin/retouch train portrait --data $(PORTRAIT_PAIRS) --output-dir $(PORTRAIT_WORK) \
+	  --steps 1000 --batch 16 --learning-rate 2e-4 --input-gain 10
+	$(VENV)/bin/retouch train ship portrait $(PORTRAIT_WORK)/final
+	$(VENV)/bin/retouch eval mini
 
 clean:
 	rm -rf $(VENV) out .pytest_cache

@@ -278,3 +278,17 @@ def test_two_processes_write_the_same_files_and_log_as_one(tmp_path):
     # The summary and the final error line come once, from the first process.
     assert two_out.count("batch: 3 done, 0 skipped, 1 failed of 4") == 1
     assert two_err.count("retouch: error: 1 of 4 items failed") == 1
+
+
+def test_typed_settings_convert_text_to_the_fields_types_and_refuse_unknown_names():
+    from retouch.batch import typed_settings
+    from retouch.errors import RetouchError
+    from retouch.methods import get_method
+
+    config_class = get_method("pix2pix-zero").config_class
+    typed = typed_settings(config_class, {"xa_guidance": "0.2", "num_steps": "25", "caption_as_negative": "no"})
+    assert typed == {"xa_guidance": 0.2, "num_steps": 25, "caption_as_negative": False}
+    with pytest.raises(RetouchError, match="unknown setting.*xa_guidence"):
+        typed_settings(config_class, {"xa_guidence": "0.2"})
+    with pytest.raises(RetouchError, match="num_steps"):
+        typed_settings(config_class, {"num_steps": "many"})

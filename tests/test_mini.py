@@ -190,11 +190,29 @@ def test_shipped_weights_fit_the_budget_and_have_a_model_card():
 
 
 @shipped
-def test_demo_writes_strips(tmp_path, capsys):
+def test_demo_writes_strips_and_its_four_edits_succeed(tmp_path, capsys):
+    """The README's main job on the shipped models: every edit of the four kinds succeeds by both readers."""
     code, out, err = run_cli(["demo", "-o", tmp_path / "demo"], capsys)
     assert code == 0, err
     for name in ("input.png", "result.png", "comparison.png"):
         assert (tmp_path / "demo" / name).is_file()
+    assert "4 of 4 edits succeeded" in out, out
+
+
+def test_demo_edits_take_the_first_held_out_scenes_one_kind_each():
+    from retouch.demo import DEMO_KINDS, demo_edits
+    from retouch.world import World
+    from retouch.world.heldout import held_out_scenes
+
+    world = World(0, 64)
+    edits = demo_edits(world)
+    specs = held_out_scenes(world, 16).specs
+    assert len(edits) == len(DEMO_KINDS) == 4
+    assert [spec for spec, _ in edits[:3]] == specs[:3]  # never picked: the first scenes, in order
+    hatless = [spec for spec in specs[3:] if spec.objects[0].accessory == "none"]
+    assert edits[3] == (hatless[0], "hat")
+    for (spec, target), kind in zip(edits[:3], DEMO_KINDS):
+        assert target in world.vocabularies[kind] and target != getattr(spec.objects[0], kind)
 
 
 def test_unet_loss_weights_favour_objects_and_noisy_timesteps():
@@ -212,6 +230,21 @@ def test_unet_loss_weights_favour_objects_and_noisy_timesteps():
     assert per_sample.tolist() == pytest.approx([5.0 / snr, 1.0])
     plain_spatial, plain_sample = unet_loss_weights(masks, 16, alpha_bar, object_weight=0.0, min_snr_gamma=0.0)
     assert (plain_spatial == 1).all() and (plain_sample == 1).all()
+
+
+def test_offset_noise_gives_each_channel_a_shared_offset():
+    """Offset noise: per image and channel, the noise's spatial mean has variance offset² + 1/(H·W), not
+    1/(H·W); within a channel the offset is shared, so differences between pixels keep variance 2."""
+    from retouch.train.mini import training_noise
+
+    shape = (512, 8, 16, 16)
+    plain = training_noise(shape, torch.Generator().manual_seed(0))
+    offset = training_noise(shape, torch.Generator().manual_seed(0), offset=0.5)
+    assert torch.equal(plain, training_noise(shape, torch.Generator().manual_seed(0), offset=0.0))
+    assert plain.mean(dim=(2, 3)).var().item() == pytest.approx(1 / 256, rel=0.1)
+    assert offset.mean(dim=(2, 3)).var().item() == pytest.approx(0.25 + 1 / 256, rel=0.1)
+    assert torch.allclose(offset - plain, (offset - plain)[..., :1, :1].expand(shape), atol=1e-6)
+    assert (offset[..., 0, 0] - offset[..., 5, 7]).var().item() == pytest.approx(2.0, rel=0.1)
 
 
 def test_v2_recipe_trains_every_stage_from_shards_and_keeps_the_encoder(tmp_path):

@@ -213,6 +213,16 @@ def field_kinds(config_class) -> dict[str, tuple[type, bool]]:
 _TRUE, _FALSE = ("true", "yes", "1"), ("false", "no", "0")
 
 
+def typed_settings(config_class, settings: dict) -> dict:
+    """``{field: text}`` (e.g. from ``--set FIELD=VALUE``) as the config fields' own types; unknown names are
+    a one-line error."""
+    kinds = field_kinds(config_class)
+    unknown = sorted(set(settings) - set(kinds))
+    if unknown:
+        raise RetouchError(f"unknown setting(s) {', '.join(unknown)}; this method has {', '.join(kinds)}")
+    return {key: _typed(key, value, *kinds[key]) for key, value in settings.items()}
+
+
 def _typed(key: str, value, kind: type, repeatable: bool = False):
     """A manifest value as the field's type: CSV gives text, JSON Lines gives JSON values."""
     if repeatable:

@@ -14,40 +14,70 @@ from retouch.errors import RetouchError
 #: The documented effects recipe: scikit-image's "astronaut" photograph with a light motion blur,
 #: the colour grading of its "coffee" photograph, unsharp masking and film grain at σ = 0.05.
 DEMO_RECIPE = dict(blur=0.25, blur_angle=30.0, grain=0.05, sharpen=(1.5, 0.02), seed=0)
-#: The documented diffusion demo: the first held-out (test-split) single-object mini-world scenes,
-#: each edited by swapping one attribute word of its caption.
-DEMO_EDITS = ("colour", "shape", "colour", "pattern")
-DEMO_METHOD = "sdedit"
-#: The demo edit's settings besides its prompt (the method's config fields).
-DEMO_SETTINGS = dict(strength=0.6, num_steps=50, guidance_scale=5.0, seed=0)
+#: The documented diffusion demo: one edit of each kind, each on the first held-out (test-split) scene it
+#: applies to (the hat is added to the first scene without one), never picked for success. Each edit
+#: changes one attribute to the next word of the world's vocabulary.
+DEMO_KINDS = ("colour", "shape", "pattern", "accessory")
+DEMO_METHOD = "pix2pix-zero"
+#: The demo edit's settings besides its texts (the method's config fields): the paper's defaults.
+DEMO_SETTINGS = dict(num_steps=50, guidance_scale=5.0, xa_guidance=0.1, seed=0)
+
+
+def demo_edits(world, kinds=DEMO_KINDS) -> list[tuple[object, str]]:
+    """(scene spec, target word) per kind: the first held-out scenes in order, one per kind, a scene used
+    once; the target is the next word of the world's vocabulary (the hat kind adds a hat)."""
+    from retouch.world.heldout import held_out_scenes
+
+    specs = held_out_scenes(world, 4 * len(kinds)).specs
+    chosen, used = [], set()
+    for kind in kinds:
+        for k, spec in enumerate(specs):
+            obj = spec.objects[0]
+            if k in used or (kind == "accessory" and obj.accessory != "none"):
+                continue
+            words = world.vocabularies[kind]
+            target = "hat" if kind == "accessory" else words[(words.index(getattr(obj, kind)) + 1) % len(words)]
+            chosen.append((spec, target))
+            used.add(k)
+            break
+    return chosen
 
 
 def diffusion_demo(folder: Path) -> str:
-    """Edit the held-out scenes through the CLI's own path (``make_config``, ``edit_image``); writes
-    input.png, result.png and comparison.png (input | output strips). Returns the line to print."""
+    """pix2pix-zero edits of held-out scenes with the shipped mini models, scored by the shipped probes and
+    judge (:mod:`retouch.train.evaluate_edits`); writes input.png, result.png and comparison.png (input |
+    output strips). Returns the lines to print, the success count last."""
     import torch
 
-    from retouch.backbone import load_backbone
+    from retouch.backbone import MINI_DIR, load_backbone
     from retouch.imageio import check_outputs, save_image, side_by_side
-    from retouch.methods import edit_image, get_method, make_config
-    from retouch.world.heldout import held_out_scenes
+    from retouch.metrics import TransformersCLIPJudge
+    from retouch.train.evaluate_edits import run_edit, score_edits
     from retouch.world import World
+    from retouch.world.edits import scenes_for_edit
+    from retouch.world.probe import load_probes
 
     check_outputs([folder / "comparison.png"])
     started = time.perf_counter()
-    method = get_method(DEMO_METHOD)
     backbone = load_backbone("mini")
-    scenes = held_out_scenes(World(seed=0, size=64), len(DEMO_EDITS))
-    inputs, results, rows = [], [], []
-    for image, spec, attribute in zip(scenes.images, scenes.specs, DEMO_EDITS):
-        source_text, target_text = demo_texts(spec, attribute)
-        image = image.permute(1, 2, 0).numpy()
-        config = make_config(method, prompt=target_text, **DEMO_SETTINGS)
-        result = edit_image(method, backbone, image, config)
+    probes, judge = load_probes(), TransformersCLIPJudge(MINI_DIR / "judge")
+    world = World(seed=0, size=64)
+    inputs, results, rows, lines, successes = [], [], [], [], 0
+    for spec, target in demo_edits(world):
+        scenes = scenes_for_edit([spec], target, world.size)
+        edited = run_edit(backbone, DEMO_METHOD, scenes, DEMO_SETTINGS)
+        scores = score_edits(scenes, edited, target, probes, judge, world.vocabularies)
+        success = bool(scores.succeeded()[0])
+        successes += success
+        image, result = scenes.images[0].permute(1, 2, 0).numpy(), edited[0].permute(1, 2, 0).numpy()
         inputs.append(image)
         results.append(result)
+        verdict = "succeeded" if success else "failed"
         rows.append(side_by_side([_upscale(image, 4), _upscale(result, 4)],
-                                 labels=[source_text, "edited: " + target_text]))
+                                 labels=[scenes.sources[0], f"{verdict}: {scenes.targets[0]}"]))
+        lines.append(f"  {scenes.sources[0]} -> {scenes.targets[0]}: {verdict} (probe "
+                     f"{'yes' if scores.probe_success[0] else 'no'}, judge {'yes' if scores.judge_success[0] else 'no'}; "
+                     f"background L1 {scores.background_l1[0]:.3f})")
     elapsed = time.perf_counter() - started
     width = max(row.shape[1] for row in rows)
     strip = np.concatenate([np.pad(row, ((0, 0), (0, width - row.shape[1]), (0, 0)), constant_values=1.0)
@@ -55,22 +85,13 @@ def diffusion_demo(folder: Path) -> str:
     save_image(inputs[0], folder / "input.png", make_parents=True)
     save_image(results[0], folder / "result.png")
     save_image(strip, folder / "comparison.png")
-    return (f"wrote {folder}/input.png, result.png, comparison.png ({DEMO_METHOD} on the mini models, "
-            f"{len(inputs)} edits in {elapsed:.1f} s on {torch.get_num_threads()} threads)")
+    return "\n".join([*lines, f"wrote {folder}/input.png, result.png, comparison.png ({DEMO_METHOD} on the mini "
+                                f"models, {len(inputs)} edits in {elapsed:.1f} s on {torch.get_num_threads()} threads)",
+                       f"{successes} of {len(inputs)} edits succeeded (the probes and the judge both read the target)"])
 
 
 def _upscale(image: np.ndarray, factor: int) -> np.ndarray:
     return image.repeat(factor, axis=0).repeat(factor, axis=1)
-
-
-def demo_texts(spec, attribute: str) -> tuple[str, str]:
-    """Canonical caption of a scene and of the same scene with one attribute of its object changed."""
-    from retouch.world import VOCABULARIES, caption, with_changes
-
-    values = VOCABULARIES[attribute]
-    new_value = values[(values.index(getattr(spec.objects[0], attribute)) + 3) % len(values)]
-    template = "a photo of {things} on {background}"
-    return caption(spec, template=template), caption(with_changes(spec, **{attribute: new_value}), template=template)
 
 
 def effects_demo(folder: Path, size: int) -> str:

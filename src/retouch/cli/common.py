@@ -40,7 +40,7 @@ def comma_list(text: str) -> tuple[str, ...]:
 
 
 def named_folders(pairs, flag: str) -> dict[str, str]:
-    """Repeated ``NAME=FOLDER`` options → {name: folder}."""
+    """Repeated ``NAME=FOLDER`` (or ``NAME=VALUE``) options → {name: folder}."""
     named = {}
     for pair in pairs:
         name, sep, folder = pair.partition("=")

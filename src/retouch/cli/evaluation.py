@@ -83,3 +83,27 @@ def eval_mini(models, grid, generation_count) -> None:
     from retouch.train.evaluate_mini import evaluate_and_document
 
     click.echo(evaluate_and_document(models, grid=grid, generation_count=generation_count))
+
+
+@evaluate.command("edits")
+@click.option("--edits", default="red->blue,circle->square,plain->striped,none->hat", show_default=True,
+              help="comma-separated SOURCE->TARGET attribute edits of the mini world")
+@click.option("--method", default="pix2pix-zero", show_default=True, help="the editing method")
+@click.option("--set", "settings", multiple=True, metavar="FIELD=VALUE",
+              help="a method config field, e.g. --set xa_guidance=0.2 (repeatable)")
+@click.option("--count", type=click.IntRange(min=1), default=100, show_default=True, help="held-out scenes per edit")
+@click.option("--batch", type=click.IntRange(min=1), default=25, show_default=True, help="scenes edited at once")
+@click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path), required=True,
+              help="JSON file for the report")
+@click.option("--grid", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="PNG: the first 8 inputs and edits of every edit")
+def eval_edits(edits, method, settings, count, batch, output, grid) -> None:
+    """Attribute edits on held-out mini-world scenes with the shipped mini models: success by the probes and
+    by the judge, background L1 outside the edited object, object centre moved."""
+    from retouch.batch import typed_settings
+    from retouch.methods import get_method
+    from retouch.train.evaluate_edits import run_edit_evaluation
+
+    typed = typed_settings(get_method(method).config_class, named_folders(settings, "--set"))
+    click.echo(run_edit_evaluation(comma_list(edits), output, method=method, settings=typed,
+                                   count=count, batch=batch, grid=grid))

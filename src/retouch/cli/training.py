@@ -39,8 +39,11 @@ def train() -> None:
 @click.option("--unet-object-weight", type=float, default=None,
               help="extra ε-loss weight on object pixels (0 = plain MSE)")
 @click.option("--unet-min-snr-gamma", type=float, default=None, help="Min-SNR-γ timestep weighting (0 = off)")
+@click.option("--unet-offset-noise", type=float, default=None,
+              help="per-channel offset added to the U-Net's training noise (0 = off; MiniConfig.unet_offset_noise)")
 def train_mini(stages, recipe, work_dir, export_dir, seed, vae_steps, decoder_steps, clip_steps, unet_steps, judge_steps,
-               judge_batch, vae_batch, clip_batch, unet_batch, unet_object_weight, unet_min_snr_gamma) -> None:
+               judge_batch, vae_batch, clip_batch, unet_batch, unet_object_weight, unet_min_snr_gamma,
+               unet_offset_noise) -> None:
     """Train the mini world's autoencoder, CLIP-style judge and text-to-image U-Net."""
     from retouch.train.mini import MINI_DIR, STAGES, mini_recipe, run_mini_training
 
@@ -55,7 +58,8 @@ def train_mini(stages, recipe, work_dir, export_dir, seed, vae_steps, decoder_st
     for name, value in overrides.items():
         if value <= 0:
             raise RetouchError(f"--{name.replace('_', '-')} must be positive; got {value}")
-    for name, value in dict(unet_object_weight=unet_object_weight, unet_min_snr_gamma=unet_min_snr_gamma).items():
+    for name, value in dict(unet_object_weight=unet_object_weight, unet_min_snr_gamma=unet_min_snr_gamma,
+                            unet_offset_noise=unet_offset_noise).items():
         if value is not None:
             if not value >= 0:
                 raise RetouchError(f"--{name.replace('_', '-')} must be zero or positive; got {value}")

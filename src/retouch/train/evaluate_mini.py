@@ -177,7 +177,12 @@ def evaluate_mini(models_dir: Path, *, seed: int = 0, vae_count: int = 256, judg
     backbone = load_backbone(str(models_dir / "backbone"))
     judge = TransformersCLIPJudge(models_dir / "judge")
     report = {"vae": evaluate_vae(backbone.vae, world, vae_count), "judge": evaluate_judge(judge, world, judge_count)}
-    report["unet"], samples = evaluate_generation(backbone, judge, world, generation_count)
+    probes = None
+    if (models_dir / "probes" / "probes.json").is_file():  # the judge's independent second reader
+        from retouch.world.probe import load_probes
+
+        probes = load_probes(models_dir / "probes")
+    report["unet"], samples = evaluate_generation(backbone, judge, world, generation_count, probes=probes)
     if grid_path is not None:
         save_sample_grid(world, samples, grid_path)
     return report

@@ -81,6 +81,12 @@ class MiniConfig:
     unet_object_weight: float = 4.0
     #: Min-SNR-γ timestep weighting (Hang et al. 2023); 0 = uniform weights.
     unet_min_snr_gamma: float = 5.0
+    #: offset noise (Guttenberg 2023): ε gets ``this · ξ`` with one ξ ~ N(0, 1) per image and channel, so the
+    #: noise's per-channel mean no longer carries the image's mean at t = T. The DDPM schedule keeps
+    #: √ᾱ_T ≈ 0.07 of the signal, and on v2 the plain-ε U-Net learnt to read each scene's background
+    #: from that leak, so pure-noise samples drew a random background (docs/world_v2.md, "terminal-SNR
+    #: leak"). 0 = plain Gaussian ε.
+    unet_offset_noise: float = 0.0
     vocab_size: int = 1000
     #: The world profile every stage trains on (``retouch.world.PROFILES``).
     profile: str = "v1"
@@ -563,14 +569,26 @@ def unet_loss_weights(object_masks: torch.Tensor, latent_side: int, alpha_bar: t
     return spatial, per_sample.float()
 
 
-def weighted_eps_loss(model, batch, generator, schedule, object_weight: float, min_snr_gamma: float):
+def training_noise(shape, generator: torch.Generator, offset: float = 0.0) -> torch.Tensor:
+    """ε for the U-Net's loss: N(0, 1) per element plus, with ``offset`` > 0, ``offset · ξ`` with one
+    ξ ~ N(0, 1) per image and channel (offset noise, ``MiniConfig.unet_offset_noise``). Drawn on the CPU,
+    so a run draws the same noise on any device."""
+    noise = torch.randn(shape, generator=generator)
+    if offset > 0:
+        noise = noise + offset * torch.randn((*shape[:2], 1, 1), generator=generator)
+    return noise
+
+
+def weighted_eps_loss(model, batch, generator, schedule, object_weight: float, min_snr_gamma: float,
+                      offset_noise: float = 0.0):
     """The mini U-Net's ε-loss on a (latents, text states, object masks) batch: squared error per latent
-    pixel, weighted towards object pixels and by Min-SNR-γ (:func:`unet_loss_weights`)."""
+    pixel, weighted towards object pixels and by Min-SNR-γ (:func:`unet_loss_weights`); with
+    ``offset_noise`` > 0, ε has a random per-image, per-channel offset (``MiniConfig.unet_offset_noise``)."""
     from retouch.sampling import add_noise
 
     latents, states, masks = batch
     t = torch.randint(0, schedule.num_train_timesteps, (latents.shape[0],), generator=generator)
-    noise = torch.randn(latents.shape, generator=generator).to(latents)  # CPU draws: same on any device
+    noise = training_noise(latents.shape, generator, offset_noise).to(latents)
     alpha_bar = schedule.alphas_cumprod[t].to(latents)
     noisy = add_noise(latents, noise, alpha_bar)
     prediction = model(noisy, t.to(latents.device), encoder_hidden_states=states).sample
@@ -620,7 +638,7 @@ def train_unet(world, config: MiniConfig, vae, text_encoder, tokenizer):
 
     def loss_fn(model, batch, generator):
         return weighted_eps_loss(model, batch, generator, schedule, config.unet_object_weight,
-                                 config.unet_min_snr_gamma), {}
+                                 config.unet_min_snr_gamma, config.unet_offset_noise), {}
 
     loop = LoopConfig(output_dir=str(out), max_steps=config.unet_steps, learning_rate=config.unet_learning_rate,
                       warmup_steps=200, checkpoint_every=250, ema_decay=0.999, seed=config.seed)
@@ -764,16 +782,13 @@ def write_model_card(export_dir: Path, command: str) -> Path:
     lines = [
         "# retouch mini models",
         "",
-        "Trained from scratch on the procedural mini world (`retouch.world`, seed "
-        f"{training.get('config', {}).get('seed', '?')}); no external data or weights.",
+        "Trained from scratch on the procedural mini world (`retouch.world`, profile "
+        f"{training.get('config', {}).get('profile', 'v1')}, seed {training.get('config', {}).get('seed', '?')}); "
+        "no external data or weights.",
         "",
         "| part | class | notes |",
         "|---|---|---|",
-        "| `backbone/vae` | diffusers `AutoencoderKL` | downsampling factor 4 (64² RGB → 4×16² latents), channels "
-        "(32, 64, 64); decoder fine-tuned on latent splices (`decoder` stage) |",
-        "| `backbone/text_encoder` | transformers `CLIPTextModel` | the judge's text tower (hidden 128, 4 layers, 32 tokens) |",
-        "| `backbone/unet` | diffusers `UNet2DConditionModel` | channels (64, 128, 128), cross-attention 128, ε-prediction, EMA weights |",
-        "| `judge` | transformers `CLIPModel` + `CLIPProcessor` | ViT on 8×8 patches; the world's CLIP-Acc/CLIP-I/KID judge |",
+        *_architecture_rows(export_dir),
         "",
         "## Training",
         "",
@@ -801,6 +816,33 @@ def write_model_card(export_dir: Path, command: str) -> Path:
         lines.append(previous[previous.index(PROVENANCE_HEADING):].rstrip("\n") + "\n")
     path.write_text("\n".join(lines))
     return path
+
+
+def _architecture_rows(export_dir: Path) -> list[str]:
+    """The model card's table rows, read from the exported configs (so the card cannot drift from the weights)."""
+    vae = _read_json(export_dir / "backbone" / "vae" / "config.json")
+    text = _read_json(export_dir / "backbone" / "text_encoder" / "config.json")
+    unet = _read_json(export_dir / "backbone" / "unet" / "config.json")
+    judge = _read_json(export_dir / "judge" / "config.json").get("vision_config", {})
+    factor = 2 ** (len(vae.get("block_out_channels", [0])) - 1)
+    side = unet.get("sample_size", "?")
+    attention = ["attention" if "CrossAttn" in block else "no attention" for block in unet.get("down_block_types", [])]
+    return [
+        f"| `backbone/vae` | diffusers `AutoencoderKL` | downsampling factor {factor} (RGB → "
+        f"{vae.get('latent_channels')}×{side}² latents), channels {tuple(vae.get('block_out_channels', ()))}, "
+        f"{'with' if vae.get('mid_block_add_attention', True) else 'no'} mid-block attention; the shipped decoder "
+        "is the `decoder` stage's |",
+        f"| `backbone/text_encoder` | transformers `CLIPTextModel` | the CLIP stage's text tower (hidden "
+        f"{text.get('hidden_size')}, {text.get('num_hidden_layers')} layers, {text.get('max_position_embeddings')} "
+        "tokens) |",
+        f"| `backbone/unet` | diffusers `UNet2DConditionModel` | channels {tuple(unet.get('block_out_channels', ()))} "
+        f"({', '.join(attention)}, top level first), cross-attention {unet.get('cross_attention_dim')}, ε-prediction, "
+        "EMA weights |",
+        f"| `judge` | transformers `CLIPModel` + `CLIPProcessor` | ViT on {judge.get('patch_size', '?')}² patches; the "
+        "world's zero-shot judge (CLIP-Acc, CLIP-I, KID) |",
+        "| `probes` | `retouch.world.probe.PixelProbes` | supervised per-attribute pixel classifiers, the judge's "
+        "independent second reader |",
+    ]
 
 
 def _read_json(path: Path) -> dict:

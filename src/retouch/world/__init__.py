@@ -3,7 +3,8 @@
 A scene is a textured background (grass, sand, water, sky, snow, brick, wood) with one to three
 objects, each with a shape, colour, pattern, accessory (a top hat or none), size and position. A
 world profile (``vocabulary.PROFILES``) says which words are drawn and how large objects are: ``v1``
-uses every word, ``v2`` one large object from a smaller vocabulary (``docs/world_v2.md``).
+uses every word, ``v2`` one large object from a smaller vocabulary (``docs/world_v2.md``). ``v2`` is the
+default, the world the shipped mini models are trained on; ``v1`` stays for multi-object scenes.
 Everything is a pure function of the seed and the profile::
 
     world = World(seed=0, size=64, profile="v2")

@@ -42,23 +42,26 @@ def edit_scenes(world, source: str, target: str, count: int, split: str = "test"
     attribute = attribute_of(source)
     if attribute_of(target) != attribute:
         raise ValueError(f"'{source}' and '{target}' are values of different attributes")
-    images, masks, sources, targets, specs = [], [], [], [], []
+    specs = []
     index = 0
-    while len(images) < count:
+    while len(specs) < count:
         if world.split(index) == split:
-            spec = sample_scene(np.random.default_rng([world.seed, index, 7]), n_objects=1, **{attribute: source})
-            rendered = render_scene(spec, world.size)
-            images.append(rendered.image)
-            masks.append(rendered.masks[0])
-            sources.append(describe_scene(spec))
-            targets.append(describe_scene(with_changes(spec, **{attribute: target})))
-            specs.append(spec)
+            specs.append(sample_scene(np.random.default_rng([world.seed, index, 7]), n_objects=1,
+                                      profile=world.profile, **{attribute: source}))
         index += 1
-    tensor = torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2).float()
-    mask = torch.from_numpy(np.stack(masks)).float()[:, None]
+    return scenes_for_edit(specs, target, world.size)
+
+
+def scenes_for_edit(specs, target: str, size: int) -> EditScenes:
+    """The :class:`EditScenes` of given scenes (their first object is the one edited) for an edit to ``target``."""
+    attribute = attribute_of(target)
+    rendered = [render_scene(spec, size) for spec in specs]
+    tensor = torch.from_numpy(np.stack([r.image for r in rendered])).permute(0, 3, 1, 2).float()
+    mask = torch.from_numpy(np.stack([r.masks[0] for r in rendered])).float()[:, None]
     side = 2 * MASK_GROWTH + 1
     return EditScenes(tensor, torch.nn.functional.max_pool2d(mask, side, stride=1, padding=MASK_GROWTH),
-                      sources, targets, specs)
+                      [describe_scene(spec) for spec in specs],
+                      [describe_scene(with_changes(spec, **{attribute: target})) for spec in specs], list(specs))
 
 
 def true_edits(scenes: EditScenes, target: str) -> tuple[torch.Tensor, torch.Tensor]:

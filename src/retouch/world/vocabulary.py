@@ -162,8 +162,8 @@ PROFILES = {
         caption_position=False,
     ),
 }
-#: The profile ``World`` uses when none is named.
-DEFAULT_PROFILE = "v1"
+#: The profile ``World`` uses when none is named: the shipped mini models' world.
+DEFAULT_PROFILE = "v2"
 
 
 def world_profile(profile: "str | WorldProfile | None" = None) -> WorldProfile:
