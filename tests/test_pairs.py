@@ -163,12 +163,12 @@ def test_identity_tokens_are_appended_and_reach_the_output(tiny, judge):
 # The filter
 # ---------------------------------------------------------------------------------------------
 def test_rendered_pairs_pass_the_filter_and_shuffled_ones_fail(judge):
-    world = World(0, 64)
+    world = World(0, 64)  # the shipped judge's world
     for direction, (change, fixed) in DIRECTIONS.items():
         images = [world.pair(i, change, **fixed)[2].image for i in split_indices("train", 24)]
         batch = torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2)
         left, right = batch[..., :64], batch[..., 64:]
-        lefts, rights = describe_halves(judge, left), describe_halves(judge, right)
+        lefts, rights = (describe_halves(judge, half, vocabularies=world.vocabularies) for half in (left, right))
         kept = [halves_agree(a, b)["kept"] for a, b in zip(lefts, rights)]
         shuffled = [halves_agree(a, b)["kept"] for a, b in zip(lefts, rights[1:] + rights[:1])]
         assert np.mean(kept) >= 0.85, direction
