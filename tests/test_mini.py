@@ -175,7 +175,8 @@ shipped = pytest.mark.skipif(not (MINI_DIR / "backbone" / "model_index.json").is
 def test_shipped_mini_loads_by_name_and_by_folder_identically():
     by_name = load_backbone("mini")
     by_folder = load_backbone(str(MINI_DIR / "backbone"))
-    latents = torch.randn(1, 4, 16, 16, generator=torch.Generator().manual_seed(0))
+    channels = by_name.unet.config.in_channels  # 8 latent channels since the v2 autoencoder
+    latents = torch.randn(1, channels, 16, 16, generator=torch.Generator().manual_seed(0))
     cond = by_name.encode_text(["a photo of a red circle on grass"])
     assert torch.equal(by_name.denoise(latents, 500, cond), by_folder.denoise(latents, 500, by_folder.encode_text(
         ["a photo of a red circle on grass"])))
