@@ -16,7 +16,7 @@ import torch
 
 from retouch.methods import guidance_option, register, steps_option
 from retouch.methods.word_swap import EDIT_GUIDANCE, INVERSIONS, WordSwapText, invert_latents
-from retouch.options import check_options, option
+from retouch.options import option
 from retouch.sampling import ddim_sample, ddim_timesteps, guided_denoiser
 
 
@@ -26,10 +26,6 @@ class DDIMSwapConfig(WordSwapText):
     guidance_scale: float = guidance_option(help=EDIT_GUIDANCE)
     inversion: str = option("ddim", "ddim (Table 2 config B) or regularized: with pix2pix-zero's L_auto (config C)",
                             choices=INVERSIONS)
-
-    def validate(self) -> None:
-        self.prompts()
-        check_options(self)
 
 
 @register("ddim", DDIMSwapConfig, "DDIM inversion with the caption, DDIM sampling with the word-swapped caption")

@@ -26,7 +26,7 @@ import torch
 
 from retouch.methods import guidance_option, register, steps_option
 from retouch.methods.word_swap import EDIT_GUIDANCE, WordSwapText
-from retouch.options import check_options, option
+from retouch.options import option
 from retouch.sampling import add_noise, ddim_sample, edit_friendly_inversion, guided_denoiser, img2img_timesteps
 
 MODES = ("noising", "edit-friendly")
@@ -45,10 +45,6 @@ class DDPMInversionConfig(WordSwapText):
     source_guidance_scale: float = guidance_option(3.5, "edit-friendly only: guidance scale with the caption while "
                                                         "inverting (their default 3.5)")
     seed: int = option(0, "seed of the forward and sampler noise")
-
-    def validate(self) -> None:
-        self.prompts()
-        check_options(self)
 
 
 def seeded_noise(count: int, like: torch.Tensor, seed: int) -> list[torch.Tensor]:

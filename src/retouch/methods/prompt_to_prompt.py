@@ -28,7 +28,7 @@ from retouch.attention import AttentionHook, HookGroup, hooked_attention, select
 from retouch.errors import RetouchError
 from retouch.methods import guidance_option, register, steps_option
 from retouch.methods.word_swap import EDIT_GUIDANCE, WordSwapText, invert_latents
-from retouch.options import check_options, option
+from retouch.options import option
 from retouch.sampling import ddim_sample, ddim_timesteps, guided_denoiser
 
 ATTENTION_EDITS = ("replace", "refine")
@@ -46,10 +46,6 @@ class PromptToPromptConfig(WordSwapText):
                                             "are injected (p2p code: 0.4)", at_least=0, at_most=1)
     num_steps: int = steps_option(50, "DDIM steps of inversion and of sampling (p2p code: 50)")
     guidance_scale: float = guidance_option(help=EDIT_GUIDANCE)
-
-    def validate(self) -> None:
-        self.prompts()
-        check_options(self)
 
 
 @dataclass(frozen=True)

@@ -15,7 +15,7 @@ import torch
 
 from retouch.edit_text import parse_edit, prompt_texts
 from retouch.errors import RetouchError
-from retouch.options import option
+from retouch.options import check_options, option
 from retouch.sampling import ddim_invert
 
 INVERSIONS = ("ddim", "regularized")
@@ -46,6 +46,12 @@ class WordSwapText:
     def prompts(self) -> tuple[str, str]:
         """(source prompt, target prompt), by :func:`swap_prompts`."""
         return swap_prompts(self.edit, self.source_text, self.target_text)
+
+    def validate(self) -> None:
+        """The prompts first (a missing, conflicting or bad edit fails before any work), then every field's
+        declared values; the subclasses' own fields are options with their bounds."""
+        self.prompts()
+        check_options(self)
 
 
 def swap_prompts(edit: str, source_text: str, target_text: str, *, target_flag: str = "--target-text") -> tuple[str, str]:
