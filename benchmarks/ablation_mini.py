@@ -18,11 +18,11 @@ The shipped mini models and judge are used; nothing is downloaded. Writes a Mark
 
 from __future__ import annotations
 
-import argparse
 import time
 from pathlib import Path
 
 from _grid import save_labelled_rows
+from _options import script_parser
 
 from retouch.backbone import MINI_DIR, load_backbone
 from retouch.distributed import exit_unless_main_process
@@ -52,16 +52,9 @@ def run_config(key: str, backbone, images01, sources, edit_text: str, steps: int
 
 
 def main():
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--scenes", type=int, default=100)
-    parser.add_argument("--steps", type=int, default=50)
-    parser.add_argument("--batch", type=int, default=25)
-    parser.add_argument("--edits", default="circle->square,plain->striped")
-    parser.add_argument("--configs", default="A,B,C,D,E,zerocon,p2p,sdedit")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--out", type=Path, default=Path("docs/ablation_mini.md"))
-    parser.add_argument("--grid", type=Path, default=Path("docs/ablation_mini.png"))
-    args = parser.parse_args()
+    args = script_parser(__doc__, scenes=100, steps=50, batch=25, edits="circle->square,plain->striped",
+                         configs="A,B,C,D,E,zerocon,p2p,sdedit", seed=0, out=Path("docs/ablation_mini.md"),
+                         grid=Path("docs/ablation_mini.png")).parse_args()
 
     backbone = load_backbone("mini")
     judge = TransformersCLIPJudge(MINI_DIR / "judge")

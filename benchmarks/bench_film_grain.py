@@ -14,7 +14,6 @@ scalar port of the paper's algorithm (retouch.effects._film_grain_reference) on 
 CPU seconds count every thread; on a machine shared with other work they are the steadier number.
 """
 
-import argparse
 import os
 import sys
 import tempfile
@@ -22,6 +21,8 @@ import time
 
 import numpy as np
 from skimage import data
+
+from _options import script_parser
 
 from retouch.distributed import exit_unless_main_process
 from retouch.imageio import resize_image
@@ -34,15 +35,12 @@ def timed(fn):
 
 
 def main():
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--crop", type=int, default=128, help="side of the chelsea crop both renderers draw")
-    parser.add_argument("--samples", type=int, default=800, help="Monte-Carlo samples N (paper default 800)")
-    parser.add_argument("--radius", type=float, default=0.05, help="grain radius σ in input pixels")
-    parser.add_argument("--megapixel", type=int, default=1000, help="side of the photo the compiled renderer "
-                        "draws alone (0: skip)")
-    parser.add_argument("--cold-cache", action="store_true", help="compile numba's loops afresh (empty cache)")
-    parser.add_argument("--port", type=int, default=0, help="side of a crop for the scalar port too (0: skip)")
-    args = parser.parse_args()
+    args = script_parser(
+        __doc__, crop=(128, "side of the chelsea crop both renderers draw"),
+        samples=(800, "Monte-Carlo samples N (paper default 800)"), radius=(0.05, "grain radius σ in input pixels"),
+        megapixel=(1000, "side of the photo the compiled renderer draws alone (0: skip)"),
+        cold_cache=(False, "compile numba's loops afresh (empty cache)"),
+        port=(0, "side of a crop for the scalar port too (0: skip)")).parse_args()
     if args.cold_cache:  # read when numba is first imported, which film_grain does lazily
         os.environ["NUMBA_CACHE_DIR"] = tempfile.mkdtemp(prefix="numba-cache-")
 

@@ -18,13 +18,13 @@ GPU comparison the issue asks for; nothing is downloaded.
 
 from __future__ import annotations
 
-import argparse
 import statistics
 import tempfile
 from dataclasses import replace
 from pathlib import Path
 
 import torch
+from _options import script_parser
 from _measure import HEADER, peak_bytes, summary_row, time_interleaved
 
 from retouch.backbone import load_backbone
@@ -49,15 +49,9 @@ def sd15_sized_random(device, dtype):
 
 
 def main():
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", default="mini")
-    parser.add_argument("--size", type=int, default=64)
-    parser.add_argument("--steps", type=int, default=50)
-    parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--device", default="auto")
+    parser = script_parser(__doc__, model="mini", size=64, steps=50, repeats=3, threads=2, device="auto",
+                           random_unet_512=False)
     parser.add_argument("--dtype", default="float32", choices=["float32", "float16", "bfloat16"])
-    parser.add_argument("--random-unet-512", action="store_true")
     args = parser.parse_args()
 
     torch.set_num_threads(args.threads)

@@ -21,12 +21,12 @@ bytes of live tensors, the CPU counterpart of the CUDA number; RSS would mostly 
 
 from __future__ import annotations
 
-import argparse
 import statistics
 
 import numpy as np
 import torch
 
+from _options import script_parser
 from _measure import peak_bytes, time_interleaved
 
 from retouch.backbone import load_backbone
@@ -90,16 +90,12 @@ def runners(backbone, args, source, exemplars, maps):
 
 
 def main():
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", default="tiny-sd", help="tiny-sd, tiny-sd2-v, tiny-sdxl, mini, a folder, a file")
-    parser.add_argument("--size", type=int, default=64, help="side of the square input in pixels")
-    parser.add_argument("--steps", type=int, default=20, help="DDIM steps of the full schedule")
-    parser.add_argument("--strength", type=float, default=0.8, help="t_ds^max / T (img2img strength)")
-    parser.add_argument("--repeats", type=int, default=7)
-    parser.add_argument("--exemplars", type=int, default=1, help="exemplars PIXELS edits with in one pass")
-    parser.add_argument("--threads", type=int, default=1,
-                        help="CPU threads; 1 by default because oversubscribed cores make CPU timings useless")
-    parser.add_argument("--device", default="auto")
+    parser = script_parser(
+        __doc__, model=("tiny-sd", "tiny-sd, tiny-sd2-v, tiny-sdxl, mini, a folder, a file"),
+        size=(64, "side of the square input in pixels"), steps=(20, "DDIM steps of the full schedule"),
+        strength=(0.8, "t_ds^max / T (img2img strength)"), repeats=7,
+        exemplars=(1, "exemplars PIXELS edits with in one pass"),
+        threads=(1, "CPU threads; 1 by default because oversubscribed cores make CPU timings useless"), device="auto")
     parser.add_argument("--dtype", default="float32", choices=["float32", "float16", "bfloat16"])
     args = parser.parse_args()
 

@@ -18,12 +18,13 @@ against the hat alone (edited mask minus input mask).
 
 from __future__ import annotations
 
-import argparse
 import math
 import time
 
 import numpy as np
 import torch
+
+from _options import script_parser
 
 from retouch._quiet import quiet_third_party
 from retouch.backbone import load_backbone
@@ -92,17 +93,10 @@ def diffedit_masks(backbone, scenes, args) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", default="mini")
-    parser.add_argument("--scenes", type=int, default=100)
-    parser.add_argument("--draws", type=int, default=10, help="DiffEdit §3.2: n = 10")
-    parser.add_argument("--strength", type=float, default=0.5, help="noise level of the mask (DiffEdit §3.2: 50 %%)")
-    parser.add_argument("--threshold", type=float, default=0.5)
-    parser.add_argument("--num-steps", type=int, default=50, help="the DDIM grid the mask's timestep is on")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--batch", type=int, default=25)
-    parser.add_argument("--threads", type=int, default=2)
-    args = parser.parse_args()
+    args = script_parser(__doc__, model="mini", scenes=100, draws=(10, "DiffEdit §3.2: n = 10"),
+                         strength=(0.5, "noise level of the mask (DiffEdit §3.2: 50 %%)"), threshold=0.5,
+                         num_steps=(50, "the DDIM grid the mask's timestep is on"), seed=0, batch=25,
+                         threads=2).parse_args()
     torch.set_num_threads(args.threads)
     quiet_third_party()
 

@@ -12,12 +12,12 @@ structure distance (the judge's ViT keys), as in ``ablation_mini.py``.
 
 from __future__ import annotations
 
-import argparse
 import time
 from pathlib import Path
 
 import torch
 from _grid import save_labelled_rows
+from _options import script_parser
 
 from retouch.backbone import MINI_DIR, load_backbone
 from retouch.distributed import exit_unless_main_process
@@ -30,19 +30,10 @@ from retouch.world.edits import edit_scenes
 
 
 def main():
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--edit", default="red->blue")
-    parser.add_argument("--pairs", type=int, default=200)
-    parser.add_argument("--train-steps", type=int, default=600)
-    parser.add_argument("--test", type=int, default=50)
-    parser.add_argument("--edit-steps", type=int, default=25)
-    parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--batch", type=int, default=DistillConfig.batch)
-    parser.add_argument("--clip-increase", type=float, default=DistillConfig.clip_increase)
-    parser.add_argument("--inside-fraction", type=float, default=DistillConfig.inside_fraction)
-    parser.add_argument("--work", default="out/distill")
-    parser.add_argument("--out", type=Path, default=Path("docs/distill_mini.md"))
-    args = parser.parse_args()
+    args = script_parser(__doc__, edit="red->blue", pairs=200, train_steps=600, test=50, edit_steps=25, threads=2,
+                         batch=DistillConfig.batch, clip_increase=DistillConfig.clip_increase,
+                         inside_fraction=DistillConfig.inside_fraction, work="out/distill",
+                         out=Path("docs/distill_mini.md")).parse_args()
     torch.set_num_threads(args.threads)
 
     world = World(seed=0)

@@ -18,13 +18,13 @@ Multitask runs on its initialisation from the backbone (``MultitaskModel.from_ba
 
 from __future__ import annotations
 
-import argparse
 import statistics
 import sys
 import time
 
 import torch
 
+from _options import script_parser
 from _measure import peak_bytes, sync, time_interleaved
 
 from retouch import memory
@@ -163,16 +163,11 @@ def table(rows: list[dict], device: torch.device) -> str:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--models", default=None,
-                        help="comma-separated family keys and/or mini (default: sd15,sdxl on a GPU; mini,sd15,sdxl)")
-    parser.add_argument("--methods", default="all", help="comma-separated method names, or all")
-    parser.add_argument("--steps", type=int, default=4)
-    parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--threads", type=int, default=1, help="CPU threads (1 is the fastest on a shared CPU)")
-    parser.add_argument("--device", default="auto")
-    parser.add_argument("--output", default=None, help="also write the table (markdown) here")
-    args = parser.parse_args(argv)
+    args = script_parser(
+        __doc__, models=(None, "comma-separated family keys and/or mini (default: sd15,sdxl on a GPU; mini,sd15,sdxl)"),
+        methods=("all", "comma-separated method names, or all"), steps=4, repeats=3,
+        threads=(1, "CPU threads (1 is the fastest on a shared CPU)"), device="auto",
+        output=(None, "also write the table (markdown) here")).parse_args(argv)
     torch.set_num_threads(args.threads)
     from retouch._quiet import quiet_third_party
 

@@ -13,11 +13,11 @@ only by its slider.
 
 from __future__ import annotations
 
-import argparse
 from pathlib import Path
 
 import torch
 from _grid import save_labelled_rows
+from _options import script_parser
 
 from retouch.data.compositing import GRAIN_NAMES, iter_compositing
 from retouch.distributed import exit_unless_main_process
@@ -32,15 +32,8 @@ def as_tensor(image):
 
 
 def main():
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", type=Path, required=True)
-    parser.add_argument("--data", type=Path, required=True)
-    parser.add_argument("--split", default="photos")
-    parser.add_argument("--index", type=int, default=0)
-    parser.add_argument("--steps", type=int, default=25)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--out", type=Path, default=Path("docs/multitask_control.png"))
-    args = parser.parse_args()
+    args = script_parser(__doc__, model=Path, data=Path, split="photos", index=0, steps=25, seed=0,
+                         out=Path("docs/multitask_control.png")).parse_args()
 
     model = load_compositing_model(args.model)
     samples = list(iter_compositing(args.data, args.split))

@@ -15,11 +15,12 @@ kept in ``--out``'s .json and reused on a rerun (delete it after retraining a mo
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 import time
 from pathlib import Path
+
+from _options import script_parser
 
 from retouch.backbone import MINI_DIR
 from retouch.data.compositing import MULTI_TASKS
@@ -77,16 +78,11 @@ def throughput(work: Path) -> str:
 
 
 def main():
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--data", type=Path, required=True)
-    parser.add_argument("--work", type=Path, required=True)
-    parser.add_argument("--splits", default="test,photos")
-    parser.add_argument("--steps", type=int, default=25)
+    parser = script_parser(__doc__, data=Path, work=Path, splits="test,photos", steps=25,
+                           models=(None, "comma-separated names to compute rows for (default: all); cached rows of "
+                                         "others are shown"), out=Path("docs/multitask_tables.md"))
     parser.add_argument("--limit", type=int, default=None)
     parser.add_argument("--lpips", type=Path, default=None)
-    parser.add_argument("--models", default=None,
-                        help="comma-separated names to compute rows for (default: all); cached rows of others are shown")
-    parser.add_argument("--out", type=Path, default=Path("docs/multitask_tables.md"))
     args = parser.parse_args()
 
     models = load_models(args.work)

@@ -12,13 +12,13 @@ photographs (unseen; 128² and their four 64² quadrants) and on latent cuts/pas
 
 from __future__ import annotations
 
-import argparse
 import json
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
+from _options import run_pilot
 
 
 def evaluate(vae, scenes, photos) -> dict:
@@ -105,25 +105,6 @@ def plot(paths: list[str], output: str) -> None:
 
 
 if __name__ == "__main__":
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--name", default="pilot")
-    parser.add_argument("--channels", default="32,64,64")
-    parser.add_argument("--latent-channels", type=int, default=8)
-    parser.add_argument("--layers", type=int, default=1)
-    parser.add_argument("--mid-attention", action="store_true", help="keep the mid-block self-attention")
-    parser.add_argument("--crop", type=int, default=32)
-    parser.add_argument("--batch", type=int, default=16)
-    parser.add_argument("--learning-rate", type=float, default=1e-3)
-    parser.add_argument("--minutes", type=float, default=15)
-    parser.add_argument("--eval-every", type=int, default=250)
-    parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--dead-leaves-pool", type=int, default=1024)
-    parser.add_argument("--output")
-    parser.add_argument("--save")
-    parser.add_argument("--plot", nargs="*")
-    parser.add_argument("-o", dest="plot_output", default="docs/world_v2_ae_curves.png")
-    arguments = parser.parse_args()
-    if arguments.plot:
-        plot(arguments.plot, arguments.plot_output)
-    else:
-        run(arguments)
+    run_pilot(__doc__, run, plot, curves="docs/world_v2_ae_curves.png", channels="32,64,64", latent_channels=8,
+              layers=1, mid_attention=(False, "keep the mid-block self-attention"), crop=32, batch=16,
+              learning_rate=1e-3, minutes=15.0, eval_every=250, dead_leaves_pool=1024)

@@ -13,7 +13,6 @@ caption. Training time is wall time of the gradient steps only (evaluation exclu
 
 from __future__ import annotations
 
-import argparse
 import copy
 import json
 import time
@@ -21,6 +20,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from _options import run_pilot
 
 CURVE_ATTRIBUTES = ("shape", "colour", "pattern", "accessory", "background")
 
@@ -142,30 +142,7 @@ def plot(paths: list[str], output: str) -> None:
 
 
 if __name__ == "__main__":
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--name", default="pilot")
-    parser.add_argument("--shards", default="out/shards/pilot-v2")
-    parser.add_argument("--vae", default="out/pilots/vae_c32")
-    parser.add_argument("--text-encoder", default="out/train-mini-v2/clip/final")
-    parser.add_argument("--probes", default="out/probes-v2")
-    parser.add_argument("--channels", default="64,128,256")
-    parser.add_argument("--attention", default="0,1,1")
-    parser.add_argument("--batch", type=int, default=64)
-    parser.add_argument("--learning-rate", type=float, default=5e-4)
-    parser.add_argument("--ema", type=float, default=0.999)
-    parser.add_argument("--object-weight", type=float, default=4.0)
-    parser.add_argument("--min-snr-gamma", type=float, default=5.0)
-    parser.add_argument("--guidance-scale", type=float, default=5.0)
-    parser.add_argument("--minutes", type=float, default=15)
-    parser.add_argument("--eval-every", type=int, default=20000)
-    parser.add_argument("--eval-count", type=int, default=128)
-    parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--output")
-    parser.add_argument("--save")
-    parser.add_argument("--plot", nargs="*")
-    parser.add_argument("-o", dest="plot_output", default="docs/world_v2_unet_curves.png")
-    arguments = parser.parse_args()
-    if arguments.plot:
-        plot(arguments.plot, arguments.plot_output)
-    else:
-        run(arguments)
+    run_pilot(__doc__, run, plot, curves="docs/world_v2_unet_curves.png", shards="out/shards/pilot-v2",
+              vae="out/pilots/vae_c32", text_encoder="out/train-mini-v2/clip/final", probes="out/probes-v2",
+              channels="64,128,256", attention="0,1,1", batch=64, learning_rate=5e-4, ema=0.999, object_weight=4.0,
+              min_snr_gamma=5.0, guidance_scale=5.0, minutes=15.0, eval_every=20000, eval_count=128)

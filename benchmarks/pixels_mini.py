@@ -23,13 +23,13 @@ the image) and a two-exemplar single-pass edit, like the paper's Fig. 1. Shipped
 
 from __future__ import annotations
 
-import argparse
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
 from _grid import save_labelled_rows
+from _options import script_parser
 
 from retouch.backbone import MINI_DIR, load_backbone
 from retouch.distributed import exit_unless_main_process
@@ -162,18 +162,10 @@ def figure_one(backbone, world: World, path: Path, steps: int, strength: float) 
 
 
 def main():
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--triples", type=int, default=100)
-    parser.add_argument("--steps", type=int, default=25)
-    parser.add_argument("--strength", type=float, default=0.8)
-    parser.add_argument("--sweep", default="0.3,0.5,0.7,0.9,1.0")
-    parser.add_argument("--batch", type=int, default=50)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--out", type=Path, default=Path("docs/pixels_mini.md"))
-    parser.add_argument("--plot", type=Path, default=Path("docs/pixels_tradeoff.png"))
-    parser.add_argument("--figure", type=Path, default=Path("docs/pixels_fig1.png"))
-    parser.add_argument("--figure-only", action="store_true", help="only redraw the Fig. 1-like grid")
-    args = parser.parse_args()
+    args = script_parser(__doc__, triples=100, steps=25, strength=0.8, sweep="0.3,0.5,0.7,0.9,1.0", batch=50, seed=0,
+                         out=Path("docs/pixels_mini.md"), plot=Path("docs/pixels_tradeoff.png"),
+                         figure=Path("docs/pixels_fig1.png"),
+                         figure_only=(False, "only redraw the Fig. 1-like grid")).parse_args()
 
     world = World(seed=args.seed, size=64)
     backbone = load_backbone("mini")

@@ -16,10 +16,11 @@ the noise's per-channel mean.
     python benchmarks/terminal_snr_leak.py --model src/retouch/assets/mini/backbone [--unet FOLDER] [--count 64]
 """
 
-import argparse
 import json
 
 import torch
+
+from _options import script_parser
 
 from retouch.backbone import load_backbone
 from retouch.sampling import ddim_sample, ddim_timesteps, guided_denoiser
@@ -30,13 +31,8 @@ from retouch.world.probe import load_probes
 
 
 def main():
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", default="mini")
-    parser.add_argument("--unet", default=None, help="a U-Net folder replacing the backbone's")
-    parser.add_argument("--count", type=int, default=64)
-    parser.add_argument("--steps", type=int, default=25)
-    parser.add_argument("--guidance", type=float, default=5.0)
-    args = parser.parse_args()
+    args = script_parser(__doc__, model="mini", unet=(None, "a U-Net folder replacing the backbone's"), count=64,
+                         steps=25, guidance=5.0).parse_args()
     backbone = load_backbone(args.model)
     if args.unet:
         from diffusers import UNet2DConditionModel

@@ -10,10 +10,10 @@ run, and each row prints its speed as a ratio to it.
 
 from __future__ import annotations
 
-import argparse
 import time
 
 import torch
+from _options import script_parser
 
 #: name → (block_out_channels, which levels have cross-attention (one flag per level, top first)).
 CANDIDATES = {
@@ -57,15 +57,8 @@ def measure(unet, batch: int, latent_channels: int, side: int, cross_dim: int, *
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--batch", type=int, default=64)
-    parser.add_argument("--steps", type=int, default=4)
-    parser.add_argument("--latent-channels", type=int, default=8)
-    parser.add_argument("--side", type=int, default=16)
-    parser.add_argument("--cross-dim", type=int, default=128)
-    parser.add_argument("--skip-compile", action="store_true")
-    args = parser.parse_args()
+    args = script_parser(__doc__, full_doc=True, threads=1, batch=64, steps=4, latent_channels=8, side=16,
+                         cross_dim=128, skip_compile=False).parse_args()
     torch.set_num_threads(args.threads)
     shape = dict(latent_channels=args.latent_channels, cross_dim=args.cross_dim)
     run = dict(batch=args.batch, latent_channels=args.latent_channels, side=args.side, cross_dim=args.cross_dim,

@@ -25,7 +25,8 @@ PACKAGE = Path(__file__).resolve().parent.parent / "src" / "retouch"
 
 #: Lowest first. A part not named here is an error, so a new module must be placed.
 LAYERS: list[tuple[str, tuple[str, ...]]] = [
-    ("base", ("retouch", "errors", "_quiet", "progress", "distributed", "imageio", "tokenizer", "edit_text")),
+    ("base", ("retouch", "errors", "options", "_quiet", "progress", "distributed", "imageio", "tokenizer",
+              "edit_text")),
     ("core", ("sampling", "guidance", "attention", "inversion", "edit_maps", "backbone", "families", "memory",
               "effects", "metrics")),
     ("world", ("world",)),

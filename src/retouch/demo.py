@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
-from retouch.errors import RetouchError
+from retouch.errors import check_range
 
 #: The documented effects recipe: scikit-image's "astronaut" photograph with a light motion blur,
 #: the colour grading of its "coffee" photograph, unsharp masking and film grain at σ = 0.05.
@@ -102,8 +102,7 @@ def effects_demo(folder: Path, size: int) -> str:
     from retouch.effects import EffectsRecipe, apply_effects
     from retouch.imageio import resize_image, save_image, side_by_side
 
-    if not 16 <= size <= 2048:
-        raise RetouchError(f"--size must lie in [16, 2048]; got {size}")
+    check_range("--size", size, 16, 2048)
     photo = resize_image(data.astronaut().astype("float32") / 255.0, (size, size))
     reference = data.coffee().astype("float32") / 255.0
     started = time.perf_counter()

@@ -26,7 +26,7 @@ from pathlib import Path
 
 import torch
 
-from retouch.errors import RetouchError, first_line
+from retouch.errors import RetouchError, check_range, first_line
 
 DIRECTION_FORMAT = "retouch-direction/1"
 BANKS = ("templates", "world")
@@ -261,8 +261,7 @@ def build_direction_file(source: str, target: str, output: str | Path, *, model:
         raise RetouchError(f"an edit direction is saved as .safetensors; got '{output}'")
     if bank_files and any(output.resolve() == Path(p).resolve() for p in bank_files):
         raise RetouchError(f"the output '{output}' is one of the sentence files; choose another path")
-    if count is not None and count < 1:
-        raise RetouchError(f"--count must be at least 1; got {count}")
+    check_range("--count", count, 1)  # None: every sentence
     backbone = load_backbone(model, device=resolve_device(device), allow_pickle=allow_pickle, offline=offline)
     started = time.perf_counter()
     source_bank, target_bank, label = sentence_banks(

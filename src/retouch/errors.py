@@ -25,9 +25,33 @@ def check_choice(flag: str, value: str, choices) -> None:
         raise RetouchError(f"{flag} must be one of {', '.join(choices)}; got {value!r}")
 
 
-def check_range(name: str, value: float | None, low: float, high: float) -> None:
-    """Refuse ``value`` outside [low, high] (and NaN) with one line naming it; ``None`` means "not given"."""
+def check_range(name: str, value: float | None, low: float | None = None, high: float | None = None, *,
+                open_low: bool = False, open_high: bool = False, why: str = "") -> None:
+    """Refuse ``value`` outside the interval from ``low`` to ``high`` (and NaN) with one line naming it.
+
+    A bound left None is no bound; ``open_low``/``open_high`` exclude the bound itself. ``why`` is said in
+    brackets after the interval. ``None`` as the value means "not given" and passes.
+    """
     if value is None:
         return
-    if not (low <= value <= high):  # also rejects NaN
-        raise RetouchError(f"{name} must lie in [{low:g}, {high:g}]; got {value:g}")
+    above_low = low is None or (value > low if open_low else value >= low)
+    below_high = high is None or (value < high if open_high else value <= high)
+    if not (above_low and below_high):  # NaN fails both comparisons
+        reason = f" ({why})" if why else ""
+        raise RetouchError(f"{name} must {_interval(low, high, open_low, open_high)}{reason}; got {_number(value)}")
+
+
+def _number(value) -> str:
+    """An int as written, a float in its shortest form (``1000000``, ``0.5``, ``nan``)."""
+    return str(value) if isinstance(value, int) else f"{value:g}"
+
+
+def _interval(low, high, open_low: bool, open_high: bool) -> str:
+    """How a check's message says its interval: "lie in (0, 1]", "be at least 1", "be positive", …."""
+    if low is not None and high is not None:
+        return f"lie in {'(' if open_low else '['}{_number(low)}, {_number(high)}{')' if open_high else ']'}"
+    if low is not None:
+        if open_low:
+            return "be positive" if low == 0 else f"be greater than {_number(low)}"
+        return f"be at least {_number(low)}"
+    return f"be {'less than' if open_high else 'at most'} {_number(high)}"

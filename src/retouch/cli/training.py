@@ -51,20 +51,12 @@ def train_mini(stages, recipe, work_dir, export_dir, seed, vae_steps, decoder_st
     unknown = sorted(set(chosen) - set(STAGES))
     if unknown:
         raise RetouchError(f"unknown stage(s) {', '.join(unknown)}; choose from {', '.join(STAGES)}")
-    overrides = {k: v for k, v in dict(vae_steps=vae_steps, decoder_steps=decoder_steps, clip_steps=clip_steps,
-                                       unet_steps=unet_steps,
-                                       vae_batch=vae_batch, clip_batch=clip_batch, unet_batch=unet_batch,
-                                       judge_steps=judge_steps, judge_batch=judge_batch).items() if v is not None}
-    for name, value in overrides.items():
-        if value <= 0:
-            raise RetouchError(f"--{name.replace('_', '-')} must be positive; got {value}")
-    for name, value in dict(unet_object_weight=unet_object_weight, unet_min_snr_gamma=unet_min_snr_gamma,
-                            unet_offset_noise=unet_offset_noise).items():
-        if value is not None:
-            if not value >= 0:
-                raise RetouchError(f"--{name.replace('_', '-')} must be zero or positive; got {value}")
-            overrides[name] = value
-    config = mini_recipe(recipe, work_dir=work_dir, seed=seed, **overrides)
+    given = dict(vae_steps=vae_steps, decoder_steps=decoder_steps, clip_steps=clip_steps, unet_steps=unet_steps,
+                 vae_batch=vae_batch, clip_batch=clip_batch, unet_batch=unet_batch, judge_steps=judge_steps,
+                 judge_batch=judge_batch, unet_object_weight=unet_object_weight,
+                 unet_min_snr_gamma=unet_min_snr_gamma, unet_offset_noise=unet_offset_noise)
+    overrides = {name: value for name, value in given.items() if value is not None}
+    config = mini_recipe(recipe, work_dir=work_dir, seed=seed, **overrides)  # checks the values (MiniConfig)
     report = run_mini_training(config, chosen, export_dir or MINI_DIR)
     for name, stats in report["stages"].items():
         click.echo(f"{name}: {stats['seconds'] / 60:.1f} min, {stats['samples_per_second']:.1f} samples/s, "

@@ -35,7 +35,7 @@ import os
 import shutil
 import tarfile
 import tempfile
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Iterator
 
@@ -53,6 +53,7 @@ from retouch.effects import (
 )
 from retouch.errors import RetouchError
 from retouch.imageio import image_from_png_bytes, load_image, png_bytes, resize_image
+from retouch.options import check_options, option
 
 SPLITS = ("train", "val", "test", "photos")
 GRAIN_NAMES = {radius: f"grain_{round(radius * 1000):03d}" for radius in GRAIN_RADII}
@@ -69,30 +70,23 @@ PHOTOS = ("astronaut", "coffee", "chelsea", "rocket", "immunohistochemistry", "c
 class CompositingConfig:
     """What ``retouch data compositing`` builds."""
 
-    images: str | None = field(default=None, metadata={"help": "folder of your own images (searched recursively)"})
-    world_scenes: int = field(default=400, metadata={"help": "mini-world scenes (the world's own split)"})
-    dead_leaves: int = field(default=400, metadata={"help": "dead-leaves images (hash split)"})
-    photos: bool = field(default=True, metadata={"help": "scikit-image's photographs as the held-out 'photos' split"})
-    crop: int = field(default=64, metadata={"help": "side of the square crops in pixels"})
-    crops_per_image: int = field(default=4, metadata={"help": "random crops per folder image or photograph"})
-    split: tuple[float, float, float] = field(default=(0.8, 0.1, 0.1), metadata={
-        "help": "train, val, test fractions for folder and dead-leaves images"})
+    images: str | None = option(None, "folder of your own images (searched recursively)")
+    world_scenes: int = option(400, "mini-world scenes (the world's own split)", at_least=0)
+    dead_leaves: int = option(400, "dead-leaves images (hash split)", at_least=0)
+    photos: bool = option(True, "scikit-image's photographs as the held-out 'photos' split")
+    crop: int = option(64, "side of the square crops in pixels", at_least=16)
+    crops_per_image: int = option(4, "random crops per folder image or photograph", at_least=1)
+    split: tuple[float, float, float] = option((0.8, 0.1, 0.1), "train, val, test fractions for folder and "
+                                                                "dead-leaves images")
     seed: int = 0
-    grain_samples: int = field(default=800, metadata={"help": "Monte-Carlo samples per grain pixel (Newson: 800)"})
-    shard_size: int = field(default=256, metadata={"help": "samples per tar shard"})
-    workers: int = field(default=1, metadata={"help": "processes rendering targets (the output is the same)"})
+    grain_samples: int = option(800, "Monte-Carlo samples per grain pixel (Newson: 800)", at_least=1)
+    shard_size: int = option(256, "samples per tar shard", at_least=1)
+    workers: int = option(1, "processes rendering targets (the output is the same)", at_least=1)
 
     def validate(self) -> None:
-        if self.crop < 16:
-            raise RetouchError(f"--crop must be at least 16 pixels; got {self.crop}")
-        if min(self.world_scenes, self.dead_leaves) < 0 or self.crops_per_image < 1 or self.shard_size < 1:
-            raise RetouchError("--world-scenes and --dead-leaves must be ≥ 0, --crops-per-image and --shard-size ≥ 1")
+        check_options(self)
         if len(self.split) != 3 or min(self.split) < 0 or not abs(sum(self.split) - 1) < 1e-6:
             raise RetouchError(f"--split takes three non-negative fractions summing to 1; got {self.split}")
-        if self.workers < 1:
-            raise RetouchError(f"--workers must be positive; got {self.workers}")
-        if self.grain_samples < 1:
-            raise RetouchError(f"--grain-samples must be positive; got {self.grain_samples}")
         if self.images is not None and not Path(self.images).is_dir():
             raise RetouchError(f"--images: no folder '{self.images}'")
 

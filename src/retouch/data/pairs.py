@@ -47,6 +47,7 @@ import numpy as np
 import torch
 
 from retouch.errors import RetouchError
+from retouch.options import check_options, option
 
 #: Edit directions on the mini world: name → (change of the right object, fixed attributes of the left).
 DIRECTIONS = {
@@ -336,14 +337,14 @@ class PairsConfig:
     """What ``retouch data pairs`` builds."""
 
     direction: str = "striped"  #: an edit direction of DIRECTIONS
-    count: int = 64  #: pairs to make (kept or not)
+    count: int = option(64, at_least=1, at_most=1_000_000)  #: pairs to make (kept or not)
     source: str = "generate"  #: "generate" (Eq. 2 with ``model``) or "renderer" (the world's ground-truth pairs)
     model: str = "mini"  #: the backbone that generates (not used by the renderer)
-    steps: int = 25  #: DDIM steps
+    steps: int = option(25, at_least=1)  #: DDIM steps
     seed: int = 0  #: world seed (which scenes and prompts) and base of the per-pair noise seeds
     split: str = "train"  #: the world split the pairs' indices come from
     guidance: PairGuidance = field(default_factory=PairGuidance)
-    batch: int = 8  #: pairs per denoising batch (each is 4 U-Net rows)
+    batch: int = option(8, at_least=1)  #: pairs per denoising batch (each is 4 U-Net rows)
     device: str = "cpu"
     overwrite: bool = False  #: replace an existing pairs dataset in the output folder
 
@@ -354,10 +355,7 @@ class PairsConfig:
             raise RetouchError(f"unknown source {self.source!r}; choose from {', '.join(SOURCES)}")
         if self.split not in SPLITS:
             raise RetouchError(f"unknown split {self.split!r}; choose from {', '.join(SPLITS)}")
-        if not 1 <= self.count <= 1_000_000:
-            raise RetouchError(f"--count must lie in [1, 1000000]; got {self.count}")
-        if self.steps < 1 or self.batch < 1:
-            raise RetouchError(f"--steps and --batch must be positive; got {self.steps} and {self.batch}")
+        check_options(self)
         g = self.guidance
         if not all(np.isfinite(v) and v >= 0 for v in asdict(g).values()):
             raise RetouchError("--guidance-scale and --strengths must be finite and non-negative")

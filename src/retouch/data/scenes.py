@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
-from retouch.errors import RetouchError
+from retouch.errors import RetouchError, check_range
 
 
 def write_scenes(folder: Path, *, count: int = 16, start: int = 0, seed: int = 0, size: int = 64,
@@ -20,12 +20,9 @@ def write_scenes(folder: Path, *, count: int = 16, start: int = 0, seed: int = 0
     from retouch.imageio import atomic_write_text, check_outputs, save_image
     from retouch.world import VOCABULARIES, World, sample_grid
 
-    if not 1 <= count <= 100_000:
-        raise RetouchError(f"--count must lie in [1, 100000]; got {count}")
-    if not 16 <= size <= 1024:
-        raise RetouchError(f"--size must lie in [16, 1024]; got {size}")
-    if start < 0:
-        raise RetouchError(f"--start must be ≥ 0; got {start}")
+    check_range("--count", count, 1, 100_000)
+    check_range("--size", size, 16, 1024)
+    check_range("--start", start, 0)
     changes = parse_change(change, VOCABULARIES) if change is not None else None
     first = f"{'pair' if changes is not None else 'scene'}_{start:06d}.png"
     check_outputs([folder / first, *([grid] if grid else [])])

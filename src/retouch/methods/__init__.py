@@ -2,10 +2,12 @@
 
 ``edit(backbone, images, config, progress=None) -> images`` takes and returns image tensors
 (B, 3, H, W) in [−1, 1] at a size the backbone accepts; I/O and validation live in the callers
-(CLI, app). Config fields carry ``metadata={"help": ...}`` with the paper's default and citation;
-the CLI turns them into options one-to-one. A method that needs more images than the input
-(exemplars, edit maps) registers a ``prepare(config, size, device, dtype) -> dict`` that loads them
-at the fitted input ``size`` (width, height); the CLI passes the dict to ``edit`` as keyword arguments.
+(CLI, app). Each config field is an :func:`retouch.options.option`: the paper's default, a help with
+its citation and the values the field accepts; the CLI turns them into options one-to-one, and a
+config's ``validate`` checks them with :func:`~retouch.options.check_options`. A method that needs
+more images than the input (exemplars, edit maps) registers a ``prepare(config, size, device, dtype)
+-> dict`` that loads them at the fitted input ``size`` (width, height); the CLI passes the dict to
+``edit`` as keyword arguments.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from pathlib import Path
 from typing import Callable
 
 from retouch.errors import RetouchError
+from retouch.options import option
 
 
 @dataclass(frozen=True)
@@ -35,6 +38,16 @@ class Method:
 
 
 _REGISTRY: dict[str, Method] = {}
+
+
+def steps_option(default: int = 50, help: str = "DDIM steps of the full schedule"):
+    """``num_steps`` of a method's config: at least one step."""
+    return option(default, help, at_least=1)
+
+
+def guidance_option(default: float = 7.5, help: str = "classifier-free guidance scale"):
+    """A classifier-free guidance scale of a method's config: zero or more (1 is no guidance)."""
+    return option(default, help, at_least=0)
 
 
 def register(name: str, config_class: type, summary: str, prepare: Callable | None = None, *,

@@ -10,27 +10,22 @@ inversion: Table 2 config C.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 
-from retouch.errors import check_choice
-from retouch.methods import register
-from retouch.methods.word_swap import INVERSIONS, WordSwapText, check_sampling, invert_latents
+from retouch.methods import guidance_option, register, steps_option
+from retouch.methods.word_swap import EDIT_GUIDANCE, INVERSIONS, WordSwapText, invert_latents
+from retouch.options import option
 from retouch.sampling import ddim_sample, ddim_timesteps, guided_denoiser
 
 
 @dataclass
 class DDIMSwapConfig(WordSwapText):
-    num_steps: int = field(default=100, metadata={"help": "DDIM steps of inversion and of sampling (pix2pix-zero App. D: 100)"})
-    guidance_scale: float = field(default=7.5, metadata={"help": "classifier-free guidance scale of the edit"})
-    inversion: str = field(default="ddim", metadata={
-        "help": "ddim (Table 2 config B) or regularized: with pix2pix-zero's L_auto (config C)"})
-
-    def validate(self) -> None:
-        self.prompts()
-        check_sampling(self.num_steps, self.guidance_scale)
-        check_choice("--inversion", self.inversion, INVERSIONS)
+    num_steps: int = steps_option(100, "DDIM steps of inversion and of sampling (pix2pix-zero App. D: 100)")
+    guidance_scale: float = guidance_option(help=EDIT_GUIDANCE)
+    inversion: str = option("ddim", "ddim (Table 2 config B) or regularized: with pix2pix-zero's L_auto (config C)",
+                            choices=INVERSIONS)
 
 
 @register("ddim", DDIMSwapConfig, "DDIM inversion with the caption, DDIM sampling with the word-swapped caption")

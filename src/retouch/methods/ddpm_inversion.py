@@ -20,13 +20,13 @@ Every image's noise depends on the seed alone, so a batch gives the same results
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 
-from retouch.errors import check_choice, check_range
-from retouch.methods import register
-from retouch.methods.word_swap import WordSwapText, check_sampling
+from retouch.methods import guidance_option, register, steps_option
+from retouch.methods.word_swap import EDIT_GUIDANCE, WordSwapText
+from retouch.options import option
 from retouch.sampling import add_noise, ddim_sample, edit_friendly_inversion, guided_denoiser, img2img_timesteps
 
 MODES = ("noising", "edit-friendly")
@@ -36,23 +36,15 @@ DDPM_ETA = 1.0
 
 @dataclass
 class DDPMInversionConfig(WordSwapText):
-    mode: str = field(default="noising", metadata={
-        "help": "noising: forward noising, pix2pix-zero Table 2 config A; edit-friendly: the noise-space "
-                "inversion of Huberman-Spiegelglas et al. 2024"})
-    strength: float = field(default=1.0, metadata={
-        "help": "t₀/T the inversion reaches (1: x_T as in config A; edit-friendly's skip 36/100 is 0.64)"})
-    num_steps: int = field(default=100, metadata={"help": "DDPM steps of the full schedule (pix2pix-zero App. D: 100)"})
-    guidance_scale: float = field(default=7.5, metadata={"help": "classifier-free guidance scale of the edit"})
-    source_guidance_scale: float = field(default=3.5, metadata={
-        "help": "edit-friendly only: guidance scale with the caption while inverting (their default 3.5)"})
-    seed: int = field(default=0, metadata={"help": "seed of the forward and sampler noise"})
-
-    def validate(self) -> None:
-        self.prompts()
-        check_choice("--mode", self.mode, MODES)
-        check_range("--strength", self.strength, 0.0, 1.0)
-        check_sampling(self.num_steps, self.guidance_scale)
-        check_sampling(self.num_steps, self.source_guidance_scale, "--source-guidance-scale")
+    mode: str = option("noising", "noising: forward noising, pix2pix-zero Table 2 config A; edit-friendly: the "
+                                  "noise-space inversion of Huberman-Spiegelglas et al. 2024", choices=MODES)
+    strength: float = option(1.0, "t₀/T the inversion reaches (1: x_T as in config A; edit-friendly's skip 36/100 "
+                                  "is 0.64)", at_least=0, at_most=1)
+    num_steps: int = steps_option(100, "DDPM steps of the full schedule (pix2pix-zero App. D: 100)")
+    guidance_scale: float = guidance_option(help=EDIT_GUIDANCE)
+    source_guidance_scale: float = guidance_option(3.5, "edit-friendly only: guidance scale with the caption while "
+                                                        "inverting (their default 3.5)")
+    seed: int = option(0, "seed of the forward and sampler noise")
 
 
 def seeded_noise(count: int, like: torch.Tensor, seed: int) -> list[torch.Tensor]:

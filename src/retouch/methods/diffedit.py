@@ -31,15 +31,16 @@ implementation ``tests/test_diffedit.py`` checks parity against):
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Callable, NamedTuple, Sequence
 
 import torch
 import torch.nn.functional as F
 
-from retouch.errors import RetouchError, check_range
-from retouch.methods import register
-from retouch.methods.word_swap import check_sampling, edit_field, source_text_field, swap_prompts
+from retouch.errors import RetouchError
+from retouch.methods import guidance_option, register, steps_option
+from retouch.methods.word_swap import edit_field, source_text_field, swap_prompts
+from retouch.options import check_options, option
 from retouch.sampling import (
     Callback,
     NoiseSchedule,
@@ -172,20 +173,20 @@ def mask_guided_decode(
 
 @dataclass
 class DiffEditConfig:
-    prompt: str = field(default="", metadata={"help": "text describing the edited image"})
+    prompt: str = option("", "text describing the edited image")
     edit: str = edit_field()
     source_text: str = source_text_field()
-    strength: float = field(default=0.5, metadata={
-        "help": "encoding ratio r: DDIM-encode to t_r = r·T and decode from there (DiffEdit §3.2, 0.5)"})
-    mask_strength: float = field(default=0.5, metadata={
-        "help": "noise level t/T of the mask's noised inputs (DiffEdit §3.2 step 1: 50 %)"})
-    mask_draws: int = field(default=10, metadata={
-        "help": "noise draws the mask's prediction differences are averaged over (DiffEdit §3.2: n = 10)"})
-    mask_threshold: float = field(default=0.5, metadata={
-        "help": "binarisation threshold of the mask's rescaled difference map (DiffEdit §3.2: 0.5)"})
-    num_steps: int = field(default=50, metadata={"help": "DDIM steps of the full schedule"})
-    guidance_scale: float = field(default=7.5, metadata={"help": "classifier-free guidance scale"})
-    seed: int = field(default=0, metadata={"help": "seed of the mask's noise draws"})
+    strength: float = option(0.5, "encoding ratio r: DDIM-encode to t_r = r·T and decode from there (DiffEdit "
+                                  "§3.2, 0.5)", at_least=0, at_most=1)
+    mask_strength: float = option(0.5, "noise level t/T of the mask's noised inputs (DiffEdit §3.2 step 1: 50 %)",
+                                  at_least=0, at_most=1)
+    mask_draws: int = option(10, "noise draws the mask's prediction differences are averaged over (DiffEdit "
+                                 "§3.2: n = 10)", at_least=1)
+    mask_threshold: float = option(0.5, "binarisation threshold of the mask's rescaled difference map (DiffEdit "
+                                        "§3.2: 0.5)", at_least=0, at_most=1)
+    num_steps: int = steps_option()
+    guidance_scale: float = guidance_option()
+    seed: int = option(0, "seed of the mask's noise draws")
 
     def validate(self) -> None:
         if self.edit and self.prompt:
@@ -194,15 +195,10 @@ class DiffEditConfig:
             raise RetouchError("diffedit needs the edit: --edit SOURCE->TARGET with --source-text CAPTION, "
                                "or --prompt TEXT (--source-text is then the optional reference caption)")
         self.prompts()  # a bad edit or a caption without the source word fails before any work
-        check_range("--strength", self.strength, 0.0, 1.0)
-        check_range("--mask-strength", self.mask_strength, 0.0, 1.0)
+        check_options(self)
         if int(self.num_steps * self.mask_strength) < 1:
             raise RetouchError(f"--mask-strength {self.mask_strength:g} noises by less than one of "
                                f"{self.num_steps} steps; raise it or --num-steps")
-        if self.mask_draws < 1:
-            raise RetouchError(f"--mask-draws must be at least 1; got {self.mask_draws}")
-        check_range("--mask-threshold", self.mask_threshold, 0.0, 1.0)
-        check_sampling(self.num_steps, self.guidance_scale)
 
     def prompts(self) -> tuple[str, str]:
         """(reference R, query Q): the caption and its word swap, or ``source_text`` (maybe empty) and ``prompt``."""

@@ -9,14 +9,18 @@ conditioned on its own source latent, colour reference and editing vector C.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
-from retouch.errors import RetouchError
-from retouch.methods import trained_model_folder
+from retouch.errors import RetouchError, check_choice
+from retouch.methods import steps_option, trained_model_folder
 from retouch.networks.multitask import EditingVector, MultitaskModel, conditioning_inputs, decode
+from retouch.options import check_options, option
+
+#: Where sampling starts: random noise (the paper) or the DDIM inversion of the input.
+STARTS = ("noise", "ddim-inversion")
 
 
 @torch.no_grad()
@@ -44,8 +48,7 @@ def sample_conditioned(model: MultitaskModel, source_latents: torch.Tensor, refe
     """
     from retouch.sampling import NoiseSchedule, ddim_invert, ddim_sample, ddim_timesteps
 
-    if start not in ("noise", "ddim-inversion"):
-        raise RetouchError(f"--start must be noise or ddim-inversion; got {start!r}")
+    check_choice("--start", start, STARTS)
     schedule = NoiseSchedule.from_scheduler_config(model.scheduler_config)
 
     def denoise(latents, t, _cond):
@@ -72,15 +75,15 @@ SHIPPED_MODEL = Path(__file__).resolve().parent.parent / "assets" / "mini" / "mu
 class MultitaskConfig:
     """The effects to apply, with the option names of ``retouch effects``; a task is on when given."""
 
-    blur: float | None = field(default=None, metadata={"help": "β, motion-blur degree in [0, 1] (Table 1)"})
-    grain: float | None = field(default=None, metadata={"help": "σ, film-grain size in [0, 0.1] (Table 1)"})
-    reference: str = field(default="", metadata={"help": "colour reference image I_ref: turns colour transfer on"})
-    sharpen: str = field(default="", metadata={"help": "λ,μ: sharpening amount [1, 3] and threshold [0, 0.1]"})
-    mask: str = field(default="", metadata={"help": "inpainting mask image, white = hole: turns inpainting on"})
-    num_steps: int = field(default=50, metadata={"help": "DDIM steps"})
-    start: str = field(default="noise", metadata={
-        "help": "noise (the paper) or ddim-inversion of the input (which the paper found harder to edit)"})
-    seed: int = field(default=0, metadata={"help": "seed of the starting noise"})
+    blur: float | None = option(None, "β, motion-blur degree in [0, 1] (Table 1)")
+    grain: float | None = option(None, "σ, film-grain size in [0, 0.1] (Table 1)")
+    reference: str = option("", "colour reference image I_ref: turns colour transfer on")
+    sharpen: str = option("", "λ,μ: sharpening amount [1, 3] and threshold [0, 0.1]")
+    mask: str = option("", "inpainting mask image, white = hole: turns inpainting on")
+    num_steps: int = steps_option(50, "DDIM steps")
+    start: str = option("noise", "noise (the paper) or ddim-inversion of the input (which the paper found harder to "
+                                 "edit)", choices=STARTS)
+    seed: int = option(0, "seed of the starting noise")
 
     def vector(self) -> EditingVector:
         from retouch.effects.sharpen import parse_sharpen
@@ -93,10 +96,7 @@ class MultitaskConfig:
         vector.validate()
         if not any(vector.active):
             raise RetouchError("no task chosen: give at least one of --blur, --grain, --reference, --mask, --sharpen")
-        if self.num_steps < 1:
-            raise RetouchError(f"--num-steps must be positive; got {self.num_steps}")
-        if self.start not in ("noise", "ddim-inversion"):
-            raise RetouchError(f"--start must be noise or ddim-inversion; got {self.start!r}")
+        check_options(self)
 
     def input_files(self) -> tuple[str, ...]:
         return tuple(path for path in (self.reference, self.mask) if path)

@@ -26,7 +26,7 @@ unconditional copy. ``xa_branches="both"`` reproduces them exactly (tested again
 from __future__ import annotations
 
 from contextlib import ExitStack, contextmanager, nullcontext
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Callable, Iterator, Sequence
 
 import torch
@@ -35,10 +35,11 @@ from retouch.attention import CrossAttentionRecorder, Gate, HookGroup, hooked_at
 from retouch.captioning import caption_images
 from retouch.directions import BANKS, EditDirection, build_direction, load_direction, sentence_banks
 from retouch.edit_text import EditSpec, parse_edit
-from retouch.errors import RetouchError, check_choice
+from retouch.errors import RetouchError
 from retouch.guidance import cross_attention_loss
 from retouch.inversion import NoiseRegularization, invert_with_noise_regularization
-from retouch.methods import register
+from retouch.methods import guidance_option, register, steps_option
+from retouch.options import check_options, option
 from retouch.sampling import Callback, classifier_free_guidance, ddim_sample, ddim_step, ddim_timesteps, previous_timestep
 
 __all__ = ["Pix2PixZeroConfig", "CrossAttentionTerm", "guided_edit_latents", "guidance_step", "record_features",
@@ -51,70 +52,50 @@ INVERSIONS = ("ddim", "regularized")
 
 @dataclass
 class Pix2PixZeroConfig:
-    edit: str = field(default="", metadata={
-        "help": "SOURCE->TARGET words whose sentence banks give the edit direction Δc_edit (§3.2), e.g. cat->dog"})
-    source_text: str = field(default="", metadata={
-        "help": "caption c of the input (§3; else --captioner)"})
-    target_text: str = field(default="", metadata={
-        "help": "instead of --edit: Δc = E(this text) − E(--source-text), a one-sentence direction"})
-    directions: str = field(default="", metadata={
-        "help": "cached edit direction (.safetensors from `retouch directions build`) instead of building one"})
-    bank: str = field(default="auto", metadata={
-        "help": "sentence bank for --edit: templates, world (mini-world captions) or auto (world for "
-                "mini-world words on the mini model, else templates)"})
-    bank_size: int = field(default=0, metadata={
-        "help": "sentences per word (0: all 32 templates, 64 world or generated sentences)"})
-    sentence_generator: str = field(default="", metadata={
-        "help": "local transformers causal-LM folder writing the sentence banks (the paper used GPT-3)"})
-    captioner: str = field(default="", metadata={
-        "help": "local BLIP folder captioning the input when --source-text is not given; 'mini' for the "
-                "mini world's judge"})
-    num_steps: int = field(default=50, metadata={
-        "help": "DDIM steps of inversion and editing (official code 50; the paper's experiments 100)"})
-    guidance_scale: float = field(default=5.0, metadata={
-        "help": "classifier-free guidance scale of the edit (official code 5.0; diffusers 7.5)"})
-    caption_as_negative: bool = field(default=True, metadata={
-        "help": "negative prompt = the caption, as the official real-image script (else the empty prompt)"})
-    xa_guidance: float = field(default=0.1, metadata={
-        "help": "λ_xa, step size of x_t ← x_t − λ_xa ∇L_xa (Algorithm 1; official 0.1 real, 0.15 synthetic "
-                "images; keep ≤ 0.01 for SD 2.x); 0 disables the guidance"})
-    xa_branches: str = field(default="conditional", metadata={
-        "help": "guided CFG branches: conditional (Algorithm 1) or both (official code, diffusers)"})
-    xa_places: str = field(default="down,mid,up", metadata={
-        "help": "U-Net parts whose cross-attention maps are guided (the paper: all)"})
-    inversion: str = field(default="regularized", metadata={
-        "help": "ddim, or regularized: DDIM inversion with the autocorrelation + KL noise regularizer (§3.1)"})
-    lambda_auto_corr: float = field(default=20.0, metadata={
-        "help": "step size on the autocorrelation term L_pair (Eq. 3; official code 20)"})
-    lambda_kl: float = field(default=20.0, metadata={
-        "help": "λ, step size on the KL term L_KL (§3.1 and supplement: 20)"})
-    num_reg_steps: int = field(default=5, metadata={
-        "help": "regularization iterations per inversion step (supplement: 5)"})
-    num_auto_corr_rolls: int = field(default=5, metadata={
-        "help": "random offsets δ per iteration (official code: 5)"})
-    auto_corr_min_shift: int = field(default=1, metadata={
-        "help": "smallest offset δ of L_pair (official code 1; diffusers 0)"})
-    auto_corr_rescale: bool = field(default=False, metadata={
-        "help": "multiply each 2×2-pooled pyramid level by 2 as §3.1's text says (official code: no)"})
-    seed: int = field(default=0, metadata={"help": "seed of the regularizer's random offsets"})
+    edit: str = option("", "SOURCE->TARGET words whose sentence banks give the edit direction Δc_edit (§3.2), "
+                           "e.g. cat->dog")
+    source_text: str = option("", "caption c of the input (§3; else --captioner)")
+    target_text: str = option("", "instead of --edit: Δc = E(this text) − E(--source-text), a one-sentence "
+                                  "direction")
+    directions: str = option("", "cached edit direction (.safetensors from `retouch directions build`) instead "
+                                 "of building one")
+    bank: str = option("auto", "sentence bank for --edit: templates, world (mini-world captions) or auto (world "
+                               "for mini-world words on the mini model, else templates)", choices=("auto", *BANKS))
+    bank_size: int = option(0, "sentences per word (0: all 32 templates, 64 world or generated sentences)",
+                            at_least=0)
+    sentence_generator: str = option("", "local transformers causal-LM folder writing the sentence banks (the "
+                                         "paper used GPT-3)")
+    captioner: str = option("", "local BLIP folder captioning the input when --source-text is not given; 'mini' "
+                                "for the mini world's judge")
+    num_steps: int = steps_option(50, "DDIM steps of inversion and editing (official code 50; the paper's "
+                                      "experiments 100)")
+    guidance_scale: float = guidance_option(5.0, "classifier-free guidance scale of the edit (official code 5.0; "
+                                                 "diffusers 7.5)")
+    caption_as_negative: bool = option(True, "negative prompt = the caption, as the official real-image script "
+                                             "(else the empty prompt)")
+    xa_guidance: float = option(0.1, "λ_xa, step size of x_t ← x_t − λ_xa ∇L_xa (Algorithm 1; official 0.1 "
+                                     "real, 0.15 synthetic images; keep ≤ 0.01 for SD 2.x); 0 disables the "
+                                     "guidance", at_least=0)
+    xa_branches: str = option("conditional", "guided CFG branches: conditional (Algorithm 1) or both (official "
+                                             "code, diffusers)", choices=XA_BRANCHES)
+    xa_places: str = option("down,mid,up", "U-Net parts whose cross-attention maps are guided (the paper: all)")
+    inversion: str = option("regularized", "ddim, or regularized: DDIM inversion with the autocorrelation + KL "
+                                           "noise regularizer (§3.1)", choices=INVERSIONS)
+    lambda_auto_corr: float = option(20.0, "step size on the autocorrelation term L_pair (Eq. 3; official code "
+                                           "20)", at_least=0)
+    lambda_kl: float = option(20.0, "λ, step size on the KL term L_KL (§3.1 and supplement: 20)", at_least=0)
+    num_reg_steps: int = option(5, "regularization iterations per inversion step (supplement: 5)", at_least=0)
+    num_auto_corr_rolls: int = option(5, "random offsets δ per iteration (official code: 5)", at_least=1)
+    auto_corr_min_shift: int = option(1, "smallest offset δ of L_pair (official code 1; diffusers 0)", at_least=0)
+    auto_corr_rescale: bool = option(False, "multiply each 2×2-pooled pyramid level by 2 as §3.1's text says "
+                                            "(official code: no)")
+    seed: int = option(0, "seed of the regularizer's random offsets")
 
     def validate(self) -> None:
         """One-line RetouchError for a bad value or a missing or conflicting edit."""
         edit_spec(self)
-        check_choice("--bank", self.bank, ("auto", *BANKS))
-        check_choice("--xa-branches", self.xa_branches, XA_BRANCHES)
-        check_choice("--inversion", self.inversion, INVERSIONS)
+        check_options(self)
         places(self.xa_places, "--xa-places")
-        for flag, value, low in (("--num-steps", self.num_steps, 1), ("--bank-size", self.bank_size, 0),
-                                 ("--num-reg-steps", self.num_reg_steps, 0),
-                                 ("--num-auto-corr-rolls", self.num_auto_corr_rolls, 1),
-                                 ("--auto-corr-min-shift", self.auto_corr_min_shift, 0)):
-            if value < low:
-                raise RetouchError(f"{flag} must be at least {low}; got {value}")
-        for flag, value in (("--guidance-scale", self.guidance_scale), ("--xa-guidance", self.xa_guidance),
-                            ("--lambda-auto-corr", self.lambda_auto_corr), ("--lambda-kl", self.lambda_kl)):
-            if not value >= 0:  # also rejects NaN
-                raise RetouchError(f"{flag} must be non-negative; got {value:g}")
 
     def noise_regularization(self) -> NoiseRegularization | None:
         if self.inversion == "ddim":

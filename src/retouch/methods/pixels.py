@@ -30,7 +30,7 @@ instead runs Algorithm 1 once per exemplar, each pass editing the previous pass'
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Sequence
 
@@ -38,8 +38,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from retouch.errors import RetouchError, check_choice
-from retouch.methods import register
+from retouch.errors import RetouchError
+from retouch.methods import guidance_option, register, steps_option
+from retouch.options import check_options, option
 from retouch.sampling import Callback, add_noise, ddim_sample, guided_denoiser, img2img_timesteps
 
 ThresholdFn = Callable[[int], torch.Tensor]
@@ -170,25 +171,23 @@ def progressive_sample(
 class ExemplarConfig:
     """Options every exemplar method shares; the exemplar and map *files* are for the CLI only."""
 
-    prompt: str = field(default="", metadata={
-        "help": "text guidance p (PIXELS §Bringing Back Text Control); the paper keeps it empty"})
-    negative_prompt: str = field(default="", metadata={"help": "text the result should move away from"})
-    strength: float = field(default=0.8, metadata={
-        "help": "t_ds^max/T, the start step of the most edited region (PIXELS Lemma 1; the paper tunes it per edit)"})
-    num_steps: int = field(default=50, metadata={"help": "DDIM steps of the full schedule"})
-    guidance_scale: float = field(default=7.5, metadata={"help": "classifier-free guidance scale"})
-    seed: int = field(default=0, metadata={"help": "seed of the added noise"})
-    exemplar: tuple[str, ...] = field(default=(), metadata={
-        "help": "exemplar image; repeat for several, each followed by its --map"})
-    map: tuple[str, ...] = field(default=(), metadata={
-        "help": "grayscale edit map of the matching --exemplar: white = take the exemplar, black = keep the input"})
-    exemplar_fit: str = field(default="resize", metadata={
-        "help": "resize: stretch each exemplar to the input's size; center: keep its pixels, centre it on black "
-                "(crop if larger), as the paper pads placed exemplars (appendix §3)"})
-    map_grow: float = field(default=0.0, metadata={"help": "dilate each map (binarised at ½) by this many pixels"})
-    map_ramp: float = field(default=0.0, metadata={
-        "help": "binarise each map at ½ and fade it out linearly over this many pixels around the mask"})
-    map_blur: float = field(default=0.0, metadata={"help": "Gaussian blur σ in pixels applied to each map last"})
+    prompt: str = option("", "text guidance p (PIXELS §Bringing Back Text Control); the paper keeps it empty")
+    negative_prompt: str = option("", "text the result should move away from")
+    strength: float = option(0.8, "t_ds^max/T, the start step of the most edited region (PIXELS Lemma 1; the paper "
+                                  "tunes it per edit)", above=0, at_most=1)
+    num_steps: int = steps_option()
+    guidance_scale: float = guidance_option()
+    seed: int = option(0, "seed of the added noise")
+    exemplar: tuple[str, ...] = option((), "exemplar image; repeat for several, each followed by its --map")
+    map: tuple[str, ...] = option((), "grayscale edit map of the matching --exemplar: white = take the exemplar, "
+                                      "black = keep the input")
+    exemplar_fit: str = option("resize", "resize: stretch each exemplar to the input's size; center: keep its "
+                                         "pixels, centre it on black (crop if larger), as the paper pads placed "
+                                         "exemplars (appendix §3)", choices=EXEMPLAR_FITS)
+    map_grow: float = option(0.0, "dilate each map (binarised at ½) by this many pixels", at_least=0)
+    map_ramp: float = option(0.0, "binarise each map at ½ and fade it out linearly over this many pixels around "
+                                  "the mask", at_least=0)
+    map_blur: float = option(0.0, "Gaussian blur σ in pixels applied to each map last", at_least=0)
 
     def validate(self) -> None:
         if len(self.exemplar) != len(self.map):
@@ -197,20 +196,10 @@ class ExemplarConfig:
         for path in (*self.exemplar, *self.map):
             if not Path(path).is_file():
                 raise RetouchError(f"cannot read image '{path}': no such file; check the path")
-        if not 0.0 < self.strength <= 1.0:  # also rejects NaN
-            raise RetouchError(f"--strength must lie in (0, 1]; got {self.strength:g}")
-        if self.num_steps < 1:
-            raise RetouchError(f"--num-steps must be at least 1; got {self.num_steps}")
+        check_options(self)
         if int(self.num_steps * self.strength) < 1:
             raise RetouchError(f"--strength {self.strength:g} × --num-steps {self.num_steps} runs no step; "
                                "raise either")
-        if not self.guidance_scale >= 0.0:
-            raise RetouchError(f"--guidance-scale must be ≥ 0; got {self.guidance_scale:g}")
-        check_choice("--exemplar-fit", self.exemplar_fit, EXEMPLAR_FITS)
-        sizes = {"--map-grow": self.map_grow, "--map-ramp": self.map_ramp, "--map-blur": self.map_blur}
-        for flag, value in sizes.items():
-            if not value >= 0.0:
-                raise RetouchError(f"{flag} must be ≥ 0 pixels; got {value:g}")
 
     def input_files(self) -> tuple[str, ...]:
         """Files the CLI must never overwrite."""
@@ -338,10 +327,8 @@ def encode_exemplar_inputs(backbone, source, exemplars, maps):
 # ---------------------------------------------------------------------------------------------
 @dataclass
 class PixelsConfig(ExemplarConfig):
-    threshold: str = field(default="linear", metadata={
-        "help": "threshold function τ: linear (paper default), quadratic, cubic, log or sigmoid (appendix §5)"})
-    iterative: bool = field(default=False, metadata={
-        "help": "one pass per exemplar, each editing the previous result (appendix §2), instead of one pass"})
+    threshold: str = option("linear", "threshold function τ: linear (paper default), quadratic, cubic, log or sigmoid (appendix §5)")
+    iterative: bool = option(False, "one pass per exemplar, each editing the previous result (appendix §2), instead of one pass")
 
     def validate(self) -> None:
         super().validate()

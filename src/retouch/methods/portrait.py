@@ -22,14 +22,15 @@ it: 11.6 / 11.8 dB on the same validation scenes at any of the three scale setti
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
 
 from retouch.errors import RetouchError
-from retouch.methods import register, trained_model_folder
+from retouch.methods import register, steps_option, trained_model_folder
 from retouch.networks.portrait import Conditions, PortraitModel, added_conditioning, source_conditions
+from retouch.options import check_options, option
 
 #: The shipped MCDM on the mini world (``--method portrait``'s default ``--model``): directions striped
 #: and hat, trained on rendered pairs (its MODEL_CARD.md says how and why).
@@ -93,34 +94,26 @@ def guided_predictions(model: PortraitModel, latents: torch.Tensor, t: int, cond
 # ---------------------------------------------------------------------------------------------
 @dataclass
 class PortraitConfig:
-    edit: str = field(default="", metadata={"help": "edit direction the model was trained on, e.g. striped or hat"})
-    num_steps: int = field(default=50, metadata={"help": "DDIM steps from random noise (§3.4)"})
-    spatial_scale: float = field(default=1.5, metadata={
-        "help": "guidance scale of c_s = E(x_A) (Eq. 1; not given by the paper, chosen on val scenes)"})
-    image_scale: float = field(default=1.0, metadata={"help": "guidance scale of c_im (Eq. 1)"})
-    text_scale: float = field(default=3.0, metadata={"help": "guidance scale of the target prompt c_pb (Eq. 1)"})
-    mask_guidance: bool = field(default=True, metadata={
-        "help": "derive the edit mask from the MCDM and denoise with Eq. 3 (else plain guided sampling)"})
-    mask_strength: float = field(default=0.5, metadata={"help": "noise level t/T of the mask's predictions (DiffEdit)"})
-    mask_draws: int = field(default=10, metadata={"help": "noise draws averaged for the mask (DiffEdit)"})
-    mask_threshold: float = field(default=0.5, metadata={"help": "binarisation threshold of the normalised mask"})
-    seed: int = field(default=0, metadata={"help": "seed of the starting noise and the mask's noise"})
-    start_from_input: bool = field(default=True, metadata={
-        "help": "start DDIM at z_T = √ᾱ_T E(x_A) + √(1−ᾱ_T) ε, what the first step sees in training, instead of "
-                "pure noise (§3.4, --no-start-from-input); the mini schedule's ᾱ_T > 0 lets a model read the "
-                "background from z_T"})
+    edit: str = option("", "edit direction the model was trained on, e.g. striped or hat")
+    num_steps: int = steps_option(50, "DDIM steps from random noise (§3.4)")
+    spatial_scale: float = option(1.5, "guidance scale of c_s = E(x_A) (Eq. 1; not given by the paper, chosen on "
+                                       "val scenes)")
+    image_scale: float = option(1.0, "guidance scale of c_im (Eq. 1)")
+    text_scale: float = option(3.0, "guidance scale of the target prompt c_pb (Eq. 1)")
+    mask_guidance: bool = option(True, "derive the edit mask from the MCDM and denoise with Eq. 3 (else plain "
+                                       "guided sampling)")
+    mask_strength: float = option(0.5, "noise level t/T of the mask's predictions (DiffEdit)", above=0, below=1)
+    mask_draws: int = option(10, "noise draws averaged for the mask (DiffEdit)", at_least=1)
+    mask_threshold: float = option(0.5, "binarisation threshold of the normalised mask", at_least=0, at_most=1)
+    seed: int = option(0, "seed of the starting noise and the mask's noise")
+    start_from_input: bool = option(True, "start DDIM at z_T = √ᾱ_T E(x_A) + √(1−ᾱ_T) ε, what the first step sees in "
+                                          "training, instead of pure noise (§3.4, --no-start-from-input); the mini "
+                                          "schedule's ᾱ_T > 0 lets a model read the background from z_T")
 
     def validate(self) -> None:
         if not self.edit:
             raise RetouchError("--method portrait needs --edit, the direction to apply (e.g. --edit striped)")
-        if self.num_steps < 1:
-            raise RetouchError(f"--num-steps must be positive; got {self.num_steps}")
-        if not 0.0 < self.mask_strength < 1.0:
-            raise RetouchError(f"--mask-strength must be in (0, 1); got {self.mask_strength}")
-        if self.mask_draws < 1:
-            raise RetouchError(f"--mask-draws must be positive; got {self.mask_draws}")
-        if not 0.0 <= self.mask_threshold <= 1.0:
-            raise RetouchError(f"--mask-threshold must be in [0, 1]; got {self.mask_threshold}")
+        check_options(self)
 
     @property
     def scales(self) -> GuidanceScales:

@@ -20,14 +20,15 @@ conditional rows are edited; the null-text rows of classifier-free guidance run 
 from __future__ import annotations
 
 import difflib
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 
 from retouch.attention import AttentionHook, HookGroup, hooked_attention, select_layers
-from retouch.errors import RetouchError, check_choice, check_range
-from retouch.methods import register
-from retouch.methods.word_swap import WordSwapText, check_sampling, invert_latents
+from retouch.errors import RetouchError
+from retouch.methods import guidance_option, register, steps_option
+from retouch.methods.word_swap import EDIT_GUIDANCE, WordSwapText, invert_latents
+from retouch.options import option
 from retouch.sampling import ddim_sample, ddim_timesteps, guided_denoiser
 
 ATTENTION_EDITS = ("replace", "refine")
@@ -37,22 +38,14 @@ SELF_REPLACE_MAX_SIDE = 16
 
 @dataclass
 class PromptToPromptConfig(WordSwapText):
-    attention_edit: str = field(default="replace", metadata={
-        "help": "replace: word swap, same token count (p2p §3.2); refine: the target adds words, "
-                "aligned tokens take the source maps"})
-    cross_replace_steps: float = field(default=0.8, metadata={
-        "help": "fraction of the steps, from the start, whose cross-attention maps are injected (p2p code: 0.8)"})
-    self_replace_steps: float = field(default=0.4, metadata={
-        "help": "fraction of the steps, from the start, whose ≤16² self-attention maps are injected (p2p code: 0.4)"})
-    num_steps: int = field(default=50, metadata={"help": "DDIM steps of inversion and of sampling (p2p code: 50)"})
-    guidance_scale: float = field(default=7.5, metadata={"help": "classifier-free guidance scale of the edit"})
-
-    def validate(self) -> None:
-        self.prompts()
-        check_choice("--attention-edit", self.attention_edit, ATTENTION_EDITS)
-        check_range("--cross-replace-steps", self.cross_replace_steps, 0.0, 1.0)
-        check_range("--self-replace-steps", self.self_replace_steps, 0.0, 1.0)
-        check_sampling(self.num_steps, self.guidance_scale)
+    attention_edit: str = option("replace", "replace: word swap, same token count (p2p §3.2); refine: the target "
+                                            "adds words, aligned tokens take the source maps", choices=ATTENTION_EDITS)
+    cross_replace_steps: float = option(0.8, "fraction of the steps, from the start, whose cross-attention maps are "
+                                             "injected (p2p code: 0.8)", at_least=0, at_most=1)
+    self_replace_steps: float = option(0.4, "fraction of the steps, from the start, whose ≤16² self-attention maps "
+                                            "are injected (p2p code: 0.4)", at_least=0, at_most=1)
+    num_steps: int = steps_option(50, "DDIM steps of inversion and of sampling (p2p code: 50)")
+    guidance_scale: float = guidance_option(help=EDIT_GUIDANCE)
 
 
 @dataclass(frozen=True)

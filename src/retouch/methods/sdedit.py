@@ -11,25 +11,26 @@ baseline (§4.3): the prompt is the input's caption with the source word swapped
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 
-from retouch.errors import RetouchError, check_range
-from retouch.methods import register
-from retouch.methods.word_swap import check_sampling, edit_field, source_text_field, swap_prompts
+from retouch.errors import RetouchError
+from retouch.methods import guidance_option, register, steps_option
+from retouch.methods.word_swap import edit_field, source_text_field, swap_prompts
+from retouch.options import check_options, option
 from retouch.sampling import add_noise, ddim_sample, guided_denoiser, img2img_timesteps
 
 
 @dataclass
 class SDEditConfig:
-    prompt: str = field(default="", metadata={"help": "text describing the edited image"})
-    negative_prompt: str = field(default="", metadata={"help": "text the result should move away from"})
-    strength: float = field(default=0.5, metadata={"help": "t₀/T, how much noise is added (SDEdit §3)"})
-    num_steps: int = field(default=50, metadata={"help": "DDIM steps of the full schedule"})
-    guidance_scale: float = field(default=7.5, metadata={"help": "classifier-free guidance scale"})
-    eta: float = field(default=0.0, metadata={"help": "DDIM η: 0 deterministic, 1 the stochastic DDPM-like sampler"})
-    seed: int = field(default=0, metadata={"help": "seed of the added noise"})
+    prompt: str = option("", "text describing the edited image")
+    negative_prompt: str = option("", "text the result should move away from")
+    strength: float = option(0.5, "t₀/T, how much noise is added (SDEdit §3)", at_least=0, at_most=1)
+    num_steps: int = steps_option()
+    guidance_scale: float = guidance_option()
+    eta: float = option(0.0, "DDIM η: 0 deterministic, 1 the stochastic DDPM-like sampler", at_least=0, at_most=1)
+    seed: int = option(0, "seed of the added noise")
     edit: str = edit_field()
     source_text: str = source_text_field()
 
@@ -40,9 +41,7 @@ class SDEditConfig:
             raise RetouchError("--source-text is the caption the --edit word swap applies to; give --edit too")
         if self.edit:
             self.target_prompt()  # a bad edit or a caption without the source word fails before any work
-        check_range("--strength", self.strength, 0.0, 1.0)
-        check_range("--eta", self.eta, 0.0, 1.0)
-        check_sampling(self.num_steps, self.guidance_scale)
+        check_options(self)
 
     def target_prompt(self) -> str:
         """``prompt``, or the caption with the edit's words swapped (SDEdit + word swap)."""

@@ -9,27 +9,30 @@ fields below carry the same name and help in every method, so the CLI shows one 
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 
 from retouch.edit_text import parse_edit, prompt_texts
 from retouch.errors import RetouchError
+from retouch.options import check_options, option
 from retouch.sampling import ddim_invert
 
 INVERSIONS = ("ddim", "regularized")
+#: The help of the word-swap baselines' ``guidance_scale``: the scale of the sampling with the target text.
+EDIT_GUIDANCE = "classifier-free guidance scale of the edit"
 
 
 def edit_field():
-    return field(default="", metadata={"help": "word swap SOURCE->TARGET inside --source-text, e.g. cat->dog"})
+    return option("", "word swap SOURCE->TARGET inside --source-text, e.g. cat->dog")
 
 
 def source_text_field():
-    return field(default="", metadata={"help": "caption of the input image, mentioning the edit's source word"})
+    return option("", "caption of the input image, mentioning the edit's source word")
 
 
 def target_text_field():
-    return field(default="", metadata={"help": "full text of the edited image (instead of --edit)"})
+    return option("", "full text of the edited image (instead of --edit)")
 
 
 @dataclass
@@ -44,6 +47,12 @@ class WordSwapText:
         """(source prompt, target prompt), by :func:`swap_prompts`."""
         return swap_prompts(self.edit, self.source_text, self.target_text)
 
+    def validate(self) -> None:
+        """The prompts first (a missing, conflicting or bad edit fails before any work), then every field's
+        declared values; the subclasses' own fields are options with their bounds."""
+        self.prompts()
+        check_options(self)
+
 
 def swap_prompts(edit: str, source_text: str, target_text: str, *, target_flag: str = "--target-text") -> tuple[str, str]:
     """(source prompt, target prompt): the caption and either its word swap or ``target_text``.
@@ -57,13 +66,6 @@ def swap_prompts(edit: str, source_text: str, target_text: str, *, target_flag: 
         raise RetouchError("a word-swap edit needs --source-text, a caption of the input image "
                            "(e.g. 'a photo of a cat' for --edit cat->dog)")
     return prompt_texts(source_text, parse_edit(edit) if edit else None, target_text or None)
-
-
-def check_sampling(num_steps: int, guidance_scale: float, flag: str = "--guidance-scale") -> None:
-    if num_steps < 1:
-        raise RetouchError(f"--num-steps must be at least 1; got {num_steps}")
-    if not guidance_scale >= 0:  # also rejects NaN
-        raise RetouchError(f"{flag} must be non-negative; got {guidance_scale:g}")
 
 
 def invert_latents(backbone, latents: torch.Tensor, cond, *, num_steps: int, inversion: str = "ddim") -> torch.Tensor:

@@ -18,50 +18,40 @@ from __future__ import annotations
 
 import math
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 
 from retouch.attention import SelfAttentionRecorder, select_layers
-from retouch.errors import RetouchError, check_choice
+from retouch.errors import RetouchError
 from retouch.guidance import patch_nce_loss
 from retouch.methods import register
 from retouch.methods.pix2pix_zero import CrossAttentionTerm, Pix2PixZeroConfig, places, run_pix2pix_zero
+from retouch.options import option
 
 CUT_FEATURES = ("both", "self-attention", "residual")
 
 
 @dataclass
 class ZeroConConfig(Pix2PixZeroConfig):
-    lambda_xa: float = field(default=1.0, metadata={
-        "help": "λ_c, weight of the cross-attention loss in L_t = λ_c L_c + λ_e L_e (zeroCon Eq. 17)"})
-    lambda_cut: float = field(default=1.0, metadata={
-        "help": "λ_e, weight of the patch-wise contrastive (CUT) loss (Eq. 17; not given in the paper)"})
-    cut_num_patches: int = field(default=256, metadata={
-        "help": "query positions per layer of the CUT loss (CUT, CDS: 256)"})
-    cut_temperature: float = field(default=0.07, metadata={
-        "help": "τ of the CUT loss (Eq. 16; CUT, CDS: 0.07)"})
-    cut_features: str = field(default="both", metadata={
-        "help": "U-Net features of the CUT loss: residual, self-attention or both (zeroCon §IV-B: both)"})
-    cut_places: str = field(default="down", metadata={
-        "help": "U-Net parts the CUT features come from (zeroCon: the encoder, i.e. down)"})
-    cut_patch_sizes: str = field(default="1,2", metadata={
-        "help": "patch sides (in feature cells, average-pooled) the CUT loss compares (CDS: 1,2)"})
+    lambda_xa: float = option(1.0, "λ_c, weight of the cross-attention loss in L_t = λ_c L_c + λ_e L_e (zeroCon "
+                                   "Eq. 17)", at_least=0)
+    lambda_cut: float = option(1.0, "λ_e, weight of the patch-wise contrastive (CUT) loss (Eq. 17; not given in "
+                                    "the paper)", at_least=0)
+    cut_num_patches: int = option(256, "query positions per layer of the CUT loss (CUT, CDS: 256)", at_least=2,
+                                  why="one positive, one negative")
+    cut_temperature: float = option(0.07, "τ of the CUT loss (Eq. 16; CUT, CDS: 0.07)", above=0)
+    cut_features: str = option("both", "U-Net features of the CUT loss: residual, self-attention or both "
+                                       "(zeroCon §IV-B: both)", choices=CUT_FEATURES)
+    cut_places: str = option("down", "U-Net parts the CUT features come from (zeroCon: the encoder, i.e. down)")
+    cut_patch_sizes: str = option("1,2", "patch sides (in feature cells, average-pooled) the CUT loss compares "
+                                         "(CDS: 1,2)")
 
     def validate(self) -> None:
         super().validate()
-        check_choice("--cut-features", self.cut_features, CUT_FEATURES)
         places(self.cut_places, "--cut-places")
         patch_sizes(self.cut_patch_sizes)
-        if self.cut_num_patches < 2:
-            raise RetouchError(f"--cut-num-patches must be at least 2 (one positive, one negative); got "
-                               f"{self.cut_num_patches}")
-        if not self.cut_temperature > 0:
-            raise RetouchError(f"--cut-temperature must be positive; got {self.cut_temperature:g}")
-        for flag, value in (("--lambda-xa", self.lambda_xa), ("--lambda-cut", self.lambda_cut)):
-            if not value >= 0:
-                raise RetouchError(f"{flag} must be non-negative; got {value:g}")
 
 
 def patch_sizes(text: str) -> tuple[int, ...]:

@@ -28,7 +28,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from retouch.backbone import widen_conv_in
-from retouch.errors import RetouchError
+from retouch.errors import RetouchError, check_range
 from retouch.networks import read_model_json
 
 TASKS = ("blur", "grain", "colour", "inpaint", "sharpen")  # e1..e5, the paper's label order (§4.1)
@@ -53,12 +53,8 @@ class EditingVector:
             values["lambda"], values["mu"] = self.sharpen
         flags = {"beta": "--blur", "sigma": "--grain", "lambda": "--sharpen amount", "mu": "--sharpen threshold"}
         for name, value in values.items():
-            if value is None:
-                continue
-            low, high = RANGES[name]
-            if not low <= float(value) <= high:  # NaN fails too
-                raise RetouchError(f"{flags[name]} must lie in [{low:g}, {high:g}] (multitask paper, Table 1); "
-                                   f"got {value}")
+            check_range(flags[name], None if value is None else float(value), *RANGES[name],
+                        why="multitask paper, Table 1")
 
     @property
     def active(self) -> tuple[bool, ...]:

@@ -29,6 +29,7 @@ import torch.nn.functional as F
 
 from retouch.distributed import is_main_process, wait_for_everyone
 from retouch.errors import RetouchError
+from retouch.options import check_options, option
 from retouch.train.loop import LoopConfig, train
 
 
@@ -37,13 +38,14 @@ class DistillConfig:
     edit: str = "red->blue"
     model: str = "mini"  # the backbone's name or path, as given to load_backbone (part of the pair cache's key)
     output_dir: str = "out/distill"
-    pairs: int = 200  # App. A collects 15,000
-    edit_steps: int = 25
+    pairs: int = option(200, at_least=1)  # App. A collects 15,000
+    edit_steps: int = option(25, at_least=1)
     edit_batch: int = 25
     clip_increase: float = 0.10  # App. A
-    inside_fraction: float = 0.70  # App. A's segmentation-overlap threshold, as the share of change inside the mask
-    train_steps: int = 600
-    batch: int = 32
+    #: App. A's segmentation-overlap threshold, as the share of change inside the mask
+    inside_fraction: float = option(0.70, at_least=0, at_most=1)
+    train_steps: int = option(600, at_least=1)
+    batch: int = option(32, at_least=1)
     learning_rate: float = 1e-3  # App. A
     lpips: str | None = None
     lpips_weight: float = 1.0
@@ -255,12 +257,7 @@ def distill_on_mini_world(config: DistillConfig, judge_dir: str | Path | None = 
     from retouch.metrics import TransformersCLIPJudge
     from retouch.world import World
 
-    for flag, value in (("--pairs", config.pairs), ("--edit-steps", config.edit_steps),
-                        ("--train-steps", config.train_steps), ("--batch", config.batch)):
-        if value < 1:
-            raise RetouchError(f"{flag} must be at least 1; got {value}")
-    if not 0.0 <= config.inside_fraction <= 1.0:
-        raise RetouchError(f"--inside-fraction must lie in [0, 1]; got {config.inside_fraction:g}")
+    check_options(config)
     judge = TransformersCLIPJudge(judge_dir or MINI_DIR / "judge")
     report = distill(load_backbone(config.model), judge, World(seed=0), config)
     return (f"kept {report['pairs_kept']} of {report['pairs_collected']} pairs; translator in "

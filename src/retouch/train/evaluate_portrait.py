@@ -34,7 +34,7 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 
-from retouch.errors import RetouchError
+from retouch.errors import RetouchError, check_range
 from retouch.world.vocabulary import VOCABULARIES, attribute_of
 
 #: The issue's two directions: MCDM edit name → (source word, target word) of ``edit_scenes``.
@@ -368,8 +368,7 @@ def run_portrait_table(output, *, models: dict[str, str] | None = None, baseline
         figure = Path(figure)
         check_output_file(figure, ".png", "--figure")
     for flag, value in (("--count", count), ("--num-steps", num_steps), ("--batch", batch)):
-        if value < 1:
-            raise RetouchError(f"{flag} must be at least 1; got {value}")
+        check_range(flag, value, 1)
     unknown = [b for b in baselines if b not in BASELINES]
     if unknown:
         raise RetouchError(f"unknown baseline {unknown[0]!r}; choose from {', '.join(BASELINES)} or none")

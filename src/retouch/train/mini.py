@@ -32,6 +32,7 @@ import numpy as np
 import torch
 
 from retouch.distributed import is_main_process, wait_for_everyone
+from retouch.options import check_options, option
 from retouch.train.loop import LoopConfig, train
 
 from retouch.backbone import MINI_DIR  # noqa: E402  (one place names the shipped folder)
@@ -44,8 +45,8 @@ class MiniConfig:
     work_dir: str = "out/train-mini"
     seed: int = 0
     image_size: int = 64
-    vae_steps: int = 3000
-    vae_batch: int = 32
+    vae_steps: int = option(3000, at_least=1)
+    vae_batch: int = option(32, at_least=1)
     vae_channels: tuple[int, ...] = (32, 64, 64)
     vae_latent_channels: int = 4
     #: mid-block self-attention in the autoencoder (the first world's); without it the autoencoder is
@@ -58,18 +59,18 @@ class MiniConfig:
     #: dead-leaves images rendered once for the mixture (≈ 44 per second on one core)
     vae_dead_leaves: int = 1024
     vae_learning_rate: float = 1e-3
-    decoder_steps: int = 600
-    decoder_batch: int = 16
+    decoder_steps: int = option(600, at_least=1)
+    decoder_batch: int = option(16, at_least=1)
     #: the decoder stage adds Gaussian noise of σ ~ U(0, this) latent standard deviations to the latents it
     #: decodes, so a diffusion sample's small residual error decodes to a clean image, not to colourful
     #: speckle (docs/world_v2.md, "decoder fragility"); 0 = no noise (the first world's decoder)
     decoder_latent_noise: float = 0.0
-    clip_steps: int = 3000
-    clip_batch: int = 128
-    judge_steps: int = 1000
-    judge_batch: int = 64
-    unet_steps: int = 6000
-    unet_batch: int = 32
+    clip_steps: int = option(3000, at_least=1)
+    clip_batch: int = option(128, at_least=1)
+    judge_steps: int = option(1000, at_least=1)
+    judge_batch: int = option(64, at_least=1)
+    unet_steps: int = option(6000, at_least=1)
+    unet_batch: int = option(32, at_least=1)
     unet_channels: tuple[int, ...] = (64, 128, 128)
     #: cross-attention per U-Net level, top (full latent resolution) first
     unet_attention: tuple[bool, ...] = (True, True, False)
@@ -78,15 +79,15 @@ class MiniConfig:
     #: every batch anew, as the first world's U-Net was trained
     unet_shards: int = 0
     #: ε-loss weight added inside object masks (0 = plain MSE); see :func:`unet_loss_weights`.
-    unet_object_weight: float = 4.0
+    unet_object_weight: float = option(4.0, at_least=0)
     #: Min-SNR-γ timestep weighting (Hang et al. 2023); 0 = uniform weights.
-    unet_min_snr_gamma: float = 5.0
+    unet_min_snr_gamma: float = option(5.0, at_least=0)
     #: offset noise (Guttenberg 2023): ε gets ``this · ξ`` with one ξ ~ N(0, 1) per image and channel, so the
     #: noise's per-channel mean no longer carries the image's mean at t = T. The DDPM schedule keeps
     #: √ᾱ_T ≈ 0.07 of the signal, and on v2 the plain-ε U-Net learnt to read each scene's background
     #: from that leak, so pure-noise samples drew a random background (docs/world_v2.md, "terminal-SNR
     #: leak"). 0 = plain Gaussian ε.
-    unet_offset_noise: float = 0.0
+    unet_offset_noise: float = option(0.0, at_least=0)
     vocab_size: int = 1000
     #: The world profile every stage trains on (``retouch.world.PROFILES``).
     profile: str = "v1"
@@ -111,10 +112,13 @@ MINI_RECIPES: dict[str, dict] = {
 
 
 def mini_recipe(name: str, **overrides) -> MiniConfig:
-    """The MiniConfig of a world's recipe, with ``overrides`` (unknown names are an error)."""
+    """The MiniConfig of a world's recipe, with ``overrides`` (unknown names are an error, and so is a value
+    outside what its field accepts)."""
     if name not in MINI_RECIPES:
         raise ValueError(f"unknown mini recipe '{name}'; choose one of {', '.join(MINI_RECIPES)}")
-    return MiniConfig(**{**MINI_RECIPES[name], **overrides})
+    config = MiniConfig(**{**MINI_RECIPES[name], **overrides})
+    check_options(config)
+    return config
 
 
 # ---------------------------------------------------------------------------------------------

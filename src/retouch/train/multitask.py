@@ -25,7 +25,7 @@ import torch.nn.functional as F
 
 from retouch.data.compositing import GRAIN_NAMES, iter_compositing, read_summary
 from retouch.distributed import is_main_process, wait_for_everyone
-from retouch.errors import RetouchError
+from retouch.errors import RetouchError, check_choice
 from retouch.networks.multitask import (
     SCALARS,
     TASKS,
@@ -37,9 +37,14 @@ from retouch.networks.multitask import (
     masked_input,
     reference_input,
 )
+from retouch.options import check_options, option
 from retouch.train.loop import LoopConfig, train
 
 LABELS = (None, *TASKS)  # "none" plus each single task, drawn uniformly (§4.1)
+#: Where Eq. 2's error is measured: ε (the paper) or v (see :func:`multitask_loss`).
+LOSS_SPACES = ("epsilon", "v")
+#: The features Eq. 3's N-pair loss compares: the U-Net bottleneck (config A) or f_θ(C) (config B).
+N_PAIR_FEATURES = ("bottleneck", "labels")
 
 
 def multitask_loss(denoiser: MultitaskDenoiser, alphas_cumprod: torch.Tensor, target_latents, source_latents,
@@ -58,6 +63,7 @@ def multitask_loss(denoiser: MultitaskDenoiser, alphas_cumprod: torch.Tensor, ta
     """
     from retouch.sampling import add_noise
 
+    check_choice("loss space", loss_space, LOSS_SPACES)
     t = torch.randint(0, len(alphas_cumprod), (target_latents.shape[0],), generator=generator)
     noise = torch.randn(target_latents.shape, generator=generator).to(target_latents)
     noisy = add_noise(target_latents, noise, alphas_cumprod[t].to(target_latents))
@@ -73,8 +79,6 @@ def multitask_loss(denoiser: MultitaskDenoiser, alphas_cumprod: torch.Tensor, ta
     error = (prediction.float() - noise.float()).abs()
     if loss_space == "v":
         error = error / alphas_cumprod[t].to(error).sqrt()[:, None, None, None]
-    elif loss_space != "epsilon":
-        raise RetouchError(f"loss space must be epsilon or v; got {loss_space!r}")
     loss = error.pow(p).mean()
     if n_pair is None or n_pair_weight == 0:
         return loss
@@ -113,33 +117,29 @@ class MultitaskTrainConfig:
     data: str
     output_dir: str = "out/train-multitask"
     init: str = "mini"  # a backbone name, folder or file (load_backbone)
-    steps: int = 3000
-    batch: int = 16
-    learning_rate: float = 1e-4
-    loss_p: float = 1.0  # Eq. 2's p (the paper: 1)
+    steps: int = option(3000, at_least=1)
+    batch: int = option(16, at_least=1)
+    learning_rate: float = option(1e-4, above=0)
+    loss_p: float = option(1.0, above=0)  # Eq. 2's p (the paper: 1)
     conditioning: str = "cross-attention"  # or "concat" (Palette++)
     labels: bool = True  # binary task labels in C (ablation: False)
     mapping_depth: int = 2  # f_θ depth (ablation: 0, 1, 2, 4)
-    loss_space: str = "epsilon"  # "v": the ε error weighted by 1/√ᾱ_t (multitask_loss; not in the paper)
-    input_gain: float = 1.0  # MultitaskSpec.input_gain: >1 speeds up learning to read z_A (not in the paper)
+    #: "v": the ε error weighted by 1/√ᾱ_t (multitask_loss; not in the paper)
+    loss_space: str = option("epsilon", choices=LOSS_SPACES)
+    #: MultitaskSpec.input_gain: >1 speeds up learning to read z_A (not in the paper)
+    input_gain: float = option(1.0, above=0)
     tasks: tuple[str, ...] = TASKS  # train a single-task model ("ours-single") with one task
-    architecture: str = "diffusion"  # or "pix2pix" (the GAN baseline, methods/pix2pix_gan.py)
-    n_pair: str | None = None  # Eq. 3 on "bottleneck" (config A) or "labels" (config B) features
+    #: or "pix2pix" (the GAN baseline, methods/pix2pix_gan.py)
+    architecture: str = option("diffusion", choices=("diffusion", "pix2pix"))
+    #: Eq. 3 on "bottleneck" (config A) or "labels" (config B) features
+    n_pair: str | None = option(None, choices=N_PAIR_FEATURES)
     n_pair_weight: float = 0.1  # not given by the paper
     ema_decay: float | None = 0.999
     mixed_precision: str = "no"
     seed: int = 0
 
     def validate(self) -> None:
-        if (self.steps < 1 or self.batch < 1 or not self.learning_rate > 0 or not self.loss_p > 0
-                or not self.input_gain > 0):
-            raise RetouchError("--steps, --batch, --learning-rate, --loss-p and --input-gain must be positive")
-        if self.loss_space not in ("epsilon", "v"):
-            raise RetouchError(f"--loss-space must be epsilon or v; got {self.loss_space!r}")
-        if self.architecture not in ("diffusion", "pix2pix"):
-            raise RetouchError(f"--architecture must be diffusion or pix2pix; got {self.architecture!r}")
-        if self.n_pair not in (None, "bottleneck", "labels"):
-            raise RetouchError(f"--n-pair must be bottleneck or labels; got {self.n_pair!r}")
+        check_options(self)
         if self.n_pair is not None and not self.labels:
             raise RetouchError("the N-pair loss needs the binary task labels: drop --no-labels")
         unknown = set(self.tasks) - set(TASKS)

@@ -41,6 +41,7 @@ import torch
 from retouch.data.pairs import DIRECTIONS
 from retouch.distributed import is_main_process, wait_for_everyone
 from retouch.errors import RetouchError
+from retouch.options import check_options, option
 from retouch.train.loop import LoopConfig, train
 
 #: Which of a pair's prompts captions a training image (the p, p_a, p_b of Eq. 2), or "" (dropped).
@@ -57,32 +58,29 @@ class PairPriorConfig:
     output_dir: str = "out/pair-prior"
     init: str = "mini"  #: the backbone whose U-Net is fine-tuned (load_backbone: name, folder or file)
     directions: tuple[str, ...] = ("hat", "striped")  #: edit directions of DIRECTIONS, drawn uniformly
-    identical_rate: float = 0.2  #: share of identical pairs (no change; Eq. 2 with p_a = p_b)
-    caption_dropout: float = 0.1  #: empty captions, for classifier-free guidance (as the mini U-Net)
+    #: share of identical pairs (no change; Eq. 2 with p_a = p_b)
+    identical_rate: float = option(0.2, at_least=0, below=1)
+    #: empty captions, for classifier-free guidance (as the mini U-Net)
+    caption_dropout: float = option(0.1, at_least=0, below=1)
     #: ε-loss weight added on object pixels (:func:`retouch.train.mini.unet_loss_weights`); 0 = plain MSE
-    object_weight: float = 4.0
-    min_snr_gamma: float = 5.0  #: Min-SNR-γ (Hang et al. 2023) as the mini U-Net was trained; 0 = off
-    steps: int = 1200
-    batch: int = 16
+    object_weight: float = option(4.0, at_least=0)
+    #: Min-SNR-γ (Hang et al. 2023) as the mini U-Net was trained; 0 = off
+    min_snr_gamma: float = option(5.0, at_least=0)
+    steps: int = option(1200, at_least=1)
+    batch: int = option(16, at_least=1)
     #: near the mini U-Net's 5e-4 from scratch: at 1e-4 the side-by-side layout was not learnt in
     #: 1,050 steps (8 % of hat pairs kept, the base 9 %); 4e-4 for 1,200 steps gave twins, 33 % kept
-    learning_rate: float = 4e-4
+    learning_rate: float = option(4e-4, above=0)
     ema_decay: float | None = 0.999  #: the exported U-Net is the EMA of the weights
     mixed_precision: str = "no"
     seed: int = 0  #: world seed of the pairs and seed of the loop's noise
 
     def validate(self) -> None:
-        if self.steps < 1 or self.batch < 1 or not self.learning_rate > 0:
-            raise RetouchError("--steps, --batch and --learning-rate must be positive")
+        check_options(self)
         unknown = sorted(set(self.directions) - set(DIRECTIONS))
         if unknown or not self.directions:
             raise RetouchError(f"unknown or no edit direction(s) {', '.join(unknown)}; "
                                f"choose from {', '.join(DIRECTIONS)}")
-        for name, value in (("identical_rate", self.identical_rate), ("caption_dropout", self.caption_dropout)):
-            if not 0.0 <= value < 1.0:
-                raise RetouchError(f"{name} must be in [0, 1); got {value}")
-        if not (self.object_weight >= 0 and self.min_snr_gamma >= 0):
-            raise RetouchError("object_weight and min_snr_gamma must be zero or positive")
 
 
 class PairDraw(NamedTuple):

@@ -34,6 +34,7 @@ from retouch.networks.portrait import (
     load_image_encoder,
     source_conditions,
 )
+from retouch.options import check_options, option
 from retouch.train.loop import LoopConfig, train
 
 
@@ -75,26 +76,22 @@ class PortraitTrainConfig:
     init: str = "mini"  # a backbone name, folder or file (load_backbone)
     image_encoder: str = SHIPPED_JUDGE_NAME  # CLIP_im: a local CLIP-style folder, "mini-judge", or "" for none
     directions: dict = field(default_factory=lambda: dict(MINI_DIRECTIONS))
-    steps: int = 2000
-    batch: int = 16
-    learning_rate: float = 1e-4
-    identity_rate: float = 0.05  # §3.3 (1)
-    dropout: float = 0.2  # §3.3 (2), per condition
+    steps: int = option(2000, at_least=1)
+    batch: int = option(16, at_least=1)
+    learning_rate: float = option(1e-4, above=0)
+    identity_rate: float = option(0.05, at_least=0, below=1)  # §3.3 (1)
+    dropout: float = option(0.2, at_least=0, below=1)  # §3.3 (2), per condition
     spatial: bool = True  # ablation "w/o Spt": False
     image_embedding: bool = True  # ablation "w/o Iemb": False
     scratch: bool = False  # ablation "w/o Prt": random U-Net init
     image_tokens: int = 4
-    input_gain: float = 1.0
+    input_gain: float = option(1.0, above=0)
     ema_decay: float | None = 0.999
     mixed_precision: str = "no"
     seed: int = 0
 
     def validate(self) -> None:
-        if self.steps < 1 or self.batch < 1 or not self.learning_rate > 0 or not self.input_gain > 0:
-            raise RetouchError("--steps, --batch, --learning-rate and --input-gain must be positive")
-        for name, value in (("--identity-rate", self.identity_rate), ("--dropout", self.dropout)):
-            if not 0.0 <= value < 1.0:
-                raise RetouchError(f"{name} must be in [0, 1); got {value}")
+        check_options(self)
 
 
 @dataclass
