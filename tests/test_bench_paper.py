@@ -75,17 +75,28 @@ def test_an_unknown_table_is_one_line_and_exit_status_1(capsys):
         main(["bench", "paper", "--quick", "--tables", "nonsense"])
     assert exit_info.value.code == 1
     assert capsys.readouterr().err.strip().splitlines() == [
-        "retouch: error: unknown table nonsense; choose from pix2pix-zero"]
+        "retouch: error: unknown table nonsense; choose from pix2pix-zero, pixels"]
+
+
+def test_kid_of_a_subset_is_the_unbiased_mmd_and_skips_a_triple_paired_with_itself():
+    from retouch.bench.pixels import kid_of_subset
+    from retouch.metrics.distribution import mmd2_unbiased
+
+    rng = np.random.default_rng(0)
+    real, fake = rng.normal(0, 1, (30, 8)), rng.normal(0.5, 1, (30, 8))
+    assert kid_of_subset(fake, real, np.arange(30)) == pytest.approx(mmd2_unbiased(real, fake))
+    assert np.isnan(kid_of_subset(fake, real, np.array([3, 3, 3])))
+    assert kid_of_subset(real[:15], real[15:], np.arange(15)) < kid_of_subset(fake, real, np.arange(30))
 
 
 def test_quick_run_writes_tables_and_claims_then_reuses_every_row(tmp_path, capsys):
-    from retouch.bench import pix2pix_zero
+    from retouch.bench import pix2pix_zero, pixels
     from retouch.cli import main
 
     docs, cache = tmp_path / "docs", tmp_path / "cache"
     main(["bench", "paper", "--quick", "--docs", str(docs), "--cache", str(cache)])
     out = capsys.readouterr().out
-    assert "18 rows computed, 0 reused" in out
+    assert "34 rows computed, 0 reused" in out  # 18 pix2pix-zero, 16 PIXELS (the held-out set's features too)
 
     table = (docs / "paper_tables" / f"{pix2pix_zero.KEY}.md").read_text()
     rows = [line for line in table.splitlines()
@@ -97,19 +108,27 @@ def test_quick_run_writes_tables_and_claims_then_reuses_every_row(tmp_path, caps
 
     claims = (docs / "paper_claims.md").read_text()
     assert re.search(r"Total wall time of the command: \d+\.\d s", claims)
-    claim_rows = [line for line in claims.splitlines() if line.startswith("| pix2pix-zero |") or
-                  line.startswith("| zeroCon |")]
-    assert len(claim_rows) == len(pix2pix_zero.CLAIMS)
-    for line, claim in zip(claim_rows, pix2pix_zero.CLAIMS):
+    claim_rows = [line for line in claims.splitlines() if line.split(" | ")[0] in ("| pix2pix-zero", "| zeroCon",
+                                                                                   "| PIXELS")]
+    expected = [(claim, pix2pix_zero.KEY) for claim in pix2pix_zero.CLAIMS] + \
+        [(claim, pixels.KEY) for claim in pixels.CLAIMS + pixels.sweep_claims(pixels.QUICK_SWEEP)]
+    assert len(claim_rows) == len(expected)
+    for line, (claim, key) in zip(claim_rows, expected):
         assert claim.statement in line
         verdict = re.search(r"\*\*(holds|does not hold|cannot be told apart)\*\*", line)
         assert verdict, line
         p_value = float(line.split(" | ")[7])
         assert 0 <= p_value <= 1
-        assert (verdict.group(1) == UNCLEAR) == (p_value >= 0.05)
-        assert f"](paper_tables/{pix2pix_zero.KEY}.md)" in line
+        if p_value != 0.05:  # printed to two digits: 0.05 may be either side
+            assert (verdict.group(1) == UNCLEAR) == (p_value > 0.05)
+        assert f"](paper_tables/{key}.md)" in line
+    pixels_table = (docs / "paper_tables" / f"{pixels.KEY}.md").read_text()
+    pixel_rows = [line for line in pixels_table.splitlines() if re.match(r"\| (references|strength|sweep)", line)]
+    assert len(pixel_rows) == len(pixels.REFERENCES) + len(pixels.THRESHOLD_SYSTEMS + pixels.BASELINES) + \
+        len(pixels.SWEPT) * len(pixels.QUICK_SWEEP)
+    assert all(line.count(" [") == 2 for line in pixel_rows)
     assert "## Not covered yet" in claims and "portrait" in claims and "multitask" in claims
 
     main(["bench", "paper", "--quick", "--docs", str(docs), "--cache", str(cache)])
-    assert "0 rows computed, 18 reused" in capsys.readouterr().out
+    assert "0 rows computed, 34 reused" in capsys.readouterr().out
     assert (docs / "paper_claims.md").read_text().split("| paper |")[1] == claims.split("| paper |")[1]

@@ -133,6 +133,9 @@ class Claim:
     a: str
     b: str
     note: str = ""
+    a_group: str = ""  # set both to compare one group of A with another of B (e.g. two strengths)
+    b_group: str = ""
+    groups: tuple[str, ...] = ()  # only these groups (default: every group both systems have)
 
 
 @dataclass
@@ -199,8 +202,15 @@ def evaluate_claims(table: Table) -> list[ClaimResult]:
     results = []
     for claim in table.claims:
         metric = table.metric(claim.metric)
-        groups = [g for g in table.groups()
-                  if any(r.system == claim.a and r.group == g for r in table.rows)
+        if claim.a_group:
+            a_rows, b_rows = [table.find(claim.a, claim.a_group)], [table.find(claim.b, claim.b_group)]
+            label = f"{claim.a_group} vs {claim.b_group}"
+            pooled = compare(metric, a_rows, b_rows)
+            results.append(ClaimResult(claim, metric, pooled, cell(metric, a_rows), cell(metric, b_rows),
+                                       {label: pooled}, table.key))
+            continue
+        groups = [g for g in table.groups() if (not claim.groups or g in claim.groups)
+                  and any(r.system == claim.a and r.group == g for r in table.rows)
                   and any(r.system == claim.b and r.group == g for r in table.rows)]
         a_rows = [table.find(claim.a, g) for g in groups]
         b_rows = [table.find(claim.b, g) for g in groups]
@@ -263,8 +273,10 @@ def render_claims(results: list[ClaimResult], link: bool = True, docs_prefix: st
                          f"see per group | {groups} | {table} |")
             continue
         difference = result.pooled.test.difference
-        lines.append(f"| {claim.paper} | {statement} | {metric.label} | {claim.a}: {_fmt(result.a, metric)} | "
-                     f"{claim.b}: {_fmt(result.b, metric)} | {_fmt(difference, metric)} | {result.pooled.test.test} "
+        a_name = f"{claim.a} ({claim.a_group})" if claim.a_group else claim.a
+        b_name = f"{claim.b} ({claim.b_group})" if claim.b_group else claim.b
+        lines.append(f"| {claim.paper} | {statement} | {metric.label} | {a_name}: {_fmt(result.a, metric)} | "
+                     f"{b_name}: {_fmt(result.b, metric)} | {_fmt(difference, metric)} | {result.pooled.test.test} "
                      f"(n={result.pooled.test.n}) | {_p(result.pooled.p_value)} | **{result.pooled.verdict}** | "
                      f"{groups} | {table} |")
     return "\n".join(lines)

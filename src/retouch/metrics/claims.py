@@ -78,10 +78,11 @@ def bootstrap_statistic(statistic: Callable[[np.ndarray], float], n: int, *, con
                         resamples: int = 1000, seed: int = 0) -> Interval:
     """``statistic(indices)`` of a set of ``n`` scenes (e.g. KID of their features) with its percentile interval.
 
-    The statistic is called once on ``arange(n)`` for the estimate and once per resample.
+    The statistic is called once on ``arange(n)`` for the estimate and once per resample; draws where it
+    is undefined (NaN) are left out.
     """
     estimate = float(statistic(np.arange(n)))
-    draws = np.array([statistic(idx) for idx in resample_indices(n, resamples, seed)])
+    draws = _finite([statistic(idx) for idx in resample_indices(n, resamples, seed)])
     tail = (1 - confidence) / 2 * 100
     low, high = np.percentile(draws, [tail, 100 - tail])
     return Interval(estimate, float(low), float(high), n)
@@ -152,10 +153,12 @@ def paired_bootstrap_test(statistic_a: Callable[[np.ndarray], float], statistic_
                           n: int, *, resamples: int = 1000, seed: int = 0) -> PairedTest:
     """Paired bootstrap of a set statistic: A and B evaluated on the same resampled scene indices.
 
-    One-sided p-values are (1 + #{resampled A − B on the far side of 0}) / (1 + resamples).
+    One-sided p-values are (1 + #{resampled A − B on the far side of 0}) / (1 + resamples); draws where
+    either statistic is undefined (NaN) are left out.
     """
     estimate = float(statistic_a(np.arange(n)) - statistic_b(np.arange(n)))
-    draws = np.array([statistic_a(idx) - statistic_b(idx) for idx in resample_indices(n, resamples, seed)])
+    draws = _finite([statistic_a(idx) - statistic_b(idx) for idx in resample_indices(n, resamples, seed)])
+    resamples = len(draws)
     low, high = np.percentile(draws, [2.5, 97.5])
     greater = (1 + np.sum(draws <= 0)) / (1 + resamples)
     less = (1 + np.sum(draws >= 0)) / (1 + resamples)
