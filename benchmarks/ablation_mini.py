@@ -25,30 +25,21 @@ from _grid import save_labelled_rows
 from _options import script_parser
 
 from retouch.backbone import MINI_DIR, load_backbone
+from retouch.bench.pix2pix_zero import make_run
 from retouch.distributed import exit_unless_main_process
 from retouch.edit_text import parse_edit
-from retouch.methods import edit_by_caption, get_method
-from retouch.methods.ablation import PIX2PIX_ZERO_ABLATION, ablation_run
+from retouch.methods import edit_by_caption
+from retouch.methods.ablation import PIX2PIX_ZERO_ABLATION
 from retouch.metrics import TransformersCLIPJudge, background_preservation, clip_accuracy, structure_distance
 from retouch.metrics.structure import TransformersViTSpatial
 from retouch.world import World
 from retouch.world.edits import edit_scenes
 
-EXTRA = {"zerocon": "zerocon", "p2p": "p2p", "sdedit": "sdedit"}
-
 
 def run_config(key: str, backbone, images01, sources, edit_text: str, steps: int, batch: int, seed: int):
-    """Edit every image with one configuration (each with its own source caption)."""
-
-    def make_run(caption_text):
-        shared = dict(edit=edit_text, source_text=caption_text, num_steps=steps, seed=seed)
-        if key in PIX2PIX_ZERO_ABLATION:
-            return ablation_run(key, **shared)
-        method = get_method(EXTRA[key])
-        names = set(method.option_names())
-        return method, method.config_class(**{k: v for k, v in shared.items() if k in names})
-
-    return edit_by_caption(backbone, images01, sources, make_run, batch)
+    """Edit every image with one configuration (each with its own source caption): the harness's runner."""
+    return edit_by_caption(backbone, images01, sources,
+                           lambda caption: make_run(key, edit_text, caption, steps, seed), batch)
 
 
 def main():

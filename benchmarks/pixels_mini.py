@@ -32,61 +32,14 @@ from _grid import save_labelled_rows
 from _options import script_parser
 
 from retouch.backbone import MINI_DIR, load_backbone
+from retouch.bench.pixels import MAP_RAMP, build_triples, held_out, run_method
 from retouch.distributed import exit_unless_main_process
-from retouch.edit_maps import grow_mask, linear_ramp_map
+from retouch.edit_maps import linear_ramp_map
 from retouch.methods.exemplar_baselines import exemplar_sdedit_latents
 from retouch.methods.pixels import THRESHOLDS, ExemplarConfig, PixelsConfig, pixels_latents
 from retouch.metrics import TransformersCLIPJudge, clip_image_similarity, kid
 from retouch.metrics.semantic import crop_to_mask
 from retouch.world import World
-
-MAP_GROW, MAP_RAMP = 2.0, 6.0
-
-
-def held_out(world: World, count: int, skip: int = 0) -> list[int]:
-    """Indices of the first ``count`` test-split scenes after skipping ``skip`` of them."""
-    found, index = [], 0
-    while len(found) < skip + count:
-        if world.split(index) == "test":
-            found.append(index)
-        index += 1
-    return found[skip:]
-
-
-def build_triples(world: World, count: int):
-    """(sources, exemplars) in [0, 1], soft maps (B, 1, H, W) and the binary regions CLIP-I crops to."""
-    indices = held_out(world, 2 * count)
-    sources, exemplars, maps, regions = [], [], [], []
-    for k in range(count):
-        _, source, _ = world.scene(indices[2 * k])
-        _, exemplar, _ = world.scene(indices[2 * k + 1])
-        mask = exemplar.masks.any(axis=0)
-        soft = linear_ramp_map(grow_mask(mask, MAP_GROW), MAP_RAMP)
-        sources.append(source.image)
-        exemplars.append(exemplar.image)
-        maps.append(soft)
-        regions.append(soft > 0.5)
-    as_images = lambda arrays: torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).float()  # noqa: E731
-    as_masks = lambda arrays: torch.from_numpy(np.stack(arrays)).float()[:, None]  # noqa: E731
-    return as_images(sources), as_images(exemplars), as_masks(maps), as_masks(regions)
-
-
-def run_method(name: str, backbone, sources, exemplars, maps, *, strength: float, steps: int, batch: int):
-    """Edited images in [0, 1] for one method over all triples (in chunks of ``batch``)."""
-    outputs = []
-    for start in range(0, len(sources), batch):
-        chunk = slice(start, start + batch)
-        source, exemplar, edit_map = sources[chunk] * 2 - 1, exemplars[chunk] * 2 - 1, maps[chunk]
-        if name.startswith("pixels-"):
-            config = PixelsConfig(strength=strength, num_steps=steps, threshold=name.split("-", 1)[1])
-            latents = pixels_latents(backbone, source, [exemplar], [edit_map], config)
-        else:
-            config = ExemplarConfig(strength=strength, num_steps=steps)
-            latents = exemplar_sdedit_latents(backbone, source, [exemplar], [edit_map], config,
-                                              scale_noise=name == "scaled-noise")
-        with torch.no_grad():
-            outputs.append(((backbone.decode_latents(latents) + 1) / 2).clamp(0, 1))
-    return torch.cat(outputs)
 
 
 def measure(judge, edited, exemplars, regions, real_features) -> dict:

@@ -33,7 +33,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("data", ("data",)),
     ("networks", ("networks",)),
     ("methods", ("methods", "directions", "captioning", "recipes")),
-    ("train", ("train",)),
+    ("train", ("train", "bench")),
     ("interfaces", ("batch", "demo", "about", "app", "cli")),
 ]
 

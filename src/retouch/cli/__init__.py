@@ -12,6 +12,7 @@ import sys
 
 import click
 
+from retouch.cli.bench import bench
 from retouch.cli.datasets import data, world
 from retouch.cli.editing import demo, directions, edit, effects
 from retouch.cli.evaluation import evaluate
@@ -54,7 +55,7 @@ def cli() -> None:
     quiet_third_party()
 
 
-for _command in (data, demo, directions, edit, effects, evaluate, info, recipes, serve, train, world):
+for _command in (bench, data, demo, directions, edit, effects, evaluate, info, recipes, serve, train, world):
     cli.add_command(_command)
 
 __all__ = ["EXIT_ERROR", "cli", "edit", "main", "train"]

@@ -1,0 +1,134 @@
+"""The paper-table harness: the row cache, claims over rows, and `retouch bench paper --quick` end to end."""
+
+import re
+
+import numpy as np
+import pytest
+
+from retouch.bench.harness import Claim, Metric, Row, RowCache, Table, evaluate_claims, render_claims, render_table
+from retouch.metrics.claims import FAILS, HOLDS, UNCLEAR
+
+
+def test_rows_are_reused_until_settings_or_model_files_change(tmp_path):
+    model = tmp_path / "model"
+    model.mkdir()
+    (model / "weights.bin").write_bytes(b"one")
+    calls = []
+
+    def compute():
+        calls.append(1)
+        return {"score": np.arange(5.0)}, {"note": "x"}
+
+    cache = RowCache(tmp_path / "cache")
+    first = cache.row("t", 1, "sys", "g", {"steps": 4}, {"m": model}, compute)
+    again = cache.row("t", 1, "sys", "g", {"steps": 4}, {"m": model}, compute)
+    assert len(calls) == 1 and not first.cached and again.cached
+    assert again.values == {"score": [0.0, 1.0, 2.0, 3.0, 4.0]} and again.extra == {"note": "x"} and again.scenes == 5
+    cache.row("t", 1, "sys", "g", {"steps": 5}, {"m": model}, compute)  # a setting changed
+    assert len(calls) == 2
+    cache.row("t", 2, "sys", "g", {"steps": 4}, {"m": model}, compute)  # the table's measuring code changed
+    assert len(calls) == 3
+    (model / "weights.bin").write_bytes(b"two")  # the model changed
+    cache.row("t", 1, "sys", "g", {"steps": 4}, {"m": model}, compute)
+    assert len(calls) == 4
+    RowCache(tmp_path / "cache", fresh=True).row("t", 1, "sys", "g", {"steps": 4}, {"m": model}, compute)
+    assert len(calls) == 5
+    assert not list((tmp_path / "cache").rglob("*.partial"))
+
+
+def synthetic_table(shift):
+    """Two systems on two groups of 60 scenes; B's error is A's plus ``shift`` and some noise."""
+    rng = np.random.default_rng(0)
+    rows = []
+    for group in ("g1", "g2"):
+        base = rng.normal(1.0, 0.3, 60)
+        rows.append(Row("t", "A", group, {"err": base.tolist(), "ok": (base > 1).astype(float).tolist()}, 1.0, 60))
+        other = base + shift + rng.normal(0, 0.01, 60)
+        rows.append(Row("t", "B", group, {"err": other.tolist(), "ok": (base > 1).astype(float).tolist()}, 1.0, 60))
+    metrics = [Metric("err", "error", "lower"), Metric("ok", "success", "higher", "binary")]
+    claims = [Claim("paper", "A has lower error than B", "err", "A", "B"),
+              Claim("paper", "A succeeds more often than B", "ok", "A", "B")]
+    return Table("t", "title", "paper", "description", metrics, rows, claims, 1.0, "cmd")
+
+
+@pytest.mark.parametrize("shift, expected", [(0.05, HOLDS), (-0.05, FAILS), (0.0, UNCLEAR)])
+def test_claims_are_tested_on_the_pooled_paired_scenes(shift, expected):
+    error, success = evaluate_claims(synthetic_table(shift))
+    assert error.pooled.verdict == expected and error.pooled.test.n == 120
+    assert set(error.per_group) == {"g1", "g2"}
+    assert success.pooled.verdict == UNCLEAR and success.pooled.p_value == 1.0  # identical outcomes
+    text = render_claims([error, success])
+    assert f"**{expected}**" in text and "exact McNemar (n=120)" in text
+
+
+def test_a_table_renders_every_row_with_intervals_and_its_claims():
+    text = render_table(synthetic_table(0.05))
+    rows = [line for line in text.splitlines() if re.match(r"\| g\d \|", line)]
+    assert len(rows) == 4 and all(re.search(r"\d\.\d+ \[\d\.\d+, \d\.\d+\]", row) for row in rows)
+    assert "Wall time of this table: 1.0 s" in text and "## Claims" in text
+
+
+def test_an_unknown_table_is_one_line_and_exit_status_1(capsys):
+    from retouch.cli import main
+
+    with pytest.raises(SystemExit) as exit_info:
+        main(["bench", "paper", "--quick", "--tables", "nonsense"])
+    assert exit_info.value.code == 1
+    assert capsys.readouterr().err.strip().splitlines() == [
+        "retouch: error: unknown table nonsense; choose from pix2pix-zero, pixels"]
+
+
+def test_kid_of_a_subset_is_the_unbiased_mmd_and_skips_a_triple_paired_with_itself():
+    from retouch.bench.pixels import kid_of_subset
+    from retouch.metrics.distribution import mmd2_unbiased
+
+    rng = np.random.default_rng(0)
+    real, fake = rng.normal(0, 1, (30, 8)), rng.normal(0.5, 1, (30, 8))
+    assert kid_of_subset(fake, real, np.arange(30)) == pytest.approx(mmd2_unbiased(real, fake))
+    assert np.isnan(kid_of_subset(fake, real, np.array([3, 3, 3])))
+    assert kid_of_subset(real[:15], real[15:], np.arange(15)) < kid_of_subset(fake, real, np.arange(30))
+
+
+def test_quick_run_writes_tables_and_claims_then_reuses_every_row(tmp_path, capsys):
+    from retouch.bench import pix2pix_zero, pixels
+    from retouch.cli import main
+
+    docs, cache = tmp_path / "docs", tmp_path / "cache"
+    main(["bench", "paper", "--quick", "--docs", str(docs), "--cache", str(cache)])
+    out = capsys.readouterr().out
+    assert "34 rows computed, 0 reused" in out  # 18 pix2pix-zero, 16 PIXELS (the held-out set's features too)
+
+    table = (docs / "paper_tables" / f"{pix2pix_zero.KEY}.md").read_text()
+    rows = [line for line in table.splitlines()
+            if re.match(r"\| (red->blue|circle->square|plain->striped) \| ", line)]
+    assert len(rows) == len(pix2pix_zero.SYSTEMS) * len(pix2pix_zero.EDITS)
+    assert all(line.count(" [") == len(pix2pix_zero.METRICS) and "| 4 |" in line for line in rows)
+    assert re.search(r"Wall time of this table: \d+\.\d s", table)
+    assert (docs / "paper_tables" / f"{pix2pix_zero.KEY}.png").stat().st_size > 10_000
+
+    claims = (docs / "paper_claims.md").read_text()
+    assert re.search(r"Total wall time of the command: \d+\.\d s", claims)
+    claim_rows = [line for line in claims.splitlines() if line.split(" | ")[0] in ("| pix2pix-zero", "| zeroCon",
+                                                                                   "| PIXELS")]
+    expected = [(claim, pix2pix_zero.KEY) for claim in pix2pix_zero.CLAIMS] + \
+        [(claim, pixels.KEY) for claim in pixels.CLAIMS + pixels.sweep_claims(pixels.QUICK_SWEEP)]
+    assert len(claim_rows) == len(expected)
+    for line, (claim, key) in zip(claim_rows, expected):
+        assert claim.statement in line
+        verdict = re.search(r"\*\*(holds|does not hold|cannot be told apart)\*\*", line)
+        assert verdict, line
+        p_value = float(line.split(" | ")[7])
+        assert 0 <= p_value <= 1
+        if p_value != 0.05:  # printed to two digits: 0.05 may be either side
+            assert (verdict.group(1) == UNCLEAR) == (p_value > 0.05)
+        assert f"](paper_tables/{key}.md)" in line
+    pixels_table = (docs / "paper_tables" / f"{pixels.KEY}.md").read_text()
+    pixel_rows = [line for line in pixels_table.splitlines() if re.match(r"\| (references|strength|sweep)", line)]
+    assert len(pixel_rows) == len(pixels.REFERENCES) + len(pixels.THRESHOLD_SYSTEMS + pixels.BASELINES) + \
+        len(pixels.SWEPT) * len(pixels.QUICK_SWEEP)
+    assert all(line.count(" [") == 2 for line in pixel_rows)
+    assert "## Not covered yet" in claims and "portrait" in claims and "multitask" in claims
+
+    main(["bench", "paper", "--quick", "--docs", str(docs), "--cache", str(cache)])
+    assert "0 rows computed, 34 reused" in capsys.readouterr().out
+    assert (docs / "paper_claims.md").read_text().split("| paper |")[1] == claims.split("| paper |")[1]
