@@ -32,7 +32,7 @@ from _grid import save_labelled_rows
 from _options import script_parser
 
 from retouch.backbone import MINI_DIR, load_backbone
-from retouch.bench.pixels import MAP_RAMP, build_triples, held_out, run_method
+from retouch.bench.pixels import MAP_RAMP, build_triples, held_out, plot_tradeoff, run_method
 from retouch.distributed import exit_unless_main_process
 from retouch.edit_maps import linear_ramp_map
 from retouch.methods.exemplar_baselines import exemplar_sdedit_latents
@@ -49,31 +49,6 @@ def measure(judge, edited, exemplars, regions, real_features) -> dict:
         fake = torch.cat([judge.encode_images(edited[i:i + 100]) for i in range(0, len(edited), 100)])
     realism, spread = kid(real_features.numpy(), fake.numpy(), subset_size=len(edited), n_subsets=100)
     return {"clip_i": adherence, "kid": realism, "kid_std": spread}
-
-
-def plot_tradeoff(sweep: dict, path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    figure, axes = plt.subplots(figsize=(5.5, 4.0), dpi=120)
-    for name, points in sweep.items():
-        strengths = sorted(points)
-        axes.plot([points[s]["kid"] * 1e3 for s in strengths], [points[s]["clip_i"] for s in strengths],
-                  marker="o", label=name)
-        for s in strengths:
-            axes.annotate(f"{s:g}", (points[s]["kid"] * 1e3, points[s]["clip_i"]), fontsize=7,
-                          textcoords="offset points", xytext=(3, 3))
-    axes.set_xlabel("KID ×10³ vs held-out scenes (realism; lower is better)")
-    axes.set_ylabel("CLIP-I of edited region to exemplar (higher is better)")
-    axes.set_title("Mini world: adherence vs realism over strength")
-    axes.grid(alpha=0.3)
-    axes.legend(fontsize=8)
-    figure.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    figure.savefig(path)
-    plt.close(figure)
 
 
 def figure_one(backbone, world: World, path: Path, steps: int, strength: float) -> None:
@@ -170,7 +145,8 @@ def main():
             print(lines[-1], flush=True)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text("\n".join(lines) + "\n")
-    plot_tradeoff(sweep, args.plot)
+    plot_tradeoff({name: [(s, r['kid'], r['clip_i']) for s, r in sorted(points.items())]
+                   for name, points in sweep.items()}, args.plot)
     save_labelled_rows(grid, args.out.with_suffix(".png"), ["source", "exemplar", "map", *methods])
     figure_one(backbone, world, args.figure, args.steps, args.strength)
     print(f"wrote {args.out}, {args.out.with_suffix('.png')}, {args.plot} and {args.figure}")

@@ -17,6 +17,7 @@ picture". The same triples for every system. Measured as PIXELS §4 does:
 from __future__ import annotations
 
 import time
+from pathlib import Path
 
 import numpy as np
 
@@ -233,6 +234,19 @@ def build(run) -> Table:
 def save_tradeoff(rows, metrics, path) -> bool:
     """CLIP-I against KID for each swept system over strength (PIXELS Fig. 6 on our world); False without
     matplotlib (an optional dependency)."""
+    clip_i, kid = metrics
+    curves = {}
+    for name in SWEPT:
+        points = sorted((float(r.group.split()[1]), r) for r in rows if r.system == name and r.group.startswith("sweep"))
+        if points:
+            curves[name] = [(strength, kid.set_statistic(r, np.arange(r.scenes)), float(np.mean(r.values[clip_i.name])))
+                            for strength, r in points]
+    return plot_tradeoff(curves, path)
+
+
+def plot_tradeoff(curves: dict[str, list[tuple[float, float, float]]], path) -> bool:
+    """The adherence/realism plot: per system, its (strength, KID, CLIP-I) points joined in strength order and
+    labelled with the strength. False without matplotlib (an optional dependency)."""
     try:
         import matplotlib
     except ImportError:
@@ -240,16 +254,12 @@ def save_tradeoff(rows, metrics, path) -> bool:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    clip_i, kid = metrics
     figure, axes = plt.subplots(figsize=(5.5, 4.0), dpi=120)
-    for name in SWEPT:
-        points = sorted((float(r.group.split()[1]), r) for r in rows if r.system == name and r.group.startswith("sweep"))
-        if not points:
-            continue
-        xs = [kid.set_statistic(r, np.arange(r.scenes)) * 1e3 for _, r in points]
-        ys = [float(np.mean(r.values[clip_i.name])) for _, r in points]
+    for name, points in curves.items():
+        xs = [kid_value * 1e3 for _, kid_value, _ in points]
+        ys = [clip_value for _, _, clip_value in points]
         axes.plot(xs, ys, marker="o", label=name)
-        for (strength, _), x, y in zip(points, xs, ys):
+        for (strength, _, _), x, y in zip(points, xs, ys):
             axes.annotate(f"{strength:g}", (x, y), fontsize=7, textcoords="offset points", xytext=(3, 3))
     axes.set_xlabel("KID ×10³ vs held-out scenes (realism; lower is better)")
     axes.set_ylabel("CLIP-I of edited region to exemplar (higher is better)")
@@ -257,7 +267,7 @@ def save_tradeoff(rows, metrics, path) -> bool:
     axes.grid(alpha=0.3)
     axes.legend(fontsize=8)
     figure.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
     figure.savefig(path)
     plt.close(figure)
     return True
