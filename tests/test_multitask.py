@@ -482,3 +482,101 @@ def test_a_v_prediction_init_still_samples_as_epsilon(tiny_backbones):
     v_init = replace(base, scheduler_config={**dict(base.scheduler_config), "prediction_type": "v_prediction"})
     model = MultitaskModel.from_backbone(v_init, MultitaskSpec())
     assert NoiseSchedule.from_scheduler_config(model.scheduler_config).prediction_type == "epsilon"
+
+
+# ---------------------------------------------------------------------------------------------
+# The CPU-scale switches: pixel space, residual prediction, crop windows (not the paper's settings)
+# ---------------------------------------------------------------------------------------------
+def _pixel_model(**spec) -> MultitaskModel:
+    return MultitaskModel.for_pixels(MultitaskSpec(latent_channels=3, space="pixel", prediction="residual", **spec),
+                                     channels=(8, 16), cross_attention_dim=16)
+
+
+def test_a_residual_pixel_model_starts_from_its_input_and_survives_save_and_load(tmp_path):
+    model = _pixel_model()
+    images = torch.rand(2, 3, 32, 32) * 2 - 1
+    vector = EditingVector(blur=0.4)
+    source, small, c = conditioning_inputs(model, images, vector)
+    assert torch.equal(source, images) and model.size_multiple == 2  # no autoencoder: the pixels are z_A
+    with torch.no_grad():
+        model.denoiser.unet.conv_out.weight.zero_()
+        model.denoiser.unet.conv_out.bias.zero_()
+        noisy = torch.randn_like(images)
+        # x̂₀ = z_A + D(·): with D = 0 the prediction is the input whatever the noise and the step
+        assert torch.equal(model.denoiser(noisy, torch.tensor([999, 10]), source, small, c), source)
+    edited = multitask_edit(model, images, vector, num_steps=10, seed=0)
+    torch.testing.assert_close(edited, images, atol=1e-4, rtol=0)  # DDIM on x̂₀ = z_A lands on z_A
+    torch.manual_seed(1)
+    model = _pixel_model()
+    first = multitask_edit(model, images, vector, num_steps=4, seed=3)
+    model.save(tmp_path / "pixel")
+    assert not (tmp_path / "pixel" / "vae").exists()
+    loaded = MultitaskModel.load(tmp_path / "pixel")
+    assert loaded.vae is None and loaded.spec.prediction == "residual"
+    torch.testing.assert_close(multitask_edit(loaded, images, vector, num_steps=4, seed=3), first)
+
+
+def test_residual_loss_is_the_x0_error_and_the_sliders_reach_a_pixel_model():
+    torch.manual_seed(0)
+    model = _pixel_model()
+    schedule = NoiseSchedule.from_scheduler_config(model.scheduler_config)
+    assert schedule.prediction_type == "sample"
+    source, target, small = torch.rand(3, 3, 16, 16), torch.rand(3, 3, 16, 16), torch.zeros(3, 3, 16, 16)
+    vectors = EditingVector(blur=0.3).as_tensor()[None].expand(3, -1)
+    draw = torch.Generator().manual_seed(5)
+    t = torch.randint(0, len(schedule.alphas_cumprod), (3,), generator=draw)
+    noise = torch.randn(target.shape, generator=draw)
+    from retouch.sampling import add_noise
+    with torch.no_grad():
+        noisy = add_noise(target, noise, schedule.alphas_cumprod[t])
+        x0 = model.denoiser(noisy, t, source, small, vectors)
+        got = multitask_loss(model.denoiser, schedule.alphas_cumprod, target, source, small, vectors,
+                             torch.Generator().manual_seed(5))
+        assert torch.allclose(got, (x0 - target).abs().mean(), rtol=1e-5)
+        # C reaches the network through the timestep embedding too: another β changes the output
+        other = EditingVector(blur=0.9).as_tensor()[None].expand(3, -1)
+        assert not torch.allclose(model.denoiser(noisy, t, source, small, other), x0)
+        with pytest.raises(RetouchError, match="residual"):
+            multitask_loss(model.denoiser, schedule.alphas_cumprod, target, source, small, vectors, loss_space="v")
+
+
+def test_crop_windows_cut_target_and_source_and_keep_the_whole_reference(tiny_dataset):
+    import torch.nn.functional as F
+
+    from retouch.train.multitask import LatentCache, TrainingSet, target_name
+
+    data = TrainingSet(tiny_dataset)
+    model = _pixel_model()
+    draws = [(0, "colour", None, (3, 5)), (1, "inpaint", None, (0, 0)), (2, "grain", 0.05, (16, 16))]
+    names = {target_name(label, radius) for _, label, radius, _ in draws}
+    whole = LatentCache(model, data, names).batch([d[:3] for d in draws], labels=True)
+    cut = LatentCache(model, data, names, crop=16).batch(draws, labels=True)
+    for k, (_, _, _, (top, left)) in enumerate(draws):
+        for full, window in zip(whole[:2], cut[:2]):
+            assert torch.equal(window[k], full[k][:, top:top + 16, left:left + 16])
+    torch.testing.assert_close(cut[2][0], F.interpolate(data.image("reference", 0)[None], size=(16, 16),
+                                                        mode="area")[0])
+    assert torch.equal(cut[3], whole[3])
+
+
+def test_a_pixel_residual_run_trains_on_windows_and_edits_any_multiple_of_its_size(tiny_dataset, tmp_path,
+                                                                                  monkeypatch):
+    from retouch.networks import multitask as networks
+    from retouch.train.multitask import MultitaskTrainConfig, train_multitask
+
+    monkeypatch.setattr(networks, "PIXEL_CHANNELS", (8, 16))
+    config = MultitaskTrainConfig(data=str(tiny_dataset), output_dir=str(tmp_path / "run"), steps=3, batch=4,
+                                  ema_decay=None, space="pixel", prediction="residual", crop=16)
+    model, report = train_multitask(config, progress=False)
+    assert report["steps"] == 3 and report["final_loss"] is not None
+    loaded = MultitaskModel.load(tmp_path / "run" / "final")
+    assert loaded.vae is None and loaded.denoiser.unet.config.block_out_channels == [8, 16]
+    for side in (32, 48):
+        out = multitask_edit(loaded, torch.rand(1, 3, side, side) * 2 - 1, EditingVector(grain=0.05), num_steps=3)
+        assert out.shape == (1, 3, side, side) and torch.isfinite(out).all()
+    for bad, message in (({"crop": 16}, "pixel-space"), ({"space": "pixel", "prediction": "residual",
+                                                          "loss_space": "v"}, "loss-space"),
+                         ({"space": "pixel", "crop": 64}, "larger than")):
+        with pytest.raises(RetouchError, match=message):
+            train_multitask(MultitaskTrainConfig(data=str(tiny_dataset), output_dir=str(tmp_path / "bad"), steps=1,
+                                                 **bad), progress=False)

@@ -106,6 +106,12 @@ def train_probes(output, profile, model, judge_folder, train_scenes, test_scenes
               help="where Eq. 2's error is measured: ε (the paper) or v (weights high-noise steps by 1/√ᾱ)")
 @click.option("--input-gain", type=float, default=1.0, show_default=True,
               help="factor on the z_A/reference input channels: >1 makes their zero-initialised weights learn faster")
+@click.option("--space", type=click.Choice(["latent", "pixel"]), default="latent", show_default=True,
+              help="latent diffusion on the backbone (the paper) or pixels with a small U-Net from scratch, no autoencoder")
+@click.option("--prediction", type=click.Choice(["epsilon", "residual"]), default="epsilon", show_default=True,
+              help="predict ε (Eq. 2, the paper) or the clean target as an offset from the input, x̂₀ − z_A")
+@click.option("--crop", type=int, default=None,
+              help="train a pixel model on random crop² windows of the dataset's crops (a quarter of the cost at 32)")
 @click.option("--tasks", default="blur,grain,colour,inpaint,sharpen", show_default=True,
               help="tasks to train on (one task: the 'ours-single' baseline)")
 @click.option("--n-pair", type=click.Choice(["bottleneck", "labels"]), default=None,
@@ -114,8 +120,8 @@ def train_probes(output, profile, model, judge_folder, train_scenes, test_scenes
 @mixed_precision_option
 @seed_option()
 def train_multitask_command(data, output_dir, init, steps, batch, learning_rate, loss_p, architecture, conditioning,
-                            labels, mapping_depth, loss_space, input_gain, tasks, n_pair, n_pair_weight, mixed_precision,
-                            seed) -> None:
+                            labels, mapping_depth, loss_space, input_gain, space, prediction, crop, tasks, n_pair, n_pair_weight,
+                            mixed_precision, seed) -> None:
     """Train the multi-task compositing model (multitask paper §3.2, §4.1) on a compositing dataset."""
     from retouch.train.multitask import MultitaskTrainConfig, train_multitask
 
@@ -123,7 +129,7 @@ def train_multitask_command(data, output_dir, init, steps, batch, learning_rate,
                                   learning_rate=learning_rate, loss_p=loss_p, architecture=architecture,
                                   conditioning=conditioning,
                                   labels=labels, mapping_depth=mapping_depth, loss_space=loss_space,
-                                  input_gain=input_gain,
+                                  input_gain=input_gain, space=space, prediction=prediction, crop=crop,
                                   tasks=comma_list(tasks),
                                   n_pair=n_pair, n_pair_weight=n_pair_weight, mixed_precision=mixed_precision,
                                   seed=seed)

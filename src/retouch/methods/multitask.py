@@ -129,7 +129,8 @@ def load_multitask_model(model: str, *, device="cpu", dtype=torch.float32, **_) 
     folder = trained_model_folder(model, "multitask.json", SHIPPED_MODEL, "multitask",
                                   not_shipped="no multitask model is shipped yet")
     loaded = MultitaskModel.load(folder, device=device)
-    loaded.vae.to(dtype)
+    if loaded.vae is not None:  # None: a pixel-space model
+        loaded.vae.to(dtype)
     loaded.denoiser.to(dtype)
     return loaded
 

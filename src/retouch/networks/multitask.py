@@ -15,6 +15,20 @@ source image by the mask before encoding.
 
 Palette++ (the paper's baseline) is the same network with everything concatenated: z_A, I_ref and C
 broadcast over the latent grid, and a constant, all-zero cross-attention context.
+
+Two switches exist for our CPU scale (``docs/multitask.md`` measures why; the paper's values are the
+defaults):
+
+- ``space="pixel"``: no autoencoder; "latents" are the RGB pixels in [−1, 1] and the U-Net is a small one
+  trained from scratch. Our mini autoencoder's round trip on photo crops (22 dB) changes a crop more than
+  blur or sharpening do, so a latent model cannot beat the unedited input there whatever it learns.
+  There C also enters every ResNet block through the timestep embedding (a projection of C added to it,
+  as class conditioning does), besides f_θ into cross-attention, which a pixel U-Net small enough for
+  large images only has at its coarsest level.
+- ``prediction="residual"``: the network predicts the clean target as an offset from its input,
+  x̂₀ = z_A + D(·), instead of ε. At init it already returns its input, and every noise level rewards
+  reading z_A equally (the ε-loss scales that by √ᾱ_t, which is what left the paper's setting drawing
+  an unrelated scene from noise here).
 """
 
 from __future__ import annotations
@@ -28,13 +42,22 @@ import torch.nn.functional as F
 from torch import nn
 
 from retouch.backbone import widen_conv_in
-from retouch.errors import RetouchError, check_range
+from retouch.errors import RetouchError, check_choice, check_range
 from retouch.networks import read_model_json
 
 TASKS = ("blur", "grain", "colour", "inpaint", "sharpen")  # e1..e5, the paper's label order (§4.1)
 SCALARS = ("beta", "sigma", "lambda", "mu")  # β, σ, λ, μ (Table 1)
 RANGES = {"beta": (0.0, 1.0), "sigma": (0.0, 0.1), "lambda": (1.0, 3.0), "mu": (0.0, 0.1)}  # Table 1
 CONDITIONINGS = ("cross-attention", "concat")  # ours, Palette++
+SPACES = ("latent", "pixel")  # the paper's latent diffusion, or pixels with no autoencoder (not the paper)
+PREDICTIONS = ("epsilon", "residual")  # Eq. 2's ε, or x̂₀ = z_A + D(·) (not the paper)
+#: The pixel-space U-Net: widths per level (64² crops → 8² at the coarsest level, which alone has
+#: attention, so a 512² photograph attends over 64² positions, not 128²).
+PIXEL_CHANNELS = (16, 32, 64, 128)
+#: DDPM's linear schedule (Ho et al. 2020), the usual one for pixel-space diffusion; the last DDIM step goes to
+#: ᾱ = 1, so the result is the final x̂₀ itself, with no leftover noise in the pixels.
+PIXEL_SCHEDULE = {"num_train_timesteps": 1000, "beta_start": 1e-4, "beta_end": 0.02, "beta_schedule": "linear",
+                  "clip_sample": False, "set_alpha_to_one": True, "steps_offset": 1, "timestep_spacing": "leading"}
 
 
 @dataclass(frozen=True)
@@ -108,6 +131,20 @@ class MultitaskSpec:
     #: step whatever its gradient's size, so a gain g makes those channels learn g× faster (the
     #: "equalised learning rate" of Karras et al. 2018). 1 is the paper's plain concatenation.
     input_gain: float = 1.0
+    #: "latent" (the paper) or "pixel" (no autoencoder; see the module docstring).
+    space: str = "latent"
+    #: "epsilon" (Eq. 2) or "residual": the network's output is x̂₀ − z_A (see the module docstring).
+    prediction: str = "epsilon"
+
+    def validate(self) -> None:
+        check_choice("conditioning", self.conditioning, CONDITIONINGS)
+        check_choice("space", self.space, SPACES)
+        check_choice("prediction", self.prediction, PREDICTIONS)
+
+    @property
+    def scheduler_prediction(self) -> str:
+        """What the denoiser's output is, in diffusers' names (after the residual is added back)."""
+        return "sample" if self.prediction == "residual" else "epsilon"
 
     @property
     def vector_size(self) -> int:
@@ -125,8 +162,7 @@ class MultitaskDenoiser(nn.Module):
     def __init__(self, unet, mapping: MappingNetwork, spec: MultitaskSpec, vae_factor: int = 8):
         """``vae_factor``: pixels per latent cell along a side (SDXL's size conditioning is in pixels)."""
         super().__init__()
-        if spec.conditioning not in CONDITIONINGS:
-            raise RetouchError(f"unknown conditioning {spec.conditioning!r}; choose from {', '.join(CONDITIONINGS)}")
+        spec.validate()
         if unet.config.in_channels != spec.input_channels:
             raise RetouchError(f"the U-Net takes {unet.config.in_channels} input channels; this model needs "
                                f"{spec.input_channels}")
@@ -148,8 +184,12 @@ class MultitaskDenoiser(nn.Module):
         if self.spec.input_gain != 1.0:
             conditions = conditions * self.spec.input_gain
         context = self.context(vector.to(noisy.dtype))
-        return self.unet(torch.cat([noisy, conditions], dim=1), t, encoder_hidden_states=context,
-                         added_cond_kwargs=self.added_conditioning(noisy)).sample
+        class_labels = vector.to(noisy.dtype) if self.unet.config.class_embed_type == "projection" else None
+        output = self.unet(torch.cat([noisy, conditions], dim=1), t, encoder_hidden_states=context,
+                           class_labels=class_labels, added_cond_kwargs=self.added_conditioning(noisy)).sample
+        if self.spec.prediction == "residual":  # x̂₀ = z_A + D(·)
+            return output + source_latents.to(output.dtype)
+        return output
 
     def added_conditioning(self, latents: torch.Tensor) -> dict | None:
         """SDXL's added conditioning (Podell et al. 2023, §2.2) for a model without text.
@@ -168,9 +208,11 @@ class MultitaskDenoiser(nn.Module):
 
 @dataclass
 class MultitaskModel:
-    """The autoencoder, the denoiser and the noise schedule: everything a multitask edit needs."""
+    """The autoencoder, the denoiser and the noise schedule: everything a multitask edit needs.
 
-    vae: object
+    ``vae`` is None for a pixel-space model (encoding and decoding are then the identity)."""
+
+    vae: object | None
     denoiser: MultitaskDenoiser
     scheduler_config: dict
 
@@ -195,19 +237,43 @@ class MultitaskModel:
     def from_backbone(cls, backbone, spec: MultitaskSpec | None = None) -> "MultitaskModel":
         """Initialise from a text-to-image backbone's U-Net and VAE (the paper's initialisation)."""
         spec = spec or MultitaskSpec(latent_channels=backbone.unet.config.in_channels)
+        if spec.space != "latent":
+            raise RetouchError("a backbone initialises latent-space models only; build pixel models with for_pixels")
         unet = widen_conv_in(backbone.unet, spec.input_channels)
         mapping = MappingNetwork(spec.vector_size, unet.config.cross_attention_dim, spec.mapping_depth,
                                  spec.mapping_tokens)
-        # Eq. 2 trains ε_θ, whatever the init predicted (SD 2.1: v), so sampling must read ε.
-        scheduler_config = {**dict(backbone.scheduler_config), "prediction_type": "epsilon"}
+        # Eq. 2 trains ε_θ, whatever the init predicted (SD 2.1: v), so sampling must read what we train.
+        scheduler_config = {**dict(backbone.scheduler_config), "prediction_type": spec.scheduler_prediction}
         return cls(backbone.vae, MultitaskDenoiser(unet, mapping, spec, backbone.vae_scale_factor), scheduler_config)
+
+    @classmethod
+    def for_pixels(cls, spec: MultitaskSpec, *, channels: tuple[int, ...] | None = None,
+                   cross_attention_dim: int = 128, seed: int = 0) -> "MultitaskModel":
+        """A pixel-space model trained from scratch (``spec.space == "pixel"``; not the paper's setting)."""
+        from diffusers import UNet2DConditionModel
+
+        if spec.space != "pixel" or spec.latent_channels != 3:
+            raise RetouchError("for_pixels builds pixel-space models: MultitaskSpec(space='pixel', latent_channels=3)")
+        channels = tuple(channels or PIXEL_CHANNELS)
+        torch.manual_seed(seed)
+        levels = len(channels)
+        unet = UNet2DConditionModel(
+            sample_size=64, in_channels=spec.input_channels, out_channels=3, block_out_channels=channels,
+            layers_per_block=2, down_block_types=("DownBlock2D",) * (levels - 1) + ("CrossAttnDownBlock2D",),
+            up_block_types=("CrossAttnUpBlock2D",) + ("UpBlock2D",) * (levels - 1),
+            cross_attention_dim=cross_attention_dim, attention_head_dim=8, norm_num_groups=8,
+            class_embed_type="projection", projection_class_embeddings_input_dim=spec.vector_size)
+        mapping = MappingNetwork(spec.vector_size, cross_attention_dim, spec.mapping_depth, spec.mapping_tokens)
+        scheduler_config = {**PIXEL_SCHEDULE, "prediction_type": spec.scheduler_prediction}
+        return cls(None, MultitaskDenoiser(unet, mapping, spec, vae_factor=1), scheduler_config)
 
     def save(self, folder: Path) -> None:
         from safetensors.torch import save_file
 
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)
-        self.vae.save_pretrained(folder / "vae", safe_serialization=True)
+        if self.vae is not None:
+            self.vae.save_pretrained(folder / "vae", safe_serialization=True)
         self.denoiser.unet.save_pretrained(folder / "unet", safe_serialization=True)
         save_file({k: v.contiguous() for k, v in self.denoiser.mapping.state_dict().items()} or
                   {"_empty": torch.zeros(0)}, str(folder / "mapping.safetensors"))
@@ -223,7 +289,7 @@ class MultitaskModel:
         meta = read_model_json(folder, "multitask.json", "multitask")
         spec = MultitaskSpec(**meta["spec"])
         try:
-            vae = AutoencoderKL.from_pretrained(folder / "vae").to(device).eval()
+            vae = None if spec.space == "pixel" else AutoencoderKL.from_pretrained(folder / "vae").to(device).eval()
             unet = UNet2DConditionModel.from_pretrained(folder / "unet").to(device).eval()
             weights = load_file(str(folder / "mapping.safetensors"))
         except (OSError, ValueError) as error:
@@ -231,7 +297,7 @@ class MultitaskModel:
         mapping = MappingNetwork(spec.vector_size, unet.config.cross_attention_dim, spec.mapping_depth,
                                  spec.mapping_tokens)
         mapping.load_state_dict({k: v for k, v in weights.items() if k != "_empty"})
-        vae_factor = 2 ** (len(vae.config.block_out_channels) - 1)  # as Backbone.vae_scale_factor
+        vae_factor = 1 if vae is None else 2 ** (len(vae.config.block_out_channels) - 1)  # as Backbone.vae_scale_factor
         return cls(vae, MultitaskDenoiser(unet, mapping.to(device).eval(), spec, vae_factor), meta["scheduler"])
 
 
@@ -274,9 +340,13 @@ def reference_input(reference: torch.Tensor | None, vector: EditingVector, like:
 
 def encode(model: MultitaskModel, images: torch.Tensor) -> torch.Tensor:
     vae = model.vae
+    if vae is None:  # pixel space
+        return images.to(model.dtype)
     return vae.encode(images.to(vae.dtype)).latent_dist.mode() * vae.config.scaling_factor
 
 
 def decode(model: MultitaskModel, latents: torch.Tensor) -> torch.Tensor:
     vae = model.vae
+    if vae is None:  # pixel space
+        return latents
     return vae.decode(latents / vae.config.scaling_factor).sample

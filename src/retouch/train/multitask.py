@@ -14,6 +14,7 @@ network is :mod:`retouch.networks.multitask`.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 from dataclasses import asdict, dataclass
@@ -27,7 +28,9 @@ from retouch.data.compositing import GRAIN_NAMES, iter_compositing, read_summary
 from retouch.distributed import is_main_process, wait_for_everyone
 from retouch.errors import RetouchError, check_choice
 from retouch.networks.multitask import (
+    PREDICTIONS,
     SCALARS,
+    SPACES,
     TASKS,
     EditingVector,
     MultitaskDenoiser,
@@ -56,6 +59,9 @@ def multitask_loss(denoiser: MultitaskDenoiser, alphas_cumprod: torch.Tensor, ta
     features (``"bottleneck"``, the paper's config A) or on the label features f_θ(C) (``"labels"``,
     config B), with the binary task labels of C as the classes.
 
+    A ``prediction="residual"`` denoiser (not the paper's) returns x̂₀ = z_A + D(·); its loss is then
+    ‖x̂₀ − z_0^B‖_p^p, every noise level weighted alike.
+
     ``loss_space="v"`` (not the paper's) measures the same ε prediction's error in v = √ᾱ ε − √(1−ᾱ) z_0
     (Salimans & Ho 2022), i.e. weights |ε̂ − ε| by 1/√ᾱ_t: at ᾱ ≈ 0.007 (t ≈ 960) an ε error is a z_0
     error ~12× larger, and plain ε loss barely rewards reading z_A there, so sampling from noise commits
@@ -76,7 +82,12 @@ def multitask_loss(denoiser: MultitaskDenoiser, alphas_cumprod: torch.Tensor, ta
     finally:
         if handle is not None:
             handle.remove()
-    error = (prediction.float() - noise.float()).abs()
+    if denoiser.spec.prediction == "residual":
+        if loss_space != "epsilon":
+            raise RetouchError("--loss-space v reweights an ε prediction; a residual model's loss is on x̂₀ already")
+        error = (prediction.float() - target_latents.float()).abs()
+    else:
+        error = (prediction.float() - noise.float()).abs()
     if loss_space == "v":
         error = error / alphas_cumprod[t].to(error).sqrt()[:, None, None, None]
     loss = error.pow(p).mean()
@@ -128,12 +139,20 @@ class MultitaskTrainConfig:
     loss_space: str = option("epsilon", choices=LOSS_SPACES)
     #: MultitaskSpec.input_gain: >1 speeds up learning to read z_A (not in the paper)
     input_gain: float = option(1.0, above=0)
+    #: "pixel": no autoencoder, a small U-Net from scratch (MultitaskSpec.space; not in the paper)
+    space: str = option("latent", choices=SPACES)
+    #: "residual": predict x̂₀ − z_A (MultitaskSpec.prediction; not in the paper)
+    prediction: str = option("epsilon", choices=PREDICTIONS)
     tasks: tuple[str, ...] = TASKS  # train a single-task model ("ours-single") with one task
     #: or "pix2pix" (the GAN baseline, methods/pix2pix_gan.py)
     architecture: str = option("diffusion", choices=("diffusion", "pix2pix"))
     #: Eq. 3 on "bottleneck" (config A) or "labels" (config B) features
     n_pair: str | None = option(None, choices=N_PAIR_FEATURES)
     n_pair_weight: float = 0.1  # not given by the paper
+    #: Train on random crop² windows of the dataset's crops (pixel space; not in the paper): a 32² window
+    #: costs a quarter of a 64² crop, and every effect but colour transfer is local (colour transfer's
+    #: reference stays whole; its statistics are the same for any window of the crop).
+    crop: int | None = option(None, at_least=8)
     ema_decay: float | None = 0.999
     mixed_precision: str = "no"
     seed: int = 0
@@ -145,7 +164,26 @@ class MultitaskTrainConfig:
         unknown = set(self.tasks) - set(TASKS)
         if unknown or not self.tasks:
             raise RetouchError(f"--tasks takes a non-empty subset of {', '.join(TASKS)}; got {', '.join(self.tasks)}")
+        if self.crop is not None and (self.space != "pixel" or self.architecture != "diffusion"):
+            raise RetouchError("--crop trains pixel-space diffusion models only (a latent window is not a crop)")
+        if self.prediction == "residual" and self.loss_space != "epsilon":
+            raise RetouchError("--loss-space v reweights an ε prediction; drop it with --prediction residual")
         read_summary(Path(self.data))
+
+    def spec(self, latent_channels: int) -> MultitaskSpec:
+        return MultitaskSpec(conditioning=self.conditioning, labels=self.labels, mapping_depth=self.mapping_depth,
+                             latent_channels=3 if self.space == "pixel" else latent_channels,
+                             input_gain=self.input_gain, space=self.space, prediction=self.prediction)
+
+
+def build_model(config: "MultitaskTrainConfig", backbone=None) -> MultitaskModel:
+    """The untrained model of a run: the widened backbone (latent space, the paper) or a pixel U-Net."""
+    from retouch.backbone import load_backbone
+
+    if config.space == "pixel":
+        return MultitaskModel.for_pixels(config.spec(3), seed=config.seed)
+    backbone = backbone or load_backbone(config.init)
+    return MultitaskModel.from_backbone(backbone, config.spec(backbone.unet.config.in_channels))
 
 
 class TrainingSet:
@@ -172,14 +210,20 @@ class TrainingSet:
         return array.permute(2, 0, 1) * 2 - 1
 
 
-def draw_examples(data: TrainingSet, labels, count: int, rng: np.random.Generator) -> list[tuple]:
-    """``count`` draws (crop index, label, grain radius): a uniform crop, a uniform label (§4.1), and for
-    grain one of the five radii at random."""
+def draw_examples(data: TrainingSet, labels, count: int, rng: np.random.Generator,
+                  crop: int | None = None) -> list[tuple]:
+    """``count`` draws (crop index, label, grain radius, window): a uniform crop, a uniform label (§4.1), for
+    grain one of the five radii at random, and with ``crop`` a uniform ``crop``² window (top, left) of it
+    (None: the whole crop)."""
     draws = []
+    side = data.images["source"].shape[1]
+    if crop is not None and crop > side:
+        raise RetouchError(f"--crop {crop} is larger than the dataset's {side}-pixel crops")
     for _ in range(count):
         index, label = int(rng.integers(0, len(data))), labels[int(rng.integers(0, len(labels)))]
         radius = list(GRAIN_NAMES)[int(rng.integers(0, len(GRAIN_NAMES)))] if label == "grain" else None
-        draws.append((index, label, radius))
+        window = None if crop is None else (int(rng.integers(0, side - crop + 1)), int(rng.integers(0, side - crop + 1)))
+        draws.append((index, label, radius, window))
     return draws
 
 
@@ -197,7 +241,7 @@ def target_name(label: str | None, radius: float | None) -> str:
 
 def training_example(data: TrainingSet, draw: tuple):
     """(input image, target image, reference image or None, keep-mask or None, editing vector)."""
-    index, label, radius = draw
+    index, label, radius = draw[:3]  # a window (draw[3]) cuts pixel-space batches only
     vector = example_vector(data.params[index], label, radius)
     reference = data.image("reference", index) if label == "colour" else None
     keep = 1.0 - data.image("mask", index) if label == "inpaint" else None  # stored masks are 1 in the hole
@@ -220,7 +264,7 @@ def train_multitask(config: MultitaskTrainConfig, *, backbone=None,
 
     def make_batch(step, rank, world_size):
         return make_example_batch(draw_examples(data, labels, config.batch,
-                                                np.random.default_rng([config.seed, step, rank])))
+                                                np.random.default_rng([config.seed, step, rank]), config.crop))
 
     loop = LoopConfig(output_dir=config.output_dir, max_steps=config.steps, learning_rate=config.learning_rate,
                       warmup_steps=min(200, config.steps // 10), ema_decay=config.ema_decay,
@@ -240,18 +284,16 @@ def train_multitask(config: MultitaskTrainConfig, *, backbone=None,
 
 def _diffusion_parts(config: MultitaskTrainConfig, data: TrainingSet, backbone):
     """The multitask diffusion model (or Palette++): latents in, Eq. 2 (+ Eq. 3) out."""
-    from retouch.backbone import load_backbone
     from retouch.sampling import NoiseSchedule
 
-    backbone = backbone or load_backbone(config.init)
-    spec = MultitaskSpec(conditioning=config.conditioning, labels=config.labels, mapping_depth=config.mapping_depth,
-                         latent_channels=backbone.unet.config.in_channels, input_gain=config.input_gain)
-    model = MultitaskModel.from_backbone(backbone, spec)
-    model.vae.requires_grad_(False).eval()
+    model = build_model(config, backbone)
+    if model.vae is not None:
+        model.vae.requires_grad_(False).eval()
     schedule = NoiseSchedule.from_scheduler_config(model.scheduler_config)
 
     cache = LatentCache(model, data, {target_name(label, radius) for label in (None, *config.tasks)
-                                      for radius in (GRAIN_NAMES if label == "grain" else (None,))})
+                                      for radius in (GRAIN_NAMES if label == "grain" else (None,))},
+                        crop=config.crop)
 
     def make_example_batch(draws):
         return cache.batch(draws, model.spec.labels)
@@ -272,7 +314,9 @@ class LatentCache:
     step. Holds z_0 of the source, of the masked source (inpainting input) and of each target, plus
     the colour references area-resized to the latent grid."""
 
-    def __init__(self, model: MultitaskModel, data: TrainingSet, targets: set[str], batch: int = 64):
+    def __init__(self, model: MultitaskModel, data: TrainingSet, targets: set[str], batch: int = 64,
+                 crop: int | None = None):
+        self.crop = crop
         self.latents: dict[str, torch.Tensor] = {}
         keep_all = torch.stack([1.0 - data.image("mask", k) for k in range(len(data))])
         with torch.no_grad():
@@ -288,12 +332,22 @@ class LatentCache:
         self.params = data.params
 
     def batch(self, draws, labels: bool):
-        """(target latents, source latents, references at latent size, C) for the draws."""
+        """(target latents, source latents, references at latent size, C) for the draws.
+
+        A draw's window cuts target and source; the colour reference is the whole reference at the window's
+        size, as editing an image of that size would give it."""
         targets, sources, references, vectors = [], [], [], []
-        for index, label, radius in draws:
-            targets.append(self.latents[target_name(label, radius)][index])
-            sources.append(self.latents["masked" if label == "inpaint" else "source"][index])
-            references.append(self.references[index] if label == "colour" else torch.zeros_like(self.references[0]))
+        for index, label, radius, window in (tuple(draw) + (None,) * (4 - len(draw)) for draw in draws):
+            target = self.latents[target_name(label, radius)][index]
+            source = self.latents["masked" if label == "inpaint" else "source"][index]
+            reference = self.references[index] if label == "colour" else torch.zeros_like(self.references[0])
+            if window is not None:
+                (top, left), side = window, self.crop
+                target, source = (x[:, top:top + side, left:left + side] for x in (target, source))
+                reference = F.interpolate(reference[None], size=(side, side), mode="area")[0]
+            targets.append(target)
+            sources.append(source)
+            references.append(reference)
             vectors.append(example_vector(self.params[index], label, radius).as_tensor(labels))
         return torch.stack(targets), torch.stack(sources), torch.stack(references), torch.stack(vectors)
 
@@ -324,8 +378,6 @@ def export_checkpoint(run_dir: Path, step: int, output: Path, *, backbone=None) 
     run started from, if it was not given by name (``--init``)."""
     from safetensors.torch import load_file
 
-    from retouch.backbone import load_backbone
-
     run_dir = Path(run_dir)
     config_path = run_dir / "run_config.json"
     if not config_path.is_file():
@@ -337,11 +389,9 @@ def export_checkpoint(run_dir: Path, step: int, output: Path, *, backbone=None) 
     weights = run_dir / "checkpoints" / f"step-{step}" / "model.safetensors"
     if not weights.is_file():
         raise RetouchError(f"no checkpoint at step {step} in '{run_dir}'")
-    backbone = backbone or load_backbone(saved["init"])
-    spec = MultitaskSpec(conditioning=saved["conditioning"], labels=saved["labels"],
-                         mapping_depth=saved["mapping_depth"], latent_channels=backbone.unet.config.in_channels,
-                         input_gain=saved.get("input_gain", 1.0))
-    model = MultitaskModel.from_backbone(backbone, spec)
+    fields = {f.name for f in dataclasses.fields(MultitaskTrainConfig)}
+    config = MultitaskTrainConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in saved.items() if k in fields})
+    model = build_model(config, backbone)
     model.denoiser.load_state_dict(load_file(str(weights)))
     model.save(Path(output))
     return Path(output)
