@@ -36,7 +36,8 @@ from retouch.bench.pixels import MAP_RAMP, build_triples, held_out, plot_tradeof
 from retouch.distributed import exit_unless_main_process
 from retouch.edit_maps import linear_ramp_map
 from retouch.methods.exemplar_baselines import exemplar_sdedit_latents
-from retouch.methods.pixels import THRESHOLDS, ExemplarConfig, PixelsConfig, pixels_latents
+from retouch.methods.exemplar_inputs import ExemplarConfig
+from retouch.methods.pixels import THRESHOLDS, PixelsConfig, pixels_latents
 from retouch.metrics import TransformersCLIPJudge, clip_image_similarity, kid
 from retouch.metrics.semantic import crop_to_mask
 from retouch.world import World

@@ -34,13 +34,8 @@ from retouch.guidance import (
 )
 from retouch.inversion import NoiseRegularization, invert_with_noise_regularization, regularize_noise
 from retouch.methods import get_method
-from retouch.methods.pix2pix_zero import (
-    CrossAttentionTerm,
-    Pix2PixZeroConfig,
-    diffusers_reference_pipeline,
-    guidance_step,
-    record_features,
-)
+from retouch.guided_pass import CrossAttentionTerm, guidance_step, record_features
+from retouch.methods.pix2pix_zero import Pix2PixZeroConfig, diffusers_reference_pipeline
 from retouch.methods.zerocon import ContrastiveTerm, ZeroConConfig
 from retouch.sampling import ddim_invert
 from helpers import run_cli
@@ -391,7 +386,7 @@ def test_a_batch_equals_its_images_edited_one_by_one(tiny_sd_float64, method):
 def test_one_reconstruction_branch_when_the_negative_prompt_is_the_caption(tiny_sd_float64, monkeypatch, method,
                                                                             branches):
     """Caption as negative prompt: the reconstruction runs one CFG branch; the edit equals the two-branch run."""
-    from retouch.methods import pix2pix_zero
+    from retouch import guided_pass
 
     images = _images(32)
     config = _config(ZeroConConfig if method == "zerocon" else Pix2PixZeroConfig, xa_guidance=50.0,
@@ -402,7 +397,7 @@ def test_one_reconstruction_branch_when_the_negative_prompt_is_the_caption(tiny_
     single = get_method(method).edit(tiny_sd_float64, images, config)
     single_calls = list(calls)
     calls.clear()
-    monkeypatch.setattr(pix2pix_zero, "_same_conditioning", lambda a, b: False)
+    monkeypatch.setattr(guided_pass, "_same_conditioning", lambda a, b: False)
     double = get_method(method).edit(tiny_sd_float64, images, config)
     assert sum(single_calls) < sum(calls)  # fewer U-Net rows...
     assert (single - double).abs().max().item() <= 1e-9  # ...for the same edit

@@ -16,12 +16,10 @@ from retouch.edit_maps import blur_map, grow_mask, linear_ramp_map
 from retouch.errors import RetouchError
 from retouch.methods import get_method
 from retouch.methods.exemplar_baselines import exemplar_sdedit_latents
+from retouch.methods.exemplar_inputs import ExemplarConfig, fit_exemplar, load_exemplar_inputs
 from retouch.methods.pixels import (
     THRESHOLDS,
-    ExemplarConfig,
     PixelsConfig,
-    fit_exemplar,
-    load_exemplar_inputs,
     pixels_edit,
     pixels_latents,
     threshold_values,

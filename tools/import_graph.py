@@ -27,8 +27,8 @@ PACKAGE = Path(__file__).resolve().parent.parent / "src" / "retouch"
 LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("base", ("retouch", "errors", "options", "_quiet", "progress", "distributed", "imageio", "tokenizer",
               "edit_text")),
-    ("core", ("sampling", "guidance", "attention", "inversion", "edit_maps", "backbone", "families", "memory",
-              "effects", "metrics")),
+    ("core", ("sampling", "guidance", "guided_pass", "attention", "inversion", "edit_maps", "backbone", "families",
+              "memory", "effects", "metrics")),
     ("world", ("world",)),
     ("data", ("data",)),
     ("networks", ("networks",)),

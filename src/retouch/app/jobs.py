@@ -293,7 +293,7 @@ class Exemplar:
 def exemplar_inputs(exemplars: list[Exemplar]) -> Callable:
     """PIXELS' ``prepare`` hook on in-memory exemplars: what ``load_exemplar_inputs`` makes of them as 8-bit files."""
     def prepare(config, size: tuple[int, int], device, dtype) -> dict:
-        from retouch.methods.pixels import exemplar_tensors
+        from retouch.methods.exemplar_inputs import exemplar_tensors
 
         images = [as_8bit(exemplar.image, f"exemplar {k}") for k, exemplar in enumerate(exemplars, start=1)]
         maps = [read_map(exemplar.edit_map, size, f"exemplar {k}'s edit map")

@@ -72,7 +72,8 @@ def run_method(name: str, backbone, sources, exemplars, maps, *, strength: float
     import torch
 
     from retouch.methods.exemplar_baselines import exemplar_sdedit_latents
-    from retouch.methods.pixels import ExemplarConfig, PixelsConfig, pixels_latents
+    from retouch.methods.exemplar_inputs import ExemplarConfig
+    from retouch.methods.pixels import PixelsConfig, pixels_latents
 
     outputs = []
     for start in range(0, len(sources), batch):

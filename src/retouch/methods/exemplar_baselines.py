@@ -17,15 +17,15 @@ from __future__ import annotations
 import torch
 
 from retouch.methods import register
-from retouch.methods.pixels import (
+from retouch.methods.exemplar_inputs import (
     ExemplarConfig,
     check_exemplar_inputs,
     draw_noise,
     encode_exemplar_inputs,
     load_exemplar_inputs,
-    surgical_latent,
     text_denoiser,
 )
+from retouch.methods.pixels import surgical_latent
 from retouch.sampling import add_noise, ddim_sample, img2img_timesteps
 
 

@@ -27,7 +27,8 @@ from retouch.attention import SelfAttentionRecorder, select_layers
 from retouch.errors import RetouchError
 from retouch.guidance import patch_nce_loss
 from retouch.methods import register
-from retouch.methods.pix2pix_zero import CrossAttentionTerm, Pix2PixZeroConfig, places, run_pix2pix_zero
+from retouch.guided_pass import CrossAttentionTerm
+from retouch.methods.pix2pix_zero import Pix2PixZeroConfig, places, run_pix2pix_zero
 from retouch.options import option
 
 CUT_FEATURES = ("both", "self-attention", "residual")
