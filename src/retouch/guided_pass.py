@@ -22,7 +22,14 @@ import torch
 from retouch.attention import CrossAttentionRecorder, Gate, HookGroup, hooked_attention, select_layers
 from retouch.errors import RetouchError
 from retouch.guidance import cross_attention_loss
-from retouch.sampling import Callback, classifier_free_guidance, ddim_sample, ddim_step, ddim_timesteps, previous_timestep
+from retouch.sampling import (
+    Callback,
+    classifier_free_guidance,
+    ddim_sample,
+    ddim_step,
+    ddim_timesteps,
+    previous_timestep,
+)
 
 #: U-Net parts a term may hook: the encoder, the middle block, the decoder.
 PLACES = ("down", "mid", "up")

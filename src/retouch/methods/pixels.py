@@ -37,14 +37,8 @@ import torch
 
 from retouch.errors import RetouchError
 from retouch.methods import register
-from retouch.methods.exemplar_inputs import (
-    ExemplarConfig,
-    check_exemplar_inputs,
-    draw_noise,
-    encode_exemplar_inputs,
-    load_exemplar_inputs,
-    text_denoiser,
-)
+from retouch.methods.exemplar_inputs import (ExemplarConfig, check_exemplar_inputs, draw_noise, encode_exemplar_inputs,
+                                             load_exemplar_inputs, text_denoiser)
 from retouch.options import option
 from retouch.sampling import Callback, add_noise, ddim_sample, img2img_timesteps
 
