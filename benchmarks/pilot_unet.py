@@ -3,11 +3,15 @@
 Every ``--eval-every`` training samples the pilot draws one sample per held-out (test-split) v2 caption
 (25 DDIM steps, classifier-free guidance), decodes it and reads the main object's attributes with the
 v2 pixel probes (shape, colour, pattern, hat, background), with the mini U-Net's own ε-loss
-(``train/mini.py: weighted_eps_loss``: SD's scaled-linear schedule, object weight, Min-SNR-γ); accuracy is the fraction that match the
+(``train/mini.py: weighted_diffusion_loss``: SD's scaled-linear schedule, or with ``--zero-terminal-snr`` Lin et
+al.'s rescaled one with v-prediction; object weight, Min-SNR-γ); accuracy is the fraction that match the
 caption. Training time is wall time of the gradient steps only (evaluation excluded).
 
     python benchmarks/pilot_unet.py --name small --channels 32,64,128 --attention 0,0,1 --shards out/shards/pilot-v2 \\
         --vae out/pilots/vae_c32 --text-encoder out/train-mini-v2/clip/final --probes out/probes-v2 --minutes 12
+    python benchmarks/pilot_unet.py --name ztsnr --init src/retouch/assets/mini/backbone/unet --zero-terminal-snr \\
+        --vae src/retouch/assets/mini/backbone/vae --text-encoder src/retouch/assets/mini/backbone \\
+        --shards out/shards/v2-shipped --probes src/retouch/assets/mini/probes --learning-rate 2e-4 --warmup 200
     python benchmarks/pilot_unet.py --plot out/pilots/unet_*.json -o docs/world_v2_unet_curves.png
 """
 
@@ -56,7 +60,7 @@ def run(args) -> None:
     from retouch.backbone import Backbone
     from retouch.data.latent_shards import LatentShards
     from retouch.sampling import NoiseSchedule
-    from retouch.train.mini import CAPTION_DROPOUT, mini_scheduler_config, mini_unet, weighted_eps_loss
+    from retouch.train.mini import CAPTION_DROPOUT, mini_scheduler_config, mini_unet, weighted_diffusion_loss
     from retouch.world import World
     from retouch.world.heldout import held_out_scenes
     from retouch.world.probe import load_probes
@@ -65,14 +69,21 @@ def run(args) -> None:
     torch.manual_seed(0)
     vae, text_encoder, tokenizer = load_parts(args)
     shards = LatentShards.load(args.shards)
-    scale = float(1.0 / shards.latents[:4096].float().std())
-    config = mini_scheduler_config()
+    config = mini_scheduler_config(zero_terminal_snr=args.zero_terminal_snr)
     schedule = NoiseSchedule.from_scheduler_config(config)
-    channels = tuple(int(c) for c in args.channels.split(","))
-    attention = tuple(flag == "1" for flag in args.attention.split(","))
-    unet = mini_unet(channels=channels, attention=attention, latent_channels=shards.latents.shape[1])
+    if args.init:  # a fine-tune: the latents keep the scale the U-Net was trained on
+        from diffusers import UNet2DConditionModel
+
+        unet = UNet2DConditionModel.from_pretrained(args.init).train()
+        scale = float(vae.config.scaling_factor)
+    else:
+        channels = tuple(int(c) for c in args.channels.split(","))
+        attention = tuple(flag == "1" for flag in args.attention.split(","))
+        unet = mini_unet(channels=channels, attention=attention, latent_channels=shards.latents.shape[1])
+        scale = float(1.0 / shards.latents[:4096].float().std())
     ema = copy.deepcopy(unet).requires_grad_(False)
     optimizer = torch.optim.AdamW(unet.parameters(), lr=args.learning_rate, weight_decay=0.01)
+    warmup = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: min(1.0, (step + 1) / max(args.warmup, 1)))
     probes = load_probes(args.probes)
     scenes = held_out_scenes(World(seed=0, size=64, profile="v2"), args.eval_count)
     empty = tokenizer([""], padding="max_length", max_length=shards.input_ids.shape[1], return_tensors="pt").input_ids
@@ -95,10 +106,11 @@ def run(args) -> None:
         ids = torch.where(drop[:, None], empty.expand_as(ids), ids)
         with torch.no_grad():
             states = text_encoder(ids)[0]
-        loss = weighted_eps_loss(unet, (latents, states, cells), torch.Generator().manual_seed(step), schedule,
+        loss = weighted_diffusion_loss(unet, (latents, states, cells), torch.Generator().manual_seed(step), schedule,
                                  args.object_weight, args.min_snr_gamma)
         loss.backward()
         optimizer.step()
+        warmup.step()
         optimizer.zero_grad(set_to_none=True)
         with torch.no_grad():
             decay = min(args.ema, (1 + step) / (10 + step))
@@ -113,6 +125,7 @@ def run(args) -> None:
                                "parameters": sum(p.numel() for p in unet.parameters()), "curve": curve}, indent=1))
     if args.save:
         ema.save_pretrained(args.save, safe_serialization=True)
+        (Path(args.save) / "scheduler_config.json").write_text(json.dumps(config, indent=2, default=str))
     from retouch.train.evaluate_mini import save_sample_grid
 
     save_sample_grid(World(seed=0, size=64, profile="v2"), samples, out.with_suffix(".png"))
@@ -145,4 +158,7 @@ if __name__ == "__main__":
     run_pilot(__doc__, run, plot, curves="docs/world_v2_unet_curves.png", shards="out/shards/pilot-v2",
               vae="out/pilots/vae_c32", text_encoder="out/train-mini-v2/clip/final", probes="out/probes-v2",
               channels="64,128,256", attention="0,1,1", batch=64, learning_rate=5e-4, ema=0.999, object_weight=4.0,
-              min_snr_gamma=5.0, guidance_scale=5.0, minutes=15.0, eval_every=20000, eval_count=128)
+              min_snr_gamma=5.0, guidance_scale=5.0, minutes=15.0, eval_every=20000, eval_count=128,
+              init=(None, "a U-Net folder to fine-tune (its width and attention then come from it)"),
+              zero_terminal_snr=(False, "Lin et al. 2024: ᾱ_T = 0, v-prediction, trailing steps"),
+              warmup=(0, "linear learning-rate warm-up steps"))

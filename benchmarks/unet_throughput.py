@@ -6,6 +6,7 @@ are pure U-Net cost; the peer row is the first world's U-Net (``v1``) in float32
 run, and each row prints its speed as a ratio to it.
 
     OMP_NUM_THREADS=1 python benchmarks/unet_throughput.py --threads 1 --batch 64
+    OMP_NUM_THREADS=2 python benchmarks/unet_throughput.py --threads 2 --only shipped   # the shipped U-Net only
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ CANDIDATES = {
     "v1": ((64, 128, 128), (True, True, False)),
     "v1-width, attention at 8² and 4²": ((64, 128, 128), (False, True, True)),
     "small (32, 64, 128), attention at 4²": ((32, 64, 128), (False, False, True)),
+    "shipped v2 (32, 64, 128), attention at 8² and 4²": ((32, 64, 128), (False, True, True)),
     "(64, 128, 256), attention at 4²": ((64, 128, 256), (False, False, True)),
     "(64, 128, 256), attention at 8² and 4²": ((64, 128, 256), (False, True, True)),
     "(96, 192, 256), attention at 8² and 4²": ((96, 192, 256), (False, True, True)),
@@ -58,7 +60,9 @@ def measure(unet, batch: int, latent_channels: int, side: int, cross_dim: int, *
 
 def main() -> None:
     args = script_parser(__doc__, full_doc=True, threads=1, batch=64, steps=4, latent_channels=8, side=16,
-                         cross_dim=128, skip_compile=False).parse_args()
+                         cross_dim=128, skip_compile=False,
+                         only=(None, "measure only the candidates whose name contains this text (the v1 peer always)")
+                         ).parse_args()
     torch.set_num_threads(args.threads)
     shape = dict(latent_channels=args.latent_channels, cross_dim=args.cross_dim)
     run = dict(batch=args.batch, latent_channels=args.latent_channels, side=args.side, cross_dim=args.cross_dim,
@@ -73,6 +77,8 @@ def main() -> None:
     if not args.skip_compile:
         variants.append(("torch.compile", {"compile_": True}))
     for name, (channels, attention) in CANDIDATES.items():
+        if args.only and args.only not in name and name != "v1":
+            continue
         for variant, flags in variants:
             if name == "v1" and variant == "fp32":
                 continue

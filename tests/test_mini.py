@@ -1,6 +1,7 @@
 """The mini world on the command line, the mini training/export/evaluation pipeline, and the shipped models."""
 
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -233,6 +234,23 @@ def test_unet_loss_weights_favour_objects_and_noisy_timesteps():
     assert (plain_spatial == 1).all() and (plain_sample == 1).all()
 
 
+def test_zero_terminal_snr_schedule_and_its_v_loss_weights():
+    """Lin et al. 2024: ᾱ_T is (numerically) 0, the network predicts v and sampling starts at t = T; the
+    v-loss keeps a weight at SNR 0 (Min-SNR's v form min(SNR, γ)/(SNR + 1) would give it none)."""
+    from retouch.sampling import NoiseSchedule, ddim_timesteps
+    from retouch.train.mini import mini_scheduler_config, unet_loss_weights
+
+    plain = NoiseSchedule.from_scheduler_config(mini_scheduler_config())
+    zero = NoiseSchedule.from_scheduler_config(mini_scheduler_config(zero_terminal_snr=True))
+    assert plain.alphas_cumprod[-1].sqrt() > 0.05  # the leak: SD's schedule keeps √ᾱ_T ≈ 0.07 of the signal
+    assert zero.alphas_cumprod[-1] < 1e-6 and zero.prediction_type == "v_prediction"
+    assert ddim_timesteps(zero, 25)[0] == 999 and ddim_timesteps(plain, 25)[0] == 961
+    masks = torch.zeros(3, 1, 64, 64)
+    alpha_bar = torch.tensor([zero.alphas_cumprod[-1].item(), 0.5, 0.99])
+    _, per_sample = unet_loss_weights(masks, 16, alpha_bar, 0.0, 5.0, "v_prediction")
+    assert per_sample.tolist() == pytest.approx([1.0, 1.0, 5.0 * 0.01], rel=1e-4)  # SNR + 1 = 1, 2, 100
+
+
 def test_offset_noise_gives_each_channel_a_shared_offset():
     """Offset noise: per image and channel, the noise's spatial mean has variance offset² + 1/(H·W), not
     1/(H·W); within a channel the offset is shared, so differences between pixels keep variance 2."""
@@ -255,7 +273,8 @@ def test_v2_recipe_trains_every_stage_from_shards_and_keeps_the_encoder(tmp_path
     from diffusers import AutoencoderKL, UNet2DConditionModel
 
     from retouch.data.latent_shards import LatentShards
-    from retouch.train.mini import mini_recipe, run_mini_training
+    from retouch.errors import RetouchError
+    from retouch.train.mini import mini_recipe, run_mini_training, train_unet
 
     config = mini_recipe("v2", work_dir=str(tmp_path / "work"), vae_steps=2, vae_batch=2, vae_dead_leaves=4,
                          decoder_steps=2, decoder_batch=2, clip_steps=2, clip_batch=4, unet_steps=2, unet_batch=2,
@@ -275,3 +294,18 @@ def test_v2_recipe_trains_every_stage_from_shards_and_keeps_the_encoder(tmp_path
     unet = UNet2DConditionModel.from_pretrained(work / "unet" / "final")
     assert unet.config.in_channels == 8 and unet.config.block_out_channels == [32, 64, 128]
     assert unet.config.down_block_types[0] == "DownBlock2D"  # no attention at full latent resolution
+
+    # The zero-terminal-SNR fine-tune (Makefile: mini-models): from a saved U-Net, its own checkpoints,
+    # and the export ships the schedule the weights were trained with.
+    (work / "unet" / "final").rename(work / "unet" / "final-init")
+    tuned = replace(config, unet_init=str(work / "unet" / "final-init"), unet_zero_terminal_snr=True,
+                    judge_steps=2, judge_batch=4)
+    run_mini_training(tuned, ("unet", "judge", "export"), tmp_path / "export")
+    assert (work / "unet" / "from-init").is_dir()
+    init = UNet2DConditionModel.from_pretrained(work / "unet" / "final-init")
+    exported = load_backbone(str(tmp_path / "export" / "backbone"))
+    assert any(not torch.equal(a, b) for a, b in zip(init.parameters(), exported.unet.parameters()))
+    assert exported.schedule.prediction_type == "v_prediction" and exported.schedule.timestep_spacing == "trailing"
+    assert exported.schedule.alphas_cumprod[-1] < 1e-6
+    with pytest.raises(RetouchError, match="--unet-init"):
+        train_unet(None, replace(tuned, unet_init=str(tmp_path / "nowhere")), None, None, None)

@@ -242,6 +242,13 @@ def test_shipped_layout_stores_only_the_unet_and_refuses_changed_frozen_parts(ti
         expected = portrait_edit(model, x, config).images
         for folder in (tmp_path / "full", shipped):
             assert torch.allclose(portrait_edit(PortraitModel.load(folder), x, config).images, expected, atol=1e-5)
+    # the schedule travels with the U-Net: it is read from the folder, not from a base that may move on
+    import json
+
+    own = json.loads((shipped / "scheduler_config.json").read_text())
+    assert own["prediction_type"] == model.backbone.schedule.prediction_type == "epsilon"
+    (shipped / "scheduler_config.json").write_text(json.dumps({**own, "prediction_type": "v_prediction"}))
+    assert PortraitModel.load(shipped).backbone.schedule.prediction_type == "v_prediction"
     # an autoencoder that is not the base's must stay in the folder
     from dataclasses import replace
 

@@ -41,9 +41,13 @@ def train() -> None:
 @click.option("--unet-min-snr-gamma", type=float, default=None, help="Min-SNR-γ timestep weighting (0 = off)")
 @click.option("--unet-offset-noise", type=float, default=None,
               help="per-channel offset added to the U-Net's training noise (0 = off; MiniConfig.unet_offset_noise)")
+@click.option("--unet-learning-rate", type=float, default=None, help="peak learning rate of the U-Net stage")
+@click.option("--unet-zero-terminal-snr", is_flag=True, default=None,
+              help="Lin et al. 2024: ᾱ_T = 0, v-prediction, trailing steps (MiniConfig.unet_zero_terminal_snr)")
+@click.option("--unet-init", default=None, help="a saved U-Net folder the U-Net stage fine-tunes")
 def train_mini(stages, recipe, work_dir, export_dir, seed, vae_steps, decoder_steps, clip_steps, unet_steps, judge_steps,
                judge_batch, vae_batch, clip_batch, unet_batch, unet_object_weight, unet_min_snr_gamma,
-               unet_offset_noise) -> None:
+               unet_offset_noise, unet_learning_rate, unet_zero_terminal_snr, unet_init) -> None:
     """Train the mini world's autoencoder, CLIP-style judge and text-to-image U-Net."""
     from retouch.train.mini import MINI_DIR, STAGES, mini_recipe, run_mini_training
 
@@ -54,7 +58,9 @@ def train_mini(stages, recipe, work_dir, export_dir, seed, vae_steps, decoder_st
     given = dict(vae_steps=vae_steps, decoder_steps=decoder_steps, clip_steps=clip_steps, unet_steps=unet_steps,
                  vae_batch=vae_batch, clip_batch=clip_batch, unet_batch=unet_batch, judge_steps=judge_steps,
                  judge_batch=judge_batch, unet_object_weight=unet_object_weight,
-                 unet_min_snr_gamma=unet_min_snr_gamma, unet_offset_noise=unet_offset_noise)
+                 unet_min_snr_gamma=unet_min_snr_gamma, unet_offset_noise=unet_offset_noise,
+                 unet_learning_rate=unet_learning_rate, unet_zero_terminal_snr=unet_zero_terminal_snr,
+                 unet_init=unet_init)
     overrides = {name: value for name, value in given.items() if value is not None}
     config = mini_recipe(recipe, work_dir=work_dir, seed=seed, **overrides)  # checks the values (MiniConfig)
     report = run_mini_training(config, chosen, export_dir or MINI_DIR)

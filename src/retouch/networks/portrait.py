@@ -40,6 +40,9 @@ MINI_DIRECTIONS = {
 #: The mini world's CLIP image encoder (the judge), named in saved models instead of copied.
 SHIPPED_JUDGE = Path(__file__).resolve().parent.parent / "assets" / "mini" / "judge"
 SHIPPED_JUDGE_NAME = "mini-judge"
+#: the shipped layout's copy of the schedule the MCDM was trained with (``PortraitModel.save(base=…)``)
+SCHEDULER_FILE = "scheduler_config.json"
+
 
 @dataclass
 class PortraitSpec:
@@ -171,6 +174,10 @@ class PortraitModel:
         else:
             _check_frozen_parts_match(self.backbone, base)
             self.backbone.unet.save_pretrained(folder / "unet", safe_serialization=True)
+            # The schedule belongs to the U-Net's training, not to the base: the base may move on to another.
+            # (without diffusers' private keys: "_use_default_values" would reset the fields it names on load)
+            schedule = {k: v for k, v in self.backbone.scheduler_config.items() if not k.startswith("_")}
+            (folder / SCHEDULER_FILE).write_text(json.dumps(schedule, indent=2, default=str))
         if self.denoiser.image_mlp is not None:
             state = {k: v.contiguous() for k, v in self.denoiser.image_mlp.state_dict().items()}
             save_file(state, str(folder / "image_mlp.safetensors"))
@@ -200,6 +207,11 @@ class PortraitModel:
             except (OSError, ValueError) as error:
                 raise RetouchError(f"cannot load the MCDM's U-Net in '{folder}': {str(error).splitlines()[0]}") from None
             backbone = replace(backbone, unet=unet.to(device, dtype).eval().requires_grad_(False))
+            if (folder / SCHEDULER_FILE).is_file():
+                from retouch.sampling import NoiseSchedule
+
+                own = json.loads((folder / SCHEDULER_FILE).read_text())
+                backbone = replace(backbone, schedule=NoiseSchedule.from_scheduler_config(own), scheduler_config=own)
         else:
             backbone = load_backbone(str(folder / "backbone"), device=device, dtype=dtype).eval()
         mlp = None

@@ -32,6 +32,7 @@ import numpy as np
 import torch
 
 from retouch.distributed import is_main_process, wait_for_everyone
+from retouch.errors import RetouchError
 from retouch.options import check_options, option
 from retouch.train.loop import LoopConfig, train
 
@@ -88,6 +89,13 @@ class MiniConfig:
     #: from that leak, so pure-noise samples drew a random background (docs/world_v2.md, "terminal-SNR
     #: leak"). 0 = plain Gaussian ε.
     unet_offset_noise: float = option(0.0, at_least=0)
+    #: Lin et al. 2024's schedule (:func:`mini_scheduler_config`): ᾱ_T = 0, v-prediction, trailing steps. The
+    #: plain schedule leaks each scene's channel means into x_T, and a U-Net trained on it draws the
+    #: background from the noise instead of the caption (docs/world_v2.md, "terminal-SNR leak").
+    unet_zero_terminal_snr: bool = False
+    #: a U-Net folder the stage starts from (a fine-tune with a fresh optimiser and learning-rate schedule,
+    #: checkpointed in ``unet/from-init``); empty = a new U-Net
+    unet_init: str = ""
     vocab_size: int = 1000
     #: The world profile every stage trains on (``retouch.world.PROFILES``).
     profile: str = "v1"
@@ -172,11 +180,17 @@ def mini_unet(channels: tuple[int, ...] = (64, 128, 128), attention: tuple[bool,
     )
 
 
-def mini_scheduler_config() -> dict:
+def mini_scheduler_config(zero_terminal_snr: bool = False) -> dict:
+    """SD's scaled-linear DDIM schedule (ε-prediction, leading spacing). With ``zero_terminal_snr`` the
+    schedule of Lin et al. (2024, "Common diffusion noise schedules and sample steps are flawed"):
+    betas rescaled so ᾱ_T = 0 (§3.1, Algorithm 1), v-prediction (§3.2, ε cannot be learnt at SNR 0) and
+    trailing timesteps (§3.3), so sampling starts where training's noise carries no signal."""
     from diffusers import DDIMScheduler
 
+    extra = dict(rescale_betas_zero_snr=True, prediction_type="v_prediction", timestep_spacing="trailing") \
+        if zero_terminal_snr else {}
     return dict(DDIMScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", clip_sample=False,
-                              set_alpha_to_one=False, steps_offset=1).config)
+                              set_alpha_to_one=False, steps_offset=1, **extra).config)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -550,8 +564,8 @@ def _clip_normalize(images01: torch.Tensor) -> torch.Tensor:
 
 
 def unet_loss_weights(object_masks: torch.Tensor, latent_side: int, alpha_bar: torch.Tensor, object_weight: float,
-                      min_snr_gamma: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """Spatial and per-sample weights of the U-Net's ε-MSE.
+                      min_snr_gamma: float, prediction_type: str = "epsilon") -> tuple[torch.Tensor, torch.Tensor]:
+    """Spatial and per-sample weights of the U-Net's MSE (on ε, or on v for ``"v_prediction"``).
 
     * spatial: ``1 + object_weight`` on latent pixels that touch an object (the mask max-pooled to
       latent size), 1 elsewhere. Objects cover a few percent of a scene, so with plain MSE the loss
@@ -560,12 +574,18 @@ def unet_loss_weights(object_masks: torch.Tensor, latent_side: int, alpha_bar: t
       weighted mean, so its scale does not depend on how much of it is object.
     * per sample: Min-SNR-γ (Hang et al. 2023, Eq. 8 for ε-prediction): ``min(SNR(t), γ) / SNR(t)``
       with ``SNR = ᾱ/(1−ᾱ)``, which stops the nearly-clean timesteps (fine texture) from dominating
-      the gradient and converges several times faster.
+      the gradient and converges several times faster. The v-MSE is the x₀-MSE times SNR + 1, and
+      Min-SNR's v form ``min(SNR, γ)/(SNR + 1)`` would give the zero-SNR step (where the whole image
+      comes from the caption) no weight at all; for v the weight is ``min(SNR + 1, γ)/(SNR + 1)``
+      instead: plain v-MSE up to SNR = γ − 1, clipped like Min-SNR above it.
     """
     factor = object_masks.shape[-1] // latent_side
     touched = torch.nn.functional.max_pool2d(object_masks, factor) if factor > 1 else object_masks
     spatial = 1.0 + object_weight * touched
-    if min_snr_gamma > 0:
+    if min_snr_gamma > 0 and prediction_type == "v_prediction":
+        snr_plus_one = 1 / (1 - alpha_bar)
+        per_sample = snr_plus_one.clamp(max=min_snr_gamma) / snr_plus_one
+    elif min_snr_gamma > 0:
         snr = alpha_bar / (1 - alpha_bar)
         per_sample = snr.clamp(max=min_snr_gamma) / snr
     else:
@@ -583,12 +603,13 @@ def training_noise(shape, generator: torch.Generator, offset: float = 0.0) -> to
     return noise
 
 
-def weighted_eps_loss(model, batch, generator, schedule, object_weight: float, min_snr_gamma: float,
-                      offset_noise: float = 0.0):
-    """The mini U-Net's ε-loss on a (latents, text states, object masks) batch: squared error per latent
-    pixel, weighted towards object pixels and by Min-SNR-γ (:func:`unet_loss_weights`); with
-    ``offset_noise`` > 0, ε has a random per-image, per-channel offset (``MiniConfig.unet_offset_noise``)."""
-    from retouch.sampling import add_noise
+def weighted_diffusion_loss(model, batch, generator, schedule, object_weight: float, min_snr_gamma: float,
+                            offset_noise: float = 0.0):
+    """The mini U-Net's loss on a (latents, text states, object masks) batch: squared error of its ε (or v,
+    as ``schedule.prediction_type`` says) per latent pixel, weighted towards object pixels and by
+    Min-SNR-γ (:func:`unet_loss_weights`); with ``offset_noise`` > 0, ε has a random per-image,
+    per-channel offset (``MiniConfig.unet_offset_noise``)."""
+    from retouch.sampling import add_noise, velocity
 
     latents, states, masks = batch
     t = torch.randint(0, schedule.num_train_timesteps, (latents.shape[0],), generator=generator)
@@ -596,17 +617,27 @@ def weighted_eps_loss(model, batch, generator, schedule, object_weight: float, m
     alpha_bar = schedule.alphas_cumprod[t].to(latents)
     noisy = add_noise(latents, noise, alpha_bar)
     prediction = model(noisy, t.to(latents.device), encoder_hidden_states=states).sample
-    spatial, per_sample = unet_loss_weights(masks, latents.shape[-1], alpha_bar, object_weight, min_snr_gamma)
-    squared = ((prediction.float() - noise) ** 2).mean(dim=1, keepdim=True)
+    target = velocity(latents, noise, alpha_bar) if schedule.prediction_type == "v_prediction" else noise
+    spatial, per_sample = unet_loss_weights(masks, latents.shape[-1], alpha_bar, object_weight, min_snr_gamma,
+                                            schedule.prediction_type)
+    squared = ((prediction.float() - target.float()) ** 2).mean(dim=1, keepdim=True)
     per_image = (spatial * squared).sum(dim=(1, 2, 3)) / spatial.sum(dim=(1, 2, 3))
     return (per_sample * per_image).mean()
 
 
 def train_unet(world, config: MiniConfig, vae, text_encoder, tokenizer):
+    from diffusers import UNet2DConditionModel
+
     from retouch.sampling import NoiseSchedule
 
-    unet = mini_unet(tuple(config.unet_channels), tuple(config.unet_attention), vae.config.latent_channels)
-    schedule = NoiseSchedule.from_scheduler_config(mini_scheduler_config())
+    if config.unet_init:
+        if not (Path(config.unet_init) / "config.json").is_file():
+            raise RetouchError(f"--unet-init '{config.unet_init}' is not a saved U-Net folder (no config.json)")
+        unet = UNet2DConditionModel.from_pretrained(config.unet_init).train()
+    else:
+        unet = mini_unet(tuple(config.unet_channels), tuple(config.unet_attention), vae.config.latent_channels)
+    scheduler_config = mini_scheduler_config(config.unet_zero_terminal_snr)
+    schedule = NoiseSchedule.from_scheduler_config(scheduler_config)
     out = Path(config.work_dir) / "unet"
     vae.requires_grad_(False).eval()
     text_encoder.requires_grad_(False).eval()
@@ -641,15 +672,29 @@ def train_unet(world, config: MiniConfig, vae, text_encoder, tokenizer):
             return latents, states, masks
 
     def loss_fn(model, batch, generator):
-        return weighted_eps_loss(model, batch, generator, schedule, config.unet_object_weight,
+        return weighted_diffusion_loss(model, batch, generator, schedule, config.unet_object_weight,
                                  config.unet_min_snr_gamma, config.unet_offset_noise), {}
 
-    loop = LoopConfig(output_dir=str(out), max_steps=config.unet_steps, learning_rate=config.unet_learning_rate,
-                      warmup_steps=200, checkpoint_every=250, ema_decay=0.999, seed=config.seed)
+    # A fine-tune keeps its checkpoints apart: ``unet/`` holds the run it starts from.
+    loop = LoopConfig(output_dir=str(out / "from-init" if config.unet_init else out), max_steps=config.unet_steps,
+                      learning_rate=config.unet_learning_rate, warmup_steps=200, checkpoint_every=250,
+                      ema_decay=0.999, seed=config.seed)
     result = train(unet, loss_fn, make_batch, loop, batch_size=config.unet_batch)
     unet.eval()
     _save_final(out, unet)
+    if is_main_process():  # the schedule travels with the weights: the export ships the one they were trained on
+        # without diffusers' private keys: "_use_default_values" would reset the fields it names on load
+        public = {k: v for k, v in scheduler_config.items() if not k.startswith("_")}
+        (out / "final" / "scheduler_config.json").write_text(json.dumps(public, indent=2, default=str))
+    wait_for_everyone()
     return unet, result
+
+
+def trained_scheduler_config(unet_folder: Path) -> dict:
+    """The schedule a U-Net stage trained with (saved beside its weights); SD's plain one for folders that
+    predate the file."""
+    saved = Path(unet_folder) / "scheduler_config.json"
+    return json.loads(saved.read_text()) if saved.is_file() else mini_scheduler_config()
 
 
 # ---------------------------------------------------------------------------------------------
@@ -678,7 +723,7 @@ def run_mini_training(config: MiniConfig, stages=STAGES, export_dir: Path = MINI
     tokenizer_dir = work / "tokenizer"
     tokenizer = None
     if is_main_process():
-        if (tokenizer_dir / "vocab.json").is_file():
+        if any((tokenizer_dir / name).is_file() for name in ("vocab.json", "tokenizer.json")):
             tokenizer = CLIPTokenizer.from_pretrained(tokenizer_dir)
         else:
             tokenizer = build_tokenizer(world, config, tokenizer_dir)
@@ -718,8 +763,6 @@ def run_mini_training(config: MiniConfig, stages=STAGES, export_dir: Path = MINI
     if "export" in stages:
         missing = [n for n, m in (("vae", vae), ("clip", clip), ("judge", judge), ("unet", unet)) if m is None]
         if missing:
-            from retouch.errors import RetouchError
-
             raise RetouchError(f"cannot export the mini models: stage(s) {', '.join(missing)} not trained in {work}")
         if is_main_process():
             export_mini(decoder if decoder is not None else vae, clip, judge, tokenizer, unet, export_dir, work)
@@ -741,13 +784,15 @@ def text_encoder_from_clip(clip):
 
 
 def export_mini(vae, clip, judge, tokenizer, unet, export_dir: Path, work_dir: Path) -> None:
-    """Write ``backbone/`` (a diffusers SD folder), ``judge/`` (CLIP model + tokenizer)."""
+    """Write ``backbone/`` (a diffusers SD folder with the U-Net's own schedule), ``judge/`` (CLIP model +
+    tokenizer)."""
     from diffusers import DDIMScheduler, StableDiffusionPipeline
 
     export_dir = Path(export_dir)
+    scheduler = DDIMScheduler.from_config(trained_scheduler_config(Path(work_dir) / "unet" / "final"))
     pipe = StableDiffusionPipeline(
         vae=vae, text_encoder=text_encoder_from_clip(clip), tokenizer=tokenizer, unet=unet,
-        scheduler=DDIMScheduler.from_config(mini_scheduler_config()), safety_checker=None, feature_extractor=None,
+        scheduler=scheduler, safety_checker=None, feature_extractor=None,
         requires_safety_checker=False,
     )
     pipe.save_pretrained(export_dir / "backbone", safe_serialization=True)

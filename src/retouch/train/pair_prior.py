@@ -18,7 +18,7 @@ prior by fine-tuning its U-Net on what Eq. 2 asks for:
   halves always agree with where Eq. 2 uses each prompt (p_a's prediction is kept on the left only,
   where the image is the source; p_b's on the right, where it is the target);
 * loss: the mini U-Net's own ε-MSE, weighted towards object pixels and by Min-SNR-γ
-  (:func:`retouch.train.mini.weighted_eps_loss`), on the frozen VAE's latents and the frozen text
+  (:func:`retouch.train.mini.weighted_diffusion_loss`), on the frozen VAE's latents and the frozen text
   encoder's states.
 
 The result is a complete diffusers backbone folder (``output_dir/final``: the initial VAE, text
@@ -148,7 +148,7 @@ def train_pair_prior(config: PairPriorConfig, *, backbone=None, progress: bool =
     Returns (the fine-tuned backbone, the report) and saves the backbone to ``output_dir/final``.
     """
     from retouch.backbone import load_backbone
-    from retouch.train.mini import weighted_eps_loss
+    from retouch.train.mini import weighted_diffusion_loss
     from retouch.world import World
 
     config.validate()
@@ -172,7 +172,7 @@ def train_pair_prior(config: PairPriorConfig, *, backbone=None, progress: bool =
         return latents, states, torch.stack([s.objects for s in samples])
 
     def loss_fn(model, batch, generator):
-        return weighted_eps_loss(model, batch, generator, schedule, config.object_weight, config.min_snr_gamma), {}
+        return weighted_diffusion_loss(model, batch, generator, schedule, config.object_weight, config.min_snr_gamma), {}
 
     loop = LoopConfig(output_dir=config.output_dir, max_steps=config.steps, learning_rate=config.learning_rate,
                       warmup_steps=min(100, config.steps // 10), ema_decay=config.ema_decay,
