@@ -106,8 +106,8 @@ def run(args) -> None:
         ids = torch.where(drop[:, None], empty.expand_as(ids), ids)
         with torch.no_grad():
             states = text_encoder(ids)[0]
-        loss = weighted_diffusion_loss(unet, (latents, states, cells), torch.Generator().manual_seed(step), schedule,
-                                 args.object_weight, args.min_snr_gamma)
+        loss = weighted_diffusion_loss(unet, (latents, states, cells), torch.Generator().manual_seed(step),
+                                       schedule, args.object_weight, args.min_snr_gamma)
         loss.backward()
         optimizer.step()
         warmup.step()

@@ -673,7 +673,7 @@ def train_unet(world, config: MiniConfig, vae, text_encoder, tokenizer):
 
     def loss_fn(model, batch, generator):
         return weighted_diffusion_loss(model, batch, generator, schedule, config.unet_object_weight,
-                                 config.unet_min_snr_gamma, config.unet_offset_noise), {}
+                                       config.unet_min_snr_gamma, config.unet_offset_noise), {}
 
     # A fine-tune keeps its checkpoints apart: ``unet/`` holds the run it starts from.
     loop = LoopConfig(output_dir=str(out / "from-init" if config.unet_init else out), max_steps=config.unet_steps,

@@ -172,7 +172,8 @@ def train_pair_prior(config: PairPriorConfig, *, backbone=None, progress: bool =
         return latents, states, torch.stack([s.objects for s in samples])
 
     def loss_fn(model, batch, generator):
-        return weighted_diffusion_loss(model, batch, generator, schedule, config.object_weight, config.min_snr_gamma), {}
+        return weighted_diffusion_loss(model, batch, generator, schedule, config.object_weight,
+                                       config.min_snr_gamma), {}
 
     loop = LoopConfig(output_dir=config.output_dir, max_steps=config.steps, learning_rate=config.learning_rate,
                       warmup_steps=min(100, config.steps // 10), ema_decay=config.ema_decay,
