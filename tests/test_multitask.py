@@ -474,6 +474,27 @@ def test_v_space_loss_weights_the_epsilon_error_by_one_over_sqrt_alpha_bar(tiny_
         multitask_loss(model.denoiser, schedule.alphas_cumprod, latents, latents, small, vectors, loss_space="x")
 
 
+def test_min_timestep_draws_only_high_noise_levels():
+    """--min-timestep: the loss sees t ∈ [min_timestep, T) only (999 = regression from z_A at pure noise)."""
+    seen = []
+
+    class Recorder(torch.nn.Module):
+        spec = MultitaskSpec()
+
+        def forward(self, noisy, t, source, small, vectors):
+            seen.append(t.clone())
+            return torch.zeros_like(noisy)
+
+    alphas = torch.linspace(0.999, 0.001, 1000)
+    latents, small = torch.zeros(64, 4, 8, 8), torch.zeros(64, 3, 8, 8)
+    vectors = EditingVector(blur=0.3).as_tensor()[None].expand(64, -1)
+    for low in (0, 500, 999):
+        multitask_loss(Recorder(), alphas, latents, latents, small, vectors, torch.Generator().manual_seed(1),
+                       min_timestep=low)
+    every, upper, last = seen
+    assert every.min() < 500 and upper.min() >= 500 and upper.max() <= 999 and (last == 999).all()
+
+
 def test_a_v_prediction_init_still_samples_as_epsilon(tiny_backbones):
     """Eq. 2 trains an ε-predictor even from SD 2.1 (a v-predictor), so sampling must read ε."""
     from dataclasses import replace

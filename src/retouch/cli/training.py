@@ -123,11 +123,13 @@ def train_probes(output, profile, model, judge_folder, train_scenes, test_scenes
 @click.option("--n-pair", type=click.Choice(["bottleneck", "labels"]), default=None,
               help="add Eq. 3's N-pair loss on U-Net bottleneck (config A) or label (config B) features")
 @click.option("--n-pair-weight", type=float, default=0.1, show_default=True, help="its weight (not in the paper)")
+@click.option("--min-timestep", type=int, default=0, show_default=True,
+              help="train on noise levels t ≥ this only (0 = all, the paper); 999 = direct regression from z_A")
 @mixed_precision_option
 @seed_option()
 def train_multitask_command(data, output_dir, init, steps, batch, learning_rate, loss_p, architecture, conditioning,
                             labels, mapping_depth, loss_space, input_gain, space, prediction, crop, tasks, n_pair, n_pair_weight,
-                            mixed_precision, seed) -> None:
+                            min_timestep, mixed_precision, seed) -> None:
     """Train the multi-task compositing model (multitask paper §3.2, §4.1) on a compositing dataset."""
     from retouch.train.multitask import MultitaskTrainConfig, train_multitask
 
@@ -137,8 +139,8 @@ def train_multitask_command(data, output_dir, init, steps, batch, learning_rate,
                                   labels=labels, mapping_depth=mapping_depth, loss_space=loss_space,
                                   input_gain=input_gain, space=space, prediction=prediction, crop=crop,
                                   tasks=comma_list(tasks),
-                                  n_pair=n_pair, n_pair_weight=n_pair_weight, mixed_precision=mixed_precision,
-                                  seed=seed)
+                                  n_pair=n_pair, n_pair_weight=n_pair_weight, min_timestep=min_timestep,
+                                  mixed_precision=mixed_precision, seed=seed)
     _, report = train_multitask(config)
     say_trained(report, output_dir)
 

@@ -52,7 +52,8 @@ N_PAIR_FEATURES = ("bottleneck", "labels")
 
 def multitask_loss(denoiser: MultitaskDenoiser, alphas_cumprod: torch.Tensor, target_latents, source_latents,
                    reference_small, vectors, generator: torch.Generator | None = None, p: float = 1.0,
-                   n_pair: str | None = None, n_pair_weight: float = 0.0, loss_space: str = "epsilon"):
+                   n_pair: str | None = None, n_pair_weight: float = 0.0, loss_space: str = "epsilon",
+                   min_timestep: int = 0):
     """Eq. 2: E ‖ε_θ(z_0^A, I_ref, C, z_t^B, t) − ε‖_p^p with t uniform, p = 1 by default (mean over elements).
 
     ``n_pair`` adds ``n_pair_weight`` × the N-pair loss of Eq. 3 (§5, Table 5) on the U-Net's bottleneck
@@ -62,6 +63,9 @@ def multitask_loss(denoiser: MultitaskDenoiser, alphas_cumprod: torch.Tensor, ta
     A ``prediction="residual"`` denoiser (not the paper's) returns x̂₀ = z_A + D(·); its loss is then
     ‖x̂₀ − z_0^B‖_p^p, every noise level weighted alike.
 
+    ``min_timestep`` > 0 (not the paper's) draws t from [min_timestep, T) only: at high noise x_t carries
+    almost nothing of the target, so the loss cannot be met by copying x_t and must be met from z_A.
+
     ``loss_space="v"`` (not the paper's) measures the same ε prediction's error in v = √ᾱ ε − √(1−ᾱ) z_0
     (Salimans & Ho 2022), i.e. weights |ε̂ − ε| by 1/√ᾱ_t: at ᾱ ≈ 0.007 (t ≈ 960) an ε error is a z_0
     error ~12× larger, and plain ε loss barely rewards reading z_A there, so sampling from noise commits
@@ -70,7 +74,7 @@ def multitask_loss(denoiser: MultitaskDenoiser, alphas_cumprod: torch.Tensor, ta
     from retouch.sampling import add_noise
 
     check_choice("loss space", loss_space, LOSS_SPACES)
-    t = torch.randint(0, len(alphas_cumprod), (target_latents.shape[0],), generator=generator)
+    t = torch.randint(min_timestep, len(alphas_cumprod), (target_latents.shape[0],), generator=generator)
     noise = torch.randn(target_latents.shape, generator=generator).to(target_latents)
     noisy = add_noise(target_latents, noise, alphas_cumprod[t].to(target_latents))
     captured = {}
@@ -153,6 +157,8 @@ class MultitaskTrainConfig:
     #: costs a quarter of a 64² crop, and every effect but colour transfer is local (colour transfer's
     #: reference stays whole; its statistics are the same for any window of the crop).
     crop: int | None = option(None, at_least=8)
+    #: train on t ∈ [this, T) only (multitask_loss; not in the paper): 0 = every noise level
+    min_timestep: int = option(0, at_least=0, at_most=999)
     ema_decay: float | None = 0.999
     mixed_precision: str = "no"
     seed: int = 0
@@ -302,7 +308,8 @@ def _diffusion_parts(config: MultitaskTrainConfig, data: TrainingSet, backbone):
         target_latents, source_latents, reference_small, vectors = batch
         loss = multitask_loss(denoiser, schedule.alphas_cumprod, target_latents, source_latents, reference_small,
                               vectors, generator, p=config.loss_p, n_pair=config.n_pair,
-                              n_pair_weight=config.n_pair_weight, loss_space=config.loss_space)
+                              n_pair_weight=config.n_pair_weight, loss_space=config.loss_space,
+                              min_timestep=config.min_timestep)
         return loss, {}
 
     return model, model.denoiser, make_example_batch, loss_fn
