@@ -601,3 +601,12 @@ def test_a_pixel_residual_run_trains_on_windows_and_edits_any_multiple_of_its_si
         with pytest.raises(RetouchError, match=message):
             train_multitask(MultitaskTrainConfig(data=str(tiny_dataset), output_dir=str(tmp_path / "bad"), steps=1,
                                                  **bad), progress=False)
+
+
+def test_identity_examples_can_be_left_out_of_the_draws():
+    """The paper's draws include the identity example (label None); --no-identity-examples leaves it out, for
+    the residual model whose zero residual it rewards (docs/multitask.md)."""
+    from retouch.train.multitask import MultitaskTrainConfig, training_labels
+
+    assert training_labels(MultitaskTrainConfig(data="x", tasks=("blur", "sharpen"))) == (None, "blur", "sharpen")
+    assert training_labels(MultitaskTrainConfig(data="x", tasks=("sharpen",), identity_examples=False)) == ("sharpen",)

@@ -123,13 +123,16 @@ def train_probes(output, profile, model, judge_folder, train_scenes, test_scenes
 @click.option("--n-pair", type=click.Choice(["bottleneck", "labels"]), default=None,
               help="add Eq. 3's N-pair loss on U-Net bottleneck (config A) or label (config B) features")
 @click.option("--n-pair-weight", type=float, default=0.1, show_default=True, help="its weight (not in the paper)")
+@click.option("--identity-examples/--no-identity-examples", default=True, show_default=True,
+              help="also train on unedited examples (target = input); off for --prediction residual, whose zero "
+                   "residual they reward (docs/multitask.md)")
 @click.option("--min-timestep", type=int, default=0, show_default=True,
               help="train on noise levels t ≥ this only (0 = all, the paper); 999 = direct regression from z_A")
 @mixed_precision_option
 @seed_option()
 def train_multitask_command(data, output_dir, init, steps, batch, learning_rate, loss_p, architecture, conditioning,
                             labels, mapping_depth, loss_space, input_gain, space, prediction, crop, tasks, n_pair, n_pair_weight,
-                            min_timestep, mixed_precision, seed) -> None:
+                            identity_examples, min_timestep, mixed_precision, seed) -> None:
     """Train the multi-task compositing model (multitask paper §3.2, §4.1) on a compositing dataset."""
     from retouch.train.multitask import MultitaskTrainConfig, train_multitask
 
@@ -140,6 +143,7 @@ def train_multitask_command(data, output_dir, init, steps, batch, learning_rate,
                                   input_gain=input_gain, space=space, prediction=prediction, crop=crop,
                                   tasks=comma_list(tasks),
                                   n_pair=n_pair, n_pair_weight=n_pair_weight, min_timestep=min_timestep,
+                                  identity_examples=identity_examples,
                                   mixed_precision=mixed_precision, seed=seed)
     _, report = train_multitask(config)
     say_trained(report, output_dir)

@@ -159,6 +159,10 @@ class MultitaskTrainConfig:
     crop: int | None = option(None, at_least=8)
     #: train on t ∈ [this, T) only (multitask_loss; not in the paper): 0 = every noise level
     min_timestep: int = option(0, at_least=0, at_most=999)
+    #: also draw identity examples (label None: target = input, every task off), one label among the tasks.
+    #: With prediction="residual" their zero residual pins D at zero under L1 and no local effect is learnt
+    #: (docs/multitask.md, benchmarks/multitask_identity_check.py): turn them off there.
+    identity_examples: bool = True
     ema_decay: float | None = 0.999
     mixed_precision: str = "no"
     seed: int = 0
@@ -233,6 +237,12 @@ def draw_examples(data: TrainingSet, labels, count: int, rng: np.random.Generato
     return draws
 
 
+def training_labels(config: MultitaskTrainConfig) -> tuple:
+    """The labels a training example is drawn from, uniformly: the tasks, and None (the identity example)
+    unless ``config.identity_examples`` is off."""
+    return ((None,) if config.identity_examples else ()) + tuple(config.tasks)
+
+
 def example_vector(params: dict, label: str | None, radius: float | None) -> EditingVector:
     """The editing vector of one training example: only its task is on, with the crop's sliders."""
     return EditingVector(blur=params["blur"] if label == "blur" else None, grain=radius if label == "grain" else None,
@@ -262,7 +272,7 @@ def train_multitask(config: MultitaskTrainConfig, *, backbone=None,
         Path(config.output_dir).mkdir(parents=True, exist_ok=True)
         (Path(config.output_dir) / "run_config.json").write_text(json.dumps(asdict(config), indent=2))
     data = TrainingSet(Path(config.data))
-    labels = (None, *config.tasks)
+    labels = training_labels(config)
     if config.architecture == "pix2pix":
         model, network, make_example_batch, loss_fn = _pix2pix_parts(config, data)
     else:
