@@ -125,7 +125,9 @@ def run(args) -> None:
                                "parameters": sum(p.numel() for p in unet.parameters()), "curve": curve}, indent=1))
     if args.save:
         ema.save_pretrained(args.save, safe_serialization=True)
-        (Path(args.save) / "scheduler_config.json").write_text(json.dumps(config, indent=2, default=str))
+        from retouch.sampling import scheduler_config_json
+
+        (Path(args.save) / "scheduler_config.json").write_text(scheduler_config_json(config))
     from retouch.train.evaluate_mini import save_sample_grid
 
     save_sample_grid(World(seed=0, size=64, profile="v2"), samples, out.with_suffix(".png"))

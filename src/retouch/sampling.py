@@ -69,6 +69,15 @@ class NoiseSchedule:
         return self.alphas_cumprod[t]
 
 
+def scheduler_config_json(config) -> str:
+    """A scheduler config as JSON for a file of its own, without diffusers' private keys: its
+    ``_use_default_values`` would reset the fields it names to their defaults on load, undoing any value
+    set after construction (e.g. a prediction type changed on a loaded backbone)."""
+    import json
+
+    return json.dumps({k: v for k, v in dict(config).items() if not k.startswith("_")}, indent=2, default=str)
+
+
 def ddim_timesteps(schedule: NoiseSchedule, num_steps: int) -> list[int]:
     """Inference timesteps, noisiest first, for ``num_steps`` DDIM steps (Song et al. 2021, §4.2)."""
     n_train = schedule.num_train_timesteps

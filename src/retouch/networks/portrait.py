@@ -175,9 +175,9 @@ class PortraitModel:
             _check_frozen_parts_match(self.backbone, base)
             self.backbone.unet.save_pretrained(folder / "unet", safe_serialization=True)
             # The schedule belongs to the U-Net's training, not to the base: the base may move on to another.
-            # (without diffusers' private keys: "_use_default_values" would reset the fields it names on load)
-            schedule = {k: v for k, v in self.backbone.scheduler_config.items() if not k.startswith("_")}
-            (folder / SCHEDULER_FILE).write_text(json.dumps(schedule, indent=2, default=str))
+            from retouch.sampling import scheduler_config_json
+
+            (folder / SCHEDULER_FILE).write_text(scheduler_config_json(self.backbone.scheduler_config))
         if self.denoiser.image_mlp is not None:
             state = {k: v.contiguous() for k, v in self.denoiser.image_mlp.state_dict().items()}
             save_file(state, str(folder / "image_mlp.safetensors"))

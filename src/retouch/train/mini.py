@@ -628,7 +628,7 @@ def weighted_diffusion_loss(model, batch, generator, schedule, object_weight: fl
 def train_unet(world, config: MiniConfig, vae, text_encoder, tokenizer):
     from diffusers import UNet2DConditionModel
 
-    from retouch.sampling import NoiseSchedule
+    from retouch.sampling import NoiseSchedule, scheduler_config_json
 
     if config.unet_init:
         if not (Path(config.unet_init) / "config.json").is_file():
@@ -683,9 +683,7 @@ def train_unet(world, config: MiniConfig, vae, text_encoder, tokenizer):
     unet.eval()
     _save_final(out, unet)
     if is_main_process():  # the schedule travels with the weights: the export ships the one they were trained on
-        # without diffusers' private keys: "_use_default_values" would reset the fields it names on load
-        public = {k: v for k, v in scheduler_config.items() if not k.startswith("_")}
-        (out / "final" / "scheduler_config.json").write_text(json.dumps(public, indent=2, default=str))
+        (out / "final" / "scheduler_config.json").write_text(scheduler_config_json(scheduler_config))
     wait_for_everyone()
     return unet, result
 
