@@ -45,7 +45,7 @@ def test_widened_unet_computes_the_pretrained_one_until_trained(tiny_backbones):
     assert torch.allclose(got, expected, atol=1e-5)
 
 
-@pytest.mark.parametrize("conditioning", ["cross-attention", "concat"])
+@pytest.mark.parametrize("conditioning", ["cross-attention", "concat", "cross-attention+concat"])
 def test_conditions_reach_the_output_and_training_lowers_the_loss(tiny_backbones, conditioning):
     torch.manual_seed(0)
     model = MultitaskModel.from_backbone(tiny_backbones["tiny-sd"], MultitaskSpec(conditioning=conditioning))
@@ -610,3 +610,44 @@ def test_identity_examples_can_be_left_out_of_the_draws():
 
     assert training_labels(MultitaskTrainConfig(data="x", tasks=("blur", "sharpen"))) == (None, "blur", "sharpen")
     assert training_labels(MultitaskTrainConfig(data="x", tasks=("sharpen",), identity_examples=False)) == ("sharpen",)
+
+
+def test_film_block_conditioning_scales_and_shifts_every_block_and_is_saved(tmp_path):
+    """--block-conditioning film: the t + C embedding gives each ResNet block a scale and a shift (twice the
+    channels of the additive default), the choice travels in the saved U-Net config, and C moves the output."""
+    from retouch.train.multitask import MultitaskTrainConfig
+
+    torch.manual_seed(0)
+    spec = MultitaskSpec(latent_channels=3, space="pixel", prediction="residual")
+    add = MultitaskModel.for_pixels(spec, channels=(8, 16), cross_attention_dim=16)
+    film = MultitaskModel.for_pixels(spec, channels=(8, 16), cross_attention_dim=16, block_conditioning="film")
+    block = film.denoiser.unet.down_blocks[0].resnets[0]
+    assert block.time_emb_proj.out_features == 2 * block.conv1.out_channels
+    assert add.denoiser.unet.down_blocks[0].resnets[0].time_emb_proj.out_features == block.conv1.out_channels
+    images = torch.rand(2, 3, 16, 16) * 2 - 1
+    source, small, c = conditioning_inputs(film, images, EditingVector(blur=0.2))
+    other = EditingVector(sharpen=(2.5, 0.05)).as_tensor()[None].expand(2, -1)
+    noisy, t = torch.randn_like(images), torch.tensor([500, 20])
+    with torch.no_grad():
+        first = film.denoiser(noisy, t, source, small, c)
+        assert not torch.allclose(film.denoiser(noisy, t, source, small, other), first)
+        film.save(tmp_path / "film")
+        loaded = MultitaskModel.load(tmp_path / "film")
+        assert loaded.denoiser.unet.config.resnet_time_scale_shift == "scale_shift"
+        torch.testing.assert_close(loaded.denoiser(noisy, t, source, small, c), first)
+    with pytest.raises(RetouchError, match="block conditioning"):
+        MultitaskModel.for_pixels(spec, channels=(8, 16), block_conditioning="gate")
+    with pytest.raises(RetouchError, match="pixel U-Nets"):
+        MultitaskTrainConfig(data="x", block_conditioning="film").validate()
+
+
+def test_the_hybrid_conditioning_sends_c_both_through_f_theta_and_onto_the_input(tiny_backbones):
+    """cross-attention+concat (not the paper): C maps on the input as Palette++ has them, and f_θ's context in
+    cross-attention as ours has it; Palette++ alone gives cross-attention a constant zero context."""
+    spec = MultitaskSpec(conditioning="cross-attention+concat")
+    model = MultitaskModel.from_backbone(tiny_backbones["tiny-sd"], spec)
+    assert spec.input_channels == MultitaskSpec(conditioning="concat").input_channels == 2 * 4 + 3 + 9
+    vector = EditingVector(sharpen=(2.0, 0.02)).as_tensor()[None]
+    assert torch.equal(model.denoiser.context(vector), model.denoiser.mapping(vector))
+    palette = MultitaskModel.from_backbone(tiny_backbones["tiny-sd"], MultitaskSpec(conditioning="concat"))
+    assert not palette.denoiser.context(vector).any()

@@ -104,8 +104,10 @@ def train_probes(output, profile, model, judge_folder, train_scenes, test_scenes
 @click.option("--loss-p", type=float, default=1.0, show_default=True, help="p of Eq. 2's ‖ε_θ − ε‖_p^p (paper: 1)")
 @click.option("--architecture", type=click.Choice(["diffusion", "pix2pix"]), default="diffusion", show_default=True,
               help="the multitask diffusion model, or the pix2pix conditional-GAN baseline")
-@click.option("--conditioning", type=click.Choice(["cross-attention", "concat"]), default="cross-attention",
-              show_default=True, help="ours (C through f_θ into cross-attention) or Palette++ (all concatenated)")
+@click.option("--conditioning", type=click.Choice(["cross-attention", "concat", "cross-attention+concat"]),
+              default="cross-attention", show_default=True,
+              help="ours (C through f_θ into cross-attention), Palette++ (all concatenated), or ours with C also "
+                   "concatenated on the input (not the paper; what lets a pixel model tell local tasks apart)")
 @click.option("--labels/--no-labels", default=True, show_default=True, help="binary task labels in C (ablation)")
 @click.option("--mapping-depth", type=int, default=2, show_default=True, help="linear layers in f_θ (0, 1, 2, 4)")
 @click.option("--loss-space", type=click.Choice(["epsilon", "v"]), default="epsilon", show_default=True,
@@ -116,6 +118,8 @@ def train_probes(output, profile, model, judge_folder, train_scenes, test_scenes
               help="latent diffusion on the backbone (the paper) or pixels with a small U-Net from scratch, no autoencoder")
 @click.option("--prediction", type=click.Choice(["epsilon", "residual"]), default="epsilon", show_default=True,
               help="predict ε (Eq. 2, the paper) or the clean target as an offset from the input, x̂₀ − z_A")
+@click.option("--block-conditioning", type=click.Choice(["add", "film"]), default="add", show_default=True,
+              help="pixel U-Net: C and t added in each ResNet block, or FiLM (scale and shift of its features)")
 @click.option("--crop", type=int, default=None,
               help="train a pixel model on random crop² windows of the dataset's crops (a quarter of the cost at 32)")
 @click.option("--tasks", default="blur,grain,colour,inpaint,sharpen", show_default=True,
@@ -131,7 +135,7 @@ def train_probes(output, profile, model, judge_folder, train_scenes, test_scenes
 @mixed_precision_option
 @seed_option()
 def train_multitask_command(data, output_dir, init, steps, batch, learning_rate, loss_p, architecture, conditioning,
-                            labels, mapping_depth, loss_space, input_gain, space, prediction, crop, tasks, n_pair, n_pair_weight,
+                            labels, mapping_depth, loss_space, input_gain, space, prediction, block_conditioning, crop, tasks, n_pair, n_pair_weight,
                             identity_examples, min_timestep, mixed_precision, seed) -> None:
     """Train the multi-task compositing model (multitask paper §3.2, §4.1) on a compositing dataset."""
     from retouch.train.multitask import MultitaskTrainConfig, train_multitask
@@ -140,7 +144,8 @@ def train_multitask_command(data, output_dir, init, steps, batch, learning_rate,
                                   learning_rate=learning_rate, loss_p=loss_p, architecture=architecture,
                                   conditioning=conditioning,
                                   labels=labels, mapping_depth=mapping_depth, loss_space=loss_space,
-                                  input_gain=input_gain, space=space, prediction=prediction, crop=crop,
+                                  input_gain=input_gain, space=space, prediction=prediction,
+                                  block_conditioning=block_conditioning, crop=crop,
                                   tasks=comma_list(tasks),
                                   n_pair=n_pair, n_pair_weight=n_pair_weight, min_timestep=min_timestep,
                                   identity_examples=identity_examples,

@@ -24,7 +24,10 @@ defaults):
   blur or sharpening do, so a latent model cannot beat the unedited input there whatever it learns.
   There C also enters every ResNet block through the timestep embedding (a projection of C added to it,
   as class conditioning does), besides f_θ into cross-attention, which a pixel U-Net small enough for
-  large images only has at its coarsest level.
+  large images only has at its coarsest level. With ``block_conditioning="film"`` that embedding scales
+  and shifts every block's normalised features (FiLM, Perez et al. 2018: diffusers' "scale_shift")
+  instead of being added before the normalisation, which mostly removes a per-channel offset: a
+  multiplicative gate lets one network switch between opposite local operators (blur, sharpening).
 - ``prediction="residual"``: the network predicts the clean target as an offset from its input,
   x̂₀ = z_A + D(·), instead of ε. At init it already returns its input, and every noise level rewards
   reading z_A equally (the ε-loss scales that by √ᾱ_t, which is what left the paper's setting drawing
@@ -48,9 +51,13 @@ from retouch.networks import read_model_json
 TASKS = ("blur", "grain", "colour", "inpaint", "sharpen")  # e1..e5, the paper's label order (§4.1)
 SCALARS = ("beta", "sigma", "lambda", "mu")  # β, σ, λ, μ (Table 1)
 RANGES = {"beta": (0.0, 1.0), "sigma": (0.0, 0.1), "lambda": (1.0, 3.0), "mu": (0.0, 0.1)}  # Table 1
-CONDITIONINGS = ("cross-attention", "concat")  # ours, Palette++
+#: ours (the paper), Palette++, and ours with C also on the input (not the paper: docs/multitask.md)
+CONDITIONINGS = ("cross-attention", "concat", "cross-attention+concat")
 SPACES = ("latent", "pixel")  # the paper's latent diffusion, or pixels with no autoencoder (not the paper)
 PREDICTIONS = ("epsilon", "residual")  # Eq. 2's ε, or x̂₀ = z_A + D(·) (not the paper)
+#: How the timestep + C embedding enters a pixel U-Net's ResNet blocks: added before the normalisation
+#: (diffusers' default) or FiLM on it (scale and shift after it); diffusers' names for each.
+BLOCK_CONDITIONINGS = {"add": "default", "film": "scale_shift"}
 #: The pixel-space U-Net: widths per level (64² crops → 8² at the coarsest level, which alone has
 #: attention, so a 512² photograph attends over 64² positions, not 128²).
 PIXEL_CHANNELS = (16, 32, 64, 128)
@@ -147,12 +154,17 @@ class MultitaskSpec:
         return "sample" if self.prediction == "residual" else "epsilon"
 
     @property
+    def concatenates_vector(self) -> bool:
+        """C broadcast over the grid and concatenated on the input channels (Palette++, and our hybrid)."""
+        return self.conditioning in ("concat", "cross-attention+concat")
+
+    @property
     def vector_size(self) -> int:
         return len(SCALARS) + (len(TASKS) if self.labels else 0)
 
     @property
     def input_channels(self) -> int:
-        extra = self.vector_size if self.conditioning == "concat" else 0
+        extra = self.vector_size if self.concatenates_vector else 0
         return 2 * self.latent_channels + 3 + extra
 
 
@@ -178,7 +190,7 @@ class MultitaskDenoiser(nn.Module):
 
     def forward(self, noisy, t, source_latents, reference_small, vector) -> torch.Tensor:
         conditions = [source_latents.to(noisy.dtype), reference_small.to(noisy.dtype)]
-        if self.spec.conditioning == "concat":
+        if self.spec.concatenates_vector:
             conditions.append(vector[:, :, None, None].expand(-1, -1, *noisy.shape[-2:]).to(noisy.dtype))
         conditions = torch.cat(conditions, dim=1)
         if self.spec.input_gain != 1.0:
@@ -248,12 +260,15 @@ class MultitaskModel:
 
     @classmethod
     def for_pixels(cls, spec: MultitaskSpec, *, channels: tuple[int, ...] | None = None,
-                   cross_attention_dim: int = 128, seed: int = 0) -> "MultitaskModel":
-        """A pixel-space model trained from scratch (``spec.space == "pixel"``; not the paper's setting)."""
+                   cross_attention_dim: int = 128, block_conditioning: str = "add", seed: int = 0) -> "MultitaskModel":
+        """A pixel-space model trained from scratch (``spec.space == "pixel"``; not the paper's setting).
+
+        ``block_conditioning``: "add" or "film" (:data:`BLOCK_CONDITIONINGS`); saved in the U-Net's config."""
         from diffusers import UNet2DConditionModel
 
         if spec.space != "pixel" or spec.latent_channels != 3:
             raise RetouchError("for_pixels builds pixel-space models: MultitaskSpec(space='pixel', latent_channels=3)")
+        check_choice("block conditioning", block_conditioning, tuple(BLOCK_CONDITIONINGS))
         channels = tuple(channels or PIXEL_CHANNELS)
         torch.manual_seed(seed)
         levels = len(channels)
@@ -262,7 +277,8 @@ class MultitaskModel:
             layers_per_block=2, down_block_types=("DownBlock2D",) * (levels - 1) + ("CrossAttnDownBlock2D",),
             up_block_types=("CrossAttnUpBlock2D",) + ("UpBlock2D",) * (levels - 1),
             cross_attention_dim=cross_attention_dim, attention_head_dim=8, norm_num_groups=8,
-            class_embed_type="projection", projection_class_embeddings_input_dim=spec.vector_size)
+            class_embed_type="projection", projection_class_embeddings_input_dim=spec.vector_size,
+            resnet_time_scale_shift=BLOCK_CONDITIONINGS[block_conditioning])
         mapping = MappingNetwork(spec.vector_size, cross_attention_dim, spec.mapping_depth, spec.mapping_tokens)
         scheduler_config = {**PIXEL_SCHEDULE, "prediction_type": spec.scheduler_prediction}
         return cls(None, MultitaskDenoiser(unet, mapping, spec, vae_factor=1), scheduler_config)

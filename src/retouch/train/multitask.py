@@ -28,6 +28,7 @@ from retouch.data.compositing import GRAIN_NAMES, iter_compositing, read_summary
 from retouch.distributed import is_main_process, wait_for_everyone
 from retouch.errors import RetouchError, check_choice
 from retouch.networks.multitask import (
+    BLOCK_CONDITIONINGS,
     PREDICTIONS,
     SCALARS,
     SPACES,
@@ -147,6 +148,8 @@ class MultitaskTrainConfig:
     space: str = option("latent", choices=SPACES)
     #: "residual": predict x̂₀ − z_A (MultitaskSpec.prediction; not in the paper)
     prediction: str = option("epsilon", choices=PREDICTIONS)
+    #: pixel U-Net only: C + t embedding "add"ed in each ResNet block, or "film" (scale and shift)
+    block_conditioning: str = option("add", choices=tuple(BLOCK_CONDITIONINGS))
     tasks: tuple[str, ...] = TASKS  # train a single-task model ("ours-single") with one task
     #: or "pix2pix" (the GAN baseline, methods/pix2pix_gan.py)
     architecture: str = option("diffusion", choices=("diffusion", "pix2pix"))
@@ -176,6 +179,8 @@ class MultitaskTrainConfig:
             raise RetouchError(f"--tasks takes a non-empty subset of {', '.join(TASKS)}; got {', '.join(self.tasks)}")
         if self.crop is not None and (self.space != "pixel" or self.architecture != "diffusion"):
             raise RetouchError("--crop trains pixel-space diffusion models only (a latent window is not a crop)")
+        if self.block_conditioning != "add" and self.space != "pixel":
+            raise RetouchError("--block-conditioning builds pixel U-Nets; a latent model keeps its backbone's blocks")
         if self.prediction == "residual" and self.loss_space != "epsilon":
             raise RetouchError("--loss-space v reweights an ε prediction; drop it with --prediction residual")
         read_summary(Path(self.data))
@@ -191,7 +196,7 @@ def build_model(config: "MultitaskTrainConfig", backbone=None) -> MultitaskModel
     from retouch.backbone import load_backbone
 
     if config.space == "pixel":
-        return MultitaskModel.for_pixels(config.spec(3), seed=config.seed)
+        return MultitaskModel.for_pixels(config.spec(3), block_conditioning=config.block_conditioning, seed=config.seed)
     backbone = backbone or load_backbone(config.init)
     return MultitaskModel.from_backbone(backbone, config.spec(backbone.unet.config.in_channels))
 
