@@ -421,3 +421,31 @@ def test_transformers_vit_spatial_facets(tiny_model_dirs):
     assert TransformersViTSpatial(tiny_model_dirs / "clip")(images).shape == (2, 16, 32)
     with pytest.raises(RetouchError, match="facet"):
         TransformersViTSpatial(tiny_model_dirs / "vit", facet="query")
+
+
+def test_control_measures_follow_the_operators_they_read():
+    """Gradient energy falls with motion blur and rises with unsharp masking; flat-region high-frequency energy
+    rises with grain size; the colour distance to a reference is zero after Reinhard transfer's statistics match."""
+    import torch
+    from skimage import data as skdata
+
+    from retouch.effects import motion_blur, reinhard_color_transfer, unsharp_mask
+    from retouch.imageio import resize_image
+    from retouch.metrics.control import (colour_statistics_distance, flat_high_frequency_energy, gradient_energy,
+                                         monotone)
+
+    photo = resize_image(skdata.astronaut().astype(np.float32) / 255.0, (64, 64))
+    as_batch = lambda arrays: torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).float()  # noqa: E731
+    blurred = [float(gradient_energy(as_batch([motion_blur(photo, b, angle=30.0)]))) for b in (0.0, 0.3, 0.6, 0.9)]
+    assert monotone(blurred, "down") and not monotone(blurred, "up")
+    sharpened = [float(gradient_energy(as_batch([unsharp_mask(photo, a, 0.0)]))) for a in (1.0, 2.0, 3.0)]
+    assert monotone(sharpened, "up")
+    source = as_batch([photo])
+    rng = np.random.default_rng(0)
+    noisy = [np.clip(photo + rng.normal(0, s, photo.shape), 0, 1).astype(np.float32) for s in (0.0, 0.02, 0.05)]
+    assert monotone([float(flat_high_frequency_energy(as_batch([n]), source)) for n in noisy], "up")
+    reference = skdata.coffee().astype(np.float32)[::8, ::8][:64, :64] / 255.0
+    moved = reinhard_color_transfer(photo, reference)
+    before = float(colour_statistics_distance(source, as_batch([reference])))
+    after = float(colour_statistics_distance(as_batch([moved]), as_batch([reference])))
+    assert after < 0.5 * before
