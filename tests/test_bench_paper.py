@@ -75,7 +75,7 @@ def test_an_unknown_table_is_one_line_and_exit_status_1(capsys):
         main(["bench", "paper", "--quick", "--tables", "nonsense"])
     assert exit_info.value.code == 1
     assert capsys.readouterr().err.strip().splitlines() == [
-        "retouch: error: unknown table nonsense; choose from pix2pix-zero, pixels"]
+        "retouch: error: unknown table nonsense; choose from pix2pix-zero, pixels, portrait"]
 
 
 def test_kid_of_a_subset_is_the_unbiased_mmd_and_skips_a_triple_paired_with_itself():
@@ -90,13 +90,14 @@ def test_kid_of_a_subset_is_the_unbiased_mmd_and_skips_a_triple_paired_with_itse
 
 
 def test_quick_run_writes_tables_and_claims_then_reuses_every_row(tmp_path, capsys):
-    from retouch.bench import pix2pix_zero, pixels
+    from retouch.bench import pix2pix_zero, pixels, portrait
     from retouch.cli import main
 
     docs, cache = tmp_path / "docs", tmp_path / "cache"
     main(["bench", "paper", "--quick", "--docs", str(docs), "--cache", str(cache)])
     out = capsys.readouterr().out
-    assert "34 rows computed, 0 reused" in out  # 18 pix2pix-zero, 16 PIXELS (the held-out set's features too)
+    # 18 pix2pix-zero, 16 PIXELS (the held-out set's features too), 20 portrait (10 systems × 2 directions)
+    assert "54 rows computed, 0 reused" in out
 
     table = (docs / "paper_tables" / f"{pix2pix_zero.KEY}.md").read_text()
     rows = [line for line in table.splitlines()
@@ -109,9 +110,10 @@ def test_quick_run_writes_tables_and_claims_then_reuses_every_row(tmp_path, caps
     claims = (docs / "paper_claims.md").read_text()
     assert re.search(r"Total wall time of the command: \d+\.\d s", claims)
     claim_rows = [line for line in claims.splitlines() if line.split(" | ")[0] in ("| pix2pix-zero", "| zeroCon",
-                                                                                   "| PIXELS")]
+                                                                                   "| PIXELS", "| portrait MCDM")]
     expected = [(claim, pix2pix_zero.KEY) for claim in pix2pix_zero.CLAIMS] + \
-        [(claim, pixels.KEY) for claim in pixels.CLAIMS + pixels.sweep_claims(pixels.QUICK_SWEEP)]
+        [(claim, pixels.KEY) for claim in pixels.CLAIMS + pixels.sweep_claims(pixels.QUICK_SWEEP)] + \
+        [(claim, portrait.KEY) for claim in portrait.claims()]
     assert len(claim_rows) == len(expected)
     for line, (claim, key) in zip(claim_rows, expected):
         assert claim.statement in line
@@ -127,8 +129,16 @@ def test_quick_run_writes_tables_and_claims_then_reuses_every_row(tmp_path, caps
     assert len(pixel_rows) == len(pixels.REFERENCES) + len(pixels.THRESHOLD_SYSTEMS + pixels.BASELINES) + \
         len(pixels.SWEPT) * len(pixels.QUICK_SWEEP)
     assert all(line.count(" [") == 2 for line in pixel_rows)
-    assert "## Not covered yet" in claims and "portrait" in claims and "multitask" in claims
+    portrait_table = (docs / "paper_tables" / f"{portrait.KEY}.md").read_text()
+    portrait_rows = [line for line in portrait_table.splitlines() if re.match(r"\| (plain->striped|none->hat) \| ", line)]
+    assert len(portrait_rows) == 2 * len(portrait.system_names())
+    with_mask = [line for line in portrait_rows if "| MCDM |" in line or "| DiffEdit |" in line]
+    assert len(with_mask) == 4 and all(line.count(" [") == len(portrait.METRICS) for line in with_mask)
+    # systems that make no mask have no mask IoU, and say so
+    assert all(line.count(" [") == len(portrait.METRICS) - 1 and "| — |" in line
+               for line in portrait_rows if line not in with_mask)
+    assert "## Not covered yet" in claims and "ablations" in claims and "multitask" in claims
 
     main(["bench", "paper", "--quick", "--docs", str(docs), "--cache", str(cache)])
-    assert "0 rows computed, 34 reused" in capsys.readouterr().out
+    assert "0 rows computed, 54 reused" in capsys.readouterr().out
     assert (docs / "paper_claims.md").read_text().split("| paper |")[1] == claims.split("| paper |")[1]

@@ -234,7 +234,8 @@ def _p(value: float) -> str:
 
 
 def render_table(table: Table) -> str:
-    """The table's markdown: mean [95 % interval] per metric, seconds per scene, whether the row was cached."""
+    """The table's markdown: mean [95 % interval] per metric ("—" where a system has no such value, e.g. no
+    mask), seconds per scene, whether the row was cached."""
     arrows = {"higher": "↑", "lower": "↓"}
     header = ["group", "system", *(f"{m.label} {arrows[m.better]}" for m in table.metrics), "n", "s/scene", "row"]
     lines = [f"# {table.title}", "", table.description, "",
@@ -246,7 +247,7 @@ def render_table(table: Table) -> str:
              "set statistics such as KID: 1,000).", "",
              "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for row in table.rows:
-        cells = [_fmt(cell(m, [row]), m) for m in table.metrics]
+        cells = [_fmt(cell(m, [row]), m) if m.name in row.values or m.set_statistic else "—" for m in table.metrics]
         lines.append(f"| {row.group} | {row.system} | " + " | ".join(cells) +
                      f" | {row.scenes} | {row.seconds / max(1, row.scenes):.2f} | {'cached' if row.cached else 'new'} |")
     if table.figure:

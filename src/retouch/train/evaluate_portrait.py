@@ -216,9 +216,11 @@ def mask_iou(predicted: torch.Tensor, truth: torch.Tensor) -> torch.Tensor:
     return torch.where(union > 0, (predicted & truth).sum(1) / union.clamp_min(1), torch.ones_like(union)).float()
 
 
-def score_direction(inputs: DirectionInputs, outputs: torch.Tensor, masks: torch.Tensor | None, probes, judge=None,
-          before: dict | None = None) -> dict:
-    """The metrics of one (system, direction); ``before`` is the probes' reading of the inputs (computed if None)."""
+def scene_scores(inputs: DirectionInputs, outputs: torch.Tensor, masks: torch.Tensor | None, probes, judge=None,
+                 before: dict | None = None) -> dict[str, torch.Tensor]:
+    """Per-input values (N,) of every metric of one (system, direction): success, identity (all and per
+    attribute), background PSNR (capped) and L1, mask IoU (when the system made masks) and CLIP-Acc
+    (with a judge). ``before`` is the probes' reading of the inputs (computed if None)."""
     from retouch.metrics import background_preservation, clip_accuracy
 
     before = probes.predict(inputs.images) if before is None else before
@@ -226,18 +228,26 @@ def score_direction(inputs: DirectionInputs, outputs: torch.Tensor, masks: torch
     target = VOCABULARIES[inputs.attribute].index(inputs.target_word)
     same = {name: after[name] == before[name] for name in IDENTITY_ATTRIBUTES}
     background = background_preservation(inputs.images, outputs, inputs.edit_masks)
-    row = {
-        "count": len(outputs),
-        "success": float((after[inputs.attribute] == target).float().mean()),
-        "identity": float(torch.stack(list(same.values())).all(0).float().mean()),
-        **{f"identity_{name}": float(value.float().mean()) for name, value in same.items()},
-        "background_psnr": float(background["psnr"].clamp(max=PSNR_CAP).mean()),
-        "background_l1": float(background["l1"].mean()),
-        "mask_iou": None if masks is None else float(mask_iou(masks, inputs.edit_masks).mean()),
+    scores = {
+        "success": (after[inputs.attribute] == target).float(),
+        "identity": torch.stack(list(same.values())).all(0).float(),
+        **{f"identity_{name}": value.float() for name, value in same.items()},
+        "background_psnr": background["psnr"].clamp(max=PSNR_CAP).float(),
+        "background_l1": background["l1"].float(),
     }
+    if masks is not None:
+        scores["mask_iou"] = mask_iou(masks, inputs.edit_masks)
     if judge is not None:
-        row["clip_accuracy"] = float(clip_accuracy(judge, outputs, inputs.sources, inputs.targets).mean())
-    return row
+        scores["clip_accuracy"] = clip_accuracy(judge, outputs, inputs.sources, inputs.targets).float()
+    return scores
+
+
+def score_direction(inputs: DirectionInputs, outputs: torch.Tensor, masks: torch.Tensor | None, probes, judge=None,
+                    before: dict | None = None) -> dict:
+    """The means of :func:`scene_scores` (``mask_iou`` None for a system without masks) and the count."""
+    scores = scene_scores(inputs, outputs, masks, probes, judge, before)
+    return {"count": len(outputs), **{name: float(value.mean()) for name, value in scores.items()},
+            "mask_iou": float(scores["mask_iou"].mean()) if "mask_iou" in scores else None}
 
 
 @dataclass
