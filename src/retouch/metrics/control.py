@@ -17,6 +17,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from retouch.metrics.pixel import _blur_valid, gaussian_window
+
 #: Rec. 601 luma weights: the measures read brightness structure, not hue.
 _LUMA = (0.299, 0.587, 0.114)
 
@@ -40,14 +42,10 @@ def gradient_energy(images: torch.Tensor) -> torch.Tensor:
 
 
 def _gaussian_blur(images: torch.Tensor, sigma: float) -> torch.Tensor:
+    """Same-size Gaussian blur (3σ taps each side, reflected borders): SSIM's separable filter on a padded image."""
     radius = max(1, int(round(3 * sigma)))
-    x = torch.arange(-radius, radius + 1, dtype=images.dtype, device=images.device)
-    kernel = torch.exp(-0.5 * (x / sigma) ** 2)
-    kernel = kernel / kernel.sum()
-    channels = images.shape[1]
-    padded = F.pad(images, (radius, radius, radius, radius), mode="reflect")
-    out = F.conv2d(padded, kernel.view(1, 1, 1, -1).expand(channels, 1, 1, -1), groups=channels)
-    return F.conv2d(out, kernel.view(1, 1, -1, 1).expand(channels, 1, -1, 1), groups=channels)
+    kernel = gaussian_window(2 * radius + 1, sigma, dtype=images.dtype).to(images.device)
+    return _blur_valid(F.pad(images, (radius, radius, radius, radius), mode="reflect"), kernel)
 
 
 def flat_regions(sources: torch.Tensor, quantile: float = 0.5) -> torch.Tensor:
