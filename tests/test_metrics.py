@@ -440,6 +440,8 @@ def test_control_measures_follow_the_operators_they_read():
     assert monotone(blurred, "down") and not monotone(blurred, "up")
     sharpened = [float(gradient_energy(as_batch([unsharp_mask(photo, a, 0.0)]))) for a in (1.0, 2.0, 3.0)]
     assert monotone(sharpened, "up")
+    # the shipped model's λ curve (docs/multitask.md): rising by 1e-5 on 1.8e-2 is flat, not monotone
+    assert not monotone([0.01784, 0.017845, 0.01785], "up") and monotone([0.01784, 0.017845, 0.01785], "up", 0.0)
     source = as_batch([photo])
     rng = np.random.default_rng(0)
     noisy = [np.clip(photo + rng.normal(0, s, photo.shape), 0, 1).astype(np.float32) for s in (0.0, 0.02, 0.05)]

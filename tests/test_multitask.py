@@ -673,3 +673,38 @@ def test_the_shipped_model_is_the_default_and_its_blur_slider_blurs_an_unseen_ph
         energies[beta] = float(gradient_energy(torch.from_numpy(load_image(tmp_path / f"blur{beta}.png")).permute(2, 0, 1)[None]))
     source = float(gradient_energy(torch.from_numpy(load_image(image)).permute(2, 0, 1)[None]))
     assert energies["0.9"] < 0.8 * energies["0.2"] and energies["0.2"] < source
+
+
+def test_the_hole_channel_is_the_mask_in_training_and_editing_alike(tiny_dataset):
+    """--hole-channel (not the paper): the trainer's cached hole map, windowed, equals what an edit builds from
+    the mask, is zero unless inpainting is on, and reaches the output."""
+    from retouch.networks.multitask import side_inputs
+    from retouch.train.multitask import LatentCache, TrainingSet, target_name, training_example
+
+    data = TrainingSet(tiny_dataset)
+    model = _pixel_model(hole_channel=True)
+    assert model.denoiser.unet.config.in_channels == _pixel_model().denoiser.unet.config.in_channels + 1
+    draws = [(1, "inpaint", None, (0, 8)), (2, "blur", None, (16, 16)), (3, "inpaint", None, (8, 0))]
+    cut = LatentCache(model, data, {target_name(label, r) for _, label, r, _ in draws}, crop=16,
+                      hole_channel=True).batch(draws, labels=True)
+    assert cut[2].shape == (3, 4, 16, 16)
+    for k, draw in enumerate(draws):
+        source, _, reference, keep, vector = training_example(data, draw)
+        top, left = draw[3]
+        _, side, _ = conditioning_inputs(model, source[None], vector, None, None if keep is None else keep[None])
+        torch.testing.assert_close(cut[2][k], side[0][:, top:top + 16, left:left + 16])
+        hole = cut[2][k, 3]
+        if draw[1] == "inpaint":
+            assert torch.equal(hole, data.image("mask", draw[0])[0, top:top + 16, left:left + 16])
+        else:
+            assert hole.abs().sum() == 0
+    assert torch.equal(side_inputs(_pixel_model().spec, cut[2][:, :3], EditingVector(inpaint=True), None), cut[2][:, :3])
+    with pytest.raises(RetouchError, match="side-condition"):
+        model.denoiser(cut[1], torch.tensor([10, 10, 10]), cut[1], cut[2][:, :3], cut[3])
+    weight = model.denoiser.unet.conv_in.weight.data
+    weight[:, 3 + 3 + 3] = 0.5  # the hole channel (after x_t, z_A, the reference)
+    with torch.no_grad():
+        with_hole = model.denoiser(cut[1], torch.tensor([10, 10, 10]), cut[1], cut[2], cut[3])
+        without = model.denoiser(cut[1], torch.tensor([10, 10, 10]), cut[1],
+                                 torch.cat([cut[2][:, :3], torch.zeros_like(cut[2][:, 3:])], 1), cut[3])
+    assert (with_hole[0] - without[0]).abs().max() > 1e-4 and torch.equal(with_hole[1], without[1])

@@ -130,13 +130,16 @@ def train_probes(output, profile, model, judge_folder, train_scenes, test_scenes
 @click.option("--identity-examples/--no-identity-examples", default=True, show_default=True,
               help="also train on unedited examples (target = input); off for --prediction residual, whose zero "
                    "residual they reward (docs/multitask.md)")
+@click.option("--hole-channel/--no-hole-channel", default=False, show_default=True,
+              help="give the network the inpainting hole as an input channel (not the paper: its only cue is "
+                   "the zeroed source)")
 @click.option("--min-timestep", type=int, default=0, show_default=True,
               help="train on noise levels t ≥ this only (0 = all, the paper); 999 = direct regression from z_A")
 @mixed_precision_option
 @seed_option()
 def train_multitask_command(data, output_dir, init, steps, batch, learning_rate, loss_p, architecture, conditioning,
                             labels, mapping_depth, loss_space, input_gain, space, prediction, block_conditioning, crop, tasks, n_pair, n_pair_weight,
-                            identity_examples, min_timestep, mixed_precision, seed) -> None:
+                            identity_examples, hole_channel, min_timestep, mixed_precision, seed) -> None:
     """Train the multi-task compositing model (multitask paper §3.2, §4.1) on a compositing dataset."""
     from retouch.train.multitask import MultitaskTrainConfig, train_multitask
 
@@ -148,7 +151,7 @@ def train_multitask_command(data, output_dir, init, steps, batch, learning_rate,
                                   block_conditioning=block_conditioning, crop=crop,
                                   tasks=comma_list(tasks),
                                   n_pair=n_pair, n_pair_weight=n_pair_weight, min_timestep=min_timestep,
-                                  identity_examples=identity_examples,
+                                  identity_examples=identity_examples, hole_channel=hole_channel,
                                   mixed_precision=mixed_precision, seed=seed)
     _, report = train_multitask(config)
     say_trained(report, output_dir)

@@ -78,7 +78,13 @@ def colour_statistics_distance(images: torch.Tensor, references: torch.Tensor) -
     return (colour_statistics(images) - colour_statistics(references)).norm(dim=1)
 
 
-def monotone(values, direction: str) -> bool:
-    """Whether a curve's consecutive values all move the ``direction`` ("up" or "down") way (strictly)."""
-    pairs = list(zip(values[:-1], values[1:]))
-    return all(b > a for a, b in pairs) if direction == "up" else all(b < a for a, b in pairs)
+def monotone(values, direction: str, relative_step: float = 0.01) -> bool:
+    """Whether a curve's consecutive values all move the ``direction`` ("up" or "down") way, each step by
+    more than ``relative_step`` × the curve's largest magnitude: a curve flat to within float noise (a
+    model that ignores its slider moves its measure by ~1e-5 of 1e-2) is not monotone."""
+    values = [float(v) for v in values]
+    if direction not in ("up", "down"):
+        raise ValueError(f"direction must be 'up' or 'down'; got {direction!r}")
+    least = relative_step * max(abs(v) for v in values)
+    steps = [b - a for a, b in zip(values[:-1], values[1:])]
+    return all((s if direction == "up" else -s) > least for s in steps)

@@ -142,6 +142,11 @@ class MultitaskSpec:
     space: str = "latent"
     #: "epsilon" (Eq. 2) or "residual": the network's output is x̂₀ − z_A (see the module docstring).
     prediction: str = "epsilon"
+    #: Also give the network the inpainting hole as one more input channel (1 in the hole, 0 elsewhere and
+    #: whenever inpainting is off), as Stable Diffusion's inpainting models do; not the paper, whose only
+    #: cue is the zeroed source I_A ⊙ (1 − M). In [−1, 1] a zeroed pixel is mid-grey, which photographs are
+    #: full of, so without it the network must guess where the hole is (docs/multitask.md measures it).
+    hole_channel: bool = False
 
     def validate(self) -> None:
         check_choice("conditioning", self.conditioning, CONDITIONINGS)
@@ -165,7 +170,12 @@ class MultitaskSpec:
     @property
     def input_channels(self) -> int:
         extra = self.vector_size if self.concatenates_vector else 0
-        return 2 * self.latent_channels + 3 + extra
+        return 2 * self.latent_channels + self.side_channels + extra
+
+    @property
+    def side_channels(self) -> int:
+        """Channels of the side conditions at the latent grid: the colour reference, then the hole map."""
+        return 3 + int(self.hole_channel)
 
 
 class MultitaskDenoiser(nn.Module):
@@ -188,8 +198,12 @@ class MultitaskDenoiser(nn.Module):
             return vector.new_zeros(vector.shape[0], 1, self.unet.config.cross_attention_dim)
         return self.mapping(vector)
 
-    def forward(self, noisy, t, source_latents, reference_small, vector) -> torch.Tensor:
-        conditions = [source_latents.to(noisy.dtype), reference_small.to(noisy.dtype)]
+    def forward(self, noisy, t, source_latents, side, vector) -> torch.Tensor:
+        """``side``: :func:`side_inputs` (the reference at latent size, then the hole map if the spec has one)."""
+        if side.shape[1] != self.spec.side_channels:
+            raise RetouchError(f"the multitask denoiser takes {self.spec.side_channels} side-condition channels; "
+                               f"got {side.shape[1]}")
+        conditions = [source_latents.to(noisy.dtype), side.to(noisy.dtype)]
         if self.spec.concatenates_vector:
             conditions.append(vector[:, :, None, None].expand(-1, -1, *noisy.shape[-2:]).to(noisy.dtype))
         conditions = torch.cat(conditions, dim=1)
@@ -322,17 +336,32 @@ class MultitaskModel:
 # ---------------------------------------------------------------------------------------------
 def conditioning_inputs(model: MultitaskModel, images: torch.Tensor, vector: EditingVector,
                         reference: torch.Tensor | None = None, mask: torch.Tensor | None = None):
-    """(z_0^A, I_ref at latent size, C) for images (B, 3, H, W) in [−1, 1].
+    """(z_0^A, the side conditions at latent size, C) for images (B, 3, H, W) in [−1, 1].
 
     ``mask`` (B, 1, H, W), 1 = keep, 0 = hole, is applied to the source before encoding when the
     inpainting task is on; ``reference`` (B or 1, 3, h, w) in [−1, 1] is resized to the latent grid
-    when colour transfer is on; otherwise the reference input is zero (§4.1).
+    when colour transfer is on; otherwise the reference input is zero (§4.1). The side conditions are
+    that reference, then (``spec.hole_channel``) the hole map: :func:`side_inputs`.
     """
     images = masked_input(images, vector, mask)
     latents = encode(model, images)
-    small = reference_input(reference, vector, latents)
+    side = side_inputs(model.spec, reference_input(reference, vector, latents), vector, mask)
     c = vector.as_tensor(model.spec.labels).to(latents.device)[None].expand(latents.shape[0], -1)
-    return latents, small, c
+    return latents, side, c
+
+
+def side_inputs(spec: MultitaskSpec, reference_small: torch.Tensor, vector: EditingVector,
+                keep: torch.Tensor | None) -> torch.Tensor:
+    """The reference at latent size, and with ``spec.hole_channel`` the hole map 1 − keep area-resized to
+    the same grid (zero when inpainting is off): what the denoiser takes beside z_A."""
+    if not spec.hole_channel:
+        return reference_small
+    hole = reference_small.new_zeros(reference_small.shape[0], 1, *reference_small.shape[-2:])
+    if vector.inpaint:
+        if keep is None:
+            raise RetouchError("the inpainting task needs a mask")
+        hole = hole + F.interpolate(1 - keep.to(hole), size=hole.shape[-2:], mode="area")
+    return torch.cat([reference_small, hole], dim=1)
 
 
 def masked_input(images: torch.Tensor, vector: EditingVector, keep: torch.Tensor | None) -> torch.Tensor:

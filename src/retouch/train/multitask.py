@@ -166,6 +166,8 @@ class MultitaskTrainConfig:
     #: With prediction="residual" their zero residual pins D at zero under L1 and no local effect is learnt
     #: (docs/multitask.md, benchmarks/multitask_identity_check.py): turn them off there.
     identity_examples: bool = True
+    #: MultitaskSpec.hole_channel: the inpainting hole as one more input channel (not in the paper)
+    hole_channel: bool = False
     ema_decay: float | None = 0.999
     mixed_precision: str = "no"
     seed: int = 0
@@ -188,7 +190,8 @@ class MultitaskTrainConfig:
     def spec(self, latent_channels: int) -> MultitaskSpec:
         return MultitaskSpec(conditioning=self.conditioning, labels=self.labels, mapping_depth=self.mapping_depth,
                              latent_channels=3 if self.space == "pixel" else latent_channels,
-                             input_gain=self.input_gain, space=self.space, prediction=self.prediction)
+                             input_gain=self.input_gain, space=self.space, prediction=self.prediction,
+                             hole_channel=self.hole_channel)
 
 
 def build_model(config: "MultitaskTrainConfig", backbone=None) -> MultitaskModel:
@@ -314,7 +317,7 @@ def _diffusion_parts(config: MultitaskTrainConfig, data: TrainingSet, backbone):
 
     cache = LatentCache(model, data, {target_name(label, radius) for label in (None, *config.tasks)
                                       for radius in (GRAIN_NAMES if label == "grain" else (None,))},
-                        crop=config.crop)
+                        crop=config.crop, hole_channel=config.hole_channel)
 
     def make_example_batch(draws):
         return cache.batch(draws, model.spec.labels)
@@ -334,11 +337,11 @@ class LatentCache:
     """Every latent a training batch can need, encoded once: the autoencoder is frozen and encodes with
     the posterior mode, so this is exactly what encoding each batch would give, without a VAE pass per
     step. Holds z_0 of the source, of the masked source (inpainting input) and of each target, plus
-    the colour references area-resized to the latent grid."""
+    the colour references and (``hole_channel``) the hole maps area-resized to the latent grid."""
 
     def __init__(self, model: MultitaskModel, data: TrainingSet, targets: set[str], batch: int = 64,
-                 crop: int | None = None):
-        self.crop = crop
+                 crop: int | None = None, hole_channel: bool = False):
+        self.crop, self.hole_channel = crop, hole_channel
         self.latents: dict[str, torch.Tensor] = {}
         keep_all = torch.stack([1.0 - data.image("mask", k) for k in range(len(data))])
         with torch.no_grad():
@@ -351,22 +354,28 @@ class LatentCache:
                                                 for k in range(0, len(images), batch)])
             references = torch.stack([data.image("reference", k) for k in range(len(data))])
             self.references = reference_input(references, EditingVector(colour=True), self.latents["source"])
+            self.holes = F.interpolate(1 - keep_all, size=self.references.shape[-2:], mode="area")
         self.params = data.params
 
     def batch(self, draws, labels: bool):
-        """(target latents, source latents, references at latent size, C) for the draws.
+        """(target latents, source latents, side conditions at latent size, C) for the draws.
 
-        A draw's window cuts target and source; the colour reference is the whole reference at the window's
-        size, as editing an image of that size would give it."""
+        The side conditions are the reference, then with ``hole_channel`` the hole map (zero unless the
+        label is inpainting), as :func:`~retouch.networks.multitask.side_inputs` builds them at inference.
+        A draw's window cuts target, source and hole; the colour reference is the whole reference at the
+        window's size, as editing an image of that size would give it."""
         targets, sources, references, vectors = [], [], [], []
         for index, label, radius, window in (tuple(draw) + (None,) * (4 - len(draw)) for draw in draws):
             target = self.latents[target_name(label, radius)][index]
             source = self.latents["masked" if label == "inpaint" else "source"][index]
             reference = self.references[index] if label == "colour" else torch.zeros_like(self.references[0])
+            hole = self.holes[index] if label == "inpaint" else torch.zeros_like(self.holes[0])
             if window is not None:
                 (top, left), side = window, self.crop
-                target, source = (x[:, top:top + side, left:left + side] for x in (target, source))
+                target, source, hole = (x[:, top:top + side, left:left + side] for x in (target, source, hole))
                 reference = F.interpolate(reference[None], size=(side, side), mode="area")[0]
+            if self.hole_channel:
+                reference = torch.cat([reference, hole])
             targets.append(target)
             sources.append(source)
             references.append(reference)
