@@ -9,8 +9,11 @@ Models are the folders under ``--work`` that hold a trained ``final/``: ``ours``
 (task combinations), and Table 4 (the ablations against ours, averaged over the single tasks and over
 the combinations, the layout of the paper's Table 4). KID uses the mini world's judge image features
 (the paper: Inception; none is available offline) and is labelled so; LPIPS needs local weights
-(``--lpips``), otherwise its column is empty. Also prints each training run's samples/s. Rows are
-kept in ``--out``'s .json and reused on a rerun (delete it after retraining a model).
+(``--lpips``), otherwise its column is empty. Every L1 and SSIM comes with a 95 % bootstrap interval over
+the crops, and every comparison of ours with another row ("ours has lower L1 than X on task T") is a
+paired Wilcoxon test on the same crops, read as holds / does not hold / cannot be told apart
+(:func:`retouch.train.evaluate_multitask.compare_models`). Also prints each training run's samples/s.
+Rows are kept in ``--out``'s .json and reused on a rerun (delete it after retraining a model).
 """
 
 from __future__ import annotations
@@ -30,6 +33,7 @@ from retouch.train.evaluate_multitask import (
     SINGLE_TASKS,
     InvertedStart,
     Unedited,
+    compare_models,
     evaluate,
     load_compositing_model,
     multitask_table,
@@ -69,12 +73,39 @@ def averaged(rows: list[dict], tasks) -> list[dict]:
 
 
 def throughput(work: Path) -> str:
-    lines = ["| run | steps | batch | threads | samples/s | minutes |", "|---|---|---|---|---|---|"]
+    lines = ["| run | steps | batch | samples | threads | samples/s | minutes |", "|---|---|---|---|---|---|---|"]
     for report_path in sorted(work.glob("*/report.json")):
         report = json.loads(report_path.read_text())
-        lines.append(f"| {report_path.parent.name} | {report['steps']} | {report['config']['batch']} | "
+        batch = report["config"]["batch"]
+        lines.append(f"| {report_path.parent.name} | {report['steps']} | {batch} | {report['steps'] * batch:,} | "
                      f"{report.get('threads', '?')} | {report['samples_per_second']:.1f} | {report['seconds'] / 60:.1f} |")
     return "\n".join(lines) + "\n"
+
+
+#: (table, tasks, the rows ours is compared with): "ours has lower L1 than X", paired over the same crops.
+COMPARISONS = (("2", SINGLE_TASKS, ("unedited input", "palette", "pix2pix", "ours-single")),
+               ("3", tuple(MULTI_TASKS), ("unedited input", "palette", "pix2pix", "ours-single")),
+               ("4", SINGLE_TASKS + tuple(MULTI_TASKS), ("no-labels", "ours-ddim-inversion")))
+
+
+def comparisons(rows: list[dict]) -> str:
+    """Every comparison of ours with another row as a paired test, then a count of verdicts per table and row."""
+    lines = ["| table | task | ours L1 | vs | its L1 | ours − it [95 % CI] | p (Wilcoxon) | ours better? |",
+             "|---|---|---|---|---|---|---|---|"]
+    summary = []
+    for table, tasks, others in COMPARISONS:
+        for other in others:
+            found = compare_models(rows, "ours", other, tasks)
+            for c in found:
+                lines.append(f"| {table} | {c['task']} | {c['a_mean']:.4f} | {other} | {c['b_mean']:.4f} | "
+                             f"{c['difference'].format(4)} | {c['p']:.2g} | {c['verdict']} |")
+            if found:
+                counts = {v: sum(c["verdict"] == v for c in found) for v in ("holds", "does not hold",
+                                                                              "cannot be told apart")}
+                summary.append(f"- Table {table}, ours vs {other}: better on {counts['holds']} of {len(found)} tasks, "
+                               f"worse on {counts['does not hold']}, cannot be told apart on "
+                               f"{counts['cannot be told apart']}.")
+    return "\n".join(summary) + "\n\n" + "\n".join(lines) + "\n"
 
 
 def main():
@@ -117,7 +148,9 @@ def main():
                  multitask_table([r for r in main_rows if r["task"] in MULTI_TASKS], label),
                  "\n### Table 4: ablations, mean over single tasks / over combinations\n\n",
                  multitask_table(averaged(ablations, SINGLE_TASKS), label).replace("| mean |", "| single (mean) |"),
-                 "\n", multitask_table(averaged(ablations, MULTI_TASKS), label).replace("| mean |", "| combined (mean) |")]
+                 "\n", multitask_table(averaged(ablations, MULTI_TASKS), label).replace("| mean |", "| combined (mean) |"),
+                 "\n### Ours against each other row, paired over the same crops (L1, α = 0.05 per test)\n\n",
+                 comparisons(rows)]
         print(f"{split}: {len(rows)} rows in {time.perf_counter() - started:.0f} s")
     args.out.write_text("".join(text))
     print(f"wrote {args.out}")

@@ -281,6 +281,7 @@ def test_evaluation_tables_score_edits_against_targets(tiny_backbones, tmp_path,
     assert [(r["task"], r["model"]) for r in rows] == [("blur", "ours"), ("blur", "ours-single"),
                                                        ("blur+grain", "ours"), ("blur+grain", "ours-single")]
     assert all(r["n"] == 2 and 0 <= r["l1"] <= 2 for r in rows)
+    assert all(len(r["l1_per_crop"]) == 2 and r["l1"] == pytest.approx(sum(r["l1_per_crop"]) / 2) for r in rows)
     assert "| blur+grain | ours-single | 2 |" in multitask_table(rows, "mean colour")
 
     model.save(tmp_path / "m")
@@ -708,3 +709,26 @@ def test_the_hole_channel_is_the_mask_in_training_and_editing_alike(tiny_dataset
         without = model.denoiser(cut[1], torch.tensor([10, 10, 10]), cut[1],
                                  torch.cat([cut[2][:, :3], torch.zeros_like(cut[2][:, 3:])], 1), cut[3])
     assert (with_hole[0] - without[0]).abs().max() > 1e-4 and torch.equal(with_hole[1], without[1])
+
+
+def test_model_comparisons_are_paired_tests_on_the_same_crops():
+    """compare_models reads "a beats b" per task from per-crop L1 (Wilcoxon, paired): a clear win holds, a clear
+    loss does not hold, equal crops cannot be told apart, and a task missing a row is left out."""
+    from retouch.train.evaluate_multitask import compare_models, multitask_table
+
+    base = [0.05 + 0.001 * k for k in range(20)]
+    rows = [{"task": "blur", "model": "ours", "l1": 0, "l1_per_crop": [v - 0.01 for v in base]},
+            {"task": "blur", "model": "copy", "l1": 0, "l1_per_crop": base},
+            {"task": "grain", "model": "ours", "l1": 0, "l1_per_crop": [v + 0.01 for v in base]},
+            {"task": "grain", "model": "copy", "l1": 0, "l1_per_crop": base},
+            {"task": "colour", "model": "ours", "l1": 0, "l1_per_crop": base},
+            {"task": "colour", "model": "copy", "l1": 0, "l1_per_crop": base},
+            {"task": "sharpen", "model": "ours", "l1": 0, "l1_per_crop": base}]
+    found = {c["task"]: c for c in compare_models(rows, "ours", "copy", ["blur", "grain", "colour", "sharpen"])}
+    assert set(found) == {"blur", "grain", "colour"}
+    assert found["blur"]["verdict"] == "holds" and found["blur"]["p"] < 1e-3
+    assert found["grain"]["verdict"] == "does not hold"
+    assert found["colour"]["verdict"] == "cannot be told apart"
+    assert found["blur"]["difference"].estimate == pytest.approx(-0.01)
+    table = multitask_table([{**rows[1], "n": 20, "ssim": 0.5, "lpips": None, "kid_x1e3": None}], "x")
+    assert "0.0595 [" in table  # the mean L1 with its bootstrap interval

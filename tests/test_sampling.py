@@ -104,6 +104,17 @@ def test_prediction_conversions_are_consistent(prediction_type):
     assert torch.allclose(x0_hat, x0, atol=1e-5) and torch.allclose(eps_hat, eps, atol=1e-5)
 
 
+def test_a_sample_prediction_at_the_clean_level_has_zero_noise_not_nan():
+    """DDIM inversion reads its first output at ᾱ = 1 (set_alpha_to_one); an x₀-predicting model's ε̂ there is
+    0/0. It is defined as 0 (a clean sample holds no noise), per batch row, so a residual multitask model
+    inverts to finite latents."""
+    x = torch.randn(2, 3, 4, 4)
+    x0_hat, eps_hat = split_prediction(x, x + 0.1, torch.tensor([1.0, 0.37]), "sample")
+    assert torch.equal(x0_hat, x + 0.1) and torch.equal(eps_hat[0], torch.zeros_like(x[0]))
+    expected = (x[1] - torch.tensor(0.37).sqrt() * (x[1] + 0.1)) / torch.tensor(0.63).sqrt()
+    assert torch.allclose(eps_hat[1], expected)
+
+
 def test_img2img_timesteps_match_diffusers_strength_rule():
     schedule = NoiseSchedule.from_scheduler_config(DDIMScheduler(steps_offset=1).config)
     full = ddim_timesteps(schedule, 50)

@@ -120,7 +120,8 @@ def split_prediction(
 
     ε-prediction: x̂₀ = (x_t − √(1−ᾱ)ε)/√ᾱ (DDIM, Song et al. 2021, Eq. 12);
     v-prediction: v = √ᾱ ε − √(1−ᾱ) x₀ (Salimans & Ho 2022, §4), so x̂₀ = √ᾱ x_t − √(1−ᾱ) v and
-    ε̂ = √ᾱ v + √(1−ᾱ) x_t; x₀-prediction: ε̂ = (x_t − √ᾱ x̂₀)/√(1−ᾱ).
+    ε̂ = √ᾱ v + √(1−ᾱ) x_t; x₀-prediction: ε̂ = (x_t − √ᾱ x̂₀)/√(1−ᾱ), and ε̂ = 0 at ᾱ = 1, where a sample
+    holds no noise (the first step of a DDIM inversion reads the output there; 0/0 would be NaN).
     """
     alpha_t = _broadcast(alpha_t, sample)
     sqrt_a, sqrt_1ma = alpha_t.sqrt(), (1 - alpha_t).sqrt()
@@ -129,7 +130,9 @@ def split_prediction(
     if prediction_type == "v_prediction":
         return sqrt_a * sample - sqrt_1ma * model_output, sqrt_a * model_output + sqrt_1ma * sample
     if prediction_type == "sample":
-        return model_output, (sample - sqrt_a * model_output) / sqrt_1ma
+        noiseless = sqrt_1ma == 0
+        epsilon = (sample - sqrt_a * model_output) / torch.where(noiseless, torch.ones_like(sqrt_1ma), sqrt_1ma)
+        return model_output, torch.where(noiseless, torch.zeros_like(epsilon), epsilon)
     raise ValueError(f"unknown prediction type {prediction_type!r}")
 
 

@@ -163,9 +163,13 @@ def run_model(model, batch: list[Case], *, num_steps: int, seed: int, chunk: int
 
 
 def score_edits(edited: torch.Tensor, targets: torch.Tensor, extractor=None, lpips=None) -> dict:
-    """L1, SSIM (images in [0, 1]), LPIPS if given, and KID ×10³ on ``extractor`` features."""
+    """L1, SSIM (images in [0, 1]; their means and per-crop values), LPIPS if given, and KID ×10³ on
+    ``extractor`` features."""
     a, b = (edited + 1) / 2, (targets + 1) / 2
-    row = {"l1": float(l1(a, b).mean()), "ssim": float(ssim(a, b).mean())}
+    per_l1, per_ssim = l1(a, b), ssim(a, b)
+    row = {"l1": float(per_l1.mean()), "ssim": float(per_ssim.mean()),
+           # per crop, in the cases' order, for intervals and paired tests between models on the same crops
+           "l1_per_crop": [float(v) for v in per_l1], "ssim_per_crop": [float(v) for v in per_ssim]}
     row["lpips"] = float(lpips(a, b).mean()) if lpips is not None else None
     if extractor is not None and len(a) >= 2:
         from retouch.metrics import extract_features
@@ -192,13 +196,44 @@ def evaluate(models: dict[str, MultitaskModel | dict], folder: Path, split: str,
 
 
 def multitask_table(rows: list[dict], kid_label: str) -> str:
-    lines = [f"| task | model | n | L1 ↓ | SSIM ↑ | LPIPS ↓ | KID ×10³ ↓ ({kid_label}) |",
+    """Markdown rows; L1 and SSIM with their 95 % bootstrap interval over crops where the row has per-crop values."""
+    from retouch.metrics.claims import bootstrap_interval
+
+    lines = [f"| task | model | n | L1 ↓ [95 % CI] | SSIM ↑ [95 % CI] | LPIPS ↓ | KID ×10³ ↓ ({kid_label}) |",
              "|---|---|---|---|---|---|---|"]
+
+    def cell(r, key, digits):
+        if r.get(key) is None:
+            return "—"
+        if r.get(f"{key}_per_crop"):
+            return bootstrap_interval(r[f"{key}_per_crop"]).format(digits)
+        return format(r[key], f".{digits}f")
+
     for r in rows:
         fmt = lambda v, spec: "—" if v is None else format(v, spec)  # noqa: E731
-        lines.append(f"| {r['task']} | {r['model']} | {r['n']} | {fmt(r['l1'], '.4f')} | {fmt(r['ssim'], '.3f')} | "
+        lines.append(f"| {r['task']} | {r['model']} | {r['n']} | {cell(r, 'l1', 4)} | {cell(r, 'ssim', 3)} | "
                      f"{fmt(r['lpips'], '.3f')} | {fmt(r['kid_x1e3'], '.2f')} |")
     return "\n".join(lines) + "\n"
+
+
+def compare_models(rows: list[dict], a: str, b: str, tasks, metric: str = "l1") -> list[dict]:
+    """Per task, "model a is better than model b" on ``metric`` tested on the same crops (Wilcoxon
+    signed-rank, :mod:`retouch.metrics.claims`): the mean paired difference with its interval, the p-value
+    and the verdict. Tasks where either row is missing or has no per-crop values are left out."""
+    from retouch.metrics.claims import check_claim
+
+    better = "lower" if metric == "l1" else "higher"
+    found = []
+    for task in tasks:
+        pair = [next((r for r in rows if r["task"] == task and r["model"] == m and r.get(f"{metric}_per_crop")), None)
+                for m in (a, b)]
+        if None in pair:
+            continue
+        result = check_claim(pair[0][f"{metric}_per_crop"], pair[1][f"{metric}_per_crop"], better)
+        found.append({"task": task, "a": a, "b": b, "metric": metric, "a_mean": pair[0][metric],
+                      "b_mean": pair[1][metric], "difference": result.test.difference, "p": result.p_value,
+                      "verdict": result.verdict})
+    return found
 
 
 def run_multitask_tables(output: Path, data: Path, models: dict[str, str], *, singles: dict[str, str] | None = None,
