@@ -24,7 +24,9 @@ NOT_COVERED = (
     "the decoder splices (benchmarks/decoder_splices.py)",
     "portrait: Table 1's ablations w/o Prt, w/o Spt and w/o Iemb (trained variants, not shipped: "
     "`retouch eval portrait --model NAME=FOLDER`)",
-    "multitask: Tables 2–5 (`retouch eval multitask`, once that model works)",
+    "multitask: Tables 2–4 with intervals and paired tests are `benchmarks/multitask_tables.py` "
+    "(docs/multitask_tables.md), on the baselines `make multitask-models` trains, which are not shipped; Table 5 "
+    "(N-pair) and the f_θ-depth rows of Table 4 are not trained yet",
 )
 QUICK = {"scenes": 4, "steps": 4}
 FULL = {"scenes": 100, "steps": 50}
