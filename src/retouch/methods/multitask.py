@@ -33,16 +33,17 @@ def multitask_edit(model: MultitaskModel, images: torch.Tensor, vector: EditingV
     tried it and found it harder to edit; offered for comparison).
     """
     vector.validate()
-    source, small, c = conditioning_inputs(model, images, vector, reference, mask)
+    source, side, c = conditioning_inputs(model, images, vector, reference, mask)
     noise = torch.randn(source.shape, generator=torch.Generator().manual_seed(seed)).to(source)
-    return sample_conditioned(model, source, small, c, noise, num_steps=num_steps, start=start, progress=progress)
+    return sample_conditioned(model, source, side, c, noise, num_steps=num_steps, start=start, progress=progress)
 
 
 @torch.no_grad()
-def sample_conditioned(model: MultitaskModel, source_latents: torch.Tensor, reference_small: torch.Tensor,
+def sample_conditioned(model: MultitaskModel, source_latents: torch.Tensor, side: torch.Tensor,
                        vectors: torch.Tensor, noise: torch.Tensor, *, num_steps: int = 50, start: str = "noise",
                        progress=None) -> torch.Tensor:
-    """DDIM sampling of z_0^B given each example's own conditions (z_0^A, I_ref small, C), then decode.
+    """DDIM sampling of z_0^B given each example's own conditions (z_0^A, the side conditions — I_ref
+    small, and the hole map if the model takes one — and C), then decode.
 
     Every example of the batch may switch on different tasks; ``noise`` is the start for ``"noise"``.
     """
@@ -53,7 +54,7 @@ def sample_conditioned(model: MultitaskModel, source_latents: torch.Tensor, refe
 
     def denoise(latents, t, _cond):
         return model.denoiser(latents, torch.full((latents.shape[0],), t, device=latents.device), source_latents,
-                              reference_small, vectors)
+                              side, vectors)
 
     timesteps = ddim_timesteps(schedule, num_steps)
     if start == "noise":

@@ -52,7 +52,7 @@ N_PAIR_FEATURES = ("bottleneck", "labels")
 
 
 def multitask_loss(denoiser: MultitaskDenoiser, alphas_cumprod: torch.Tensor, target_latents, source_latents,
-                   reference_small, vectors, generator: torch.Generator | None = None, p: float = 1.0,
+                   side, vectors, generator: torch.Generator | None = None, p: float = 1.0,
                    n_pair: str | None = None, n_pair_weight: float = 0.0, loss_space: str = "epsilon",
                    min_timestep: int = 0):
     """Eq. 2: E ‖ε_θ(z_0^A, I_ref, C, z_t^B, t) − ε‖_p^p with t uniform, p = 1 by default (mean over elements).
@@ -83,7 +83,7 @@ def multitask_loss(denoiser: MultitaskDenoiser, alphas_cumprod: torch.Tensor, ta
     if n_pair == "bottleneck":
         handle = denoiser.unet.mid_block.register_forward_hook(lambda _m, _i, out: captured.update(mid=out))
     try:
-        prediction = denoiser(noisy, t.to(target_latents.device), source_latents, reference_small, vectors)
+        prediction = denoiser(noisy, t.to(target_latents.device), source_latents, side, vectors)
     finally:
         if handle is not None:
             handle.remove()
@@ -323,8 +323,8 @@ def _diffusion_parts(config: MultitaskTrainConfig, data: TrainingSet, backbone):
         return cache.batch(draws, model.spec.labels)
 
     def loss_fn(denoiser, batch, generator):
-        target_latents, source_latents, reference_small, vectors = batch
-        loss = multitask_loss(denoiser, schedule.alphas_cumprod, target_latents, source_latents, reference_small,
+        target_latents, source_latents, side, vectors = batch
+        loss = multitask_loss(denoiser, schedule.alphas_cumprod, target_latents, source_latents, side,
                               vectors, generator, p=config.loss_p, n_pair=config.n_pair,
                               n_pair_weight=config.n_pair_weight, loss_space=config.loss_space,
                               min_timestep=config.min_timestep)
