@@ -75,17 +75,18 @@ MT_STEPS ?= 6000
 MT_PIX2PIX_STEPS ?= 900
 MT_TRAIN = OMP_NUM_THREADS=1 $(VENV)/bin/retouch train multitask --data $(MT_DATA) --batch 16
 MT_RECIPE = --space pixel --prediction residual --crop 32 --input-gain 10 --learning-rate 3e-4 --no-identity-examples
+MT_OURS = $(MT_RECIPE) --conditioning cross-attention+concat
 multitask-models: $(STAMP)
 	test -d $(MT_DATA) || $(VENV)/bin/retouch data compositing -o $(MT_DATA) --world-scenes 300 --dead-leaves 300 \
 		--workers 2
-	$(MT_TRAIN) $(MT_RECIPE) --conditioning cross-attention+concat --steps $(MT_STEPS) --output-dir $(MT_WORK)/ours & \
+	$(MT_TRAIN) $(MT_OURS) --steps $(MT_STEPS) --output-dir $(MT_WORK)/ours & \
 	$(MT_TRAIN) $(MT_RECIPE) --conditioning concat --steps $(MT_STEPS) --output-dir $(MT_WORK)/palette & \
 	wait
-	$(MT_TRAIN) $(MT_RECIPE) --conditioning cross-attention+concat --no-labels --steps $(MT_STEPS) \
+	$(MT_TRAIN) $(MT_OURS) --no-labels --steps $(MT_STEPS) \
 		--output-dir $(MT_WORK)/no-labels & \
 	( $(MT_TRAIN) --architecture pix2pix --learning-rate 2e-4 --steps $(MT_PIX2PIX_STEPS) --output-dir $(MT_WORK)/pix2pix && \
 	  for task in blur grain colour inpaint sharpen; do \
-	    $(MT_TRAIN) $(MT_RECIPE) --conditioning cross-attention+concat --steps $$(( $(MT_STEPS) / 5 )) \
+	    $(MT_TRAIN) $(MT_OURS) --steps $$(( $(MT_STEPS) / 5 )) \
 	      --output-dir $(MT_WORK)/single-$$task --tasks $$task || exit 1; \
 	  done ) & \
 	wait

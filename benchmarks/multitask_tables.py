@@ -29,6 +29,7 @@ from retouch.backbone import MINI_DIR
 from retouch.data.compositing import MULTI_TASKS
 from retouch.distributed import exit_unless_main_process
 from retouch.metrics import TransformersCLIPJudge, load_lpips
+from retouch.metrics.claims import FAILS, HOLDS, UNCLEAR
 from retouch.train.evaluate_multitask import (
     SINGLE_TASKS,
     InvertedStart,
@@ -100,11 +101,9 @@ def comparisons(rows: list[dict]) -> str:
                 lines.append(f"| {table} | {c['task']} | {c['a_mean']:.4f} | {other} | {c['b_mean']:.4f} | "
                              f"{c['difference'].format(4)} | {c['p']:.2g} | {c['verdict']} |")
             if found:
-                counts = {v: sum(c["verdict"] == v for c in found) for v in ("holds", "does not hold",
-                                                                              "cannot be told apart")}
-                summary.append(f"- Table {table}, ours vs {other}: better on {counts['holds']} of {len(found)} tasks, "
-                               f"worse on {counts['does not hold']}, cannot be told apart on "
-                               f"{counts['cannot be told apart']}.")
+                counts = {v: sum(c["verdict"] == v for c in found) for v in (HOLDS, FAILS, UNCLEAR)}
+                summary.append(f"- Table {table}, ours vs {other}: better on {counts[HOLDS]} of {len(found)} tasks, "
+                               f"worse on {counts[FAILS]}, cannot be told apart on {counts[UNCLEAR]}.")
     return "\n".join(summary) + "\n\n" + "\n".join(lines) + "\n"
 
 
