@@ -610,6 +610,37 @@ def test_identity_examples_can_be_left_out_of_the_draws():
     assert training_labels(MultitaskTrainConfig(data="x", tasks=("sharpen",), identity_examples=False)) == ("sharpen",)
 
 
+def test_task_weights_set_each_tasks_share_of_the_draws(tiny_dataset):
+    """--task-weights inpaint=3: inpainting is drawn three times as often as each other task; without weights
+    the draws are the uniform ones of §4.1, identical to before the option existed (same rng calls)."""
+    import numpy as np
+
+    from retouch.errors import RetouchError
+    from retouch.train.multitask import (MultitaskTrainConfig, TrainingSet, draw_examples, parse_task_weights,
+                                         training_label_weights, training_labels)
+
+    tasks = ("blur", "grain", "colour", "inpaint", "sharpen")
+    assert parse_task_weights("inpaint=3, sharpen=0.5", tasks) == (1.0, 1.0, 1.0, 3.0, 0.5)
+    assert parse_task_weights("", tasks) is None
+    for bad in ("inpaint", "inpaint=0", "inpaint=-1", "inpaint=x", "relight=2", "inpaint=nan"):
+        with pytest.raises(RetouchError, match="--task-weights"):
+            parse_task_weights(bad, tasks)
+    with pytest.raises(RetouchError, match="--task-weights"):
+        MultitaskTrainConfig(data=str(tiny_dataset), task_weights=(1.0, 2.0)).validate()
+
+    config = MultitaskTrainConfig(data="x", identity_examples=True, task_weights=(1.0, 1.0, 1.0, 3.0, 1.0))
+    labels, weights = training_labels(config), training_label_weights(config)
+    assert labels == (None, *tasks) and weights == (1.0, 1.0, 1.0, 1.0, 3.0, 1.0)
+    data = TrainingSet(tiny_dataset)
+    draws = draw_examples(data, labels, 4000, np.random.default_rng(0), weights=weights)
+    share = {label: sum(d[1] == label for d in draws) / len(draws) for label in labels}
+    assert abs(share["inpaint"] - 3 / 8) < 0.03 and all(abs(share[x] - 1 / 8) < 0.02 for x in labels if x != "inpaint")
+    uniform = MultitaskTrainConfig(data="x")
+    assert training_label_weights(uniform) is None
+    assert draw_examples(data, labels, 50, np.random.default_rng(1)) == \
+        draw_examples(data, labels, 50, np.random.default_rng(1), weights=None)
+
+
 def test_film_block_conditioning_scales_and_shifts_every_block_and_is_saved(tmp_path):
     """--block-conditioning film: the t + C embedding gives each ResNet block a scale and a shift (twice the
     channels of the additive default), the choice travels in the saved U-Net config, and C moves the output."""

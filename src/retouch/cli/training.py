@@ -124,6 +124,8 @@ def train_probes(output, profile, model, judge_folder, train_scenes, test_scenes
               help="train a pixel model on random crop² windows of the dataset's crops (a quarter of the cost at 32)")
 @click.option("--tasks", default="blur,grain,colour,inpaint,sharpen", show_default=True,
               help="tasks to train on (one task: the 'ours-single' baseline)")
+@click.option("--task-weights", default=None,
+              help="share of draws per task, e.g. 'inpaint=2,sharpen=2' (unnamed tasks: 1; default uniform, the paper)")
 @click.option("--n-pair", type=click.Choice(["bottleneck", "labels"]), default=None,
               help="add Eq. 3's N-pair loss on U-Net bottleneck (config A) or label (config B) features")
 @click.option("--n-pair-weight", type=float, default=0.1, show_default=True, help="its weight (not in the paper)")
@@ -138,18 +140,19 @@ def train_probes(output, profile, model, judge_folder, train_scenes, test_scenes
 @mixed_precision_option
 @seed_option()
 def train_multitask_command(data, output_dir, init, steps, batch, learning_rate, loss_p, architecture, conditioning,
-                            labels, mapping_depth, loss_space, input_gain, space, prediction, block_conditioning, crop, tasks, n_pair, n_pair_weight,
-                            identity_examples, hole_channel, min_timestep, mixed_precision, seed) -> None:
+                            labels, mapping_depth, loss_space, input_gain, space, prediction, block_conditioning, crop, tasks, task_weights, n_pair,
+                            n_pair_weight, identity_examples, hole_channel, min_timestep, mixed_precision, seed) -> None:
     """Train the multi-task compositing model (multitask paper §3.2, §4.1) on a compositing dataset."""
-    from retouch.train.multitask import MultitaskTrainConfig, train_multitask
+    from retouch.train.multitask import MultitaskTrainConfig, parse_task_weights, train_multitask
 
+    tasks = comma_list(tasks)
     config = MultitaskTrainConfig(data=str(data), output_dir=output_dir, init=init, steps=steps, batch=batch,
                                   learning_rate=learning_rate, loss_p=loss_p, architecture=architecture,
                                   conditioning=conditioning,
                                   labels=labels, mapping_depth=mapping_depth, loss_space=loss_space,
                                   input_gain=input_gain, space=space, prediction=prediction,
                                   block_conditioning=block_conditioning, crop=crop,
-                                  tasks=comma_list(tasks),
+                                  tasks=tasks, task_weights=parse_task_weights(task_weights, tasks),
                                   n_pair=n_pair, n_pair_weight=n_pair_weight, min_timestep=min_timestep,
                                   identity_examples=identity_examples, hole_channel=hole_channel,
                                   mixed_precision=mixed_precision, seed=seed)

@@ -151,6 +151,9 @@ class MultitaskTrainConfig:
     #: pixel U-Net only: C + t embedding "add"ed in each ResNet block, or "film" (scale and shift)
     block_conditioning: str = option("add", choices=tuple(BLOCK_CONDITIONINGS))
     tasks: tuple[str, ...] = TASKS  # train a single-task model ("ours-single") with one task
+    #: relative share of draws per task, aligned with ``tasks`` (None: uniform, the paper §4.1; not in the
+    #: paper otherwise). Identity examples, when on, keep weight 1.
+    task_weights: tuple[float, ...] | None = None
     #: or "pix2pix" (the GAN baseline, methods/pix2pix_gan.py)
     architecture: str = option("diffusion", choices=("diffusion", "pix2pix"))
     #: Eq. 3 on "bottleneck" (config A) or "labels" (config B) features
@@ -179,6 +182,10 @@ class MultitaskTrainConfig:
         unknown = set(self.tasks) - set(TASKS)
         if unknown or not self.tasks:
             raise RetouchError(f"--tasks takes a non-empty subset of {', '.join(TASKS)}; got {', '.join(self.tasks)}")
+        if self.task_weights is not None and (len(self.task_weights) != len(self.tasks)
+                                              or not all(math.isfinite(w) and w > 0 for w in self.task_weights)):
+            raise RetouchError(f"--task-weights needs one positive weight per task ({', '.join(self.tasks)}); "
+                               f"got {self.task_weights}")
         if self.crop is not None and (self.space != "pixel" or self.architecture != "diffusion"):
             raise RetouchError("--crop trains pixel-space diffusion models only (a latent window is not a crop)")
         if self.block_conditioning != "add" and self.space != "pixel":
@@ -229,16 +236,19 @@ class TrainingSet:
 
 
 def draw_examples(data: TrainingSet, labels, count: int, rng: np.random.Generator,
-                  crop: int | None = None) -> list[tuple]:
-    """``count`` draws (crop index, label, grain radius, window): a uniform crop, a uniform label (§4.1), for
-    grain one of the five radii at random, and with ``crop`` a uniform ``crop``² window (top, left) of it
-    (None: the whole crop)."""
+                  crop: int | None = None, weights=None) -> list[tuple]:
+    """``count`` draws (crop index, label, grain radius, window): a uniform crop, a uniform label (§4.1) or
+    one drawn in proportion to ``weights``, for grain one of the five radii at random, and with ``crop`` a
+    uniform ``crop``² window (top, left) of it (None: the whole crop)."""
     draws = []
     side = data.images["source"].shape[1]
     if crop is not None and crop > side:
         raise RetouchError(f"--crop {crop} is larger than the dataset's {side}-pixel crops")
+    shares = None if weights is None else np.asarray(weights, dtype=float) / float(np.sum(weights))
     for _ in range(count):
-        index, label = int(rng.integers(0, len(data))), labels[int(rng.integers(0, len(labels)))]
+        index = int(rng.integers(0, len(data)))
+        # the uniform draw stays rng.integers so runs without weights replay the shipped model's draws exactly
+        label = labels[int(rng.integers(0, len(labels)) if shares is None else rng.choice(len(labels), p=shares))]
         radius = list(GRAIN_NAMES)[int(rng.integers(0, len(GRAIN_NAMES)))] if label == "grain" else None
         window = None if crop is None else (int(rng.integers(0, side - crop + 1)), int(rng.integers(0, side - crop + 1)))
         draws.append((index, label, radius, window))
@@ -249,6 +259,31 @@ def training_labels(config: MultitaskTrainConfig) -> tuple:
     """The labels a training example is drawn from, uniformly: the tasks, and None (the identity example)
     unless ``config.identity_examples`` is off."""
     return ((None,) if config.identity_examples else ()) + tuple(config.tasks)
+
+
+def parse_task_weights(text: str | None, tasks) -> tuple[float, ...] | None:
+    """``"inpaint=2,sharpen=2"`` → one weight per task of ``tasks`` (1 where not named); None for no text."""
+    if not text:
+        return None
+    named = {}
+    for part in (p.strip() for p in text.split(",") if p.strip()):
+        name, sep, value = part.partition("=")
+        try:
+            weight = float(value)
+        except ValueError:
+            weight = float("nan")
+        if not sep or name.strip() not in tasks or not (math.isfinite(weight) and weight > 0):
+            raise RetouchError(f"--task-weights takes TASK=WEIGHT pairs with a positive weight and a task of "
+                               f"{', '.join(tasks)}; got '{part}'")
+        named[name.strip()] = weight
+    return tuple(named.get(task, 1.0) for task in tasks)
+
+
+def training_label_weights(config: MultitaskTrainConfig) -> tuple[float, ...] | None:
+    """The draw weights aligned with :func:`training_labels` (None: uniform)."""
+    if config.task_weights is None:
+        return None
+    return ((1.0,) if config.identity_examples else ()) + tuple(float(w) for w in config.task_weights)
 
 
 def example_vector(params: dict, label: str | None, radius: float | None) -> EditingVector:
@@ -280,7 +315,7 @@ def train_multitask(config: MultitaskTrainConfig, *, backbone=None,
         Path(config.output_dir).mkdir(parents=True, exist_ok=True)
         (Path(config.output_dir) / "run_config.json").write_text(json.dumps(asdict(config), indent=2))
     data = TrainingSet(Path(config.data))
-    labels = training_labels(config)
+    labels, weights = training_labels(config), training_label_weights(config)
     if config.architecture == "pix2pix":
         model, network, make_example_batch, loss_fn = _pix2pix_parts(config, data)
     else:
@@ -288,7 +323,8 @@ def train_multitask(config: MultitaskTrainConfig, *, backbone=None,
 
     def make_batch(step, rank, world_size):
         return make_example_batch(draw_examples(data, labels, config.batch,
-                                                np.random.default_rng([config.seed, step, rank]), config.crop))
+                                                np.random.default_rng([config.seed, step, rank]), config.crop,
+                                                weights))
 
     loop = LoopConfig(output_dir=config.output_dir, max_steps=config.steps, learning_rate=config.learning_rate,
                       warmup_steps=min(200, config.steps // 10), ema_decay=config.ema_decay,
