@@ -35,8 +35,7 @@ from retouch.backbone import MINI_DIR, load_backbone
 from retouch.bench.pixels import MAP_RAMP, build_triples, held_out, plot_tradeoff, run_method
 from retouch.distributed import exit_unless_main_process
 from retouch.edit_maps import linear_ramp_map
-from retouch.methods.exemplar_baselines import exemplar_sdedit_latents
-from retouch.methods.exemplar_inputs import ExemplarConfig
+from retouch.methods.exemplar_baselines import BaselineConfig, exemplar_sdedit_latents
 from retouch.methods.pixels import THRESHOLDS, PixelsConfig, pixels_latents
 from retouch.metrics import TransformersCLIPJudge, clip_image_similarity, kid
 from retouch.metrics.semantic import crop_to_mask
@@ -71,7 +70,7 @@ def figure_one(backbone, world: World, path: Path, steps: int, strength: float) 
         edits = [pixels_latents(backbone, source[None] * 2 - 1, [exemplar[None] * 2 - 1], [ramp[None]],
                                 PixelsConfig(strength=s, num_steps=steps)) for s in strengths]
         surgery = exemplar_sdedit_latents(backbone, source[None] * 2 - 1, [exemplar[None] * 2 - 1], [ramp[None]],
-                                          ExemplarConfig(strength=strength, num_steps=steps), scale_noise=False)
+                                          BaselineConfig(strength=strength, num_steps=steps), scale_noise=False)
         with torch.no_grad():
             edited = ((backbone.decode_latents(torch.cat([*edits, surgery])) + 1) / 2).clamp(0, 1)
         rows.append([source, exemplar, ramp, *edited])

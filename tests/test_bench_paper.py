@@ -96,8 +96,8 @@ def test_quick_run_writes_tables_and_claims_then_reuses_every_row(tmp_path, caps
     docs, cache = tmp_path / "docs", tmp_path / "cache"
     main(["bench", "paper", "--quick", "--docs", str(docs), "--cache", str(cache)])
     out = capsys.readouterr().out
-    # 18 pix2pix-zero, 16 PIXELS (the held-out set's features too), 20 portrait (10 systems × 2 directions)
-    assert "54 rows computed, 0 reused" in out
+    # 18 pix2pix-zero, 18 PIXELS (the held-out set's features too), 20 portrait (10 systems × 2 directions)
+    assert "56 rows computed, 0 reused" in out
 
     table = (docs / "paper_tables" / f"{pix2pix_zero.KEY}.md").read_text()
     rows = [line for line in table.splitlines()
@@ -126,8 +126,8 @@ def test_quick_run_writes_tables_and_claims_then_reuses_every_row(tmp_path, caps
         assert f"](paper_tables/{key}.md)" in line
     pixels_table = (docs / "paper_tables" / f"{pixels.KEY}.md").read_text()
     pixel_rows = [line for line in pixels_table.splitlines() if re.match(r"\| (references|strength|sweep)", line)]
-    assert len(pixel_rows) == len(pixels.REFERENCES) + len(pixels.THRESHOLD_SYSTEMS + pixels.BASELINES) + \
-        len(pixels.SWEPT) * len(pixels.QUICK_SWEEP)
+    main_systems = pixels.THRESHOLD_SYSTEMS + pixels.BASELINES + pixels.FULL_PASTE_BASELINES
+    assert len(pixel_rows) == len(pixels.REFERENCES) + len(main_systems) + len(pixels.SWEPT) * len(pixels.QUICK_SWEEP)
     assert all(line.count(" [") == 2 for line in pixel_rows)
     portrait_table = (docs / "paper_tables" / f"{portrait.KEY}.md").read_text()
     portrait_rows = [line for line in portrait_table.splitlines() if re.match(r"\| (plain->striped|none->hat) \| ", line)]
@@ -140,5 +140,5 @@ def test_quick_run_writes_tables_and_claims_then_reuses_every_row(tmp_path, caps
     assert "## Not covered yet" in claims and "ablations" in claims and "multitask" in claims
 
     main(["bench", "paper", "--quick", "--docs", str(docs), "--cache", str(cache)])
-    assert "0 rows computed, 54 reused" in capsys.readouterr().out
+    assert "0 rows computed, 56 reused" in capsys.readouterr().out
     assert (docs / "paper_claims.md").read_text().split("| paper |")[1] == claims.split("| paper |")[1]

@@ -15,7 +15,7 @@ from PIL import Image
 from retouch.edit_maps import blur_map, grow_mask, linear_ramp_map
 from retouch.errors import RetouchError
 from retouch.methods import get_method
-from retouch.methods.exemplar_baselines import exemplar_sdedit_latents
+from retouch.methods.exemplar_baselines import BaselineConfig, exemplar_sdedit_latents
 from retouch.methods.exemplar_inputs import ExemplarConfig, fit_exemplar, load_exemplar_inputs
 from retouch.methods.pixels import (
     THRESHOLDS,
@@ -205,20 +205,40 @@ def test_latent_surgery_is_sdedit_of_the_pasted_latent(tiny_backbones):
     backbone = tiny_backbones["tiny-sd"]
     fields = dict(prompt="a cat", num_steps=10, strength=0.6, guidance_scale=7.5, seed=3)
     source, exemplar = _image(40), _image(41)
-    surgery = get_method("latent-surgery").edit(backbone, source, ExemplarConfig(**fields), exemplars=[exemplar],
+    surgery = get_method("latent-surgery").edit(backbone, source, BaselineConfig(**fields), exemplars=[exemplar],
                                                 maps=[torch.zeros(SIZE, SIZE)])
     sdedit = get_method("sdedit").edit(backbone, source, SDEditConfig(**fields))
     torch.testing.assert_close(surgery, sdedit, rtol=0, atol=1e-5)
     # A full map pastes the whole exemplar: the same as SDEdit of the exemplar.
-    surgery = get_method("latent-surgery").edit(backbone, source, ExemplarConfig(**fields), exemplars=[exemplar],
+    surgery = get_method("latent-surgery").edit(backbone, source, BaselineConfig(**fields), exemplars=[exemplar],
                                                 maps=[torch.full((SIZE, SIZE), 0.6)])
     torch.testing.assert_close(surgery, get_method("sdedit").edit(backbone, exemplar, SDEditConfig(**fields)),
                                rtol=0, atol=1e-5)
 
 
+def test_latent_surgery_can_paste_only_the_cells_pixels_pastes(tiny_backbones):
+    """--paste full binarises where the latent map is 1 (PIXELS' Algorithm 1 line 9-10 region), not > ½: on a
+    map of 1 in one block and 0.6 elsewhere it pastes that block only, as the default does on the 0/1 map."""
+    backbone = tiny_backbones["tiny-sd"]
+    source, exemplar = _image(44), _image(45)
+    core = torch.zeros(16, 16)
+    core[4:10, 2:8] = 1.0
+    ramp = torch.where(core > 0, core, torch.full_like(core, 0.6))
+    fields = dict(num_steps=8, strength=0.6, seed=5)
+
+    def surgery(edit_map, paste):
+        return exemplar_sdedit_latents(backbone, source, [exemplar], [_block_map(edit_map)],
+                                       BaselineConfig(paste=paste, **fields), scale_noise=False)
+
+    torch.testing.assert_close(surgery(ramp, "full"), surgery(core, "half"), rtol=0, atol=0)
+    assert not torch.allclose(surgery(ramp, "half"), surgery(core, "half"), atol=1e-3)  # ½ takes the 0.6 cells too
+    with pytest.raises(RetouchError, match="paste"):
+        BaselineConfig(paste="most", **fields).validate()
+
+
 def test_scaled_noise_multiplies_the_noise_by_the_map(tiny_backbones):
     backbone = tiny_backbones["tiny-sd"]
-    config = ExemplarConfig(num_steps=10, strength=0.6, seed=4)
+    config = BaselineConfig(num_steps=10, strength=0.6, seed=4)
     source, exemplar = _image(50), _image(51)
     edit_map = _block_map(torch.rand(16, 16, generator=torch.Generator().manual_seed(2)))
     ours = exemplar_sdedit_latents(backbone, source, [exemplar], [edit_map], config, scale_noise=True)
