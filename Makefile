@@ -63,30 +63,32 @@ clean:
 	rm -rf $(VENV) out .pytest_cache
 
 # The multitask paper's models on the compositing benchmark (docs/multitask.md), at the CPU recipe that shipped
-# (pixel space, residual x̂₀, 32² windows, input gain 10, no identity examples; not the paper's, which stays the
-# trainer's default): ours (C through f_θ and on the input) and Palette++ (C on the input only) at MT_STEPS × 16
-# samples, side by side on one thread each; then no binary labels at the same budget beside pix2pix at about the
-# same CPU time (a GAN step costs ~6× a diffusion step here) followed by ours-single, one model per task at
-# MT_STEPS / 5 steps (each sees its own task as often as ours does); then the tables, the control curves and the
-# shipped copy of ours. About 2 h on 2 cores.
+# (pixel space, residual x̂₀, 32² windows, input gain 10, no identity examples, the hole as an input channel; in
+# the five-task runs inpainting and sharpening drawn twice as often as each other task; not the paper's, which
+# stays the trainer's default): ours (C through f_θ and on the input) and Palette++ (C on the input only) at
+# MT_STEPS × 16 samples, side by side on one thread each; then no binary labels at the same budget beside pix2pix
+# at about the same CPU time (a GAN step costs ~6× a diffusion step here) followed by ours-single, one model per
+# task at MT_STEPS / 5 steps; then the tables, the control curves and the shipped copy of ours. About 2 h on 2 cores.
 MT_DATA ?= out/compositing
 MT_WORK ?= out/train-multitask
 MT_STEPS ?= 6000
 MT_PIX2PIX_STEPS ?= 900
 MT_TRAIN = OMP_NUM_THREADS=1 $(VENV)/bin/retouch train multitask --data $(MT_DATA) --batch 16
-MT_RECIPE = --space pixel --prediction residual --crop 32 --input-gain 10 --learning-rate 3e-4 --no-identity-examples
-MT_OURS = $(MT_RECIPE) --conditioning cross-attention+concat
+MT_RECIPE = --space pixel --prediction residual --crop 32 --input-gain 10 --learning-rate 3e-4 --no-identity-examples \
+	--hole-channel
+MT_MIX = --task-weights inpaint=2,sharpen=2
+MT_OURS = $(MT_RECIPE) $(MT_MIX) --conditioning cross-attention+concat
 multitask-models: $(STAMP)
 	test -d $(MT_DATA) || $(VENV)/bin/retouch data compositing -o $(MT_DATA) --world-scenes 300 --dead-leaves 300 \
 		--workers 2
 	$(MT_TRAIN) $(MT_OURS) --steps $(MT_STEPS) --output-dir $(MT_WORK)/ours & \
-	$(MT_TRAIN) $(MT_RECIPE) --conditioning concat --steps $(MT_STEPS) --output-dir $(MT_WORK)/palette & \
+	$(MT_TRAIN) $(MT_RECIPE) $(MT_MIX) --conditioning concat --steps $(MT_STEPS) --output-dir $(MT_WORK)/palette & \
 	wait
 	$(MT_TRAIN) $(MT_OURS) --no-labels --steps $(MT_STEPS) \
 		--output-dir $(MT_WORK)/no-labels & \
 	( $(MT_TRAIN) --architecture pix2pix --learning-rate 2e-4 --steps $(MT_PIX2PIX_STEPS) --output-dir $(MT_WORK)/pix2pix && \
 	  for task in blur grain colour inpaint sharpen; do \
-	    $(MT_TRAIN) $(MT_OURS) --steps $$(( $(MT_STEPS) / 5 )) \
+	    $(MT_TRAIN) $(MT_RECIPE) --conditioning cross-attention+concat --steps $$(( $(MT_STEPS) / 5 )) \
 	      --output-dir $(MT_WORK)/single-$$task --tasks $$task || exit 1; \
 	  done ) & \
 	wait
