@@ -29,7 +29,7 @@ MAP_GROW, MAP_RAMP = 2.0, 6.0
 THRESHOLD_SYSTEMS = ("pixels-linear", "pixels-quadratic", "pixels-cubic", "pixels-log", "pixels-sigmoid")
 BASELINES = ("latent-surgery", "scaled-noise")
 #: the baselines pasting only the cells PIXELS pastes (latent map = 1, `--paste full`) instead of m > ½: the paper
-#: does not say where it binarises, and the adherence claim turns on it (docs/paper_claims.md)
+#: does not say where it binarises, and the adherence claim turns on it (docs/paper_claims_notes.md)
 FULL_PASTE = " (m = 1 paste)"
 FULL_PASTE_BASELINES = tuple(name + FULL_PASTE for name in BASELINES)
 REFERENCES = ("unedited source", "pixel paste")
