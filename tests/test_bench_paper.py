@@ -94,7 +94,8 @@ def test_quick_run_writes_tables_and_claims_then_reuses_every_row(tmp_path, caps
     from retouch.cli import main
 
     docs, cache = tmp_path / "docs", tmp_path / "cache"
-    main(["bench", "paper", "--quick", "--docs", str(docs), "--cache", str(cache)])
+    # no trained variants in this folder, so the shipped models' rows only
+    main(["bench", "paper", "--quick", "--docs", str(docs), "--cache", str(cache), "--trained", str(tmp_path)])
     out = capsys.readouterr().out
     # 18 pix2pix-zero, 18 PIXELS (the held-out set's features too), 20 portrait (10 systems × 2 directions)
     assert "56 rows computed, 0 reused" in out
@@ -137,8 +138,45 @@ def test_quick_run_writes_tables_and_claims_then_reuses_every_row(tmp_path, caps
     # systems that make no mask have no mask IoU, and say so
     assert all(line.count(" [") == len(portrait.METRICS) - 1 and "| — |" in line
                for line in portrait_rows if line not in with_mask)
-    assert "## Not covered yet" in claims and "ablations" in claims and "multitask" in claims
+    not_covered = claims.split("## Not covered yet")[1]
+    assert all(name in not_covered for name in portrait.VARIANTS) and "multitask" in not_covered
 
-    main(["bench", "paper", "--quick", "--docs", str(docs), "--cache", str(cache)])
+    main(["bench", "paper", "--quick", "--docs", str(docs), "--cache", str(cache), "--trained", str(tmp_path)])
     assert "0 rows computed, 56 reused" in capsys.readouterr().out
     assert (docs / "paper_claims.md").read_text().split("| paper |")[1] == claims.split("| paper |")[1]
+
+
+def test_trained_portrait_variants_become_rows_with_their_claims_where_their_folders_exist(tmp_path, capsys):
+    """Table 1's ablations and the data claim's models are not shipped: a variant found under --trained is a
+    row of its own (cached on its own weights) with its claims; the others stay listed as not covered."""
+    import shutil
+
+    from retouch.backbone import MINI_DIR
+    from retouch.bench import portrait
+    from retouch.cli import main
+
+    for name in (portrait.NO_SPATIAL, portrait.GENERATED):  # stand-ins: copies of the shipped MCDM
+        shutil.copytree(MINI_DIR / "portrait", tmp_path / "trained" / portrait.VARIANTS[name])
+    docs, cache = tmp_path / "docs", tmp_path / "cache"
+    args = ["bench", "paper", "--quick", "--tables", "portrait", "--docs", str(docs), "--cache", str(cache),
+            "--trained", str(tmp_path / "trained")]
+    main(args)
+    rows = 2 * (len(portrait.system_names()) + 2)
+    assert f"{rows} rows computed, 0 reused" in capsys.readouterr().out
+    table = (docs / "paper_tables" / f"{portrait.KEY}.md").read_text()
+    for name in (portrait.NO_SPATIAL, portrait.GENERATED):
+        lines = [line for line in table.splitlines() if f"| {name} |" in line and line.startswith("| ")]
+        assert len(lines) == 2 and all(line.count(" [") == len(portrait.METRICS) for line in lines[:2])
+    claims = (docs / "paper_claims.md").read_text()
+    expected = portrait.claims({portrait.NO_SPATIAL: None, portrait.GENERATED: None})
+    assert len(expected) == len(portrait.claims()) + 3 + 3 * 5 + 3  # ablation, vs baselines, vs the shipped MCDM
+    assert all(claim.statement in claims for claim in expected)
+    # the same weights as the shipped MCDM: the same edits, so parity with it cannot be told apart
+    parity = [line for line in claims.splitlines() if "as well as true pairs" in line]
+    assert len(parity) == 3 and all("**cannot be told apart**" in line for line in parity)
+    not_covered = claims.split("## Not covered yet")[1]
+    assert portrait.NO_PRETRAINING in not_covered and portrait.GENERATED not in not_covered
+
+    shutil.rmtree(tmp_path / "trained" / portrait.VARIANTS[portrait.NO_SPATIAL])
+    main(args)
+    assert f"0 rows computed, {rows - 2} reused" in capsys.readouterr().out

@@ -28,15 +28,17 @@ def bench() -> None:
               help="row cache (default out/paper-tables; --quick: out/paper-quick/cache)")
 @click.option("--models", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="the mini models' folder (default: the shipped one)")
+@click.option("--trained", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="where trained, unshipped variants are found (default out/; `make portrait-variants`)")
 @click.option("--fresh", is_flag=True, help="recompute every row instead of reusing the cache")
 @click.option("--batch", type=click.IntRange(min=1), default=25, show_default=True, help="scenes edited at once")
 @seed_option("world seed and seed of every system")
-def bench_paper(tables, quick, scenes, steps, docs, cache, models, fresh, batch, seed) -> None:
+def bench_paper(tables, quick, scenes, steps, docs, cache, models, trained, fresh, batch, seed) -> None:
     """Every covered paper table (cached rows reused), then docs/paper_claims.md with a verdict per claim."""
     from retouch.bench.paper import run_paper_tables
 
     summary = run_paper_tables(tables=list(comma_list(tables)) if tables else None, quick=quick, scenes=scenes,
-                               steps=steps, docs=docs, cache=cache, models=models, fresh=fresh, seed=seed,
+                               steps=steps, docs=docs, cache=cache, models=models, trained=trained, fresh=fresh, seed=seed,
                                batch=batch, log=lambda text: click.echo(text, err=True))
     click.echo(f"wrote {', '.join(summary['written'])}")
     click.echo(f"{summary['rows_computed']} rows computed, {summary['rows_reused']} reused; "
