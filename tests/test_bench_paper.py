@@ -75,7 +75,7 @@ def test_an_unknown_table_is_one_line_and_exit_status_1(capsys):
         main(["bench", "paper", "--quick", "--tables", "nonsense"])
     assert exit_info.value.code == 1
     assert capsys.readouterr().err.strip().splitlines() == [
-        "retouch: error: unknown table nonsense; choose from pix2pix-zero, pixels, portrait"]
+        "retouch: error: unknown table nonsense; choose from pix2pix-zero, pixels, portrait, decoder-splices"]
 
 
 def test_kid_of_a_subset_is_the_unbiased_mmd_and_skips_a_triple_paired_with_itself():
