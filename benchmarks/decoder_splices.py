@@ -6,8 +6,9 @@
 Latent surgery and PIXELS decode latents pasted together from different images. For each autoencoder
 this prints the PSNR of plain reconstructions and of two splice kinds (a straight cut between two
 scenes; the second scene's objects pasted over the first) against the pixel splice of the same cells
-(:func:`retouch.train.evaluate_mini.splice_psnr`), and saves a grid: the pixel splice, then each
-autoencoder's decoding.
+(:func:`retouch.train.evaluate_mini.decode_splices`), and saves a grid of the first measured pairs: the
+pixel splice, then each autoencoder's decoding. ``retouch bench paper`` measures the shipped autoencoder
+the same way, per pair with intervals (:mod:`retouch.bench.decoder_splices`).
 """
 
 from __future__ import annotations
@@ -16,15 +17,17 @@ import argparse
 from pathlib import Path
 
 import numpy as np
-import torch
 from _grid import save_labelled_rows
 from diffusers import AutoencoderKL
 
+from retouch.bench.decoder_splices import SPLICES, figure_rows, splice_pairs
 from retouch.distributed import exit_unless_main_process
-from retouch.train.evaluate_mini import reconstruction_psnr, splice_psnr
-from retouch.world.heldout import held_out_scenes
-from retouch.train.mini import latent_composites
+from retouch.metrics import psnr
+from retouch.train.evaluate_mini import decode_splices, reconstruction_psnr
 from retouch.world import World
+
+#: pairs shown in the grid, per splice kind
+SHOWN = 4
 
 
 def main():
@@ -34,28 +37,24 @@ def main():
     parser.add_argument("--grid", type=Path, default=Path("docs/decoder_splices.png"))
     args = parser.parse_args()
 
-    scenes = held_out_scenes(World(seed=0), args.scenes, single_object=False)
+    pairs = args.scenes // 2
+    scenes = splice_pairs(World(seed=0), pairs)
     vaes = {str(path): AutoencoderKL.from_pretrained(path).eval() for path in args.vae}
     print(f"{args.scenes} held-out scenes (test split); PSNR in dB against the pixel splice of the same cells")
-    print(f"{'autoencoder':<48}{'plain':>8}{'cut':>8}{'paste':>8}")
+    print(f"{'autoencoder':<48}{'plain':>8}" + "".join(f"{group:>8}" for group in SPLICES))
+    decodings = {group: {} for group in SPLICES}
+    pixel_splices = {}
     for name, vae in vaes.items():
         plain = float(np.mean(reconstruction_psnr(vae, scenes.images)))
-        print(f"{name:<48}{plain:>8.2f}{splice_psnr(vae, scenes, 1):>8.2f}{splice_psnr(vae, scenes, 2):>8.2f}")
+        spliced = []
+        for group, kind in SPLICES.items():
+            decoded, pixel_splices[group] = decode_splices(vae, scenes, kind)
+            spliced.append(float(psnr(decoded, pixel_splices[group]).mean()))
+            decodings[group]["/".join(Path(name).parts[-2:])] = decoded[:SHOWN]
+        print(f"{name:<48}{plain:>8.2f}" + "".join(f"{value:>8.2f}" for value in spliced))
 
-    rows, labels = [], []
-    first, second = scenes.images[:4] * 2 - 1, scenes.images[4:8] * 2 - 1
-    for kind in (1, 2):
-        decoded = {}
-        with torch.no_grad():
-            for name, vae in vaes.items():
-                latents, target = latent_composites(vae, first, second, scenes.object_masks[4:8],
-                                                    np.random.default_rng(kind), sample=False, kinds=(kind,))
-                decoded[name] = ((vae.decode(latents).sample.clamp(-1, 1) + 1) / 2)
-        for k in range(4):
-            rows.append([(first[k] + 1) / 2, (second[k] + 1) / 2, (target[k] + 1) / 2,
-                         *(d[k] for d in decoded.values())])
-            labels.append(["scene A", "scene B", "cut" if kind == 1 else "paste",
-                           *("/".join(Path(n).parts[-2:]) for n in decoded)])
+    rows, labels = figure_rows(scenes.images[:SHOWN], scenes.images[pairs:pairs + SHOWN],
+                               {group: (pixel_splices[group][:SHOWN], decodings[group]) for group in SPLICES})
     save_labelled_rows(rows, args.grid, labels)
     print(f"grid: {args.grid}")
 

@@ -17,8 +17,9 @@ Rows: PIXELS with each threshold function, the two baselines it argues against (
 spatially scaled noise), and two references without diffusion — the unedited source and a pixel
 paste of the exemplar through the map. The sweep re-runs PIXELS (linear) and both baselines over
 ``--sweep`` strengths and plots CLIP-I against KID (the paper's Fig. 6). ``docs/pixels_fig1.png``
-(``--figure-only`` redraws just it) shows a horizontal-ramp edit map (a gradual transition across
-the image) and a two-exemplar single-pass edit, like the paper's Fig. 1. Shipped mini models and judge; nothing is downloaded.
+(``--figure-only`` redraws just it; :func:`retouch.bench.pixels.save_figure_one`, which ``retouch bench paper``
+draws too) shows a horizontal-ramp edit map (a gradual transition across the image) and a two-exemplar
+single-pass edit, like the paper's Fig. 1. Shipped mini models and judge; nothing is downloaded.
 """
 
 from __future__ import annotations
@@ -32,11 +33,9 @@ from _grid import save_labelled_rows
 from _options import script_parser
 
 from retouch.backbone import MINI_DIR, load_backbone
-from retouch.bench.pixels import MAP_RAMP, build_triples, held_out, plot_tradeoff, run_method
+from retouch.bench.pixels import build_triples, held_out, plot_tradeoff, run_method, save_figure_one
 from retouch.distributed import exit_unless_main_process
-from retouch.edit_maps import linear_ramp_map
-from retouch.methods.exemplar_baselines import BaselineConfig, exemplar_sdedit_latents
-from retouch.methods.pixels import THRESHOLDS, PixelsConfig, pixels_latents
+from retouch.methods.pixels import THRESHOLDS
 from retouch.metrics import TransformersCLIPJudge, clip_image_similarity, kid
 from retouch.metrics.semantic import crop_to_mask
 from retouch.world import World
@@ -51,44 +50,6 @@ def measure(judge, edited, exemplars, regions, real_features) -> dict:
     return {"clip_i": adherence, "kid": realism, "kid_std": spread}
 
 
-def figure_one(backbone, world: World, path: Path, steps: int, strength: float) -> None:
-    """Fig. 1-like rows: a left→right ramp map between two backgrounds, and a two-exemplar single pass."""
-    indices = held_out(world, 12, skip=400)
-    scenes = [world.scene(i)[1] for i in indices]
-    image = lambda k: torch.from_numpy(scenes[k].image).permute(2, 0, 1).float()  # noqa: E731
-    # 0 on the left fifth, rising linearly, 1 on the right 30 %: Algorithm 1 pastes the exemplar only
-    # where μ_d = 0 (m = 1) and grows the edit from there, so a ramp without a fully edited part
-    # would never bring the exemplar in.
-    side = world.size
-    ramp = ((torch.linspace(0, 1, side) - 0.2) / 0.5).clamp(0, 1).expand(side, side)[None]
-    rows, labels = [], []
-    # Several strengths per row: the mini U-Net only knows one-background scenes and pulls a long
-    # edit back to one of them, so the transition shows best at moderate t_ds^max.
-    strengths = sorted({0.4, 0.6, strength})
-    for k in range(0, 8, 2):  # four ramp examples: source k, exemplar k + 1
-        source, exemplar = image(k), image(k + 1)
-        edits = [pixels_latents(backbone, source[None] * 2 - 1, [exemplar[None] * 2 - 1], [ramp[None]],
-                                PixelsConfig(strength=s, num_steps=steps)) for s in strengths]
-        surgery = exemplar_sdedit_latents(backbone, source[None] * 2 - 1, [exemplar[None] * 2 - 1], [ramp[None]],
-                                          BaselineConfig(strength=strength, num_steps=steps), scale_noise=False)
-        with torch.no_grad():
-            edited = ((backbone.decode_latents(torch.cat([*edits, surgery])) + 1) / 2).clamp(0, 1)
-        rows.append([source, exemplar, ramp, *edited])
-        labels.append(["source", "exemplar", "ramp map", *(f"PIXELS {s:g}" for s in strengths),
-                       f"surgery {strength:g}"])
-    source, first, second = image(8), image(9), image(10)
-    left = torch.from_numpy(linear_ramp_map(scenes[9].masks.any(axis=0), MAP_RAMP)).float()[None]
-    right = torch.from_numpy(linear_ramp_map(scenes[10].masks.any(axis=0), MAP_RAMP)).float()[None]
-    config = PixelsConfig(strength=strength, num_steps=steps)
-    latents = pixels_latents(backbone, source[None] * 2 - 1, [first[None] * 2 - 1, second[None] * 2 - 1],
-                             [left[None], right[None]], config)
-    with torch.no_grad():
-        edited = ((backbone.decode_latents(latents) + 1) / 2).clamp(0, 1)[0]
-    rows.append([source, first, left, second, right, edited])
-    labels.append(["source", "exemplar 1", "map 1", "exemplar 2", "map 2", "PIXELS, one pass"])
-    save_labelled_rows(rows, path, labels)
-
-
 def main():
     args = script_parser(__doc__, triples=100, steps=25, strength=0.8, sweep="0.3,0.5,0.7,0.9,1.0", batch=50, seed=0,
                          out=Path("docs/pixels_mini.md"), plot=Path("docs/pixels_tradeoff.png"),
@@ -98,7 +59,7 @@ def main():
     world = World(seed=args.seed, size=64)
     backbone = load_backbone("mini")
     if args.figure_only:
-        figure_one(backbone, world, args.figure, args.steps, args.strength)
+        save_figure_one(backbone, world, args.figure, steps=args.steps, strength=args.strength)
         return
     judge = TransformersCLIPJudge(MINI_DIR / "judge")
     sources, exemplars, maps, regions = build_triples(world, args.triples)
@@ -148,7 +109,7 @@ def main():
     plot_tradeoff({name: [(s, r['kid'], r['clip_i']) for s, r in sorted(points.items())]
                    for name, points in sweep.items()}, args.plot)
     save_labelled_rows(grid, args.out.with_suffix(".png"), ["source", "exemplar", "map", *methods])
-    figure_one(backbone, world, args.figure, args.steps, args.strength)
+    save_figure_one(backbone, world, args.figure, steps=args.steps, strength=args.strength)
     print(f"wrote {args.out}, {args.out.with_suffix('.png')}, {args.plot} and {args.figure}")
 
 

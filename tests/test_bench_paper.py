@@ -68,6 +68,17 @@ def test_a_table_renders_every_row_with_intervals_and_its_claims():
     assert "Wall time of this table: 1.0 s" in text and "## Claims" in text
 
 
+def test_a_table_without_claims_renders_its_rows_and_links_every_figure_with_its_caption():
+    table = synthetic_table(0.05)
+    table.claims, table.figure = [], "/somewhere/t.png"
+    table.extra_figures = [("/somewhere/t_fig1.png", "The second figure.")]
+    assert evaluate_claims(table) == []
+    text = render_table(table)
+    rows = [line for line in text.splitlines() if re.match(r"\| g\d \|", line)]
+    assert len(rows) == 4 and "## Claims" not in text
+    assert "![title](t.png)" in text and "![t_fig1](t_fig1.png)" in text and "*The second figure.*" in text
+
+
 def test_an_unknown_table_is_one_line_and_exit_status_1(capsys):
     from retouch.cli import main
 
@@ -75,7 +86,7 @@ def test_an_unknown_table_is_one_line_and_exit_status_1(capsys):
         main(["bench", "paper", "--quick", "--tables", "nonsense"])
     assert exit_info.value.code == 1
     assert capsys.readouterr().err.strip().splitlines() == [
-        "retouch: error: unknown table nonsense; choose from pix2pix-zero, pixels, portrait"]
+        "retouch: error: unknown table nonsense; choose from pix2pix-zero, pixels, portrait, decoder-splices"]
 
 
 def test_kid_of_a_subset_is_the_unbiased_mmd_and_skips_a_triple_paired_with_itself():
@@ -90,15 +101,16 @@ def test_kid_of_a_subset_is_the_unbiased_mmd_and_skips_a_triple_paired_with_itse
 
 
 def test_quick_run_writes_tables_and_claims_then_reuses_every_row(tmp_path, capsys):
-    from retouch.bench import pix2pix_zero, pixels, portrait
+    from retouch.bench import decoder_splices, pix2pix_zero, pixels, portrait
     from retouch.cli import main
 
     docs, cache = tmp_path / "docs", tmp_path / "cache"
     # no trained variants in this folder, so the shipped models' rows only
     main(["bench", "paper", "--quick", "--docs", str(docs), "--cache", str(cache), "--trained", str(tmp_path)])
     out = capsys.readouterr().out
-    # 18 pix2pix-zero, 18 PIXELS (the held-out set's features too), 20 portrait (10 systems × 2 directions)
-    assert "56 rows computed, 0 reused" in out
+    # 18 pix2pix-zero, 18 PIXELS (the held-out set's features too), 20 portrait (10 systems × 2 directions),
+    # 3 decoder splices (reconstruction, cut, paste)
+    assert "59 rows computed, 0 reused" in out
 
     table = (docs / "paper_tables" / f"{pix2pix_zero.KEY}.md").read_text()
     rows = [line for line in table.splitlines()
@@ -138,11 +150,26 @@ def test_quick_run_writes_tables_and_claims_then_reuses_every_row(tmp_path, caps
     # systems that make no mask have no mask IoU, and say so
     assert all(line.count(" [") == len(portrait.METRICS) - 1 and "| — |" in line
                for line in portrait_rows if line not in with_mask)
+    # PIXELS Fig. 1: a second figure, written and linked with its caption
+    figure_one = docs / "paper_tables" / f"{pixels.KEY}_fig1.png"
+    assert figure_one.stat().st_size > 10_000 and str(figure_one) in out
+    assert f"]({figure_one.name})" in pixels_table and "*PIXELS Fig. 1 on the mini world (4 DDIM steps)" in pixels_table
+    # the decoder splices: one row per group, one PSNR per held-out pair with its interval, a figure, no claims
+    splices_table = (docs / "paper_tables" / f"{decoder_splices.KEY}.md").read_text()
+    splice_rows = [line for line in splices_table.splitlines()
+                   if re.match(r"\| (reconstruction|cut|paste) \| shipped autoencoder \| ", line)]
+    assert [line.split(" | ")[0] for line in splice_rows] == ["| reconstruction", "| cut", "| paste"]
+    assert all(re.search(r"\| \d+\.\d\d \[\d+\.\d\d, \d+\.\d\d\] \| 4 \|", line) for line in splice_rows)
+    splices_figure = docs / "paper_tables" / f"{decoder_splices.KEY}.png"
+    assert splices_figure.stat().st_size > 10_000 and f"]({splices_figure.name})" in splices_table
+    assert "No paper claim" in splices_table and "## Claims" not in splices_table
+    assert all(f"{group} ≥ {target:g} dB: **" in splices_table for group, target in decoder_splices.TARGETS.items())
     not_covered = claims.split("## Not covered yet")[1]
     assert all(name in not_covered for name in portrait.VARIANTS) and "multitask" in not_covered
+    assert "Fig. 1" not in not_covered and "decoder splices" not in not_covered
 
     main(["bench", "paper", "--quick", "--docs", str(docs), "--cache", str(cache), "--trained", str(tmp_path)])
-    assert "0 rows computed, 56 reused" in capsys.readouterr().out
+    assert "0 rows computed, 59 reused" in capsys.readouterr().out
     assert (docs / "paper_claims.md").read_text().split("| paper |")[1] == claims.split("| paper |")[1]
 
 

@@ -165,6 +165,34 @@ def test_reconstruction_psnr_is_infinite_for_an_identity_autoencoder():
     assert all(v >= 20 - 1e-4 for v in noisy)
 
 
+def test_decode_splices_pair_scene_k_with_scene_half_plus_k_and_an_identity_decoder_gives_the_pixel_splice():
+    from retouch.train.evaluate_mini import decode_splices, splice_psnr
+    from retouch.world.heldout import HeldOutScenes
+
+    class Identity:  # latents are the pixels: every splice decodes to exactly its pixel splice
+        def encode(self, x):
+            return type("E", (), {"latent_dist": type("D", (), {"mode": lambda self: x})()})()
+
+        def decode(self, z):
+            return type("S", (), {"sample": z})()
+
+    images = torch.rand(4, 3, 8, 8)
+    objects = torch.zeros(4, 1, 8, 8)
+    objects[:, :, 2:5, 3:7] = 1
+    scenes = HeldOutScenes(images, [None] * 4, [""] * 4, objects)
+    decoded, pixel_splices = decode_splices(Identity(), scenes, kind=2)
+    assert torch.allclose(decoded, pixel_splices, atol=1e-6)
+    for k in range(2):  # pair k is scene k with scene 2 + k's objects pasted over it
+        expected = torch.where(objects[2 + k].bool(), images[2 + k], images[k])
+        assert torch.allclose(pixel_splices[k], expected, atol=1e-6)
+    cut, cut_pixels = decode_splices(Identity(), scenes, kind=1, seed=3)
+    for k in range(2):  # a straight cut: every pixel from one of the pair's scenes, and both appear
+        from_second = torch.isclose(cut_pixels[k], images[2 + k], atol=1e-6).all(dim=0)
+        assert (from_second | torch.isclose(cut_pixels[k], images[k], atol=1e-6).all(dim=0)).all()
+        assert from_second.any() and not from_second.all()
+    assert np.isinf(splice_psnr(Identity(), scenes, kind=1))
+
+
 # ---------------------------------------------------------------------------------------------
 # the shipped models
 # ---------------------------------------------------------------------------------------------

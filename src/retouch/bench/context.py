@@ -15,7 +15,8 @@ class Run:
 
     ``scenes`` is the length of each table's fixed scene list (the first ``scenes`` held-out scenes that
     fit the table, never picked), ``steps`` the sampler steps of every system, ``quick`` marks a smoke
-    run. Models are loaded only when a row has to be computed, so a fully cached run loads nothing.
+    run. Models are loaded only when a row has to be computed, so a fully cached run loads only the backbone
+    (PIXELS Fig. 1 is drawn on every run).
     """
 
     models: Path

@@ -151,7 +151,10 @@ class ClaimResult:
 
 @dataclass
 class Table:
-    """One paper table: its rows, metrics, claims and where its markdown (and figure) go."""
+    """One paper table: its rows, metrics, claims and where its markdown (and figures) go.
+
+    ``extra_figures``: further figures as (path, caption), linked after the first with their captions.
+    """
 
     key: str
     title: str
@@ -164,6 +167,7 @@ class Table:
     command: str
     figure: str | None = None
     notes: list[str] = field(default_factory=list)
+    extra_figures: list[tuple[str, str]] = field(default_factory=list)
 
     def metric(self, name: str) -> Metric:
         return next(m for m in self.metrics if m.name == name)
@@ -252,6 +256,8 @@ def render_table(table: Table) -> str:
                      f" | {row.scenes} | {row.seconds / max(1, row.scenes):.2f} | {'cached' if row.cached else 'new'} |")
     if table.figure:
         lines += ["", f"![{table.title}]({Path(table.figure).name})"]
+    for path, caption in table.extra_figures:
+        lines += ["", f"![{Path(path).stem}]({Path(path).name})", "", f"*{caption}*"]
     if table.notes:
         lines += ["", *table.notes]
     results = evaluate_claims(table)

@@ -12,6 +12,9 @@ picture". The same triples for every system. Measured as PIXELS §4 does:
   cubic kernel (Bińkowski et al. 2018) between the judge's features of the edits and of a fixed set of
   other held-out scenes. It is a statistic of the set, so its interval and paired test resample the
   triples (:func:`kid_of_subset`).
+
+A second figure redraws PIXELS Fig. 1 on every run (:func:`save_figure_one`: a ramp edit map, a two-exemplar
+single pass; a few edits, so not cached).
 """
 
 from __future__ import annotations
@@ -38,6 +41,9 @@ MAIN = f"strength {STRENGTH:g}"
 SWEEP = (0.3, 0.5, 0.7, 0.9, 1.0)
 QUICK_SWEEP = (0.3, 1.0)
 SWEPT = ("pixels-linear", "latent-surgery", "scaled-noise")
+#: Fig. 1's ramp rows are edited at these strengths besides the table's: the mini U-Net only knows one-background
+#: scenes and pulls a long edit back to one of them, so the transition shows best at moderate t_ds^max
+FIGURE_ONE_STRENGTHS = (0.4, 0.6)
 
 
 def held_out(world, count: int, skip: int = 0) -> list[int]:
@@ -231,13 +237,17 @@ def build(run) -> Table:
     notes = []
     if not save_tradeoff(rows + sweep, metrics, figure):
         figure, notes = None, ["No figure: matplotlib is not installed (`pip install -e '.[bench]'`)."]
+    figure_one = run.docs / f"{KEY}_fig1.png"
+    run.log(f"PIXELS: Fig. 1 ({run.steps} steps)")
+    save_figure_one(run.backbone, run.world, figure_one, steps=run.steps)
     description = (f"{count} held-out source/exemplar/map triples (the same for every system), {run.steps} DDIM "
                    f"steps, empty prompt; main rows at strength t_ds^max = {STRENGTH:g}, the sweep over "
                    f"{', '.join(f'{s:g}' for s in strengths)}. KID is against {real_count} other held-out scenes "
                    f"(judge features). References: the unedited source and a pixel paste through the map.")
     return Table(KEY, "PIXELS: adherence and realism against latent surgery and scaled noise, and the strength sweep",
                  "PIXELS", description, metrics, rows + sweep, CLAIMS + sweep_claims(strengths),
-                 time.perf_counter() - started, run.command, figure and str(figure), notes)
+                 time.perf_counter() - started, run.command, figure and str(figure), notes,
+                 [(str(figure_one), figure_one_caption(run.steps))])
 
 
 def save_tradeoff(rows, metrics, path) -> bool:
@@ -280,3 +290,55 @@ def plot_tradeoff(curves: dict[str, list[tuple[float, float, float]]], path) -> 
     figure.savefig(path)
     plt.close(figure)
     return True
+
+
+
+def figure_one_caption(steps: int, strength: float = STRENGTH) -> str:
+    strengths = " / ".join(f"{s:g}" for s in sorted({*FIGURE_ONE_STRENGTHS, strength}))
+    return (f"PIXELS Fig. 1 on the mini world ({steps} DDIM steps): four rows of a left-to-right ramp map (0 on the "
+            f"left fifth, 1 on the right 30 %) from a held-out source to an exemplar, PIXELS at strength {strengths} "
+            f"against latent surgery at {strength:g} with the binarised map; then two exemplars with their maps in "
+            f"one PIXELS pass at {strength:g}.")
+
+
+def save_figure_one(backbone, world, path, *, steps: int, strength: float = STRENGTH) -> None:
+    """PIXELS Fig. 1's two kinds of edit, on held-out scenes: a left→right ramp map between two backgrounds (four
+    sources, several strengths, latent surgery beside them), and a two-exemplar single pass."""
+    import torch
+
+    from retouch.bench.figures import save_labelled_rows
+    from retouch.edit_maps import linear_ramp_map
+    from retouch.methods.exemplar_baselines import BaselineConfig, exemplar_sdedit_latents
+    from retouch.methods.pixels import PixelsConfig, pixels_latents
+
+    # held-out scenes 400–411: none is in the table's triples (the first 2 × 100 held-out scenes)
+    scenes = [world.scene(i)[1] for i in held_out(world, 12, skip=400)]
+    image = lambda k: torch.from_numpy(scenes[k].image).permute(2, 0, 1).float()  # noqa: E731
+    # 0 on the left fifth, rising linearly, 1 on the right 30 %: Algorithm 1 pastes the exemplar only
+    # where μ_d = 0 (m = 1) and grows the edit from there, so a ramp without a fully edited part
+    # would never bring the exemplar in.
+    side = world.size
+    ramp = ((torch.linspace(0, 1, side) - 0.2) / 0.5).clamp(0, 1).expand(side, side)[None]
+    strengths = sorted({*FIGURE_ONE_STRENGTHS, strength})
+    rows, labels = [], []
+    for k in range(0, 8, 2):  # four ramp examples: source k, exemplar k + 1
+        source, exemplar = image(k), image(k + 1)
+        edits = [pixels_latents(backbone, source[None] * 2 - 1, [exemplar[None] * 2 - 1], [ramp[None]],
+                                PixelsConfig(strength=s, num_steps=steps)) for s in strengths]
+        surgery = exemplar_sdedit_latents(backbone, source[None] * 2 - 1, [exemplar[None] * 2 - 1], [ramp[None]],
+                                          BaselineConfig(strength=strength, num_steps=steps), scale_noise=False)
+        with torch.no_grad():
+            edited = ((backbone.decode_latents(torch.cat([*edits, surgery])) + 1) / 2).clamp(0, 1)
+        rows.append([source, exemplar, ramp, *edited])
+        labels.append(["source", "exemplar", "ramp map", *(f"PIXELS {s:g}" for s in strengths),
+                       f"surgery {strength:g}"])
+    source, first, second = image(8), image(9), image(10)
+    first_map, second_map = (torch.from_numpy(linear_ramp_map(scenes[k].masks.any(axis=0), MAP_RAMP)).float()[None]
+                             for k in (9, 10))
+    latents = pixels_latents(backbone, source[None] * 2 - 1, [first[None] * 2 - 1, second[None] * 2 - 1],
+                             [first_map[None], second_map[None]], PixelsConfig(strength=strength, num_steps=steps))
+    with torch.no_grad():
+        edited = ((backbone.decode_latents(latents) + 1) / 2).clamp(0, 1)[0]
+    rows.append([source, first, first_map, second, second_map, edited])
+    labels.append(["source", "exemplar 1", "map 1", "exemplar 2", "map 2", "PIXELS, one pass"])
+    save_labelled_rows(rows, path, labels)

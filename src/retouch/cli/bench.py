@@ -15,7 +15,8 @@ def bench() -> None:
 
 
 @bench.command("paper")
-@click.option("--tables", default=None, help="comma-separated tables (default: all covered ones: pix2pix-zero,pixels,portrait)")
+@click.option("--tables", default=None,
+              help="comma-separated tables (default: all covered ones: pix2pix-zero,pixels,portrait,decoder-splices)")
 @click.option("--quick", is_flag=True,
               help="every table tiny (4 scenes, 4 steps), written under out/paper-quick/: a smoke test")
 @click.option("--scenes", type=click.IntRange(min=2), default=None,

@@ -54,23 +54,30 @@ def reconstruction_psnr(vae, images01: torch.Tensor, batch: int = 32) -> list[fl
 
 
 @torch.no_grad()
-def splice_psnr(vae, scenes: HeldOutScenes, kind: int, seed: int = 0) -> float:
-    """Mean PSNR of decoding latent splices of held-out scene pairs against the pixel splice.
+def decode_splices(vae, scenes: HeldOutScenes, kind: int, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """The decoder's reading of latent splices of held-out scene pairs, and the pixel splices of the same cells.
 
-    ``kind`` 1: a straight cut between two scenes (a two-background image, as a ramp edit map makes);
-    2: the second scene's objects pasted into the first (latent surgery). Posterior modes, as the
-    editing methods encode. A decoder that only knows whole scenes scores far below its plain
-    reconstruction PSNR here.
+    Pair k is scene k and scene ``P + k`` (P = half the scenes). ``kind`` 1: a straight cut between the two
+    scenes (a two-background image, as a ramp edit map makes); 2: the second scene's objects pasted into
+    the first (latent surgery). Posterior modes, as the editing methods encode; the cuts' places are drawn
+    from ``seed``. Both (P, 3, H, W) in [0, 1].
     """
-    from retouch.metrics import psnr
     from retouch.train.mini import latent_composites
 
     half = len(scenes.images) // 2
     first, second = scenes.images[:half] * 2 - 1, scenes.images[half:2 * half] * 2 - 1
     latents, target = latent_composites(vae, first, second, scenes.object_masks[half:2 * half],
                                         np.random.default_rng(seed), sample=False, kinds=(kind,))
-    decoded = vae.decode(latents).sample
-    return float(np.mean([float(psnr((d + 1) / 2, (t + 1) / 2)) for d, t in zip(decoded.clamp(-1, 1), target)]))
+    return (vae.decode(latents).sample.clamp(-1, 1) + 1) / 2, (target + 1) / 2
+
+
+def splice_psnr(vae, scenes: HeldOutScenes, kind: int, seed: int = 0) -> float:
+    """Mean PSNR (dB, peak 1) of the pairs' decoded latent splices against their pixel splices
+    (:func:`decode_splices`). A decoder that only knows whole scenes scores far below its plain
+    reconstruction PSNR here."""
+    from retouch.metrics import psnr
+
+    return float(psnr(*decode_splices(vae, scenes, kind, seed)).mean())
 
 
 def evaluate_vae(vae, world, count: int = 256) -> dict:
