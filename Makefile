@@ -7,7 +7,8 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-$(shell cat requirements.txt pyproject.toml | sha1sum | cut -c1-12)
 DEMO_OUT ?= out/demo
 
-.PHONY: demo test venv clean mini-models chromium multitask-models paper-tables paper-tables-quick portrait-variants
+.PHONY: demo test venv clean mini-models chromium multitask-models paper-tables paper-tables-quick \
+	portrait-variants distill-model
 
 venv: $(STAMP)
 
@@ -119,6 +120,14 @@ multitask-models: $(STAMP)
 	$(PY) benchmarks/multitask_control_curves.py --model $(MT_WORK)/ours/final --data $(MT_DATA) --split test --limit 12 \
 		--json docs/multitask_control_curves.json --plot docs/multitask_control_curves.png
 	$(VENV)/bin/retouch train ship multitask $(MT_WORK)/ours/final
+
+# pix2pix-zero distilled into a one-pass translator (§4.5, App. A) for the red->blue edit, at the settings of
+# benchmarks/distill_mini.py (`retouch train distill`'s defaults, DistillConfig's: 200 pix2pix-zero pairs of 25
+# steps on training scenes, App. A's filter, 600 steps at batch 32), in the folder where `retouch bench paper`
+# finds it (out/ + retouch.train.distill.trained_folder). Not shipped. Resumable: the pairs are cached, training
+# resumes from its checkpoints. About 2.5 h on one CPU thread of a busy machine (pairs ~7 s each, steps ~12 s).
+distill-model: $(STAMP)
+	HF_HUB_OFFLINE=1 $(VENV)/bin/retouch train distill --edit 'red->blue' --output-dir out/distill/red-to-blue
 
 # Every covered paper table on the shipped models, with 95 % intervals over 100 held-out scenes per cell,
 # and docs/paper_claims.md (one verdict per claim). Rows are cached under out/paper-tables and reused

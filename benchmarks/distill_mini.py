@@ -1,18 +1,20 @@
 """pix2pix-zero distilled into a feed-forward translator (§4.5) on the mini world: speed-up and quality.
 
     .venv/bin/python benchmarks/distill_mini.py [--edit red->blue] [--pairs 200] [--train-steps 600]
-        [--test 50] [--edit-steps 25] [--threads 2] [--out docs/distill_mini.md]
+        [--test 50] [--edit-steps 25] [--threads 2] [--work out/distill/red-to-blue] [--out docs/distill_mini.md]
 
 Collects and filters pix2pix-zero pairs on training-split scenes and trains the translator
-(``retouch.train.distill``), then edits ``--test`` held-out scenes both ways and reports, side by
-side: seconds per image (the diffusion edit's invert + edit vs one translator forward pass, each
-timed over the whole test set in this run), CLIP-Acc, background L1/SSIM outside the object and
-structure distance (the judge's ViT keys), as in ``ablation_mini.py``.
+(``retouch.train.distill``) in ``--work`` (default: the edit's folder under out/, where ``make
+distill-model`` trains it and ``retouch bench paper`` looks for it; the pairs are cached there and training
+resumes from its checkpoints, so a translator already trained there with the same settings is reused), then
+edits ``--test`` held-out scenes both ways and reports, side by side: seconds per image (the diffusion
+edit's invert + edit vs one translator forward pass, each image edited on its own and timed, as ``retouch
+bench paper`` does), CLIP-Acc, background L1/SSIM outside the object and structure distance (the judge's
+ViT keys), as in ``ablation_mini.py``.
 """
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 
 import torch
@@ -24,15 +26,25 @@ from retouch.distributed import exit_unless_main_process
 from retouch.edit_text import parse_edit
 from retouch.metrics import TransformersCLIPJudge, background_preservation, clip_accuracy, structure_distance
 from retouch.metrics.structure import TransformersViTSpatial
-from retouch.train.distill import DistillConfig, distill, load_translator, pix2pix_zero_edits, translate
+from retouch.train.distill import (
+    DistillConfig,
+    distill,
+    final_translator,
+    load_translator,
+    pix2pix_zero_edits,
+    time_per_image,
+    trained_folder,
+    translate,
+)
 from retouch.world import World
 from retouch.world.edits import edit_scenes
 
 
 def main():
-    args = script_parser(__doc__, edit="red->blue", pairs=200, train_steps=600, test=50, edit_steps=25, threads=2,
+    args = script_parser(__doc__, edit=DistillConfig.edit, pairs=DistillConfig.pairs,
+                         train_steps=DistillConfig.train_steps, test=50, edit_steps=DistillConfig.edit_steps, threads=2,
                          batch=DistillConfig.batch, clip_increase=DistillConfig.clip_increase,
-                         inside_fraction=DistillConfig.inside_fraction, work="out/distill",
+                         inside_fraction=DistillConfig.inside_fraction, work=None,
                          out=Path("docs/distill_mini.md")).parse_args()
     torch.set_num_threads(args.threads)
 
@@ -40,23 +52,21 @@ def main():
     backbone = load_backbone("mini")
     judge = TransformersCLIPJudge(MINI_DIR / "judge")
     structure = TransformersViTSpatial(MINI_DIR / "judge")
-    config = DistillConfig(edit=args.edit, output_dir=args.work, pairs=args.pairs, train_steps=args.train_steps,
+    work = args.work or str(Path("out") / trained_folder(args.edit))
+    config = DistillConfig(edit=args.edit, output_dir=work, pairs=args.pairs, train_steps=args.train_steps,
                            edit_steps=args.edit_steps, batch=args.batch, clip_increase=args.clip_increase,
                            inside_fraction=args.inside_fraction)
     report = distill(backbone, judge, world, config)
-    model = load_translator(Path(args.work) / "translator" / "final")
+    model = load_translator(final_translator(work))
 
     edit = parse_edit(args.edit)
     scenes = edit_scenes(world, edit.source, edit.target, args.test, split="test")
-    started = time.perf_counter()
-    diffusion = pix2pix_zero_edits(backbone, scenes.images, scenes.sources, args.edit, steps=args.edit_steps,
-                                   batch=25, seed=0)
-    diffusion_seconds = (time.perf_counter() - started) / args.test
+    diffusion, diffusion_seconds = time_per_image(lambda rows: pix2pix_zero_edits(
+        backbone, scenes.images[rows], [scenes.sources[k] for k in rows], args.edit, steps=args.edit_steps, batch=1,
+        seed=0), args.test)
     with torch.no_grad():
-        translate(model, scenes.images[:2])  # warm-up
-        started = time.perf_counter()
-        distilled = translate(model, scenes.images)
-        distilled_seconds = (time.perf_counter() - started) / args.test
+        distilled, distilled_seconds = time_per_image(lambda rows: translate(model, scenes.images[rows]), args.test)
+    diffusion_seconds, distilled_seconds = diffusion_seconds.mean(), distilled_seconds.mean()
 
     command = (f"python benchmarks/distill_mini.py --edit {args.edit} --pairs {args.pairs} "
                f"--train-steps {args.train_steps} --batch {args.batch} --test {args.test} --edit-steps {args.edit_steps} "

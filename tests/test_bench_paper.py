@@ -1,5 +1,6 @@
 """The paper-table harness: the row cache, claims over rows, and `retouch bench paper --quick` end to end."""
 
+import json
 import re
 
 import numpy as np
@@ -86,7 +87,7 @@ def test_an_unknown_table_is_one_line_and_exit_status_1(capsys):
         main(["bench", "paper", "--quick", "--tables", "nonsense"])
     assert exit_info.value.code == 1
     assert capsys.readouterr().err.strip().splitlines() == [
-        "retouch: error: unknown table nonsense; choose from pix2pix-zero, pixels, portrait, decoder-splices"]
+        "retouch: error: unknown table nonsense; choose from pix2pix-zero, distill, pixels, portrait, decoder-splices"]
 
 
 def test_kid_of_a_subset_is_the_unbiased_mmd_and_skips_a_triple_paired_with_itself():
@@ -101,16 +102,16 @@ def test_kid_of_a_subset_is_the_unbiased_mmd_and_skips_a_triple_paired_with_itse
 
 
 def test_quick_run_writes_tables_and_claims_then_reuses_every_row(tmp_path, capsys):
-    from retouch.bench import decoder_splices, pix2pix_zero, pixels, portrait
+    from retouch.bench import decoder_splices, distill, pix2pix_zero, pixels, portrait
     from retouch.cli import main
 
     docs, cache = tmp_path / "docs", tmp_path / "cache"
     # no trained variants in this folder, so the shipped models' rows only
     main(["bench", "paper", "--quick", "--docs", str(docs), "--cache", str(cache), "--trained", str(tmp_path)])
     out = capsys.readouterr().out
-    # 18 pix2pix-zero, 18 PIXELS (the held-out set's features too), 20 portrait (10 systems × 2 directions),
-    # 3 decoder splices (reconstruction, cut, paste)
-    assert "59 rows computed, 0 reused" in out
+    # 18 pix2pix-zero, 1 distillation (pix2pix-zero alone: no translator), 18 PIXELS (the held-out set's
+    # features too), 20 portrait (10 systems × 2 directions), 3 decoder splices (reconstruction, cut, paste)
+    assert "60 rows computed, 0 reused" in out
 
     table = (docs / "paper_tables" / f"{pix2pix_zero.KEY}.md").read_text()
     rows = [line for line in table.splitlines()
@@ -125,6 +126,7 @@ def test_quick_run_writes_tables_and_claims_then_reuses_every_row(tmp_path, caps
     claim_rows = [line for line in claims.splitlines() if line.split(" | ")[0] in ("| pix2pix-zero", "| zeroCon",
                                                                                    "| PIXELS", "| portrait MCDM")]
     expected = [(claim, pix2pix_zero.KEY) for claim in pix2pix_zero.CLAIMS] + \
+        [(claim, distill.KEY) for claim in distill.claims()] + \
         [(claim, pixels.KEY) for claim in pixels.CLAIMS + pixels.sweep_claims(pixels.QUICK_SWEEP)] + \
         [(claim, portrait.KEY) for claim in portrait.claims()]
     assert len(claim_rows) == len(expected)
@@ -164,12 +166,24 @@ def test_quick_run_writes_tables_and_claims_then_reuses_every_row(tmp_path, caps
     assert splices_figure.stat().st_size > 10_000 and f"]({splices_figure.name})" in splices_table
     assert "No paper claim" in splices_table and "## Claims" not in splices_table
     assert all(f"{group} ≥ {target:g} dB: **" in splices_table for group, target in decoder_splices.TARGETS.items())
+    distill_table = (docs / "paper_tables" / f"{distill.KEY}.md").read_text()
+    distill_rows = [line for line in distill_table.splitlines() if line.startswith("| red->blue | ")]
+    assert len(distill_rows) == 1 and f"| {distill.DIFFUSION} |" in distill_rows[0]
+    assert distill_rows[0].count(" [") == len(distill.METRICS) and "| 4 |" in distill_rows[0]
+    assert (docs / "paper_tables" / f"{distill.KEY}.png").stat().st_size > 5_000
+    # its pix2pix-zero row is Table 2's config E on the same scenes, though edited one at a time to be timed
+    config_e, = (cache / pix2pix_zero.KEY).glob("E_red__blue-*.json")
+    diffusion, = (cache / distill.KEY).glob("pix2pix_zero_red__blue-*.json")
+    config_e, diffusion = (json.loads(path.read_text())["values"] for path in (config_e, diffusion))
+    assert all(diffusion[name] == pytest.approx(values, abs=1e-4) for name, values in config_e.items())
     not_covered = claims.split("## Not covered yet")[1]
     assert all(name in not_covered for name in portrait.VARIANTS) and "multitask" in not_covered
     assert "Fig. 1" not in not_covered and "decoder splices" not in not_covered
+    assert "the red->blue translator" in not_covered and "make distill-model" in not_covered
+    assert "the distillation table" not in not_covered
 
     main(["bench", "paper", "--quick", "--docs", str(docs), "--cache", str(cache), "--trained", str(tmp_path)])
-    assert "0 rows computed, 59 reused" in capsys.readouterr().out
+    assert "0 rows computed, 60 reused" in capsys.readouterr().out
     assert (docs / "paper_claims.md").read_text().split("| paper |")[1] == claims.split("| paper |")[1]
 
 
@@ -207,3 +221,69 @@ def test_trained_portrait_variants_become_rows_with_their_claims_where_their_fol
     shutil.rmtree(tmp_path / "trained" / portrait.VARIANTS[portrait.NO_SPATIAL])
     main(args)
     assert f"0 rows computed, {rows - 2} reused" in capsys.readouterr().out
+
+
+def test_a_trained_translator_becomes_a_row_with_its_claims_where_its_folder_exists(tmp_path, capsys):
+    """pix2pix-zero's distilled translator (§4.5) is not shipped: trained under --trained, it is a row beside
+    pix2pix-zero's on the same scenes (cached on its own weights), with §4.5's claims; without it, not covered."""
+    import shutil
+
+    from retouch.backbone import MINI_DIR, build_tiny
+    from retouch.bench import distill
+    from retouch.cli import main
+    from retouch.metrics import TransformersCLIPJudge
+    from retouch.train.distill import DistillConfig, final_translator, trained_folder
+    from retouch.train.distill import distill as train_translator
+    from retouch.world import World
+
+    work = tmp_path / "trained" / trained_folder("red->blue")
+    tiny = dict(edit="red->blue", model="tiny-sd", output_dir=str(work), pairs=2, edit_steps=2, edit_batch=2,
+                batch=2, clip_increase=-2.0, inside_fraction=0.0)
+    judge = TransformersCLIPJudge(MINI_DIR / "judge")
+    train_translator(build_tiny("tiny-sd"), judge, World(seed=0, size=64), DistillConfig(train_steps=2, **tiny))
+    docs, cache = tmp_path / "docs", tmp_path / "cache"
+    # six scenes: the fewest at which a paired test of six differences of one sign is significant
+    args = ["bench", "paper", "--quick", "--scenes", "6", "--tables", "distill", "--docs", str(docs), "--cache",
+            str(cache), "--trained", str(tmp_path / "trained")]
+    main(args)
+    assert "2 rows computed, 0 reused" in capsys.readouterr().out
+    table = (docs / "paper_tables" / f"{distill.KEY}.md").read_text()
+    rows = [line for line in table.splitlines() if line.startswith("| red->blue | ")]
+    assert [line.split(" | ")[1] for line in rows] == [distill.DIFFUSION, distill.TRANSLATOR]
+    assert all(line.count(" [") == len(distill.METRICS) and "| 6 |" in line for line in rows)
+    assert f"red->blue (`{final_translator(work)}`: 2 of 2 pix2pix-zero pairs of 2 steps kept, 2 training steps" \
+        in table and "Speed-up on red->blue" in table and "Missing" not in table
+
+    claims = (docs / "paper_claims.md").read_text()
+    expected = distill.claims({"red->blue": None})
+    claim_rows = [line for line in claims.splitlines() if f"](paper_tables/{distill.KEY}.md)" in line]
+    assert len(expected) == 5 and len(claim_rows) == len(expected)
+    for line, claim in zip(claim_rows, expected):
+        assert claim.statement in line and re.search(r"\*\*(holds|does not hold|cannot be told apart)\*\*", line)
+    # one forward pass of a small U-Net against a whole diffusion edit: faster on every one of the six scenes
+    assert f"**{HOLDS}**" in claim_rows[0] and "s/image" in claim_rows[0]
+    assert all(distill.PARITY in line for line in claim_rows[1:])
+    assert "translator" not in claims.split("## Not covered yet")[1]
+
+    # more training changes the translator's weights: its row alone is recomputed
+    train_translator(build_tiny("tiny-sd"), judge, World(seed=0, size=64), DistillConfig(train_steps=3, **tiny))
+    main(args)
+    assert "1 rows computed, 1 reused" in capsys.readouterr().out
+    shutil.rmtree(work)
+    main(args)
+    assert "0 rows computed, 1 reused" in capsys.readouterr().out
+    claims = (docs / "paper_claims.md").read_text()
+    assert not any(f"](paper_tables/{distill.KEY}.md)" in line for line in claims.splitlines())
+    assert "the red->blue translator" in claims.split("## Not covered yet")[1]
+
+
+def test_make_distill_model_trains_the_translator_where_the_bench_looks_for_it():
+    from pathlib import Path
+
+    from retouch.bench import distill
+    from retouch.train.distill import trained_folder
+
+    makefile = (Path(__file__).parents[1] / "Makefile").read_text()
+    recipe = makefile.split("\ndistill-model:")[1].split("\n\n")[0]
+    assert distill.EDITS == ("red->blue",)
+    assert "--edit 'red->blue'" in recipe and f"--output-dir out/{trained_folder('red->blue').as_posix()}" in recipe

@@ -14,6 +14,7 @@ from retouch.train.distill import (
     keep_pairs,
     load_translator,
     pair_scores,
+    time_per_image,
     translate,
     translator_unet,
 )
@@ -64,6 +65,18 @@ def test_a_translator_with_a_zero_residual_is_the_identity():
     images = torch.rand(2, 3, 64, 64, generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
         assert torch.allclose(translate(model, images), images, atol=1e-6)
+
+
+def test_time_per_image_edits_each_image_alone_after_one_untimed_warm_up():
+    calls = []
+
+    def edit(rows):
+        calls.append(list(rows))
+        return torch.full((len(rows), 3, 2, 2), float(rows[0]))
+
+    edited, seconds = time_per_image(edit, 3)
+    assert calls == [[0], [0], [1], [2]]
+    assert edited[:, 0, 0, 0].tolist() == [0.0, 1.0, 2.0] and seconds.shape == (3,) and (seconds >= 0).all()
 
 
 @pytest.mark.skipif(not (MINI_DIR / "judge" / "config.json").is_file(), reason="shipped mini judge absent")

@@ -29,7 +29,7 @@ class Run:
     batch: int = 25
     log: object = print
     command: str = "retouch bench paper"
-    trained: Path = Path("out")  #: where trained, unshipped variants live (bench.portrait.VARIANTS)
+    trained: Path = Path("out")  #: where trained, unshipped models live (bench.portrait, bench.distill)
     extra_settings: dict = field(default_factory=dict)
 
     def model_files(self, *names: str) -> dict[str, Path]:

@@ -16,10 +16,9 @@ from pathlib import Path
 from retouch.errors import RetouchError
 
 #: Tables the command can build, in the order they run.
-TABLES = ("pix2pix-zero", "pixels", "portrait", "decoder-splices")
+TABLES = ("pix2pix-zero", "distill", "pixels", "portrait", "decoder-splices")
 #: What the issue asks for that this command does not measure yet.
 NOT_COVERED = (
-    "pix2pix-zero: the distillation table (benchmarks/distill_mini.py)",
     "multitask: Tables 2–4 with intervals and paired tests are `benchmarks/multitask_tables.py` "
     "(docs/multitask_tables.md), on the baselines `make multitask-models` trains, which are not shipped; Table 5 "
     "(N-pair) and the f_θ-depth rows of Table 4 are not trained yet",
@@ -29,10 +28,10 @@ FULL = {"scenes": 100, "steps": 50}
 
 
 def builders() -> dict:
-    from retouch.bench import decoder_splices, pix2pix_zero, pixels, portrait
+    from retouch.bench import decoder_splices, distill, pix2pix_zero, pixels, portrait
 
-    return {"pix2pix-zero": pix2pix_zero.build, "pixels": pixels.build, "portrait": portrait.build,
-            "decoder-splices": decoder_splices.build}
+    return {"pix2pix-zero": pix2pix_zero.build, "distill": distill.build, "pixels": pixels.build,
+            "portrait": portrait.build, "decoder-splices": decoder_splices.build}
 
 
 def write_text(path: Path, text: str) -> None:
@@ -50,9 +49,10 @@ def run_paper_tables(*, tables: list[str] | None = None, quick: bool = False, sc
     """Build the chosen tables (all by default) and write their markdown and the claims page.
 
     ``trained`` is where unshipped trained variants are looked for (default ``out/``; see
-    :data:`retouch.bench.portrait.VARIANTS`). ``quick`` makes every table tiny (:data:`QUICK`) and, unless
-    ``docs``/``cache`` are given, writes under ``out/paper-quick/`` so a smoke run never replaces the real tables. Returns a summary: the files
-    written, the wall time of each table and of the whole run, rows computed and reused.
+    :data:`retouch.bench.portrait.VARIANTS`, :func:`retouch.train.distill.trained_folder`). ``quick`` makes every
+    table tiny (:data:`QUICK`) and, unless ``docs``/``cache`` are given, writes under ``out/paper-quick/`` so a
+    smoke run never replaces the real tables. Returns a summary: the files written, the wall time of each table
+    and of the whole run, rows computed and reused.
     """
     from retouch.backbone import MINI_DIR
     from retouch.bench.context import Run
@@ -104,12 +104,14 @@ def run_paper_tables(*, tables: list[str] | None = None, quick: bool = False, sc
 
 
 def missing_variants(run, chosen) -> list[str]:
-    """A "not covered" line for the portrait variants that have not been trained here."""
+    """A "not covered" line for the trained models (portrait variants, distilled translators) not found here."""
+    from retouch.bench import distill
     from retouch.bench.portrait import VARIANTS, present_variants
 
     missing = [name for name in VARIANTS if name not in present_variants(run)] if "portrait" in chosen else []
-    return ([f"portrait: {', '.join(missing)} (trained variants, not shipped; `make portrait-variants` trains them "
-             f"under {run.trained}/portrait/)"] if missing else [])
+    lines = ([f"portrait: {', '.join(missing)} (trained variants, not shipped; `make portrait-variants` trains them "
+              f"under {run.trained}/portrait/)"] if missing else [])
+    return lines + (distill.missing(run) if "distill" in chosen else [])
 
 
 def render_claims_page(tables, results, total: float, command: str, scenes: int, steps: int,

@@ -100,26 +100,36 @@ def decode_thumbs(stored: dict) -> np.ndarray:
 
 def measure_edit(run, system: str, edit_text: str, scenes) -> tuple[dict, dict]:
     """Per-scene values of every metric for one system on one edit's scenes, and the first edits as thumbs."""
+    edited = edit_images(run, system, edit_text, scenes.images, scenes.sources)
+    return score_edit(run, edit_text, scenes, edited), {"thumbs": encode_thumbs(edited)}
+
+
+def edit_images(run, system: str, edit_text: str, images01, captions: list[str]):
+    """One system's edits of ``images01`` (N, 3, H, W) in [0, 1], each image with its own caption."""
+    from retouch.methods import edit_by_caption
+
+    return edit_by_caption(run.backbone, images01, captions,
+                           lambda caption: make_run(system, edit_text, caption, run.steps, run.seed), run.batch)
+
+
+def score_edit(run, edit_text: str, scenes, edited) -> dict:
+    """Per-scene values of every metric of :data:`METRICS` for ``edited``, the edits of ``scenes``."""
     import torch
 
     from retouch.edit_text import parse_edit
-    from retouch.methods import edit_by_caption
     from retouch.metrics import clip_accuracy, structure_distance
     from retouch.train.evaluate_edits import score_edits
 
     target = parse_edit(edit_text).target
-    edited = edit_by_caption(run.backbone, scenes.images, scenes.sources,
-                             lambda caption: make_run(system, edit_text, caption, run.steps, run.seed), run.batch)
     with torch.no_grad():
         scores = score_edits(scenes, edited, target, run.probes, run.judge, run.world.vocabularies)
         clip_acc = clip_accuracy(run.judge, edited, scenes.sources, scenes.targets)
         structure = structure_distance(run.structure, scenes.images, edited)
     kept = np.mean(np.stack([v.astype(float) for v in scores.kept.values()]), axis=0) if scores.kept else \
         np.ones(len(edited))
-    values = {"clip_acc": clip_acc.numpy(), "probe_success": scores.probe_success.astype(float),
-              "judge_success": scores.judge_success.astype(float), "kept": kept,
-              "bg_l1": scores.background_l1, "structure": structure.numpy(), "centre_moved": scores.centre_moved}
-    return values, {"thumbs": encode_thumbs(edited)}
+    return {"clip_acc": clip_acc.numpy(), "probe_success": scores.probe_success.astype(float),
+            "judge_success": scores.judge_success.astype(float), "kept": kept,
+            "bg_l1": scores.background_l1, "structure": structure.numpy(), "centre_moved": scores.centre_moved}
 
 
 def build(run) -> Table:

@@ -52,6 +52,17 @@ class DistillConfig:
     seed: int = 0
 
 
+def trained_folder(edit: str) -> Path:
+    """The work folder of ``edit``'s translator under the trained-models root (``out/``): ``make distill-model``
+    and ``benchmarks/distill_mini.py`` train there, ``retouch bench paper`` looks there (``--trained``)."""
+    return Path("distill") / edit.replace("->", "-to-")
+
+
+def final_translator(output_dir: str | Path) -> Path:
+    """Where :func:`distill` saves the trained translator of a work folder."""
+    return Path(output_dir) / "translator" / "final"
+
+
 @dataclass
 class DistillPairs:
     inputs: torch.Tensor  # (N, 3, H, W) in [0, 1]
@@ -115,6 +126,24 @@ def translate(model, images01: torch.Tensor) -> torch.Tensor:
     x = images01 * 2 - 1
     t = torch.zeros(x.shape[0], dtype=torch.long, device=x.device)
     return ((x + model(x, t).sample + 1) / 2).clamp(0, 1)
+
+
+def time_per_image(edit_images, count: int) -> tuple[torch.Tensor, np.ndarray]:
+    """Edit ``count`` images one at a time, timing each: §4.5's seconds per image, the wait for one edit.
+
+    ``edit_images(rows) -> (len(rows), 3, H, W)`` edits the images at indices ``rows``. Image 0 is edited
+    once more first, untimed, so one-off costs (models loaded lazily, first-call allocations) are billed to
+    no image. Returns the edits, in order, and the seconds each took.
+    """
+    import time
+
+    edit_images([0])
+    edited, seconds = [], []
+    for row in range(count):
+        started = time.perf_counter()
+        edited.append(edit_images([row]))
+        seconds.append(time.perf_counter() - started)
+    return torch.cat(edited), np.array(seconds)
 
 
 def augment(inputs: torch.Tensor, targets: torch.Tensor, rng: np.random.Generator):
@@ -243,7 +272,7 @@ def distill(backbone, judge, world, config: DistillConfig) -> dict:
     model, result = train_translator(kept, config)
     report.update(train_seconds=result.seconds, train_samples_per_second=result.samples_per_second)
     if is_main_process():  # every process holds the same synchronised weights
-        model.save_pretrained(out / "translator" / "final")
+        model.save_pretrained(final_translator(out))
         (out / "distill.json").write_text(json.dumps(report, indent=2))
     wait_for_everyone()  # returning means the translator folder is complete, on every process
     return report
@@ -261,7 +290,7 @@ def distill_on_mini_world(config: DistillConfig, judge_dir: str | Path | None = 
     judge = TransformersCLIPJudge(judge_dir or MINI_DIR / "judge")
     report = distill(load_backbone(config.model), judge, World(seed=0), config)
     return (f"kept {report['pairs_kept']} of {report['pairs_collected']} pairs; translator in "
-            f"{Path(config.output_dir) / 'translator' / 'final'} (trained {report['train_seconds'] / 60:.1f} min)")
+            f"{final_translator(config.output_dir)} (trained {report['train_seconds'] / 60:.1f} min)")
 
 
 def load_translator(folder: str | Path):
