@@ -559,6 +559,34 @@ def test_residual_loss_is_the_x0_error_and_the_sliders_reach_a_pixel_model():
             multitask_loss(model.denoiser, schedule.alphas_cumprod, target, source, small, vectors, loss_space="v")
 
 
+def test_snr_weight_cap_weights_the_x0_error_by_clamped_root_snr():
+    """--snr-weight-cap: each example's x̂₀ error × clamp(√SNR_t, 1, cap); cap 1 is the uniform loss, and
+    high noise levels (√SNR < 1) keep weight 1."""
+    torch.manual_seed(0)
+    model = _pixel_model()
+    schedule = NoiseSchedule.from_scheduler_config(model.scheduler_config)
+    alphas = schedule.alphas_cumprod
+    source, target, small = torch.rand(64, 3, 8, 8), torch.rand(64, 3, 8, 8), torch.zeros(64, 3, 8, 8)
+    vectors = EditingVector(grain=0.05).as_tensor()[None].expand(64, -1)
+    draw = torch.Generator().manual_seed(7)
+    t = torch.randint(0, len(alphas), (64,), generator=draw)
+    noise = torch.randn(target.shape, generator=draw)
+    from retouch.sampling import add_noise
+    with torch.no_grad():
+        error = (model.denoiser(add_noise(target, noise, alphas[t]), t, source, small, vectors) - target).abs()
+        root_snr = (alphas[t] / (1 - alphas[t])).sqrt()
+        assert root_snr.min() < 1 < 5 < root_snr.max()  # the draw spans both clamps
+        expected = (error * root_snr.clamp(1, 5)[:, None, None, None]).mean()
+        loss = {cap: multitask_loss(model.denoiser, alphas, target, source, small, vectors,
+                                    torch.Generator().manual_seed(7), snr_weight_cap=cap) for cap in (1.0, 5.0)}
+    torch.testing.assert_close(loss[5.0], expected)
+    torch.testing.assert_close(loss[1.0], error.mean())
+    with pytest.raises(RetouchError, match="snr-weight-cap"):
+        from retouch.train.multitask import MultitaskTrainConfig
+
+        MultitaskTrainConfig(data="unused", output_dir="unused", snr_weight_cap=5.0).validate()
+
+
 def test_crop_windows_cut_target_and_source_and_keep_the_whole_reference(tiny_dataset):
     import torch.nn.functional as F
 

@@ -137,11 +137,15 @@ def train_probes(output, profile, model, judge_folder, train_scenes, test_scenes
                    "the zeroed source)")
 @click.option("--min-timestep", type=int, default=0, show_default=True,
               help="train on noise levels t ≥ this only (0 = all, the paper); 999 = direct regression from z_A")
+@click.option("--snr-weight-cap", type=float, default=1.0, show_default=True,
+              help="residual models: weight the x̂₀ error by clamp(√SNR_t, 1, cap), so low noise levels count as in "
+                   "the paper's ε loss (1 = uniform; not the paper)")
 @mixed_precision_option
 @seed_option()
 def train_multitask_command(data, output_dir, init, steps, batch, learning_rate, loss_p, architecture, conditioning,
                             labels, mapping_depth, loss_space, input_gain, space, prediction, block_conditioning, crop, tasks, task_weights, n_pair,
-                            n_pair_weight, identity_examples, hole_channel, min_timestep, mixed_precision, seed) -> None:
+                            n_pair_weight, identity_examples, hole_channel, min_timestep, snr_weight_cap, mixed_precision,
+                            seed) -> None:
     """Train the multi-task compositing model (multitask paper §3.2, §4.1) on a compositing dataset."""
     from retouch.train.multitask import MultitaskTrainConfig, parse_task_weights, train_multitask
 
@@ -154,7 +158,7 @@ def train_multitask_command(data, output_dir, init, steps, batch, learning_rate,
                                   block_conditioning=block_conditioning, crop=crop,
                                   tasks=tasks, task_weights=parse_task_weights(task_weights, tasks),
                                   n_pair=n_pair, n_pair_weight=n_pair_weight, min_timestep=min_timestep,
-                                  identity_examples=identity_examples, hole_channel=hole_channel,
+                                  snr_weight_cap=snr_weight_cap, identity_examples=identity_examples, hole_channel=hole_channel,
                                   mixed_precision=mixed_precision, seed=seed)
     _, report = train_multitask(config)
     say_trained(report, output_dir)

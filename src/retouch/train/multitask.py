@@ -54,7 +54,7 @@ N_PAIR_FEATURES = ("bottleneck", "labels")
 def multitask_loss(denoiser: MultitaskDenoiser, alphas_cumprod: torch.Tensor, target_latents, source_latents,
                    side, vectors, generator: torch.Generator | None = None, p: float = 1.0,
                    n_pair: str | None = None, n_pair_weight: float = 0.0, loss_space: str = "epsilon",
-                   min_timestep: int = 0):
+                   min_timestep: int = 0, snr_weight_cap: float = 1.0):
     """Eq. 2: E ‖ε_θ(z_0^A, I_ref, C, z_t^B, t) − ε‖_p^p with t uniform, p = 1 by default (mean over elements).
 
     ``n_pair`` adds ``n_pair_weight`` × the N-pair loss of Eq. 3 (§5, Table 5) on the U-Net's bottleneck
@@ -63,6 +63,13 @@ def multitask_loss(denoiser: MultitaskDenoiser, alphas_cumprod: torch.Tensor, ta
 
     A ``prediction="residual"`` denoiser (not the paper's) returns x̂₀ = z_A + D(·); its loss is then
     ‖x̂₀ − z_0^B‖_p^p, every noise level weighted alike.
+
+    ``snr_weight_cap`` > 1 (residual models; not the paper's) weights each example's x̂₀ error by
+    clamp(√SNR_t, 1, cap), SNR_t = ᾱ_t / (1 − ᾱ_t). The paper's ε-loss is this error weighted by √SNR_t exactly
+    (|ε̂ − ε| = √SNR_t · |x̂₀ − x₀|), so low noise levels, where x_t still shows the target's fine texture,
+    dominate it; the uniform x̂₀ loss gives them no more weight than any other level, and a model trained
+    with it learns to ignore x_t and return the texture's mean (film grain: docs/multitask.md). Clamped
+    at 1 from below so the high noise levels, where the layout is decided, keep their uniform weight.
 
     ``min_timestep`` > 0 (not the paper's) draws t from [min_timestep, T) only: at high noise x_t carries
     almost nothing of the target, so the loss cannot be met by copying x_t and must be met from z_A.
@@ -91,6 +98,9 @@ def multitask_loss(denoiser: MultitaskDenoiser, alphas_cumprod: torch.Tensor, ta
         if loss_space != "epsilon":
             raise RetouchError("--loss-space v reweights an ε prediction; a residual model's loss is on x̂₀ already")
         error = (prediction.float() - target_latents.float()).abs()
+        if snr_weight_cap > 1:
+            alpha = alphas_cumprod[t].to(error)
+            error = error * (alpha / (1 - alpha)).sqrt().clamp(1.0, snr_weight_cap)[:, None, None, None]
     else:
         error = (prediction.float() - noise.float()).abs()
     if loss_space == "v":
@@ -165,6 +175,8 @@ class MultitaskTrainConfig:
     crop: int | None = option(None, at_least=8)
     #: train on t ∈ [this, T) only (multitask_loss; not in the paper): 0 = every noise level
     min_timestep: int = option(0, at_least=0, at_most=999)
+    #: residual models: x̂₀ error weighted by clamp(√SNR_t, 1, cap) (multitask_loss; not in the paper); 1 = uniform
+    snr_weight_cap: float = option(1.0, at_least=1.0)
     #: also draw identity examples (label None: target = input, every task off), one label among the tasks.
     #: With prediction="residual" their zero residual pins D at zero under L1 and no local effect is learnt
     #: (docs/multitask.md, benchmarks/multitask_identity_check.py): turn them off there.
@@ -190,6 +202,8 @@ class MultitaskTrainConfig:
             raise RetouchError("--crop trains pixel-space diffusion models only (a latent window is not a crop)")
         if self.block_conditioning != "add" and self.space != "pixel":
             raise RetouchError("--block-conditioning builds pixel U-Nets; a latent model keeps its backbone's blocks")
+        if self.snr_weight_cap > 1 and self.prediction != "residual":
+            raise RetouchError("--snr-weight-cap weights a residual model's x̂₀ error; an ε loss is √SNR-weighted already")
         if self.prediction == "residual" and self.loss_space != "epsilon":
             raise RetouchError("--loss-space v reweights an ε prediction; drop it with --prediction residual")
         read_summary(Path(self.data))
@@ -363,7 +377,7 @@ def _diffusion_parts(config: MultitaskTrainConfig, data: TrainingSet, backbone):
         loss = multitask_loss(denoiser, schedule.alphas_cumprod, target_latents, source_latents, side,
                               vectors, generator, p=config.loss_p, n_pair=config.n_pair,
                               n_pair_weight=config.n_pair_weight, loss_space=config.loss_space,
-                              min_timestep=config.min_timestep)
+                              min_timestep=config.min_timestep, snr_weight_cap=config.snr_weight_cap)
         return loss, {}
 
     return model, model.denoiser, make_example_batch, loss_fn
