@@ -16,7 +16,8 @@ def bench() -> None:
 
 @bench.command("paper")
 @click.option("--tables", default=None,
-              help="comma-separated tables (default: all covered ones: pix2pix-zero,pixels,portrait,decoder-splices)")
+              help="comma-separated tables (default: all covered ones: pix2pix-zero,pixels,portrait,decoder-splices,"
+                   "multitask)")
 @click.option("--quick", is_flag=True,
               help="every table tiny (4 scenes, 4 steps), written under out/paper-quick/: a smoke test")
 @click.option("--scenes", type=click.IntRange(min=2), default=None,
@@ -30,7 +31,8 @@ def bench() -> None:
 @click.option("--models", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="the mini models' folder (default: the shipped one)")
 @click.option("--trained", type=click.Path(file_okay=False, path_type=Path), default=None,
-              help="where trained, unshipped variants are found (default out/; `make portrait-variants`)")
+              help="where trained, unshipped variants and data are found (default out/; `make portrait-variants`, "
+                   "compositing/ and mt-tables/ of `make multitask-models`)")
 @click.option("--fresh", is_flag=True, help="recompute every row instead of reusing the cache")
 @click.option("--batch", type=click.IntRange(min=1), default=25, show_default=True, help="scenes edited at once")
 @seed_option("world seed and seed of every system")
