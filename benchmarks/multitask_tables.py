@@ -36,22 +36,16 @@ from retouch.train.evaluate_multitask import (
     Unedited,
     compare_models,
     evaluate,
-    load_compositing_model,
+    load_system,
     multitask_table,
+    trained_folders,
 )
 
 MAIN_MODELS = ("unedited input", "ours", "palette", "pix2pix", "ours-single")  # Tables 2 and 3 ("palette" is Palette++)
 
 
 def load_models(work: Path) -> dict:
-    models, singles = {}, {}
-    for folder in sorted(p for p in work.iterdir() if (p / "final").is_dir()):
-        if folder.name.startswith("single-"):
-            singles[folder.name.removeprefix("single-")] = load_compositing_model(folder / "final")
-        else:
-            models[folder.name] = load_compositing_model(folder / "final")
-    if singles:
-        models["ours-single"] = singles
+    models = {name: load_system(folder) for name, folder in trained_folders(work).items()}
     if "ours" in models:  # the start the paper tried and dropped, as an ablation row
         models["ours-ddim-inversion"] = InvertedStart(models["ours"])
     models["unedited input"] = Unedited()  # the scale: what copying the input scores

@@ -87,7 +87,8 @@ def test_an_unknown_table_is_one_line_and_exit_status_1(capsys):
         main(["bench", "paper", "--quick", "--tables", "nonsense"])
     assert exit_info.value.code == 1
     assert capsys.readouterr().err.strip().splitlines() == [
-        "retouch: error: unknown table nonsense; choose from pix2pix-zero, distill, pixels, portrait, decoder-splices"]
+        "retouch: error: unknown table nonsense; choose from pix2pix-zero, distill, pixels, portrait, decoder-splices, "
+        "multitask"]
 
 
 def test_kid_of_a_subset_is_the_unbiased_mmd_and_skips_a_triple_paired_with_itself():
@@ -102,7 +103,7 @@ def test_kid_of_a_subset_is_the_unbiased_mmd_and_skips_a_triple_paired_with_itse
 
 
 def test_quick_run_writes_tables_and_claims_then_reuses_every_row(tmp_path, capsys):
-    from retouch.bench import decoder_splices, distill, pix2pix_zero, pixels, portrait
+    from retouch.bench import decoder_splices, distill, multitask, pix2pix_zero, pixels, portrait
     from retouch.cli import main
 
     docs, cache = tmp_path / "docs", tmp_path / "cache"
@@ -181,6 +182,9 @@ def test_quick_run_writes_tables_and_claims_then_reuses_every_row(tmp_path, caps
     assert "Fig. 1" not in not_covered and "decoder splices" not in not_covered
     assert "the red->blue translator" in not_covered and "make distill-model" in not_covered
     assert "the distillation table" not in not_covered
+    # no compositing benchmark under --trained: the multitask table is skipped and says what builds its data
+    assert not (docs / "paper_tables" / f"{multitask.KEY}.md").exists()
+    assert f"no compositing benchmark with test or photos crops at {tmp_path / multitask.DATA}" in not_covered
 
     main(["bench", "paper", "--quick", "--docs", str(docs), "--cache", str(cache), "--trained", str(tmp_path)])
     assert "0 rows computed, 60 reused" in capsys.readouterr().out
@@ -287,3 +291,62 @@ def test_make_distill_model_trains_the_translator_where_the_bench_looks_for_it()
     recipe = makefile.split("\ndistill-model:")[1].split("\n\n")[0]
     assert distill.EDITS == ("red->blue",)
     assert "--edit 'red->blue'" in recipe and f"--output-dir out/{trained_folder('red->blue').as_posix()}" in recipe
+
+
+def test_the_multitask_table_reads_the_compositing_benchmark_and_the_trained_baselines_found(tmp_path, capsys):
+    """Tables 2–4 and Fig. 4 on a tiny compositing benchmark under --trained: a row per (system, split, task) with
+    per-crop intervals for the shipped model, the input and the one baseline found (a stand-in: a copy of the
+    shipped model as Palette++), the slider rows of both ends, every claim with a verdict, and the curves."""
+    import shutil
+
+    from retouch.backbone import MINI_DIR
+    from retouch.bench import multitask
+    from retouch.cli import main
+    from retouch.data.compositing import CompositingConfig, build_compositing_dataset
+
+    trained = tmp_path / "trained"
+    trained.mkdir()
+    # four dead-leaves crops all in the test split, and one crop of each of the eight photographs
+    build_compositing_dataset(CompositingConfig(world_scenes=0, dead_leaves=4, photos=True, crop=32, crops_per_image=1,
+                                                grain_samples=4, split=(0.0, 0.0, 1.0)), trained / multitask.DATA)
+    shutil.copytree(MINI_DIR / "multitask", trained / multitask.BASELINES / "palette" / "final")
+    docs, cache = tmp_path / "docs", tmp_path / "cache"
+    args = ["bench", "paper", "--quick", "--tables", "multitask", "--docs", str(docs), "--cache", str(cache),
+            "--trained", str(trained)]
+    main(args)
+    tasks = len(multitask.SINGLE_TASKS) + len(multitask.COMBINATIONS)
+    table_rows, slider_rows = 3 * 2 * tasks, 4 * 2 * 2 + 3  # 3 systems × 2 splits; 4 sliders × 2 ends × 2, colour
+    assert f"{table_rows + slider_rows} rows computed, 0 reused" in capsys.readouterr().out
+
+    table = (docs / "paper_tables" / f"{multitask.KEY}.md").read_text()
+    rows = [line for line in table.splitlines() if re.match(r"\| (test|photos): ", line)]
+    assert len(rows) == table_rows
+    assert {line.split(" | ")[1] for line in rows} == {multitask.OURS, multitask.UNEDITED, multitask.PALETTE}
+    assert all(line.count(" [") == 2 and "| 4 |" in line for line in rows)  # L1 and SSIM over the first 4 crops
+    sweep = [line for line in table.splitlines() if re.match(r"\| (blur|grain|sharpen|colour)", line)]
+    assert len(sweep) == slider_rows and all(line.count(" [") == 1 for line in sweep)
+    assert (docs / "paper_tables" / f"{multitask.KEY}.png").stat().st_size > 10_000
+
+    claims = (docs / "paper_claims.md").read_text()
+    expected = multitask.claims({multitask.PALETTE: None}, multitask.swept_values(True))
+    # ours vs the input and vs Palette++, on single tasks and on combinations, × L1, SSIM; then 4 sliders × (model,
+    # operator) and the colour transfer × (model, operator)
+    assert len(expected) == 2 * 2 * 2 + 4 * 2 + 2
+    lines = [line for line in claims.splitlines() if line.startswith(f"| {multitask.P} |")]
+    assert len(lines) == len(expected)
+    for line, claim in zip(lines, expected):
+        assert claim.statement in line and f"](paper_tables/{multitask.KEY}.md)" in line
+        verdict = re.search(r"\*\*(holds|does not hold|cannot be told apart)\*\*", line)
+        assert verdict, line
+        p_value = float(line.split(" | ")[7])
+        if p_value != 0.05:
+            assert (verdict.group(1) == UNCLEAR) == (p_value > 0.05)
+    # the stand-in has the shipped model's weights: the same edits, so it cannot be told apart from ours
+    parity = [line for line in lines if "than Palette++" in line or "outperforms Palette++" in line]
+    assert len(parity) == 4 and all("**cannot be told apart**" in line for line in parity)
+    not_covered = claims.split("## Not covered yet")[1]
+    assert all(name in not_covered for name in (multitask.PIX2PIX, multitask.NO_LABELS, multitask.OURS_SINGLE))
+    assert multitask.PALETTE not in not_covered
+
+    main(args)
+    assert f"0 rows computed, {table_rows + slider_rows} reused" in capsys.readouterr().out

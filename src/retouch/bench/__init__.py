@@ -7,6 +7,7 @@
 - :mod:`~retouch.bench.pixels`: PIXELS against latent surgery and scaled noise, the strength sweep, Fig. 1.
 - :mod:`~retouch.bench.portrait`: the portrait paper's Table 1.
 - :mod:`~retouch.bench.decoder_splices`: the shipped autoencoder on latent splices (our targets, no paper's).
+- :mod:`~retouch.bench.multitask`: the multitask paper's Tables 2–4 and Fig. 4 on the compositing benchmark.
 - :mod:`~retouch.bench.paper`: the command: every table, then ``docs/paper_claims.md``.
 - :mod:`~retouch.bench.figures`: labelled contact sheets.
 

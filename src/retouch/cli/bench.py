@@ -17,7 +17,7 @@ def bench() -> None:
 @bench.command("paper")
 @click.option("--tables", default=None,
               help="comma-separated tables (default: all covered ones: pix2pix-zero,distill,pixels,portrait,"
-                   "decoder-splices)")
+                   "decoder-splices,multitask)")
 @click.option("--quick", is_flag=True,
               help="every table tiny (4 scenes, 4 steps), written under out/paper-quick/: a smoke test")
 @click.option("--scenes", type=click.IntRange(min=2), default=None,
@@ -31,8 +31,8 @@ def bench() -> None:
 @click.option("--models", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="the mini models' folder (default: the shipped one)")
 @click.option("--trained", type=click.Path(file_okay=False, path_type=Path), default=None,
-              help="where trained, unshipped models are found (default out/; `make portrait-variants`, "
-                   "`make distill-model`)")
+              help="where trained, unshipped models and data are found (default out/; `make portrait-variants`, "
+                   "`make distill-model`, compositing/ and mt-tables/ of `make multitask-models`)")
 @click.option("--fresh", is_flag=True, help="recompute every row instead of reusing the cache")
 @click.option("--batch", type=click.IntRange(min=1), default=25, show_default=True, help="scenes edited at once")
 @seed_option("world seed and seed of every system")

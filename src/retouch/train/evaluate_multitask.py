@@ -55,13 +55,12 @@ def cases(folder: Path, split: str, task: str, limit: int | None = None) -> list
         images, params = sample.images, sample.params
         source, reference = _tensor(images["source"]), _tensor(images["reference"])
         sharpen = tuple(params["sharpen"])
+        tasks = tasks_of(task)
         if task in MULTI_TASKS:
             if task not in images:
                 raise RetouchError(f"split '{split}' has no multi-task targets; use test or photos")
-            tasks = {_RECIPE_TO_TASK[field] for field in MULTI_TASKS[task]}
             target = _tensor(images[task])
         else:
-            tasks = {task}
             target_name = {"grain": GRAIN_NAMES[params["multi_grain"]], "inpaint": "source"}.get(task, task)
             target = _tensor(images[target_name])
         keep = 1 - _tensor(images["mask"]) if "inpaint" in tasks else None
@@ -75,6 +74,24 @@ def cases(folder: Path, split: str, task: str, limit: int | None = None) -> list
     return out
 
 
+def trained_folders(work: Path) -> dict[str, Path | dict[str, Path]]:
+    """The models ``make multitask-models`` trained under ``work``: run name → its ``final/`` folder for every run
+    that finished (``ours``, ``palette`` = Palette++, ``pix2pix``, ``no-labels``, other ablations), in name order,
+    then the single-task runs ``single-<task>`` gathered as ``"ours-single"``: task → folder (chained in ORDER)."""
+    found, singles = {}, {}
+    for folder in sorted(p for p in Path(work).iterdir() if (p / "final").is_dir()):
+        if folder.name.startswith("single-"):
+            singles[folder.name.removeprefix("single-")] = folder / "final"
+        else:
+            found[folder.name] = folder / "final"
+    return {**found, "ours-single": singles} if singles else found
+
+
+def tasks_of(task: str) -> set[str]:
+    """The single tasks a task or task combination (a key of ``MULTI_TASKS``) switches on."""
+    return {_RECIPE_TO_TASK[field] for field in MULTI_TASKS[task]} if task in MULTI_TASKS else {task}
+
+
 def load_compositing_model(folder: str | Path):
     """A multitask diffusion model (``multitask.json``) or a pix2pix GAN (``pix2pix.json``) folder."""
     from retouch.methods.multitask import load_multitask_model
@@ -83,6 +100,14 @@ def load_compositing_model(folder: str | Path):
     if (Path(folder) / "pix2pix.json").is_file():
         return Pix2PixGAN.load(folder)
     return load_multitask_model(str(folder))
+
+
+def load_system(folders: Path | dict[str, Path]):
+    """The model in a folder, or the single-task models of ``{task: folder}`` as one chained system (ours-single,
+    :func:`run_model`)."""
+    if isinstance(folders, dict):
+        return {task: load_compositing_model(folder) for task, folder in folders.items()}
+    return load_compositing_model(folders)
 
 
 @dataclass
