@@ -217,6 +217,37 @@ def test_cli_writes_a_dataset_with_a_manifest(tmp_path, capsys, loaded_judge):
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
 
 
+def test_refilter_rejects_halves_without_an_object_and_moves_their_files(tmp_path, capsys, loaded_judge):
+    """A pair whose halves show no object (drawn across the seam, or not at all) is not kept, and `retouch data
+    refilter` applies that to a stored dataset from its scores: flags, file places and counts."""
+    from retouch.data.pairs import scores_agree
+
+    found = {"colour_left": "red", "colour_right": "red", "footprint_left": [0.5, 0.5, 0.3],
+             "footprint_right": [0.52, 0.48, 0.33], "centre_shift": 0.02, "size_change": 0.09}
+    assert scores_agree(found)
+    assert not scores_agree({**found, "footprint_left": None, "footprint_right": None,
+                             "centre_shift": None, "size_change": None})
+    assert not scores_agree({**found, "colour_right": "blue"}) and not scores_agree({**found, "centre_shift": 0.2})
+
+    out = tmp_path / "hat"
+    assert run_cli(["data", "pairs", "--direction", "hat", "--count", "3", "--source", "renderer", "--out", out],
+                   capsys)[0] == 0
+    rows = [json.loads(line) for line in (out / "manifest.jsonl").read_text().splitlines()]
+    assert all(r["kept"] for r in rows)  # rendered pairs: one object each side
+    # as the first filter stored a seam-straddling pair: no footprint on either half, yet kept
+    rows[1]["scores"].update(footprint_left=None, footprint_right=None, centre_shift=None, size_change=None)
+    (out / "manifest.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    code, stdout, _ = run_cli(["data", "refilter", str(out)], capsys)
+    assert code == 0 and "kept 2 of 3" in stdout
+    again = [json.loads(line) for line in (out / "manifest.jsonl").read_text().splitlines()]
+    assert [r["kept"] for r in again] == [True, False, True]
+    assert again[1]["left"] == f"rejected/left/{rows[1]['index']:06d}.png" and (out / again[1]["right"]).is_file()
+    assert not (out / rows[1]["left"]).exists() and all((out / r["left"]).is_file() for r in again)
+    assert json.loads((out / "dataset.json").read_text())["kept"] == 2
+    code, _, err = run_cli(["data", "refilter", str(tmp_path)], capsys)
+    assert code == 1 and "not a pairs dataset" in err
+
+
 def test_cli_refuses_bad_input_with_one_line(tmp_path, capsys, loaded_judge):
     existing = tmp_path / "existing"
     existing.mkdir()

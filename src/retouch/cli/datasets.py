@@ -98,6 +98,18 @@ def data_pairs(ctx, output: Path, direction, count, source, model, steps, guidan
                f"({100 * summary['kept_fraction']:.0f} %)")
 
 
+@data.command("refilter")
+@click.argument("folder", type=click.Path(exists=True, file_okay=False, path_type=Path))
+def data_refilter(folder: Path) -> None:
+    """Apply the current pair filter to a `retouch data pairs` dataset again, from its stored scores."""
+    from retouch.data.pairs import refilter_pairs
+
+    if not (folder / "manifest.jsonl").is_file() or not (folder / "dataset.json").is_file():
+        raise RetouchError(f"'{folder}' is not a pairs dataset (no manifest.jsonl and dataset.json)")
+    summary = refilter_pairs(folder)
+    click.echo(f"refiltered {folder}: kept {summary['kept']} of {summary['pairs']} ({100 * summary['kept_fraction']:.0f} %)")
+
+
 @click.command("world")
 @click.option("-o", "--output", "folder", type=click.Path(file_okay=False, path_type=Path), required=True,
               help="folder for scene PNGs, mask PNGs and scenes.jsonl")

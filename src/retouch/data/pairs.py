@@ -313,13 +313,46 @@ def halves_agree(left: HalfDescription, right: HalfDescription, config: PairFilt
     shift = size = None
     if a is not None and b is not None:
         shift, size = round(abs(a[0] - b[0]), 4), round(abs(a[2] - b[2]) / max(a[2], b[2]), 4)
-        layout = shift <= config.max_centre_shift and size <= config.max_size_change
-    else:  # no object found on either half agrees; found on only one does not
-        layout = a is None and b is None
-    return {"kept": bool(left.colour == right.colour and layout),
-            "scores": {"colour_left": left.colour, "colour_right": right.colour, "footprint_left": a,
-                       "footprint_right": b, "centre_shift": shift, "size_change": size,
-                       "clip_cosine": round(float(left.embedding @ right.embedding), 4)}}
+    scores = {"colour_left": left.colour, "colour_right": right.colour, "footprint_left": a, "footprint_right": b,
+              "centre_shift": shift, "size_change": size, "clip_cosine": round(float(left.embedding @ right.embedding), 4)}
+    return {"kept": scores_agree(scores, config), "scores": scores}
+
+
+def scores_agree(scores: dict, config: PairFilter = PairFilter()) -> bool:
+    """The filter's verdict from a pair's stored ``scores``: the same colour, an object found on both halves, and
+    its footprints within the centre-shift and size limits.
+
+    A half with no object found fails: every pair of this world has one object, and where none is found it was
+    drawn across the seam between the halves (its colour then reaches the frame and reads as background) or
+    not drawn at all — 63 of the 191 generated hat pairs the first rule ("none on either half agrees") kept.
+    """
+    if scores["footprint_left"] is None or scores["footprint_right"] is None:
+        return False
+    return bool(scores["colour_left"] == scores["colour_right"] and scores["centre_shift"] <= config.max_centre_shift
+                and scores["size_change"] <= config.max_size_change)
+
+
+def refilter_pairs(folder: Path, config: PairFilter = PairFilter()) -> dict:
+    """Apply the filter again to a pairs dataset from its stored scores (no judge, no generation): each pair's
+    ``kept``, where its halves lie (``left/`` or ``rejected/left/``, the same for ``right``), and the summary's
+    counts. The manifest and summary are replaced whole; returns the new summary."""
+    folder = Path(folder)
+    rows = [json.loads(line) for line in (folder / "manifest.jsonl").read_text().splitlines()]
+    for row in rows:
+        row["kept"] = scores_agree(row["scores"], config)
+        for side in ("left", "right"):
+            name = ("" if row["kept"] else "rejected/") + f"{side}/{Path(row[side]).name}"
+            if name != row[side]:
+                os.replace(folder / row[side], folder / name)
+                row[side] = name
+    summary = json.loads((folder / "dataset.json").read_text())
+    kept = sum(row["kept"] for row in rows)
+    summary.update(kept=kept, kept_fraction=round(kept / max(1, len(rows)), 4), filter=asdict(config))
+    for name, text in (("manifest.jsonl", "".join(json.dumps(r) + "\n" for r in rows)),
+                       ("dataset.json", json.dumps(summary, indent=2))):
+        (folder / f"{name}.partial").write_text(text)
+        os.replace(folder / f"{name}.partial", folder / name)
+    return summary
 
 
 def pair_agreement(judge, left: torch.Tensor, right: torch.Tensor, config: PairFilter = PairFilter(), *,
