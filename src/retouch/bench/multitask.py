@@ -191,7 +191,8 @@ def build(run) -> Table | None:
         run.log(f"multitask: skipped, no compositing benchmark with test or photos crops at {data}")
         return None
     started = time.perf_counter()
-    counts = read_summary(data)["counts"]
+    summary = read_summary(data)
+    counts, grain_samples = summary["counts"], summary["config"].get("grain_samples")
     baselines = present_baselines(run)
     settings = {"crops": run.scenes, "steps": sampler_steps(run), "seed": run.seed}
     systems = Systems(run, baselines)
@@ -228,7 +229,8 @@ def build(run) -> Table | None:
             figure = None
             notes.append("No figure: matplotlib is not installed (`pip install -e '.[bench]'`).")
     description = (f"The first {run.scenes} crops of each split of the compositing benchmark at `{data}` "
-                   f"({', '.join(f'{s}: {counts[s]} crops' for s in splits)}; the same for every system), each "
+                   f"({', '.join(f'{s}: {counts[s]} crops' for s in splits)}; the same for every system; film grain "
+                   f"targets rendered with N = {grain_samples} Monte-Carlo samples per pixel), each "
                    f"single task and combination with the crop's stored parameters, {sampler_steps(run)} DDIM steps "
                    "from noise; L1 and SSIM against the stored target (images in [0, 1]). Groups are split: task; the "
                    "claims of Tables 2–4 pool both splits. Fig. 4: each slider of the shipped model swept with the "
