@@ -1,0 +1,83 @@
+"""Why the multitask model's grain slider (σ) moves nothing: what the grain targets carry, and what a model makes.
+
+    .venv/bin/python benchmarks/multitask_grain_texture.py --data out/compositing [--crops 12] \
+        [--samples 100,800,3200] [--model FOLDER ...] [--steps 25]
+
+On the first --crops test crops, the high-frequency energy in the input's flat half
+(:func:`retouch.metrics.control.flat_high_frequency_energy`, Fig. 4's grain measure) for each of the paper's five
+grain radii σ:
+
+* of the dataset's stored grain targets, and of the same crops rendered again (same seeds) with each Monte-Carlo
+  sample count in --samples. Newson et al.'s renderer estimates each pixel from N random points, so its output
+  carries sampling noise of variance ~u(1 − u)/N on top of the grain; where that noise is larger than the grain's
+  own texture, the targets say almost nothing about σ;
+* of each --model's edits with the grain task on, sampled by DDIM (η = 0, the default) and by DDPM-like steps
+  (η = 1, fresh noise every step). A model that makes texture from its sampler's noise gives different energies
+  under the two; one that returns the same image for both ignores x_t and can only return a mean.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from _options import script_parser
+
+from retouch.data.compositing import GRAIN_NAMES, iter_compositing
+from retouch.distributed import exit_unless_main_process
+from retouch.effects import film_grain
+from retouch.metrics.control import flat_high_frequency_energy
+from retouch.networks.multitask import EditingVector
+from retouch.train.evaluate_multitask import Case, load_compositing_model
+
+
+def as_batch(arrays) -> torch.Tensor:
+    return torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).float()
+
+
+@torch.no_grad()
+def model_edits(model, sources: torch.Tensor, radius: float, *, steps: int, eta: float) -> torch.Tensor:
+    """The model's grain edits of ``sources`` (N, 3, H, W) in [0, 1], DDIM with the given η, in [0, 1]."""
+    from retouch.networks.multitask import conditioning_inputs, decode
+    from retouch.sampling import NoiseSchedule, ddim_sample, ddim_timesteps
+
+    images = sources * 2 - 1
+    source, side, vectors = conditioning_inputs(model, images, EditingVector(grain=radius))
+    schedule = NoiseSchedule.from_scheduler_config(model.scheduler_config)
+
+    def denoise(latents, t, _cond):
+        return model.denoiser(latents, torch.full((latents.shape[0],), t), source, side, vectors)
+
+    noise = torch.randn(source.shape, generator=torch.Generator().manual_seed(0))
+    latents = ddim_sample(denoise, schedule, noise, ddim_timesteps(schedule, steps), None, num_steps=steps, eta=eta,
+                          generator=torch.Generator().manual_seed(1))
+    return ((decode(model, latents).float() + 1) / 2).clamp(0, 1)
+
+
+def main() -> None:
+    parser = script_parser(__doc__, data=str, crops=12, samples="100,800,3200", steps=25)
+    parser.add_argument("--model", action="append", default=[], help="a multitask model folder (repeat)")
+    args = parser.parse_args()
+    samples = list(iter_compositing(args.data, "test"))[:args.crops]
+    sources = as_batch([s.images["source"] for s in samples])
+    radii = list(GRAIN_NAMES)
+    energy = lambda images: float(flat_high_frequency_energy(images, sources).mean())  # noqa: E731
+    print(f"{args.data}, test split, {len(samples)} crops; flat-region high-frequency energy (×10⁴) per σ\n")
+    print("| images | " + " | ".join(f"σ = {r:g}" for r in radii) + " |")
+    print("|---|" + "---|" * len(radii))
+    print(f"| input | {energy(sources) * 1e4:.2f} |" + " |" * (len(radii) - 1))
+    stored = [energy(as_batch([s.images[GRAIN_NAMES[r]] for s in samples])) for r in radii]
+    print("| stored targets | " + " | ".join(f"{e * 1e4:.2f}" for e in stored) + " |")
+    for count in (int(n) for n in args.samples.split(",")):
+        rendered = [energy(as_batch([film_grain(s.images["source"], r, n_samples=count, seed=s.params["grain_seed"])
+                                     for s in samples])) for r in radii]
+        print(f"| operator, N = {count} | " + " | ".join(f"{e * 1e4:.2f}" for e in rendered) + " |")
+    for folder in args.model:
+        model = load_compositing_model(folder)
+        for eta in (0.0, 1.0):
+            made = [energy(model_edits(model, sources, r, steps=args.steps, eta=eta)) for r in radii]
+            print(f"| {folder}, {args.steps} steps, η = {eta:g} | " + " | ".join(f"{e * 1e4:.2f}" for e in made) + " |")
+
+
+if __name__ == "__main__":
+    exit_unless_main_process("benchmarks measure one process")
+    main()
