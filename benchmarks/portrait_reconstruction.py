@@ -35,8 +35,8 @@ def main() -> None:
     shipped = PortraitConfig(edit="", num_steps=args.steps)
     runs = [("edit, as shipped", {}, None), ("reconstruction, from the noised input", {}, nowhere),
             ("reconstruction, from pure noise (§3.4)", {"start_from_input": False}, nowhere)]
-    runs += [(f"reconstruction, c_s scale {scale:g}", {"spatial_scale": float(scale)}, nowhere)
-             for scale in args.spatial_scales.split(",") if float(scale) != shipped.spatial_scale]
+    runs += [(f"reconstruction, c_s scale {scale:g}", {"spatial_scale": scale}, nowhere)
+             for scale in map(float, args.spatial_scales.split(",")) if scale != shipped.spatial_scale]
     print(f"{args.model}: {args.inputs} held-out inputs per direction, {args.steps} DDIM steps\n")
     print("| direction | output | BG PSNR (dB) | BG L1 | identity |\n|---|---|---|---|---|")
     for direction in DIRECTIONS:
