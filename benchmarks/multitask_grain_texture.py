@@ -37,20 +37,14 @@ def as_batch(arrays) -> torch.Tensor:
 @torch.no_grad()
 def model_edits(model, sources: torch.Tensor, radius: float, *, steps: int, eta: float) -> torch.Tensor:
     """The model's grain edits of ``sources`` (N, 3, H, W) in [0, 1], DDIM with the given η, in [0, 1]."""
-    from retouch.networks.multitask import conditioning_inputs, decode
-    from retouch.sampling import NoiseSchedule, ddim_sample, ddim_timesteps
+    from retouch.methods.multitask import sample_conditioned
+    from retouch.networks.multitask import conditioning_inputs
 
-    images = sources * 2 - 1
-    source, side, vectors = conditioning_inputs(model, images, EditingVector(grain=radius))
-    schedule = NoiseSchedule.from_scheduler_config(model.scheduler_config)
-
-    def denoise(latents, t, _cond):
-        return model.denoiser(latents, torch.full((latents.shape[0],), t), source, side, vectors)
-
+    source, side, vectors = conditioning_inputs(model, sources * 2 - 1, EditingVector(grain=radius))
     noise = torch.randn(source.shape, generator=torch.Generator().manual_seed(0))
-    latents = ddim_sample(denoise, schedule, noise, ddim_timesteps(schedule, steps), None, num_steps=steps, eta=eta,
-                          generator=torch.Generator().manual_seed(1))
-    return ((decode(model, latents).float() + 1) / 2).clamp(0, 1)
+    images = sample_conditioned(model, source, side, vectors, noise, num_steps=steps, eta=eta,
+                                generator=torch.Generator().manual_seed(1))
+    return ((images.float() + 1) / 2).clamp(0, 1)
 
 
 def main() -> None:

@@ -41,11 +41,12 @@ def multitask_edit(model: MultitaskModel, images: torch.Tensor, vector: EditingV
 @torch.no_grad()
 def sample_conditioned(model: MultitaskModel, source_latents: torch.Tensor, side: torch.Tensor,
                        vectors: torch.Tensor, noise: torch.Tensor, *, num_steps: int = 50, start: str = "noise",
-                       progress=None) -> torch.Tensor:
+                       progress=None, eta: float = 0.0, generator: torch.Generator | None = None) -> torch.Tensor:
     """DDIM sampling of z_0^B given each example's own conditions (z_0^A, the side conditions — I_ref
     small, and the hole map if the model takes one — and C), then decode.
 
-    Every example of the batch may switch on different tasks; ``noise`` is the start for ``"noise"``.
+    Every example of the batch may switch on different tasks; ``noise`` is the start for ``"noise"``. ``eta`` > 0
+    adds fresh noise at every step (drawn from ``generator``), as DDPM does.
     """
     from retouch.sampling import NoiseSchedule, ddim_invert, ddim_sample, ddim_timesteps
 
@@ -61,7 +62,8 @@ def sample_conditioned(model: MultitaskModel, source_latents: torch.Tensor, side
         latents = noise
     else:
         latents = ddim_invert(denoise, schedule, source_latents, None, num_steps=num_steps)
-    latents = ddim_sample(denoise, schedule, latents, timesteps, None, num_steps=num_steps, callback=progress)
+    latents = ddim_sample(denoise, schedule, latents, timesteps, None, num_steps=num_steps, callback=progress, eta=eta,
+                          generator=generator)
     return decode(model, latents)
 
 
