@@ -292,3 +292,42 @@ def test_typed_settings_convert_text_to_the_fields_types_and_refuse_unknown_name
         typed_settings(config_class, {"xa_guidence": "0.2"})
     with pytest.raises(RetouchError, match="num_steps"):
         typed_settings(config_class, {"num_steps": "many"})
+
+
+def test_a_models_method_defaults_fill_the_options_left_out_and_never_win_over_given_ones(tmp_path):
+    """``method_defaults.json`` in a model folder: used for options not given, under the command's and a row's;
+    a bad entry is one line; the shipped mini backbone carries pix2pix-zero's; benchmark fingerprints skip it."""
+    from retouch.batch import _config
+    from retouch.bench.harness import fingerprint
+    from retouch.errors import RetouchError
+    from retouch.methods import METHOD_DEFAULTS_FILE, get_method, model_method_defaults
+
+    method = get_method("pix2pix-zero")
+    model = tmp_path / "model"
+    model.mkdir()
+    (model / "weights.bin").write_bytes(b"weights")
+    before = fingerprint(model)
+    (model / METHOD_DEFAULTS_FILE).write_text(json.dumps({"pix2pix-zero": {"xa_guidance": 0.7, "guidance_scale": 2.0}}))
+    assert fingerprint(model) == before
+
+    edit = {"edit": "red->blue"}
+    config = _config(method, edit, {}, 3, base=None, model=str(model))
+    assert (config.xa_guidance, config.guidance_scale, config.seed) == (0.7, 2.0, 3)
+    config = _config(method, {**edit, "guidance_scale": 4.0}, {"xa_guidance": 0.2}, 3, base=None, model=str(model))
+    assert (config.xa_guidance, config.guidance_scale) == (0.2, 4.0)
+    paper = method.config_class()
+    for other in (str(tmp_path / "no-such-folder"), "org/some-repo"):  # no local folder: the paper's values
+        config = _config(method, edit, {}, 0, base=None, model=other)
+        assert (config.xa_guidance, config.guidance_scale) == (paper.xa_guidance, paper.guidance_scale)
+    assert model_method_defaults(get_method("sdedit"), str(model)) == {}  # no entry for that method
+
+    shipped = model_method_defaults(method, "mini")
+    assert shipped and set(shipped) <= set(method.option_names())
+    assert model_method_defaults(method, None) == shipped  # the default --model is the shipped one
+
+    (model / METHOD_DEFAULTS_FILE).write_text(json.dumps({"pix2pix-zero": {"xa_guidence": 0.7}}))
+    with pytest.raises(RetouchError, match="no option xa_guidence"):
+        _config(method, edit, {}, 0, base=None, model=str(model))
+    (model / METHOD_DEFAULTS_FILE).write_text("{not json")
+    with pytest.raises(RetouchError, match="cannot read the model's method defaults"):
+        model_method_defaults(method, str(model))

@@ -100,7 +100,7 @@ def plan_folder(folder: Path, outdir: Path, settings: BatchSettings) -> list[Ite
     if not images:
         raise RetouchError(f"no images in folder '{folder}' (looked for {', '.join(IMAGE_SUFFIXES)})")
     method = get_method(settings.method)
-    config = _config(method, settings.options, {}, settings.seed, base=None)
+    config = _config(method, settings.options, {}, settings.seed, base=None, model=settings.model)
     items = []
     for index, image in enumerate(images):
         item = Item(index, image, outdir / f"{image.stem}.png", method, config, settings.model,
@@ -146,7 +146,7 @@ def _plan_row(index: int, row: dict | str, base: Path, outdir: Path, settings: B
                                f"'{item.method.name}'; its keys: "
                                + ", ".join((*ROW_KEYS, *sorted(set(kinds) - {"seed"}))))
         values = {key: _typed(key, value, *kinds[key]) for key, value in given.items()}
-        item.config = _config(item.method, settings.options, values, seed, base=base)
+        item.config = _config(item.method, settings.options, values, seed, base=base, model=item.model)
         item.seed = getattr(item.config, "seed", None)
         item.inputs = (item.image, *_input_files(item.config))
         _check_item_output(item)
@@ -165,14 +165,15 @@ def _row_output(value, image: Path, outdir: Path) -> Path:
 
 
 def _config(method, cli_options: dict, row_values: dict, seed: int | None, *, base: Path | None,
-            list_options: bool = False):
-    """``method``'s validated config: command-line options, overridden by the row's, and the seed.
+            list_options: bool = False, model: str | None = None):
+    """``method``'s validated config: the model's own defaults for the method (its ``method_defaults.json``),
+    overridden by the command-line options, those by the row's, and the seed.
 
     Relative paths of the files a row's config reads (its ``input_files``: exemplars, maps, reference,
     mask) are relative to the manifest's folder, like the row's image. ``list_options``: a refused option's
     message names the method's own options.
     """
-    from retouch.methods import make_config
+    from retouch.methods import make_config, model_method_defaults
 
     names = method.option_names()
     foreign = sorted(set(cli_options) - set(names))
@@ -180,7 +181,7 @@ def _config(method, cli_options: dict, row_values: dict, seed: int | None, *, ba
         flags = ", ".join("--" + name.replace("_", "-") for name in foreign)
         own = "; its options: " + ", ".join("--" + n.replace("_", "-") for n in names) if list_options else ""
         raise RetouchError(f"{flags} not used by method '{method.name}'{own}")
-    values = {**cli_options, **row_values}
+    values = {**model_method_defaults(method, model), **cli_options, **row_values}
     if "seed" in names and seed is not None:
         values["seed"] = seed
     if base is not None and row_values:
@@ -367,7 +368,7 @@ def edit_file(image: Path, output: Path, settings: BatchSettings, *, compare: Pa
     if settings.method is None:
         raise RetouchError("missing --method; see `retouch info` for the methods")
     method = get_method(settings.method)
-    config = _config(method, settings.options, {}, settings.seed, base=None, list_options=True)
+    config = _config(method, settings.options, {}, settings.seed, base=None, list_options=True, model=settings.model)
     inputs = [image, *_input_files(config)]
     check_outputs([p for p in (output, compare) if p is not None], inputs)
     source = load_image(image)

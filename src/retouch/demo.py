@@ -19,8 +19,9 @@ DEMO_RECIPE = dict(blur=0.25, blur_angle=30.0, grain=0.05, sharpen=(1.5, 0.02), 
 #: changes one attribute to the next word of the world's vocabulary.
 DEMO_KINDS = ("colour", "shape", "pattern", "accessory")
 DEMO_METHOD = "pix2pix-zero"
-#: The demo edit's settings besides its texts (the method's config fields): the paper's defaults.
-DEMO_SETTINGS = dict(num_steps=50, guidance_scale=5.0, xa_guidance=0.1, seed=0)
+#: The demo edit's settings besides its texts (the method's config fields), over the mini model's own defaults
+#: for the method (``method_defaults.json`` in its folder) and the paper's.
+DEMO_SETTINGS = dict(num_steps=50, seed=0)
 
 
 def demo_edits(world, kinds=DEMO_KINDS) -> list[tuple[object, str]]:
@@ -51,6 +52,7 @@ def diffusion_demo(folder: Path) -> str:
 
     from retouch.backbone import MINI_DIR, load_backbone
     from retouch.imageio import check_outputs, save_image, side_by_side
+    from retouch.methods import get_method, model_method_defaults
     from retouch.metrics import TransformersCLIPJudge
     from retouch.train.evaluate_edits import run_edit, score_edits
     from retouch.world import World
@@ -62,10 +64,11 @@ def diffusion_demo(folder: Path) -> str:
     backbone = load_backbone("mini")
     probes, judge = load_probes(), TransformersCLIPJudge(MINI_DIR / "judge")
     world = World(seed=0, size=64)
+    settings = {**model_method_defaults(get_method(DEMO_METHOD), "mini"), **DEMO_SETTINGS}
     inputs, results, rows, lines, successes = [], [], [], [], 0
     for spec, target in demo_edits(world):
         scenes = scenes_for_edit([spec], target, world.size)
-        edited = run_edit(backbone, DEMO_METHOD, scenes, DEMO_SETTINGS)
+        edited = run_edit(backbone, DEMO_METHOD, scenes, settings)
         scores = score_edits(scenes, edited, target, probes, judge, world.vocabularies)
         success = bool(scores.succeeded()[0])
         successes += success
@@ -85,8 +88,10 @@ def diffusion_demo(folder: Path) -> str:
     save_image(inputs[0], folder / "input.png", make_parents=True)
     save_image(results[0], folder / "result.png")
     save_image(strip, folder / "comparison.png")
+    shown = ", ".join(f"{name} {value}" for name, value in sorted(settings.items()) if name != "seed")
     return "\n".join([*lines, f"wrote {folder}/input.png, result.png, comparison.png ({DEMO_METHOD} on the mini "
-                                f"models, {len(inputs)} edits in {elapsed:.1f} s on {torch.get_num_threads()} threads)",
+                                f"models, {shown}; {len(inputs)} edits in {elapsed:.1f} s on {torch.get_num_threads()} "
+                                "threads)",
                        f"{successes} of {len(inputs)} edits succeeded (the probes and the judge both read the target)"])
 
 

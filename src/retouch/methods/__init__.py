@@ -91,6 +91,48 @@ def model_name(method: Method, model: str | None) -> str:
     return model or method.default_model or MINI_NAME
 
 
+#: A model folder's own settings for methods run on it, for the options a user leaves out (see
+#: :func:`model_method_defaults`).
+METHOD_DEFAULTS_FILE = "method_defaults.json"
+
+
+def model_folder(model: str) -> Path | None:
+    """The local folder of a model name or path (the shipped ``mini`` backbone's for ``mini``), else None."""
+    from retouch.backbone import MINI_DIR, MINI_NAME
+
+    if model == MINI_NAME:
+        return MINI_DIR / "backbone"
+    return Path(model) if Path(model).is_dir() else None
+
+
+def model_method_defaults(method: Method, model: str | None) -> dict:
+    """The settings ``model``'s folder recommends for ``method``, from its ``method_defaults.json``.
+
+    A method's paper defaults were tuned on the paper's model; some are step sizes and guidance scales
+    whose right value depends on the model's scale (pix2pix-zero's λ_xa: 0.1 on SD 1.4, ≤ 0.01 on SD 2.x).
+    A model folder may say what suits it, as ``{"method": {"field": value, ...}, ...}``; the CLI, the
+    demo and the app use those values where the user gives none. Benchmarks of a paper's claims do not:
+    they pass the paper's settings. No file, or no entry for the method: ``{}``.
+    """
+    import json
+
+    folder = model_folder(model_name(method, model))
+    path = None if folder is None else folder / METHOD_DEFAULTS_FILE
+    if path is None or not path.is_file():
+        return {}
+    try:
+        entries = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as err:
+        raise RetouchError(f"cannot read the model's method defaults '{path}': {err}") from err
+    values = entries.get(method.name, {}) if isinstance(entries, dict) else None
+    known = set(method.option_names())
+    if not isinstance(values, dict) or set(values) - known:
+        unknown = sorted(set(values) - known) if isinstance(values, dict) else []
+        raise RetouchError(f"'{path}' has bad defaults for method '{method.name}'"
+                           + (f": no option {', '.join(unknown)}" if unknown else ": expected an object of options"))
+    return values
+
+
 def trained_model_folder(model: str, marker: str, shipped: Path, kind: str, *, not_shipped: str) -> Path:
     """``--model`` of a method that runs its own trained model: a folder with ``marker`` (``portrait.json``, …).
 

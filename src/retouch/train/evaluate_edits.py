@@ -181,14 +181,15 @@ def save_edit_grid(images: dict[str, tuple[torch.Tensor, torch.Tensor]], path, c
 
 def run_edit_evaluation(edits: list[str], output, *, method: str = "pix2pix-zero", settings: dict | None = None,
                         count: int = 100, batch: int = 25, grid=None, models=None) -> str:
-    """``retouch eval edits``: :func:`evaluate_edits` on the shipped mini models (or the ``models`` folder),
-    the report written to ``output`` (JSON) and the first scenes to ``grid``. Returns the report as text."""
+    """``retouch eval edits``: :func:`evaluate_edits` on the shipped mini models (or the ``models`` folder), with
+    ``settings`` over the backbone's own defaults for the method, the report (which records the settings used)
+    written to ``output`` (JSON) and the first scenes to ``grid``. Returns the report as text."""
     import json
     from pathlib import Path
 
     from retouch.backbone import MINI_DIR, load_backbone
     from retouch.imageio import check_outputs
-    from retouch.methods import get_method
+    from retouch.methods import get_method, model_method_defaults
     from retouch.metrics import TransformersCLIPJudge
     from retouch.progress import count_bar
     from retouch.train.evaluate_portrait import check_output_file
@@ -199,8 +200,10 @@ def run_edit_evaluation(edits: list[str], output, *, method: str = "pix2pix-zero
     check_output_file(output, ".json", "--output")
     if grid:
         check_outputs([Path(grid)])
-    get_method(method)  # an unknown method fails before any work
     models = Path(models) if models else MINI_DIR
+    # The backbone folder's own defaults for the method (method_defaults.json) under the given settings, as
+    # `retouch edit` runs it; an unknown method fails here, before any work.
+    settings = {**model_method_defaults(get_method(method), str(models / "backbone")), **(settings or {})}
     backbone = load_backbone(str(models / "backbone"))
     world = World(seed=0, size=64)
     with count_bar(f"{method} edits", "scene") as progress:
