@@ -244,6 +244,13 @@ def test_the_page_has_a_tab_per_method_and_api_names(app):
     assert tabs == {"pix2pix-zero / zeroCon", "PIXELS", "portrait (MCDM)", "multitask", "effects"}
     names = {d.get("api_name") for d in config["dependencies"]}
     assert {"pix2pix", "pixels", "portrait", "multitask", "effects", "build_direction", "status"} <= names
+    # The pix2pix tab opens on the mini model, with that model's own guidance settings.
+    from retouch.methods import get_method, model_method_defaults
+
+    mini = model_method_defaults(get_method("pix2pix-zero"), "mini")
+    values = {c["props"].get("elem_id"): c["props"].get("value") for c in config["components"]}
+    assert (values["pix2pix-xa-guidance"], values["pix2pix-guidance-scale"]) == (mini["xa_guidance"],
+                                                                                mini["guidance_scale"])
 
 
 def test_controls_come_from_the_config_fields_and_read_back_typed():

@@ -255,15 +255,16 @@ class _Steps:
 # ---------------------------------------------------------------------------------------------------
 def run_edit(app: App, method_name: str, model: str, image: np.ndarray, values: dict, *,
              prepare: Callable | None = None, report: Report = _silent) -> Result:
-    """Any registered method on a float image with config field ``values``, through the CLI's own path.
+    """Any registered method on a float image with config field ``values`` (over the model's own defaults for the
+    method), through the CLI's own path.
 
     ``prepare`` replaces the method's ``prepare`` hook: the extra inputs come from memory, not from the
     files the config names.
     """
-    from retouch.methods import edit_image, get_method, make_config
+    from retouch.methods import edit_image, get_method, make_config, model_method_defaults
 
     method = get_method(method_name)
-    config = make_config(method, **values)
+    config = make_config(method, **{**model_method_defaults(method, model), **values})  # as `retouch edit` builds it
     if prepare is not None:
         method = dataclasses.replace(method, prepare=prepare)
     report(0, None, f"loading {Path(model).name}")

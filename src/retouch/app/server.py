@@ -205,18 +205,21 @@ def _pix2pix_tab(page: _Page) -> None:
     import gradio as gr
 
     from retouch.directions import BANKS
-    from retouch.methods import get_method
+    from retouch.methods import get_method, model_method_defaults
     from retouch.methods.pix2pix_zero import INVERSIONS
     from retouch.methods.zerocon import ZeroConConfig
 
     app = page.app
+    # The tab opens on the mini model, so its controls start at that model's own settings (method_defaults.json).
+    mini = model_method_defaults(get_method("pix2pix-zero"), MINI)
     form = ConfigForm(
         ZeroConConfig, "pix2pix",
         bank=Shown("sentence bank", choices=("auto", *BANKS), dropdown=True),
         target_text=Shown("target sentence"),
         directions=Shown("saved direction", choices=app.output.directions(), dropdown=True, scale=3),
-        num_steps=STEPS, guidance_scale=GUIDANCE, seed=SEED,
-        xa_guidance=Shown("cross-attention guidance λ_xa", range=(0, 0.5, 0.01)),
+        num_steps=STEPS, seed=SEED,
+        guidance_scale=Shown(GUIDANCE.label, range=GUIDANCE.range, value=mini.get("guidance_scale")),
+        xa_guidance=Shown("cross-attention guidance λ_xa", range=(0, 0.5, 0.01), value=mini.get("xa_guidance")),
         inversion=Shown("inversion", choices=INVERSIONS),
         lambda_auto_corr=Shown("λ autocorrelation", range=(0, 50, 1)),
         lambda_kl=Shown("λ KL", range=(0, 50, 1)),
