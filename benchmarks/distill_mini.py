@@ -32,6 +32,7 @@ from retouch.train.distill import (
     final_translator,
     load_translator,
     pix2pix_zero_edits,
+    teacher_settings,
     time_per_image,
     trained_folder,
     translate,
@@ -63,7 +64,7 @@ def main():
     scenes = edit_scenes(world, edit.source, edit.target, args.test, split="test")
     diffusion, diffusion_seconds = time_per_image(lambda rows: pix2pix_zero_edits(
         backbone, scenes.images[rows], [scenes.sources[k] for k in rows], args.edit, steps=args.edit_steps, batch=1,
-        seed=0), args.test)
+        seed=0, settings=teacher_settings(config.model)), args.test)
     with torch.no_grad():
         distilled, distilled_seconds = time_per_image(lambda rows: translate(model, scenes.images[rows]), args.test)
     diffusion_seconds, distilled_seconds = diffusion_seconds.mean(), distilled_seconds.mean()

@@ -124,3 +124,28 @@ def test_train_distill_bad_options_give_one_line(tmp_path, capsys, args, message
     code, _, err = run_cli(["train", "distill", "--output-dir", tmp_path / "d", "--model", "tiny-sd", *args], capsys)
     assert code != 0 and message in err and len(err.strip().splitlines()) == 1, err
     assert not (tmp_path / "d").exists()
+
+
+def test_the_teacher_is_pix2pix_zero_as_retouch_runs_it_on_the_model(tmp_path, monkeypatch):
+    """The pairs come from pix2pix-zero with the model folder's own settings (method_defaults.json), which are
+    part of the pair cache's key; a model without them gets the paper's."""
+    import retouch.methods
+    from retouch.methods import METHOD_DEFAULTS_FILE
+    from retouch.train.distill import _pairs_key, pix2pix_zero_edits, teacher_settings
+
+    model = tmp_path / "model"
+    model.mkdir()
+    (model / METHOD_DEFAULTS_FILE).write_text(json.dumps({"pix2pix-zero": {"xa_guidance": 0.4,
+                                                                            "guidance_scale": 3.0}}))
+    assert teacher_settings(str(model)) == {"xa_guidance": 0.4, "guidance_scale": 3.0}
+    assert teacher_settings("tiny-sd") == {}
+    assert _pairs_key(DistillConfig(model=str(model)))["teacher"] != _pairs_key(DistillConfig(model="tiny-sd"))["teacher"]
+
+    configs = []
+    monkeypatch.setattr(retouch.methods, "edit_by_caption", lambda backbone, images, captions, make_run, batch: [
+        configs.append(make_run(caption)[1]) for caption in captions])
+    pix2pix_zero_edits(None, torch.zeros(1, 3, 8, 8), ["a photo of a red circle"], "red->blue", steps=3, batch=1,
+                       seed=5, settings=teacher_settings(str(model)))
+    config = configs[0]
+    assert (config.xa_guidance, config.guidance_scale, config.num_steps, config.seed) == (0.4, 3.0, 3, 5)
+    assert config.source_text == "a photo of a red circle" and config.edit == "red->blue"

@@ -102,10 +102,11 @@ def build(run) -> Table:
     import torch
 
     from retouch.edit_text import parse_edit
-    from retouch.train.distill import load_translator, time_per_image, translate
+    from retouch.train.distill import load_translator, teacher_settings, time_per_image, translate
     from retouch.world.edits import edit_scenes
 
     started = time.perf_counter()
+    teacher = teacher_settings(str(run.models / "backbone"))  # pix2pix-zero as the translator's pairs were made
     # seconds per image depend on the threads; both rows of an edit are timed under the same count
     settings = {"scenes": run.scenes, "seed": run.seed, "world": repr(run.world), "threads": torch.get_num_threads()}
     translators = present_translators(run)
@@ -124,10 +125,12 @@ def build(run) -> Table:
             data = held_out()
             run.log(f"pix2pix-zero distillation: {DIFFUSION} on {edit_text} ({run.scenes} scenes, one at a time)")
             edited, seconds = time_per_image(lambda rows: pix2pix_zero.edit_images(
-                run, DIFFUSION_CONFIG, edit_text, data.images[rows], [data.sources[k] for k in rows]), run.scenes)
+                run, DIFFUSION_CONFIG, edit_text, data.images[rows], [data.sources[k] for k in rows], teacher),
+                run.scenes)
             return measure(run, edit_text, data, edited, seconds)
 
-        rows.append(run.cache.row(KEY, VERSION, DIFFUSION, edit_text, {**settings, "steps": run.steps},
+        diffusion_settings = {**settings, "steps": run.steps, **({"teacher": teacher} if teacher else {})}
+        rows.append(run.cache.row(KEY, VERSION, DIFFUSION, edit_text, diffusion_settings,
                                   run.model_files("backbone", "judge", "probes"), diffusion))
         if edit_text in translators:
             def distilled(edit_text=edit_text, folder=translators[edit_text]):
@@ -152,7 +155,9 @@ def build(run) -> Table:
 def description(run) -> str:
     return (f"{run.scenes} held-out scenes per edit (the first test-split scenes whose object has the source value, "
             f"as in Table 2; the same scenes for both rows). pix2pix-zero is Table 2's config E at {run.steps} DDIM "
-            "steps (the translator learnt from its edits at the steps its training pairs used; see the notes). "
+            "steps, as the translator's teacher ran: with the model folder's own λ_xa and CFG where it has them "
+            f"({teacher_text(run)}; Table 2 itself runs the paper's), and the translator learnt from its edits at the "
+            "steps its training pairs used (see the notes). "
             "s/image: each scene edited on its own, a batch of one, timed from image in to image out (for "
             "pix2pix-zero the whole method: edit direction, encoding, inversion, guided edit, decoding) after one "
             "untimed warm-up edit, on this machine's CPU at the thread count in the notes. The other columns are "
@@ -160,6 +165,13 @@ def description(run) -> str:
             "BG L1 and BG SSIM outside the object before ∪ after the renderer's edit, grown 2 px; Structure Dist on "
             "the judge's ViT keys). The paper gives no table for §4.5: one number (0.018 s per image on an A100, "
             "×∼3,800 faster) and the images of Figs. 7, 10 and 11.")
+
+
+def teacher_text(run) -> str:
+    from retouch.train.distill import teacher_settings
+
+    teacher = teacher_settings(str(run.models / "backbone"))
+    return ", ".join(f"{name} {value}" for name, value in sorted(teacher.items())) or "none: the paper's settings"
 
 
 def notes(run, rows, translators: dict) -> list[str]:

@@ -64,12 +64,13 @@ CLAIMS = [
 ]
 
 
-def make_run(system: str, edit_text: str, caption: str, steps: int, seed: int):
-    """(method, validated config) of one system for one caption: a Table 2 row or a registered method."""
+def make_run(system: str, edit_text: str, caption: str, steps: int, seed: int, settings: dict | None = None):
+    """(method, validated config) of one system for one caption: a Table 2 row or a registered method, at the
+    paper's settings unless ``settings`` (other config fields) says otherwise."""
     from retouch.methods import get_method
     from retouch.methods.ablation import PIX2PIX_ZERO_ABLATION, ablation_run
 
-    shared = dict(edit=edit_text, source_text=caption, num_steps=steps, seed=seed)
+    shared = dict(settings or {}, edit=edit_text, source_text=caption, num_steps=steps, seed=seed)
     if system in PIX2PIX_ZERO_ABLATION:
         return ablation_run(system, **shared)
     method = get_method(system)
@@ -104,12 +105,13 @@ def measure_edit(run, system: str, edit_text: str, scenes) -> tuple[dict, dict]:
     return score_edit(run, edit_text, scenes, edited), {"thumbs": encode_thumbs(edited)}
 
 
-def edit_images(run, system: str, edit_text: str, images01, captions: list[str]):
+def edit_images(run, system: str, edit_text: str, images01, captions: list[str], settings: dict | None = None):
     """One system's edits of ``images01`` (N, 3, H, W) in [0, 1], each image with its own caption."""
     from retouch.methods import edit_by_caption
 
     return edit_by_caption(run.backbone, images01, captions,
-                           lambda caption: make_run(system, edit_text, caption, run.steps, run.seed), run.batch)
+                           lambda caption: make_run(system, edit_text, caption, run.steps, run.seed, settings),
+                           run.batch)
 
 
 def score_edit(run, edit_text: str, scenes, edited) -> dict:

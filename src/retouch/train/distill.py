@@ -2,7 +2,9 @@
 
 1. **Pairs.** pix2pix-zero edits mini-world training scenes whose object has the edit's source
    attribute (``retouch.world.edits``), with the full method (regularised inversion, sentence
-   directions, cross-attention guidance).
+   directions, cross-attention guidance) as retouch runs it on the model: its folder's own λ_xa and CFG
+   where it has them (:func:`teacher_settings`; the mini backbone's keep the background far better than the
+   paper's SD values, so App. A's filter keeps more pairs).
 2. **Filter** (App. A: "filter out pairs with low segmentation overlap or [that] do not
    sufficiently increase the CLIP similarity with the target description"): keep a pair when the
    judge's cosine to the target caption rises by at least ``clip_increase`` (paper: 0.10) and at least
@@ -72,14 +74,24 @@ class DistillPairs:
     targets: list[str]
 
 
+def teacher_settings(model: str) -> dict:
+    """The teacher's settings besides edit, caption, steps and seed: pix2pix-zero as retouch runs it on ``model``
+    (the model folder's own defaults for the method, e.g. the mini backbone's λ_xa and CFG; else the paper's)."""
+    from retouch.methods import get_method, model_method_defaults
+
+    return model_method_defaults(get_method("pix2pix-zero"), model)
+
+
 def pix2pix_zero_edits(backbone, images01: torch.Tensor, sources: list[str], edit: str, *, steps: int,
-                       batch: int, seed: int) -> torch.Tensor:
-    """The full pix2pix-zero edit (config E of Table 2) of each image with its own caption."""
+                       batch: int, seed: int, settings: dict | None = None) -> torch.Tensor:
+    """The full pix2pix-zero edit (config E of Table 2, with ``settings`` over the paper's defaults) of each
+    image with its own caption."""
     from retouch.methods import edit_by_caption, get_method
 
     method = get_method("pix2pix-zero")
     return edit_by_caption(backbone, images01, sources, lambda caption: (
-        method, method.config_class(edit=edit, source_text=caption, num_steps=steps, seed=seed)), batch)
+        method, method.config_class(**{**(settings or {}), "edit": edit, "source_text": caption, "num_steps": steps,
+                                       "seed": seed})), batch)
 
 
 def collect_pairs(backbone, world, config: DistillConfig, split: str = "train") -> DistillPairs:
@@ -92,7 +104,7 @@ def collect_pairs(backbone, world, config: DistillConfig, split: str = "train") 
     except ValueError as err:
         raise RetouchError(f"--edit {config.edit!r}: {err}") from err
     edited = pix2pix_zero_edits(backbone, scenes.images, scenes.sources, config.edit, steps=config.edit_steps,
-                                batch=config.edit_batch, seed=config.seed)
+                                batch=config.edit_batch, seed=config.seed, settings=teacher_settings(config.model))
     return DistillPairs(scenes.images, edited, scenes.masks, scenes.sources, scenes.targets)
 
 
@@ -189,7 +201,8 @@ def train_translator(pairs: DistillPairs, config: DistillConfig):
 
 def _pairs_key(config: DistillConfig) -> dict:
     """What the collected pairs depend on: a cache written under another key is not reused."""
-    return {k: getattr(config, k) for k in ("model", "edit", "pairs", "edit_steps", "seed")}
+    return {**{k: getattr(config, k) for k in ("model", "edit", "pairs", "edit_steps", "seed")},
+            "teacher": teacher_settings(config.model)}
 
 
 def cached_pairs(backbone, world, config: DistillConfig) -> tuple[DistillPairs, float]:
@@ -246,7 +259,8 @@ def distill(backbone, judge, world, config: DistillConfig) -> dict:
     keep = keep_pairs(scores, config.clip_increase, config.inside_fraction)
     summary = {name: [round(float(q), 4) for q in torch.quantile(values.float(), torch.tensor([0.1, 0.5, 0.9]))]
                for name, values in scores.items()}
-    report = {"config": asdict(config), "pairs_collected": len(keep), "pairs_kept": int(keep.sum()),
+    report = {"config": asdict(config), "teacher_settings": teacher_settings(config.model),
+              "pairs_collected": len(keep), "pairs_kept": int(keep.sum()),
               "collect_seconds_per_pair": collect_seconds, "score_quantiles_10_50_90": summary}
     out = Path(config.output_dir)
     if is_main_process():  # under `accelerate launch` the first process writes the run's files
