@@ -142,7 +142,7 @@ def test_the_teacher_is_pix2pix_zero_as_retouch_runs_it_on_the_model(tmp_path, m
     assert _pairs_key(DistillConfig(model=str(model)))["teacher"] != _pairs_key(DistillConfig(model="tiny-sd"))["teacher"]
 
     configs = []
-    monkeypatch.setattr(retouch.methods, "edit_by_caption", lambda backbone, images, captions, make_run, batch: [
+    monkeypatch.setattr(retouch.methods, "edit_by_caption", lambda backbone, images, captions, make_run, *_: [
         configs.append(make_run(caption)[1]) for caption in captions])
     pix2pix_zero_edits(None, torch.zeros(1, 3, 8, 8), ["a photo of a red circle"], "red->blue", steps=3, batch=1,
                        seed=5, settings=teacher_settings(str(model)))

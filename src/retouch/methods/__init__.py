@@ -189,12 +189,13 @@ def edit_image(method: Method, model, image, config, *, size_policy: str = "resi
     return restore_size(from_tensor(edited), image.shape[:2], size_policy, original=image)
 
 
-def edit_by_caption(backbone, images01, captions: list[str], make_run: Callable, batch: int = 25):
+def edit_by_caption(backbone, images01, captions: list[str], make_run: Callable, batch: int = 25,
+                    progress: Callable[[int, int], None] | None = None):
     """Edit images that each have their own source caption: (N, 3, H, W) in [0, 1] → same.
 
     Methods take one ``source_text`` per call, so each chunk of ``batch`` images is split into groups
     sharing a caption; ``make_run(caption) -> (method, config)`` builds the run for one group.
-    Outputs come back in input order.
+    Outputs come back in input order; ``progress(done, total)`` counts edited images after each group.
     """
     import torch
 
@@ -207,6 +208,8 @@ def edit_by_caption(backbone, images01, captions: list[str], make_run: Callable,
             method, config = make_run(caption)
             result = method.edit(backbone, chunk[[r - start for r in rows]], config)
             outputs += list(zip(rows, ((result.clamp(-1, 1) + 1) / 2).cpu()))
+            if progress is not None:
+                progress(len(outputs), len(images01))
     outputs.sort(key=lambda pair: pair[0])
     return torch.stack([image for _, image in outputs])
 
