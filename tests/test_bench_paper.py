@@ -173,11 +173,26 @@ def test_quick_run_writes_tables_and_claims_then_reuses_every_row(tmp_path, caps
     assert len(distill_rows) == 1 and f"| {distill.DIFFUSION} |" in distill_rows[0]
     assert distill_rows[0].count(" [") == len(distill.METRICS) and "| 4 |" in distill_rows[0]
     assert (docs / "paper_tables" / f"{distill.KEY}.png").stat().st_size > 5_000
-    # its pix2pix-zero row is Table 2's config E on the same scenes, though edited one at a time to be timed
+    # its pix2pix-zero row is the translator's teacher: config E with the shipped backbone's own settings
+    # (method_defaults.json), on the same scenes, edited one at a time to be timed; Table 2 runs the paper's
+    from retouch.backbone import MINI_DIR, load_backbone
+    from retouch.bench.paper import QUICK
+    from retouch.train.distill import pix2pix_zero_edits, teacher_settings
+    from retouch.world import World
+    from retouch.world.edits import edit_scenes
+
+    teacher = teacher_settings(str(MINI_DIR / "backbone"))
+    assert teacher, "the shipped backbone carries its own pix2pix-zero settings"
     config_e, = (cache / pix2pix_zero.KEY).glob("E_red__blue-*.json")
     diffusion, = (cache / distill.KEY).glob("pix2pix_zero_red__blue-*.json")
-    config_e, diffusion = (json.loads(path.read_text())["values"] for path in (config_e, diffusion))
-    assert all(diffusion[name] == pytest.approx(values, abs=1e-4) for name, values in config_e.items())
+    config_e, diffusion = (json.loads(path.read_text()) for path in (config_e, diffusion))
+    assert diffusion["settings"]["teacher"] == {"bank": "world", **teacher}
+    assert diffusion["values"]["bg_l1"] != pytest.approx(config_e["values"]["bg_l1"], abs=1e-6)
+    scenes = edit_scenes(World(seed=0, size=64), "red", "blue", QUICK["scenes"])
+    expected = pix2pix_zero_edits(load_backbone(str(MINI_DIR / "backbone")), scenes.images, scenes.sources, "red->blue",
+                                  steps=QUICK["steps"], batch=1, seed=0, settings=teacher)
+    thumbs = pix2pix_zero.decode_thumbs(diffusion["extra"]["thumbs"])
+    assert np.abs(thumbs - expected[:len(thumbs)].permute(0, 2, 3, 1).numpy()).max() <= 2 / 255
     not_covered = claims.split("## Not covered yet")[1]
     assert all(name in not_covered for name in portrait.VARIANTS) and "multitask" in not_covered
     assert "Fig. 1" not in not_covered and "decoder splices" not in not_covered

@@ -139,7 +139,8 @@ def test_the_teacher_is_pix2pix_zero_as_retouch_runs_it_on_the_model(tmp_path, m
                                                                             "guidance_scale": 3.0}}))
     assert teacher_settings(str(model)) == {"xa_guidance": 0.4, "guidance_scale": 3.0}
     assert teacher_settings("tiny-sd") == {}
-    assert _pairs_key(DistillConfig(model=str(model)))["teacher"] != _pairs_key(DistillConfig(model="tiny-sd"))["teacher"]
+    keys = [_pairs_key(DistillConfig(model=name))["teacher"] for name in (str(model), "tiny-sd")]
+    assert keys[0] != keys[1]
 
     configs = []
     monkeypatch.setattr(retouch.methods, "edit_by_caption", lambda backbone, images, captions, make_run, *_: [
@@ -148,4 +149,4 @@ def test_the_teacher_is_pix2pix_zero_as_retouch_runs_it_on_the_model(tmp_path, m
                        seed=5, settings=teacher_settings(str(model)))
     config = configs[0]
     assert (config.xa_guidance, config.guidance_scale, config.num_steps, config.seed) == (0.4, 3.0, 3, 5)
-    assert config.source_text == "a photo of a red circle" and config.edit == "red->blue"
+    assert config.source_text == "a photo of a red circle" and config.edit == "red->blue" and config.bank == "world"

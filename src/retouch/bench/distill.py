@@ -102,11 +102,12 @@ def build(run) -> Table:
     import torch
 
     from retouch.edit_text import parse_edit
-    from retouch.train.distill import load_translator, teacher_settings, time_per_image, translate
+    from retouch.train.distill import TEACHER_BANK, load_translator, teacher_settings, time_per_image, translate
     from retouch.world.edits import edit_scenes
 
     started = time.perf_counter()
-    teacher = teacher_settings(str(run.models / "backbone"))  # pix2pix-zero as the translator's pairs were made
+    # pix2pix-zero exactly as the translator's pairs were made: the backbone's own settings, the world's banks
+    teacher = {"bank": TEACHER_BANK, **teacher_settings(str(run.models / "backbone"))}
     # seconds per image depend on the threads; both rows of an edit are timed under the same count
     settings = {"scenes": run.scenes, "seed": run.seed, "world": repr(run.world), "threads": torch.get_num_threads()}
     translators = present_translators(run)
@@ -129,7 +130,7 @@ def build(run) -> Table:
                 run.scenes)
             return measure(run, edit_text, data, edited, seconds)
 
-        diffusion_settings = {**settings, "steps": run.steps, **({"teacher": teacher} if teacher else {})}
+        diffusion_settings = {**settings, "steps": run.steps, "teacher": teacher}
         rows.append(run.cache.row(KEY, VERSION, DIFFUSION, edit_text, diffusion_settings,
                                   run.model_files("backbone", "judge", "probes"), diffusion))
         if edit_text in translators:
@@ -156,8 +157,8 @@ def description(run) -> str:
     return (f"{run.scenes} held-out scenes per edit (the first test-split scenes whose object has the source value, "
             f"as in Table 2; the same scenes for both rows). pix2pix-zero is Table 2's config E at {run.steps} DDIM "
             "steps, as the translator's teacher ran: with the model folder's own λ_xa and CFG where it has them "
-            f"({teacher_text(run)}; Table 2 itself runs the paper's), and the translator learnt from its edits at the "
-            "steps its training pairs used (see the notes). "
+            f"({teacher_text(run)}; Table 2 itself runs the paper's) and the mini world's captions as sentence banks; "
+            "the translator learnt from its edits at the steps its training pairs used (see the notes). "
             "s/image: each scene edited on its own, a batch of one, timed from image in to image out (for "
             "pix2pix-zero the whole method: edit direction, encoding, inversion, guided edit, decoding) after one "
             "untimed warm-up edit, on this machine's CPU at the thread count in the notes. The other columns are "
@@ -171,7 +172,7 @@ def teacher_text(run) -> str:
     from retouch.train.distill import teacher_settings
 
     teacher = teacher_settings(str(run.models / "backbone"))
-    return ", ".join(f"{name} {value}" for name, value in sorted(teacher.items())) or "none: the paper's settings"
+    return ", ".join(f"{name} {value}" for name, value in sorted(teacher.items())) or "the paper's settings"
 
 
 def notes(run, rows, translators: dict) -> list[str]:
