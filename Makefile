@@ -125,7 +125,7 @@ multitask-models: $(STAMP)
 # benchmarks/distill_mini.py (`retouch train distill`'s defaults, DistillConfig's: 200 pix2pix-zero pairs of 25
 # steps on training scenes, App. A's filter, 600 steps at batch 32), in the folder where `retouch bench paper`
 # finds it (out/ + retouch.train.distill.trained_folder). Not shipped. Resumable: the pairs are cached, training
-# resumes from its checkpoints. About 2.5 h on one CPU thread of a busy machine (pairs ~7 s each, steps ~12 s).
+# resumes from its checkpoints. 63 min on one CPU thread beside another job (pairs 2.6 s each, steps ~5.4 s).
 distill-model: $(STAMP)
 	HF_HUB_OFFLINE=1 $(VENV)/bin/retouch train distill --edit 'red->blue' --output-dir out/distill/red-to-blue
 
