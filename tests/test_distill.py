@@ -137,8 +137,8 @@ def test_the_teacher_is_pix2pix_zero_as_retouch_runs_it_on_the_model(tmp_path, m
     model.mkdir()
     (model / METHOD_DEFAULTS_FILE).write_text(json.dumps({"pix2pix-zero": {"xa_guidance": 0.4,
                                                                             "guidance_scale": 3.0}}))
-    assert teacher_settings(str(model)) == {"xa_guidance": 0.4, "guidance_scale": 3.0}
-    assert teacher_settings("tiny-sd") == {}
+    assert teacher_settings(str(model)) == {"xa_guidance": 0.4, "guidance_scale": 3.0, "bank": "world"}
+    assert teacher_settings("tiny-sd") == {"bank": "world"}  # no folder of its own: the paper's settings
     keys = [_pairs_key(DistillConfig(model=name))["teacher"] for name in (str(model), "tiny-sd")]
     assert keys[0] != keys[1]
 

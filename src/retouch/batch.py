@@ -173,7 +173,7 @@ def _config(method, cli_options: dict, row_values: dict, seed: int | None, *, ba
     mask) are relative to the manifest's folder, like the row's image. ``list_options``: a refused option's
     message names the method's own options.
     """
-    from retouch.methods import make_config, model_method_defaults
+    from retouch.methods import make_config, with_model_defaults
 
     names = method.option_names()
     foreign = sorted(set(cli_options) - set(names))
@@ -181,7 +181,7 @@ def _config(method, cli_options: dict, row_values: dict, seed: int | None, *, ba
         flags = ", ".join("--" + name.replace("_", "-") for name in foreign)
         own = "; its options: " + ", ".join("--" + n.replace("_", "-") for n in names) if list_options else ""
         raise RetouchError(f"{flags} not used by method '{method.name}'{own}")
-    values = {**model_method_defaults(method, model), **cli_options, **row_values}
+    values = with_model_defaults(method, model, {**cli_options, **row_values})
     if "seed" in names and seed is not None:
         values["seed"] = seed
     if base is not None and row_values:

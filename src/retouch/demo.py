@@ -52,7 +52,7 @@ def diffusion_demo(folder: Path) -> str:
 
     from retouch.backbone import MINI_DIR, load_backbone
     from retouch.imageio import check_outputs, save_image, side_by_side
-    from retouch.methods import get_method, model_method_defaults
+    from retouch.methods import get_method, with_model_defaults
     from retouch.metrics import TransformersCLIPJudge
     from retouch.train.evaluate_edits import run_edit, score_edits
     from retouch.world import World
@@ -64,7 +64,7 @@ def diffusion_demo(folder: Path) -> str:
     backbone = load_backbone("mini")
     probes, judge = load_probes(), TransformersCLIPJudge(MINI_DIR / "judge")
     world = World(seed=0, size=64)
-    settings = {**model_method_defaults(get_method(DEMO_METHOD), "mini"), **DEMO_SETTINGS}
+    settings = with_model_defaults(get_method(DEMO_METHOD), "mini", DEMO_SETTINGS)
     inputs, results, rows, lines, successes = [], [], [], [], 0
     for spec, target in demo_edits(world):
         scenes = scenes_for_edit([spec], target, world.size)

@@ -261,10 +261,10 @@ def run_edit(app: App, method_name: str, model: str, image: np.ndarray, values: 
     ``prepare`` replaces the method's ``prepare`` hook: the extra inputs come from memory, not from the
     files the config names.
     """
-    from retouch.methods import edit_image, get_method, make_config, model_method_defaults
+    from retouch.methods import edit_image, get_method, make_config, with_model_defaults
 
     method = get_method(method_name)
-    config = make_config(method, **{**model_method_defaults(method, model), **values})  # as `retouch edit` builds it
+    config = make_config(method, **with_model_defaults(method, model, values))
     if prepare is not None:
         method = dataclasses.replace(method, prepare=prepare)
     report(0, None, f"loading {Path(model).name}")

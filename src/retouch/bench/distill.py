@@ -102,12 +102,12 @@ def build(run) -> Table:
     import torch
 
     from retouch.edit_text import parse_edit
-    from retouch.train.distill import TEACHER_BANK, load_translator, teacher_settings, time_per_image, translate
+    from retouch.train.distill import load_translator, teacher_settings, time_per_image, translate
     from retouch.world.edits import edit_scenes
 
     started = time.perf_counter()
     # pix2pix-zero exactly as the translator's pairs were made: the backbone's own settings, the world's banks
-    teacher = {"bank": TEACHER_BANK, **teacher_settings(str(run.models / "backbone"))}
+    teacher = teacher_settings(str(run.models / "backbone"))
     # seconds per image depend on the threads; both rows of an edit are timed under the same count
     settings = {"scenes": run.scenes, "seed": run.seed, "world": repr(run.world), "threads": torch.get_num_threads()}
     translators = present_translators(run)
@@ -149,15 +149,16 @@ def build(run) -> Table:
     figure = run.docs / f"{KEY}.png"
     save_figure(run, rows, figure)
     return Table(KEY, "pix2pix-zero §4.5: the distilled translator against the diffusion edit on the mini world", P,
-                 description(run), METRICS, rows, claims(translators), time.perf_counter() - started, run.command,
+                 description(run, teacher), METRICS, rows, claims(translators), time.perf_counter() - started, run.command,
                  str(figure), notes(run, rows, translators))
 
 
-def description(run) -> str:
+def description(run, teacher: dict) -> str:
+    own = ", ".join(f"{name} {value}" for name, value in sorted(teacher.items()) if name != "bank") or "none"
     return (f"{run.scenes} held-out scenes per edit (the first test-split scenes whose object has the source value, "
             f"as in Table 2; the same scenes for both rows). pix2pix-zero is Table 2's config E at {run.steps} DDIM "
-            "steps, as the translator's teacher ran: with the model folder's own λ_xa and CFG where it has them "
-            f"({teacher_text(run)}; Table 2 itself runs the paper's) and the mini world's captions as sentence banks; "
+            "steps, as the translator's teacher ran: the mini world's captions as sentence banks and the model "
+            f"folder's own λ_xa and CFG where it has them ({own}; Table 2 itself runs the paper's); "
             "the translator learnt from its edits at the steps its training pairs used (see the notes). "
             "s/image: each scene edited on its own, a batch of one, timed from image in to image out (for "
             "pix2pix-zero the whole method: edit direction, encoding, inversion, guided edit, decoding) after one "
@@ -166,13 +167,6 @@ def description(run) -> str:
             "BG L1 and BG SSIM outside the object before ∪ after the renderer's edit, grown 2 px; Structure Dist on "
             "the judge's ViT keys). The paper gives no table for §4.5: one number (0.018 s per image on an A100, "
             "×∼3,800 faster) and the images of Figs. 7, 10 and 11.")
-
-
-def teacher_text(run) -> str:
-    from retouch.train.distill import teacher_settings
-
-    teacher = teacher_settings(str(run.models / "backbone"))
-    return ", ".join(f"{name} {value}" for name, value in sorted(teacher.items())) or "the paper's settings"
 
 
 def notes(run, rows, translators: dict) -> list[str]:

@@ -133,6 +133,12 @@ def model_method_defaults(method: Method, model: str | None) -> dict:
     return values
 
 
+def with_model_defaults(method: Method, model: str | None, values: dict) -> dict:
+    """``values`` (config fields the user or caller gave) over ``model``'s own defaults for ``method``: the one
+    rule every entry point (CLI, batch, app, demo, ``retouch eval edits``) builds its config values by."""
+    return {**model_method_defaults(method, model), **values}
+
+
 def trained_model_folder(model: str, marker: str, shipped: Path, kind: str, *, not_shipped: str) -> Path:
     """``--model`` of a method that runs its own trained model: a folder with ``marker`` (``portrait.json``, …).
 

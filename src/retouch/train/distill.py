@@ -82,22 +82,23 @@ TEACHER_BANK = "world"
 
 def teacher_settings(model: str) -> dict:
     """The teacher's settings besides edit, caption, steps and seed: pix2pix-zero as retouch runs it on ``model``
-    (the model folder's own defaults for the method, e.g. the mini backbone's λ_xa and CFG; else the paper's)."""
-    from retouch.methods import get_method, model_method_defaults
+    (the model folder's own defaults for the method, e.g. the mini backbone's λ_xa and CFG; else the paper's),
+    with the world's sentence banks."""
+    from retouch.methods import get_method, with_model_defaults
 
-    return model_method_defaults(get_method("pix2pix-zero"), model)
+    return with_model_defaults(get_method("pix2pix-zero"), model, {"bank": TEACHER_BANK})
 
 
 def pix2pix_zero_edits(backbone, images01: torch.Tensor, sources: list[str], edit: str, *, steps: int,
                        batch: int, seed: int, settings: dict | None = None, progress=None) -> torch.Tensor:
-    """The full pix2pix-zero edit (config E of Table 2, with the world's sentence banks and ``settings`` over the
-    paper's defaults) of each image with its own caption."""
+    """The full pix2pix-zero edit (config E of Table 2, with ``settings`` over the paper's defaults; the teacher's
+    are :func:`teacher_settings`) of each image with its own caption."""
     from retouch.methods import edit_by_caption, get_method
 
     method = get_method("pix2pix-zero")
     return edit_by_caption(backbone, images01, sources, lambda caption: (
-        method, method.config_class(**{"bank": TEACHER_BANK, **(settings or {}), "edit": edit, "source_text": caption,
-                                       "num_steps": steps, "seed": seed})), batch, progress)
+        method, method.config_class(**{**(settings or {}), "edit": edit, "source_text": caption, "num_steps": steps,
+                                       "seed": seed})), batch, progress)
 
 
 def collect_pairs(backbone, world, config: DistillConfig, split: str = "train") -> DistillPairs:

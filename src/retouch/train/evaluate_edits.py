@@ -189,7 +189,7 @@ def run_edit_evaluation(edits: list[str], output, *, method: str = "pix2pix-zero
 
     from retouch.backbone import MINI_DIR, load_backbone
     from retouch.imageio import check_outputs
-    from retouch.methods import get_method, model_method_defaults
+    from retouch.methods import get_method, with_model_defaults
     from retouch.metrics import TransformersCLIPJudge
     from retouch.progress import count_bar
     from retouch.train.evaluate_portrait import check_output_file
@@ -203,7 +203,7 @@ def run_edit_evaluation(edits: list[str], output, *, method: str = "pix2pix-zero
     models = Path(models) if models else MINI_DIR
     # The backbone folder's own defaults for the method (method_defaults.json) under the given settings, as
     # `retouch edit` runs it; an unknown method fails here, before any work.
-    settings = {**model_method_defaults(get_method(method), str(models / "backbone")), **(settings or {})}
+    settings = with_model_defaults(get_method(method), str(models / "backbone"), settings or {})
     backbone = load_backbone(str(models / "backbone"))
     world = World(seed=0, size=64)
     with count_bar(f"{method} edits", "scene") as progress:
