@@ -36,7 +36,7 @@ chromium:
 # (latent-noise robust; the encoder and so the latents are unchanged); the U-Net from pre-encoded shards
 # under two gloo processes of one thread each (global batch 64): 10,000 steps of ε-MSE, then resumed to
 # 13,000 with offset noise (the cosine schedule re-spreads on resume); the judge; export; the pixel
-# probes; the portrait MCDM on rendered pairs; the evaluation. Every stage is resumable and reused.
+# probes; the terminal prior (seconds: a ridge fit); the portrait MCDM on rendered pairs; the evaluation. Every stage is resumable and reused.
 MINI_WORK ?= out/train-mini-v2
 MINI = $(VENV)/bin/retouch train mini --recipe v2 --work-dir $(MINI_WORK)
 LAUNCH2 = ACCELERATE_USE_CPU=1 OMP_NUM_THREADS=1 $(PY) -m accelerate.commands.launch --multi_gpu --num_processes 2 \
@@ -55,6 +55,7 @@ mini-models: $(STAMP)
 	  --unet-offset-noise 0.1
 	OMP_NUM_THREADS=2 $(MINI) --stages judge,export
 	$(VENV)/bin/retouch train probes --profile v2
+	OMP_NUM_THREADS=2 $(VENV)/bin/retouch train terminal-prior
 	test -d $(PORTRAIT_PAIRS) || $(PY) benchmarks/portrait_oracle_pairs.py $(PORTRAIT_PAIRS) 1500
 	OMP_NUM_THREADS=2 $(PORTRAIT_TRAIN) --data $(PORTRAIT_PAIRS) --output-dir $(PORTRAIT_WORK)
 	$(VENV)/bin/retouch train ship portrait $(PORTRAIT_WORK)/final

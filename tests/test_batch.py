@@ -301,6 +301,7 @@ def test_a_models_method_defaults_fill_the_options_left_out_and_never_win_over_g
     from retouch.bench.harness import fingerprint
     from retouch.errors import RetouchError
     from retouch.methods import METHOD_DEFAULTS_FILE, get_method, model_method_defaults
+    from retouch.terminal_prior import TERMINAL_PRIOR_FILE
 
     method = get_method("pix2pix-zero")
     model = tmp_path / "model"
@@ -309,6 +310,10 @@ def test_a_models_method_defaults_fill_the_options_left_out_and_never_win_over_g
     before = fingerprint(model)
     (model / METHOD_DEFAULTS_FILE).write_text(json.dumps({"pix2pix-zero": {"xa_guidance": 0.7, "guidance_scale": 2.0}}))
     assert fingerprint(model) == before
+    (model / TERMINAL_PRIOR_FILE).write_bytes(b"prior")  # only text-to-image sampling from noise reads it
+    assert fingerprint(model) == before
+    (model / "weights.bin").write_bytes(b"other weights")
+    assert fingerprint(model) != before
 
     edit = {"edit": "red->blue"}
     config = _config(method, edit, {}, 3, base=None, model=str(model))

@@ -133,6 +133,17 @@ def test_evaluation_and_model_card(smoke_export, tmp_path):
     for attribute in ("shape", "colour", "pattern", "background"):
         assert 0.0 <= report["judge"]["zero_shot_accuracy"][attribute] <= 1.0
         assert 0.0 <= report["unet"]["judge_accuracy_of_samples"][attribute] <= 1.0
+    assert report["unet"]["start"] == "pure noise" and "from_pure_noise" not in report["unet"]
+    # With a terminal prior in the backbone folder, samples start from it and the pure-noise start is reported too.
+    import shutil
+
+    from retouch.train.terminal_prior import train_terminal_prior
+
+    export = shutil.copytree(smoke_export, tmp_path / "export")  # the module's export stays as trained
+    train_terminal_prior(export / "backbone", count=16)
+    with_prior = evaluate_mini(export, vae_count=2, judge_count=2, generation_count=2)
+    assert with_prior["unet"]["start"].startswith("terminal prior")
+    assert set(with_prior["unet"]["from_pure_noise"]["judge_accuracy_of_samples"]) >= {"shape", "background"}
     assert report["vae"]["downsampling_factor"] == 4 and np.isfinite(report["vae"]["photo_psnr_mean"])
     assert zero_shot_prompts("shape")["star"] == "a photo of a star"
     (smoke_export / "evaluation.json").write_text(json.dumps(report))

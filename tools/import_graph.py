@@ -28,7 +28,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("base", ("retouch", "errors", "options", "_quiet", "progress", "distributed", "imageio", "tokenizer",
               "edit_text")),
     ("core", ("sampling", "guidance", "guided_pass", "attention", "inversion", "edit_maps", "backbone", "families",
-              "memory", "effects", "metrics")),
+              "memory", "effects", "metrics", "terminal_prior")),
     ("world", ("world",)),
     ("data", ("data",)),
     ("networks", ("networks",)),

@@ -40,11 +40,14 @@ def fingerprint(folder: Path) -> str:
     """SHA-256 over the relative paths and contents of every file under ``folder`` (or of one file).
 
     A model folder's ``method_defaults.json`` is left out: it sets what users get for the options they leave
-    out, and no benchmark row reads it (rows run the settings they name)."""
+    out, and no benchmark row reads it (rows run the settings they name). So is its terminal prior: only
+    text-to-image sampling from noise reads it, and no row samples that way."""
     from retouch.methods import METHOD_DEFAULTS_FILE
+    from retouch.terminal_prior import TERMINAL_PRIOR_FILE
 
     folder = Path(folder)
-    files = sorted(p for p in folder.rglob("*") if p.is_file() and p.name != METHOD_DEFAULTS_FILE) \
+    files = sorted(p for p in folder.rglob("*") if p.is_file() and p.name not in (METHOD_DEFAULTS_FILE,
+                                                                                 TERMINAL_PRIOR_FILE)) \
         if folder.is_dir() else [folder]
     state = tuple((str(p), p.stat().st_size, p.stat().st_mtime_ns) for p in files)
     if state not in _FINGERPRINTS:

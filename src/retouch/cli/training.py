@@ -252,6 +252,29 @@ def train_distill(edit, output_dir, model, judge_dir, pairs, edit_steps, train_s
     click.echo(distill_on_mini_world(config, judge_dir))
 
 
+@train.command("terminal-prior")
+@click.option("--model", default="mini", show_default=True,
+              help="a local backbone folder (or 'mini', the shipped one); the prior is saved into it")
+@click.option("--scenes", type=click.IntRange(min=16), default=4096, show_default=True,
+              help="training-split mini-world scenes the prior is fitted on")
+@click.option("--profile", type=click.Choice(["v1", "v2"]), default=None, help="world profile (default: the world's)")
+@seed_option()
+def train_terminal_prior_command(model, scenes, profile, seed) -> None:
+    """Fit the caption-conditioned start of text-to-image sampling (retouch/terminal_prior.py) to a mini-world
+    backbone: the channel means its x_T should carry, so samples take their background from the caption."""
+    from retouch.methods import model_folder
+    from retouch.progress import count_bar
+    from retouch.train.terminal_prior import train_terminal_prior
+
+    folder = model_folder(model)
+    if folder is None or not (folder / "model_index.json").is_file():
+        raise RetouchError(f"--model must be a local diffusers backbone folder or 'mini', not '{model}'")
+    with count_bar("encoding scenes", "scene") as progress:
+        report = train_terminal_prior(folder, count=scenes, seed=seed, profile=profile, progress=progress)
+    r2 = ", ".join(f"{v:.3f}" for v in report["r2_val"])
+    click.echo(f"wrote {report['path']} (validation R² of the channel means: {r2})")
+
+
 @train.command("ship")
 @click.argument("kind", type=click.Choice(["multitask", "portrait"]))
 @click.argument("folder", type=click.Path(exists=True, file_okay=False, path_type=Path))

@@ -126,19 +126,25 @@ def evaluate_judge(judge, world, count: int = 500) -> dict:
 # ---------------------------------------------------------------------------------------------
 @torch.no_grad()
 def generate(backbone, captions: list[str], *, num_steps: int = 25, guidance_scale: float = 5.0, seed: int = 0,
-             batch: int = 32) -> torch.Tensor:
-    """Text-to-image samples (N, 3, H, W) in [0, 1] with DDIM + classifier-free guidance."""
+             batch: int = 32, prior=None) -> torch.Tensor:
+    """Text-to-image samples (N, 3, H, W) in [0, 1] with DDIM + classifier-free guidance.
+
+    ``prior``: a :class:`retouch.terminal_prior.TerminalPrior` to start from x_T = √ᾱ_T·m(c) + √(1−ᾱ_T)·ε
+    instead of ε; the same ε either way, so the two starts differ only in their channel means."""
     from retouch.sampling import ddim_sample, ddim_timesteps, guided_denoiser
 
     generator = torch.Generator().manual_seed(seed)
+    prior_generator = torch.Generator().manual_seed(seed + 1)
     size = backbone.unet.config.sample_size
+    timesteps = ddim_timesteps(backbone.schedule, num_steps)
     outputs = []
     for start in range(0, len(captions), batch):
         chunk = captions[start:start + batch]
         latents = torch.randn((len(chunk), backbone.latent_channels, size, size), generator=generator)
-        denoise = guided_denoiser(backbone.denoise, backbone.encode_text(chunk), backbone.encode_text([""] * len(chunk)),
-                                  guidance_scale)
-        timesteps = ddim_timesteps(backbone.schedule, num_steps)
+        cond = backbone.encode_text(chunk)
+        if prior is not None:
+            latents = prior.start(latents, cond.hidden_states, backbone.schedule.alpha(timesteps[0]), prior_generator)
+        denoise = guided_denoiser(backbone.denoise, cond, backbone.encode_text([""] * len(chunk)), guidance_scale)
         latents = ddim_sample(denoise, backbone.schedule, latents, timesteps, None, num_steps=num_steps)
         outputs.append(((backbone.decode_latents(latents) + 1) / 2).clamp(0, 1))
     return torch.cat(outputs)
@@ -154,21 +160,33 @@ def probe_accuracy(probes, images01: torch.Tensor, specs) -> dict[str, float]:
             for name in JUDGED_ATTRIBUTES if name in probes.attributes}
 
 
-def evaluate_generation(backbone, judge, world, count: int = 200, probes=None, **sampling) -> tuple[dict, torch.Tensor]:
+def evaluate_generation(backbone, judge, world, count: int = 200, probes=None, prior=None,
+                        **sampling) -> tuple[dict, torch.Tensor]:
     """Samples for held-out captions, read by the judge (zero-shot) and, with ``probes``, by the pixel
-    probes: two independent readers, so a blind spot of one cannot hide a failure."""
+    probes: two independent readers, so a blind spot of one cannot hide a failure.
+
+    With a terminal ``prior`` the samples start from it (what the model's users get), and the same
+    captions and noise are also sampled from N(0, I) and reported under ``from_pure_noise``."""
     scenes = held_out_scenes(world, count)
-    started = time.perf_counter()
-    samples = generate(backbone, scenes.captions, **sampling)
-    seconds = time.perf_counter() - started
     real = judge_accuracy(judge, scenes.images, scenes.specs, world.vocabularies)
+
+    def read(samples):
+        accuracy = {"judge_accuracy_of_samples": judge_accuracy(judge, samples, scenes.specs, world.vocabularies)}
+        if probes is not None:
+            accuracy["probe_accuracy_of_samples"] = probe_accuracy(probes, samples, scenes.specs)
+        return accuracy
+
+    started = time.perf_counter()
+    samples = generate(backbone, scenes.captions, prior=prior, **sampling)
+    seconds = time.perf_counter() - started
     report = {"held_out_captions": count, "sampling": sampling or {"num_steps": 25, "guidance_scale": 5.0},
-              "judge_accuracy_of_samples": judge_accuracy(judge, samples, scenes.specs, world.vocabularies),
-              "judge_accuracy_of_real_scenes_same_captions": real,
+              "start": "terminal prior (retouch.terminal_prior)" if prior is not None else "pure noise",
+              **read(samples), "judge_accuracy_of_real_scenes_same_captions": real,
               "seconds_per_sample": seconds / count}
     if probes is not None:
-        report["probe_accuracy_of_samples"] = probe_accuracy(probes, samples, scenes.specs)
         report["probe_accuracy_of_real_scenes_same_captions"] = probe_accuracy(probes, scenes.images, scenes.specs)
+    if prior is not None:
+        report["from_pure_noise"] = read(generate(backbone, scenes.captions, **sampling))
     return report, samples
 
 
@@ -177,6 +195,7 @@ def evaluate_mini(models_dir: Path, *, seed: int = 0, vae_count: int = 256, judg
     """All three evaluations on the exported models in ``models_dir`` (``backbone/`` + ``judge/``)."""
     from retouch.backbone import load_backbone
     from retouch.metrics import TransformersCLIPJudge
+    from retouch.terminal_prior import load_terminal_prior
     from retouch.world import World
 
     models_dir = Path(models_dir)
@@ -189,7 +208,8 @@ def evaluate_mini(models_dir: Path, *, seed: int = 0, vae_count: int = 256, judg
         from retouch.world.probe import load_probes
 
         probes = load_probes(models_dir / "probes")
-    report["unet"], samples = evaluate_generation(backbone, judge, world, generation_count, probes=probes)
+    prior = load_terminal_prior(models_dir / "backbone")
+    report["unet"], samples = evaluate_generation(backbone, judge, world, generation_count, probes=probes, prior=prior)
     if grid_path is not None:
         save_sample_grid(world, samples, grid_path)
     return report
