@@ -103,6 +103,11 @@ def test_edit_is_seeded_and_survives_save_and_load(tiny_backbones, tmp_path):
     assert not torch.equal(first, multitask_edit(model, images, vector, num_steps=4, seed=2))
     inverted = multitask_edit(model, images, vector, num_steps=4, start="ddim-inversion")
     assert not torch.equal(first, inverted)
+    # η > 0: stochastic steps, seeded like the start (the same seed repeats, another differs, η = 0 is DDIM).
+    stochastic = multitask_edit(model, images, vector, num_steps=4, seed=1, eta=1.0)
+    assert torch.equal(stochastic, multitask_edit(model, images, vector, num_steps=4, seed=1, eta=1.0))
+    assert not torch.allclose(stochastic, first, atol=1e-4)
+    assert torch.equal(first, multitask_edit(model, images, vector, num_steps=4, seed=1, eta=0.0))
     model.save(tmp_path / "model")
     loaded = MultitaskModel.load(tmp_path / "model")
     assert torch.allclose(multitask_edit(loaded, images, vector, num_steps=4, seed=1), first, atol=1e-5)
@@ -216,7 +221,7 @@ def test_cli_edits_with_a_trained_folder_and_explains_missing_models(tiny_backbo
     assert code == 0, err
     assert load_image(tmp_path / "out.png").shape == (40, 40, 3) and image.read_bytes() == before
     for args, message in ((["--blur", "1.5"], "Table 1"), (["--sharpen", "0.5"], "Table 1"), ([], "no task"),
-                          (["--blur", "0.5", "--start", "x"], "--start")):
+                          (["--blur", "0.5", "--start", "x"], "--start"), (["--blur", "0.5", "--eta", "1.5"], "--eta")):
         code, _, err = run_cli(["edit", image, "-o", tmp_path / "bad.png", "--method", "multitask", "--model",
                                 folder / "final", *args], capsys)
         assert code != 0 and message in err and not (tmp_path / "bad.png").exists()

@@ -413,12 +413,13 @@ def _multitask_tab(page: _Page) -> None:
 
     app = page.app
     form = ConfigForm(MultitaskConfig, "multitask", **_BLUR_GRAIN, num_steps=STEPS,
-                      start=Shown("start from", choices=["noise", "ddim-inversion"]), seed=SEED)
+                      start=Shown("start from", choices=["noise", "ddim-inversion"]),
+                      eta=Shown("sampler η (0 = DDIM)", range=(0, 1, 0.1)), seed=SEED)
     with page.tab("multitask", "multitask") as tab:
         model = page.model_picker(app.multitask_models(), "multitask model", "multitask")
         controls = _compositing(page, form)
         with gr.Row():
-            form.show("num_steps", "start", "seed")
+            form.show("num_steps", "start", "eta", "seed")
 
     def edit(model_name, image, mask_path, reference_path, amount, threshold, *settings, report):
         picture, hole, reference = _compositing_inputs(page, image, mask_path, reference_path)

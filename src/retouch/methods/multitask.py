@@ -26,16 +26,19 @@ STARTS = ("noise", "ddim-inversion")
 @torch.no_grad()
 def multitask_edit(model: MultitaskModel, images: torch.Tensor, vector: EditingVector, *,
                    reference: torch.Tensor | None = None, mask: torch.Tensor | None = None, num_steps: int = 50,
-                   seed: int = 0, start: str = "noise", progress=None) -> torch.Tensor:
+                   seed: int = 0, start: str = "noise", eta: float = 0.0, progress=None) -> torch.Tensor:
     """Edit images (B, 3, H, W) in [−1, 1] with any combination of tasks; DDIM from random noise.
 
     ``start="ddim-inversion"`` starts from the DDIM inversion of the source latents instead (the paper
-    tried it and found it harder to edit; offered for comparison).
+    tried it and found it harder to edit; offered for comparison). ``eta`` > 0 samples stochastically
+    (Song et al. 2021, Eq. 16; 1 = DDPM's posterior noise), its fresh noise seeded from ``seed`` too.
     """
     vector.validate()
     source, side, c = conditioning_inputs(model, images, vector, reference, mask)
     noise = torch.randn(source.shape, generator=torch.Generator().manual_seed(seed)).to(source)
-    return sample_conditioned(model, source, side, c, noise, num_steps=num_steps, start=start, progress=progress)
+    fresh = torch.Generator().manual_seed(seed + 1) if eta > 0 else None
+    return sample_conditioned(model, source, side, c, noise, num_steps=num_steps, start=start, progress=progress,
+                              eta=eta, generator=fresh)
 
 
 @torch.no_grad()
@@ -86,6 +89,8 @@ class MultitaskConfig:
     num_steps: int = steps_option(50, "DDIM steps")
     start: str = option("noise", "noise (the paper) or ddim-inversion of the input (which the paper found harder to "
                                  "edit)", choices=STARTS)
+    eta: float = option(0.0, "η of the sampler: 0 = DDIM (the paper), 1 = fresh noise each step as DDPM; an "
+                             "ε-predicting model draws grain texture only with η > 0", at_least=0.0, at_most=1.0)
     seed: int = option(0, "seed of the starting noise")
 
     def vector(self) -> EditingVector:
@@ -147,7 +152,8 @@ def _register() -> None:
     def multitask(model: MultitaskModel, images: torch.Tensor, config: MultitaskConfig, progress=None, *,
                   reference=None, mask=None) -> torch.Tensor:
         return multitask_edit(model, images, config.vector(), reference=reference, mask=mask,
-                              num_steps=config.num_steps, seed=config.seed, start=config.start, progress=progress)
+                              num_steps=config.num_steps, seed=config.seed, start=config.start, eta=config.eta,
+                              progress=progress)
 
 
 _register()
