@@ -227,6 +227,51 @@ def test_cli_edits_with_a_trained_folder_and_explains_missing_models(tiny_backbo
         assert code != 0 and message in err and not (tmp_path / "bad.png").exists()
 
 
+def test_a_model_folder_carries_its_sampler_eta_to_the_cli_and_the_evaluation(tiny_backbones, tmp_path, capsys):
+    """``method_defaults.json`` {"multitask": {"eta": 1}} beside a model: loading sets ``model.eta``, ``retouch
+    edit`` samples at it unless --eta is given, and the evaluation's batched edits use it too."""
+    import json
+
+    import numpy as np
+    from helpers import run_cli
+
+    from retouch.imageio import load_image, save_image
+    from retouch.methods.multitask import load_multitask_model
+    from retouch.train.evaluate_multitask import edit_cases
+
+    torch.manual_seed(0)
+    folder = tmp_path / "model"
+    MultitaskModel.from_backbone(tiny_backbones["tiny-sd"]).save(folder)
+    assert load_multitask_model(str(folder)).eta == 0.0
+    (folder / "method_defaults.json").write_text(json.dumps({"multitask": {"eta": 1.0}}))
+    model = load_multitask_model(str(folder))
+    assert model.eta == 1.0
+    image = tmp_path / "in.png"
+    save_image(np.random.default_rng(0).random((32, 32, 3)).astype(np.float32), image)
+    outputs = {}
+    for name, extra in (("own", []), ("ddim", ["--eta", "0"])):
+        code, _, err = run_cli(["edit", image, "-o", tmp_path / f"{name}.png", "--method", "multitask", "--model",
+                                folder, "--blur", "0.5", "--num-steps", "3", "--seed", "2", *extra], capsys)
+        assert code == 0, err
+        outputs[name] = torch.from_numpy(load_image(tmp_path / f"{name}.png"))
+    images = torch.from_numpy(load_image(image)).permute(2, 0, 1)[None] * 2 - 1
+    expected = {eta: multitask_edit(model, images, EditingVector(blur=0.5), num_steps=3, seed=2, eta=eta)
+                for eta in (1.0, 0.0)}
+    for name, eta in (("own", 1.0), ("ddim", 0.0)):
+        assert torch.allclose(outputs[name].permute(2, 0, 1), ((expected[eta][0] + 1) / 2).clamp(0, 1), atol=1 / 255)
+    assert not torch.allclose(outputs["own"], outputs["ddim"], atol=1 / 255)
+
+    class Case:
+        reference = keep = None
+
+    batch, vectors = [Case(), Case()], [EditingVector(blur=0.5)] * 2
+    sampled = edit_cases(model, images.repeat(2, 1, 1, 1), batch, vectors, num_steps=3, seed=4)
+    assert torch.equal(sampled, edit_cases(model, images.repeat(2, 1, 1, 1), batch, vectors, num_steps=3, seed=4))
+    model.eta = 0.0
+    assert not torch.allclose(sampled, edit_cases(model, images.repeat(2, 1, 1, 1), batch, vectors, num_steps=3,
+                                                  seed=4), atol=1e-4)
+
+
 def test_the_cli_reads_reference_and_hole_at_the_inputs_width_and_height(tmp_path):
     """``prepare``'s size is (width, height): a wide input gets a wide reference and keep-mask (the reference was
     once resized to (height, width), which the model's area resize then silently stretched back)."""

@@ -409,12 +409,15 @@ def _multitask_tab(page: _Page) -> None:
     """The multitask compositing model: the effects' sliders as its editing vector."""
     import gradio as gr
 
-    from retouch.methods.multitask import MultitaskConfig
+    from retouch.methods import get_method, model_method_defaults
+    from retouch.methods.multitask import SHIPPED_MODEL, MultitaskConfig
 
     app = page.app
+    # The η slider starts at the shipped model's own (method_defaults.json), as the CLI does.
+    shipped = model_method_defaults(get_method("multitask"), str(SHIPPED_MODEL))
     form = ConfigForm(MultitaskConfig, "multitask", **_BLUR_GRAIN, num_steps=STEPS,
                       start=Shown("start from", choices=["noise", "ddim-inversion"]),
-                      eta=Shown("sampler η (0 = DDIM)", range=(0, 1, 0.1)), seed=SEED)
+                      eta=Shown("sampler η (0 = DDIM)", range=(0, 1, 0.1), value=shipped.get("eta")), seed=SEED)
     with page.tab("multitask", "multitask") as tab:
         model = page.model_picker(app.multitask_models(), "multitask model", "multitask")
         controls = _compositing(page, form)

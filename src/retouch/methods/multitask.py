@@ -133,10 +133,15 @@ def multitask_tensors(size: tuple[int, int], device, dtype, *, reference=None, h
 
 
 def load_multitask_model(model: str, *, device="cpu", dtype=torch.float32, **_) -> MultitaskModel:
-    """``--model`` for ``--method multitask``: a folder written by ``retouch train multitask``."""
+    """``--model`` for ``--method multitask``: a folder written by ``retouch train multitask``. Its sampler η
+    (``loaded.eta``) is the folder's ``method_defaults.json`` value, which every edit of the CLI and the app
+    also starts from; the evaluation samples each model at its own."""
+    from retouch.methods import get_method, model_method_defaults
+
     folder = trained_model_folder(model, "multitask.json", SHIPPED_MODEL, "multitask",
                                   not_shipped="no multitask model is shipped yet")
     loaded = MultitaskModel.load(folder, device=device)
+    loaded.eta = float(model_method_defaults(get_method("multitask"), str(folder)).get("eta", 0.0))
     if loaded.vae is not None:  # None: a pixel-space model
         loaded.vae.to(dtype)
     loaded.denoiser.to(dtype)

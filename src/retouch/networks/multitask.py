@@ -236,11 +236,14 @@ class MultitaskDenoiser(nn.Module):
 class MultitaskModel:
     """The autoencoder, the denoiser and the noise schedule: everything a multitask edit needs.
 
-    ``vae`` is None for a pixel-space model (encoding and decoding are then the identity)."""
+    ``vae`` is None for a pixel-space model (encoding and decoding are then the identity). ``eta`` is the
+    sampler's η the model is meant to be sampled with (0 = DDIM); loading sets it from the folder's
+    ``method_defaults.json`` (:func:`retouch.methods.multitask.load_multitask_model`)."""
 
     vae: object | None
     denoiser: MultitaskDenoiser
     scheduler_config: dict
+    eta: float = 0.0
 
     @property
     def spec(self) -> MultitaskSpec:

@@ -136,7 +136,8 @@ def edit_cases(model, images: torch.Tensor, batch: list[Case], vectors: list[Edi
     """Edit images (B, 3, H, W), example k with ``vectors[k]`` and case k's reference and mask, in one batch.
 
     Example k of a diffusion model starts from the noise of seed ``seed + k``: the edit a batch of one
-    with that seed would give.
+    with that seed would give. A model sampled with η > 0 (``model.eta``) draws its per-step noise for the
+    whole batch from one generator seeded with ``seed``, so there an example's edit depends on its batch.
     """
     from retouch.methods.multitask import sample_conditioned
     from retouch.networks.multitask import conditioning_inputs, masked_input
@@ -161,7 +162,9 @@ def edit_cases(model, images: torch.Tensor, batch: list[Case], vectors: list[Edi
     source, small, c = (torch.cat(column) for column in zip(*parts))
     noise = torch.cat([torch.randn((1, *source.shape[1:]), generator=torch.Generator().manual_seed(seed + k))
                        for k in range(len(batch))]).to(source)
-    return sample_conditioned(model, source, small, c, noise, num_steps=num_steps, start=start).clamp(-1, 1)
+    fresh = torch.Generator().manual_seed(seed) if model.eta > 0 else None
+    return sample_conditioned(model, source, small, c, noise, num_steps=num_steps, start=start, eta=model.eta,
+                              generator=fresh).clamp(-1, 1)
 
 
 def run_model(model, batch: list[Case], *, num_steps: int, seed: int, chunk: int = 64) -> torch.Tensor:
