@@ -4,12 +4,14 @@ unedited input's L1 (the bar every task must beat).
     python benchmarks/multitask_pilot_curves.py --data out/compositing --run residual=out/mt-pilot/residual \
         --run epsilon=out/mt-pilot/epsilon --steps 250,500,1000 --limit 24 --output docs/multitask_pilots.json
 
-Each checkpoint's raw (not EMA) weights are exported with ``export_checkpoint`` and edited with 25 DDIM
-steps from noise, as ``retouch eval multitask`` does.
+Each checkpoint's raw (not EMA) weights are exported with ``export_checkpoint`` and edited with 25 steps
+from noise, as ``retouch eval multitask`` does: DDIM, or with ``--eta 1`` stochastic steps (an ε model draws
+grain texture only so; ``--eta 0,1`` measures both).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import tempfile
 from pathlib import Path
@@ -29,6 +31,7 @@ def main() -> None:
     parser.add_argument("--steps", default="250,500,1000")
     parser.add_argument("--limit", type=int, default=24)
     parser.add_argument("--split", default="val")
+    parser.add_argument("--eta", default="0", help="comma-separated sampler η values (0 = DDIM)")
     parser.add_argument("--output", type=Path, required=True)
     args = parser.parse_args()
     curves = {"split": args.split, "limit": args.limit, "runs": {}}
@@ -38,11 +41,17 @@ def main() -> None:
             batch = json.loads((Path(folder) / "run_config.json").read_text())["batch"]
             points = []
             for step in (int(s) for s in args.steps.split(",")):
-                model = export_checkpoint(Path(folder), step, Path(scratch) / f"{name}-{step}")
-                rows = evaluate({name: load_compositing_model(model), "unedited input": Unedited()}, args.data, args.split, TASKS,
-                                num_steps=25, limit=args.limit)
+                model = load_compositing_model(export_checkpoint(Path(folder), step, Path(scratch) / f"{name}-{step}"))
+                systems = {"unedited input": Unedited()}
+                for eta in (float(e) for e in args.eta.split(",")):
+                    label = name if eta == 0 else f"{name} η={eta:g}"
+                    systems[label] = dataclasses.replace(model, eta=eta)
+                rows = evaluate(systems, args.data, args.split, TASKS, num_steps=25, limit=args.limit)
                 points.append({"step": step, "samples": step * batch, "rows": rows})
-                print(name, step, {r["task"]: round(r["l1"], 4) for r in rows if r["model"] == name}, flush=True)
+                for label in systems:
+                    if label != "unedited input":
+                        print(label, step, {r["task"]: round(r["l1"], 4) for r in rows if r["model"] == label},
+                              flush=True)
             curves["runs"][name] = points
     args.output.write_text(json.dumps(curves, indent=2))
 

@@ -114,6 +114,23 @@ def test_generator_is_seeded_per_pair_and_returns_halves(tiny):
     assert not torch.allclose(other[0], left)
 
 
+def test_a_terminal_prior_sets_each_pairs_start_from_its_shared_prompt(tiny):
+    """With a prior, z_T carries √ᾱ_T·m(p) (here a large known mean): the pairs change, stay seeded per pair."""
+    from retouch.terminal_prior import TerminalPrior
+
+    prompts = _prompts(2)
+    width, channels = tiny.text_encoder.config.hidden_size, tiny.latent_channels
+    weight = torch.zeros((width + 1, channels))
+    weight[-1] = torch.tensor([40.0, -40.0, 40.0, -40.0])[:channels]  # the intercept: m(p) whatever p says
+    prior = TerminalPrior(weight, torch.full((channels,), 0.5))
+    plain = generate_pairs(tiny, prompts, steps=2, seed=5, size=SIZE)
+    primed = generate_pairs(tiny, prompts, steps=2, seed=5, size=SIZE, prior=prior)
+    assert not torch.allclose(primed[0], plain[0], atol=1e-3)
+    assert torch.equal(primed[0], generate_pairs(tiny, prompts, steps=2, seed=5, size=SIZE, prior=prior)[0])
+    alone = generate_pairs(tiny, prompts[1:], steps=2, seed=[6], size=SIZE, prior=prior)
+    torch.testing.assert_close(alone[0][0], primed[0][1], atol=1e-4, rtol=0)
+
+
 def test_a_zero_initialised_controlnet_changes_nothing_and_a_trained_one_does(tiny):
     from diffusers import ControlNetModel
 
@@ -258,6 +275,8 @@ def test_cli_refuses_bad_input_with_one_line(tmp_path, capsys, loaded_judge):
         (["--direction", "hat", "--split", "holdout"], "unknown split"),
         (["--direction", "hat", "--source", "generate", "--strengths", "0.5,0.5"], "--strengths"),
         (["--direction", "hat", "--source", "renderer", "--steps", "3"], "--steps"),
+        (["--direction", "hat", "--source", "renderer", "--terminal-prior"], "--terminal-prior"),
+        (["--direction", "hat", "--source", "generate", "--model", "tiny-sd", "--terminal-prior"], "no terminal prior"),
         (["--direction", "hat", "--count", "0"], "--count"),
         (["--direction", "hat", "--source", "generate", "--model", tmp_path / "no-model"], "not found"),
         (["--direction", "hat", "--out", existing], "already exists"),

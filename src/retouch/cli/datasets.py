@@ -70,18 +70,22 @@ def data_compositing(output: Path, images, world_scenes, dead_leaves, photos, cr
 @seed_option("world seed and base of the noise seeds")
 @click.option("--split", default="train", show_default=True, help="world split of the pairs: train, val or test")
 @click.option("--batch", type=int, default=8, show_default=True, help="pairs per denoising batch")
+@click.option("--terminal-prior", is_flag=True,
+              help="start each pair's z_T from the model's terminal prior (the channel means its prompt implies; "
+                   "docs/world_v2.md) instead of pure noise")
 @device_option
 @click.option("--overwrite", is_flag=True, help="replace an existing pairs dataset in the output folder")
 @click.pass_context
 def data_pairs(ctx, output: Path, direction, count, source, model, steps, guidance_scale, strengths, seed, split, batch,
-               device, overwrite) -> None:
+               terminal_prior, device, overwrite) -> None:
     """Paired data for the portrait paper's MCDM (§3.2): one side-by-side denoising per pair, filtered."""
     from retouch.backbone import resolve_device
     from retouch.data.pairs import PairGuidance, PairsConfig, build_pairs_dataset
     from retouch.progress import count_bar
 
     if source == "renderer":
-        given = [f"--{name.replace('_', '-')}" for name in ("model", "steps", "guidance_scale", "strengths")
+        given = [f"--{name.replace('_', '-')}" for name in ("model", "steps", "guidance_scale", "strengths",
+                                                             "terminal_prior")
                  if ctx.get_parameter_source(name) is not click.core.ParameterSource.DEFAULT]
         if given:
             raise RetouchError(f"{', '.join(given)} only apply to --source generate")
@@ -91,7 +95,7 @@ def data_pairs(ctx, output: Path, direction, count, source, model, steps, guidan
         raise RetouchError(f"--strengths takes three comma-separated numbers s_d,s_a,s_b; got {strengths!r}") from None
     config = PairsConfig(direction=direction, count=count, source=source, model=model, steps=steps, seed=seed,
                          split=split, guidance=PairGuidance(guidance_scale, s_d, s_a, s_b), batch=batch,
-                         device=resolve_device(device), overwrite=overwrite)
+                         terminal_prior=terminal_prior, device=resolve_device(device), overwrite=overwrite)
     with count_bar("pairs", "pair") as progress:
         summary = build_pairs_dataset(config, output, progress)
     click.echo(f"wrote {output}: {summary['pairs']} {split} pairs ({direction}, {source}), kept {summary['kept']} "

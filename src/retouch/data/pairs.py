@@ -187,14 +187,16 @@ def _with_tokens(cond, tokens: torch.Tensor):
 @torch.no_grad()
 def generate_pairs(backbone, prompts: Sequence, *, steps: int = 25, seed: int | Sequence[int] = 0,
                    control: PairControl | None = None, identity: PairIdentity | None = None,
-                   guidance: PairGuidance = PairGuidance(), size: int | None = None
+                   guidance: PairGuidance = PairGuidance(), size: int | None = None, prior=None
                    ) -> tuple[torch.Tensor, torch.Tensor]:
     """(left, right) halves (B, 3, H, W) in [0, 1] from one DDIM denoising of (B, C, h, 2w) latents.
 
     ``prompts``: one per pair, with ``shared``, ``left`` and ``right`` fields (p, p_a, p_b; e.g.
     :class:`retouch.world.PairCaptions`). ``seed``: pair k's z_T is drawn from a generator seeded with
     ``seed + k`` (an int) or ``seed[k]`` (a sequence), so a pair does not depend on its batch.
-    ``size`` is H = W (default: the U-Net's native resolution). Deterministic DDIM (η = 0).
+    ``size`` is H = W (default: the U-Net's native resolution). Deterministic DDIM (η = 0). ``prior``: a
+    :class:`retouch.terminal_prior.TerminalPrior`; z_T then carries the channel means the shared prompt p
+    implies (both halves share the scene's background), its spread drawn from the same per-pair seed.
     """
     from retouch.sampling import ddim_sample, ddim_timesteps
 
@@ -214,6 +216,11 @@ def generate_pairs(backbone, prompts: Sequence, *, steps: int = 25, seed: int | 
         conditions = [_with_tokens(conditions[0], null_tokens)] + [_with_tokens(c, tokens) for c in conditions[1:]]
     denoise = backbone.denoise if control is None else controlled_denoiser(backbone, control, count)
     schedule = backbone.schedule
+    if prior is not None:
+        alpha_T = schedule.alpha(ddim_timesteps(schedule, steps)[0])
+        latents = torch.cat([prior.start(latents[k:k + 1].cpu(), conditions[1].hidden_states[k:k + 1], alpha_T,
+                                         torch.Generator().manual_seed(s + 1)) for k, s in enumerate(seeds)])
+        latents = latents.to(backbone.device, backbone.dtype)
 
     def mixed(x, t, _):
         return pair_noise(denoise, schedule, x, t, conditions, guidance)
@@ -378,6 +385,7 @@ class PairsConfig:
     split: str = "train"  #: the world split the pairs' indices come from
     guidance: PairGuidance = field(default_factory=PairGuidance)
     batch: int = option(8, at_least=1)  #: pairs per denoising batch (each is 4 U-Net rows)
+    terminal_prior: bool = False  #: start z_T from ``model``'s terminal prior (retouch/terminal_prior.py)
     device: str = "cpu"
     overwrite: bool = False  #: replace an existing pairs dataset in the output folder
 
@@ -443,6 +451,15 @@ def build_pairs_dataset(config: PairsConfig, output: Path, progress=None, *, bac
     config.validate()
     output = Path(output)
     _check_output(output, config.overwrite)
+    prior = None
+    if config.terminal_prior and config.source == "generate":
+        from retouch.methods import model_folder
+        from retouch.terminal_prior import load_terminal_prior
+
+        prior = load_terminal_prior(model_folder(config.model))
+        if prior is None:
+            raise RetouchError(f"--terminal-prior: model '{config.model}' carries no terminal prior "
+                               "(make one with `retouch train terminal-prior`)")
     size = 64
     if config.source == "generate":
         if backbone is None:
@@ -470,7 +487,7 @@ def build_pairs_dataset(config: PairsConfig, output: Path, progress=None, *, bac
             if config.source == "generate":
                 seeds = [noise_seed(config.seed, i) for i in chunk]
                 left, right = generate_pairs(backbone, captions, steps=config.steps, seed=seeds,
-                                             guidance=config.guidance)
+                                             guidance=config.guidance, prior=prior)
             else:
                 seeds = [None] * len(chunk)
                 rendered = torch.from_numpy(np.stack([p[2].image for p in pairs])).permute(0, 3, 1, 2)
