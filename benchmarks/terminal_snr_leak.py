@@ -34,7 +34,7 @@ from _options import script_parser
 
 from retouch.backbone import MINI_DIR, load_backbone
 from retouch.metrics import TransformersCLIPJudge
-from retouch.methods import model_folder
+from retouch.backbone import model_folder
 from retouch.sampling import ddim_sample, ddim_timesteps, guided_denoiser
 from retouch.terminal_prior import TerminalPrior, load_terminal_prior
 from retouch.train.evaluate_mini import judge_accuracy, probe_accuracy

@@ -563,6 +563,14 @@ def _tiny_text_encoder(tokenizer, projection_dim: int | None = None, act: str = 
     return CLIPTextModelWithProjection(config) if projection_dim else CLIPTextModel(config)
 
 
+def model_folder(model: str) -> Path | None:
+    """The local folder of a model name or path (the shipped ``mini`` backbone's for ``mini``), else None:
+    where a model's own files beside its weights (``method_defaults.json``, its terminal prior) are found."""
+    if model == MINI_NAME:
+        return MINI_DIR / "backbone"
+    return Path(model) if Path(model).is_dir() else None
+
+
 def resolve_device(device: str = "auto") -> str:
     """``auto`` → ``cuda`` when a GPU is visible, else ``cpu``; anything else unchanged."""
     return ("cuda" if torch.cuda.is_available() else "cpu") if device == "auto" else device

@@ -262,7 +262,7 @@ def train_distill(edit, output_dir, model, judge_dir, pairs, edit_steps, train_s
 def train_terminal_prior_command(model, scenes, profile, seed) -> None:
     """Fit the caption-conditioned start of text-to-image sampling (retouch/terminal_prior.py) to a mini-world
     backbone: the channel means its x_T should carry, so samples take their background from the caption."""
-    from retouch.methods import model_folder
+    from retouch.backbone import model_folder
     from retouch.progress import count_bar
     from retouch.train.terminal_prior import train_terminal_prior
 

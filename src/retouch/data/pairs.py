@@ -453,7 +453,7 @@ def build_pairs_dataset(config: PairsConfig, output: Path, progress=None, *, bac
     _check_output(output, config.overwrite)
     prior = None
     if config.terminal_prior and config.source == "generate":
-        from retouch.methods import model_folder
+        from retouch.backbone import model_folder
         from retouch.terminal_prior import load_terminal_prior
 
         prior = load_terminal_prior(model_folder(config.model))

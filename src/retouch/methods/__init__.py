@@ -96,15 +96,6 @@ def model_name(method: Method, model: str | None) -> str:
 METHOD_DEFAULTS_FILE = "method_defaults.json"
 
 
-def model_folder(model: str) -> Path | None:
-    """The local folder of a model name or path (the shipped ``mini`` backbone's for ``mini``), else None."""
-    from retouch.backbone import MINI_DIR, MINI_NAME
-
-    if model == MINI_NAME:
-        return MINI_DIR / "backbone"
-    return Path(model) if Path(model).is_dir() else None
-
-
 def model_method_defaults(method: Method, model: str | None) -> dict:
     """The settings ``model``'s folder recommends for ``method``, from its ``method_defaults.json``.
 
@@ -115,6 +106,8 @@ def model_method_defaults(method: Method, model: str | None) -> dict:
     they pass the paper's settings. No file, or no entry for the method: ``{}``.
     """
     import json
+
+    from retouch.backbone import model_folder
 
     folder = model_folder(model_name(method, model))
     path = None if folder is None else folder / METHOD_DEFAULTS_FILE
