@@ -339,7 +339,13 @@ def test_evaluation_tables_score_edits_against_targets(tiny_backbones, tmp_path,
                               "--split", "photos", "--tasks", "blur,grain+colour", "--steps", "2", "--limit", "2",
                               "-o", tmp_path / "table.md"], capsys)
     assert code == 0, err
-    assert "| grain+colour | ours | 2 |" in (tmp_path / "table.md").read_text()
+    table = (tmp_path / "table.md").read_text()
+    assert "| grain+colour | ours | 2 |" in table and "2 steps from noise, DDIM." in table
+    (tmp_path / "m" / "method_defaults.json").write_text('{"multitask": {"eta": 1.0}}')  # the header says so
+    code, _, err = run_cli(["eval", "multitask", "--data", data, "--model", f"ours={tmp_path / 'm'}",
+                            "--split", "photos", "--tasks", "blur", "--steps", "2", "--limit", "1",
+                            "-o", tmp_path / "table.md"], capsys)
+    assert code == 0 and "η = 1 for the models whose folders ask for it" in (tmp_path / "table.md").read_text(), err
     code, _, err = run_cli(["eval", "multitask", "--data", data, "--model", "nameless", "-o", tmp_path / "t.md"],
                            capsys)
     assert code != 0 and "NAME=FOLDER" in err

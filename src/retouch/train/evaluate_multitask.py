@@ -287,5 +287,9 @@ def run_multitask_tables(output: Path, data: Path, models: dict[str, str], *, si
     lpips = load_lpips(lpips_weights) if lpips_weights else None
     rows = evaluate(loaded, data, split, list(tasks), num_steps=steps, limit=limit, extractor=extractor, lpips=lpips)
     label = "mini-world judge features" if judge is None else f"{Path(judge_folder).name} features"
-    atomic_write_text(output, f"Split `{split}`, {steps} DDIM steps from noise.\n\n" + multitask_table(rows, label))
+    etas = sorted({getattr(m, "eta", 0.0) for m in loaded.values() if not isinstance(m, dict)} - {0.0})
+    sampler = "DDIM" if not etas else \
+        f"DDIM, or η = {', '.join(f'{e:g}' for e in etas)} for the models whose folders ask for it"
+    header = f"Split `{split}`, {steps} steps from noise, {sampler}.\n\n"
+    atomic_write_text(output, header + multitask_table(rows, label))
     return f"wrote {output} ({len(rows)} rows)"
