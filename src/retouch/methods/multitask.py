@@ -89,8 +89,8 @@ class MultitaskConfig:
     num_steps: int = steps_option(50, "DDIM steps")
     start: str = option("noise", "noise (the paper) or ddim-inversion of the input (which the paper found harder to "
                                  "edit)", choices=STARTS)
-    eta: float = option(0.0, "η of the sampler: 0 = DDIM (the paper), 1 = fresh noise each step as DDPM; an "
-                             "ε-predicting model draws grain texture only with η > 0", at_least=0.0, at_most=1.0)
+    eta: float = option(0.0, "η of the sampler: 0 = DDIM (the paper), 1 = fresh noise at each step as DDPM "
+                             "(a model folder may ask for its own)", at_least=0.0, at_most=1.0)
     seed: int = option(0, "seed of the starting noise")
 
     def vector(self) -> EditingVector:

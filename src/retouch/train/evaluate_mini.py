@@ -129,8 +129,9 @@ def generate(backbone, captions: list[str], *, num_steps: int = 25, guidance_sca
              batch: int = 32, prior=None) -> torch.Tensor:
     """Text-to-image samples (N, 3, H, W) in [0, 1] with DDIM + classifier-free guidance.
 
-    ``prior``: a :class:`retouch.terminal_prior.TerminalPrior` to start from x_T = √ᾱ_T·m(c) + √(1−ᾱ_T)·ε
-    instead of ε; the same ε either way, so the two starts differ only in their channel means."""
+    ``prior``: a :class:`retouch.terminal_prior.TerminalPrior` to start from x_T = √ᾱ_T·m(c) + √(1−ᾱ_T)·ε̄
+    (ε̄: ε with its channel means removed) instead of ε; the same ε either way, so the two starts differ only
+    in their channel means."""
     from retouch.sampling import ddim_sample, ddim_timesteps, guided_denoiser
 
     generator = torch.Generator().manual_seed(seed)
