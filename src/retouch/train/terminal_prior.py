@@ -8,10 +8,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import numpy as np
 import torch
 
-from retouch.terminal_prior import TerminalPrior, fit_terminal_prior
+from retouch.terminal_prior import TerminalPrior, fit_terminal_prior, text_features
 
 
 @torch.no_grad()
@@ -24,28 +23,20 @@ def fit_world_terminal_prior(backbone, world, count: int = 4096, *, empty_share:
     Returns the prior and a report: the fit's share of the channel means' variance it explains (R²) on
     the fitted scenes and on as many validation-split scenes.
     """
-    def scenes(split: str, total: int):
-        index = 0
-        while total > 0:
-            wanted = []
-            while len(wanted) < min(batch, total):
-                if world.split(index) == split:
-                    wanted.append(index)
-                index += 1
-            rendered = [world.scene(i) for i in wanted]
-            images = torch.from_numpy(np.stack([r[1].image for r in rendered]))
-            yield [r[2] for r in rendered], images.permute(0, 3, 1, 2).float() * 2 - 1
-            total -= len(wanted)
+    from retouch.world.heldout import held_out_scenes
 
     val_count = min(count, 1024)
     done = 0
 
     def encode(split: str, total: int):
+        """Text states and latents of the first ``total`` scenes of ``split`` (every scene kind)."""
         nonlocal done
+        scenes = held_out_scenes(world, total, single_object=False, split=split)
         states, latents = [], []
-        for captions, images in scenes(split, total):
+        for first in range(0, total, batch):
+            captions = list(scenes.captions[first:first + batch])
             states.append(backbone.encode_text(captions).hidden_states.float().cpu())
-            latents.append(backbone.encode_images(images).float().cpu())
+            latents.append(backbone.encode_images(scenes.images[first:first + batch] * 2 - 1).float().cpu())
             done += len(captions)
             if progress is not None:
                 progress(done, count + val_count)
@@ -67,8 +58,6 @@ def fit_world_terminal_prior(backbone, world, count: int = 4096, *, empty_share:
 
 def _r2(prior: TerminalPrior, states: torch.Tensor, latents: torch.Tensor) -> list[float]:
     """Per channel: 1 − (variance left by the fit) / (variance of the channel means)."""
-    from retouch.terminal_prior import text_features
-
     targets = latents.mean(dim=(2, 3))
     left = targets - text_features(states) @ prior.weight
     return (1 - left.var(dim=0) / targets.var(dim=0)).tolist()
