@@ -34,7 +34,7 @@ from retouch.guidance import (
 )
 from retouch.inversion import NoiseRegularization, invert_with_noise_regularization, regularize_noise
 from retouch.methods import get_method
-from retouch.guided_pass import CrossAttentionTerm, guidance_step, record_features
+from retouch.guided_pass import CrossAttentionTerm, DepartureBlend, guidance_step, guided_edit_latents, record_features
 from retouch.methods.pix2pix_zero import Pix2PixZeroConfig, diffusers_reference_pipeline
 from retouch.methods.zerocon import ContrastiveTerm, ZeroConConfig
 from retouch.sampling import ddim_invert
@@ -437,6 +437,71 @@ def test_bad_options_are_one_line_errors(tiny_backbones, overrides, message):
     for bad in ({"cut_features": "mlp"}, {"cut_patch_sizes": "1,x"}, {"cut_num_patches": 1}):
         with pytest.raises(RetouchError):
             _config(ZeroConConfig, **bad).validate()
+
+
+# ---------------------------------------------------------------------------------------------
+# Local blending on the reconstruction pass (Prompt-to-Prompt §3.2; an option, not in the paper)
+# ---------------------------------------------------------------------------------------------
+def test_departure_blend_hand_case():
+    reconstruction = torch.zeros(1, 4, 8, 8)
+    edited = reconstruction.clone()
+    edited[..., 2:4, 2:4] = 1.0  # the edit
+    edited[..., 6, 6] = 0.2  # a drift far below k × the edit's departure
+    blend = DepartureBlend(0.3)
+    out = blend(edited, reconstruction)
+    inside = torch.zeros(8, 8, dtype=torch.bool)
+    inside[1:5, 1:5] = True  # the edited cells grown by P2P's 3×3 max-pool
+    assert torch.equal(blend.mask[0, 0], inside)
+    assert torch.equal(out, torch.where(inside, edited, reconstruction))
+    # departures add up over steps: a cell that departs a little at every step joins the mask
+    for _ in range(4):
+        drifted = reconstruction.clone()
+        drifted[..., 6, 6] = 0.5
+        blend(drifted, reconstruction)
+    assert blend.mask[0, 0, 6, 6] and blend.mask[0, 0, 2, 2]
+    for bad in (0.0, 1.0, -0.5):
+        with pytest.raises(RetouchError, match="threshold"):
+            DepartureBlend(bad)
+
+
+@pytest.mark.parametrize("branches, step_size", [("conditional", 50.0), ("both", 50.0), ("conditional", 0.0)])
+def test_local_blend_keeps_the_reconstruction_outside_its_mask(tiny_sd_float64, branches, step_size):
+    """Outside the last mask the edit's x₀ is the reconstruction pass's x₀ exactly; inside, the edit's own."""
+    backbone = tiny_sd_float64
+    latents = torch.randn(2, 4, 16, 16, generator=torch.Generator().manual_seed(5), dtype=torch.float64)
+    cond = backbone.encode_text([CAPTION, "a photo of a dog"])
+    shift = torch.randn(cond.hidden_states.shape[1:], generator=torch.Generator().manual_seed(6), dtype=torch.float64)
+    edit_cond = cond.with_hidden_states(cond.hidden_states + shift)
+    common = dict(num_steps=4, guidance_scale=5.0, branches=branches)
+    terms = [CrossAttentionTerm(backbone.unet)] if step_size else []
+    blend = DepartureBlend(0.6)  # a random Δc on a random U-Net departs everywhere; k = 0.6 parts it
+    blended = guided_edit_latents(backbone, latents, cond, edit_cond, cond, terms=terms, step_size=step_size,
+                                  blend=blend, **common)
+    # the negative prompt is the caption, so the reconstruction is the plain DDIM pass with c
+    reconstruction = guided_edit_latents(backbone, latents, cond, cond, cond, step_size=0.0, **common)
+    unblended = guided_edit_latents(backbone, latents, cond, edit_cond, cond, terms=terms, step_size=step_size,
+                                    **common)
+    outside = ~blend.mask.expand_as(blended)
+    assert 0 < outside.sum() < outside.numel()  # the mask parts the image
+    assert (blended - reconstruction)[outside].abs().max().item() <= 1e-12
+    assert (blended - reconstruction)[~outside].abs().max().item() > 1e-3  # the edit stays inside
+    assert (unblended - reconstruction)[outside].abs().max().item() > 1e-3  # which the plain edit changed
+
+
+def test_local_blend_option_reaches_the_edit(tiny_backbones, monkeypatch):
+    from retouch import guided_pass
+
+    made = []
+    real = guided_pass.DepartureBlend
+    monkeypatch.setattr("retouch.methods.pix2pix_zero.DepartureBlend", lambda k: made.append(real(k)) or made[-1])
+    images = _images(32)
+    backbone = tiny_backbones["tiny-sd"]
+    for method in ("pix2pix-zero", "zerocon"):
+        config = _config(ZeroConConfig if method == "zerocon" else Pix2PixZeroConfig, local_blend=0.3)
+        get_method(method).edit(backbone, images, config)
+    assert [blend.threshold for blend in made] == [0.3, 0.3] and all(b.mask is not None for b in made)
+    with pytest.raises(RetouchError, match="--local-blend"):
+        get_method("pix2pix-zero").edit(backbone, images, _config(local_blend=1.0))
 
 
 # ---------------------------------------------------------------------------------------------

@@ -18,6 +18,7 @@ from contextlib import ExitStack, contextmanager, nullcontext
 from typing import Iterator, Sequence
 
 import torch
+import torch.nn.functional as F
 
 from retouch.attention import CrossAttentionRecorder, Gate, HookGroup, hooked_attention, select_layers
 from retouch.errors import RetouchError
@@ -63,6 +64,35 @@ class CrossAttentionTerm:
         return cross_attention_loss(edited, reference)
 
 
+# ---------------------------------------------------------------------------------------------
+# Local blending: outside where the edit departs, the edited pass follows the reconstruction
+# ---------------------------------------------------------------------------------------------
+class DepartureBlend:
+    """Prompt-to-Prompt's local blending (Hertz et al. 2022, §3.2) on the reconstruction pass; not in pix2pix-zero.
+
+    P2P: after every step z_{t−1} ← M ⊙ z*_{t−1} + (1 − M) ⊙ z_{t−1}, with M the edited words' cross-attention
+    maps, max-pooled and thresholded at k times their maximum. pix2pix-zero's Δc moves every token state, so
+    there is no word to take maps from; here M is where the edited pass has departed from the reconstruction
+    so far, D = Σ_{steps so far} mean_channels |x_t^edit − x_t^rec|, max-pooled 3×3 as in P2P, M = D ≥ k·max D
+    (per image). The reconstruction pass is the one pix2pix-zero already runs for its reference maps; outside
+    M the result is its x₀.
+    """
+
+    def __init__(self, threshold: float):
+        if not 0 < threshold < 1:
+            raise RetouchError(f"the local-blend threshold k must lie in (0, 1); got {threshold}")
+        self.threshold = threshold
+        self.departure: torch.Tensor | None = None
+        self.mask: torch.Tensor | None = None  # the last step's M, (rows, 1, h, w) bool
+
+    def __call__(self, edited: torch.Tensor, reconstruction: torch.Tensor) -> torch.Tensor:
+        step = (edited - reconstruction).abs().float().mean(1, keepdim=True)
+        self.departure = step if self.departure is None else self.departure + step
+        pooled = F.max_pool2d(self.departure, 3, stride=1, padding=1)
+        self.mask = pooled >= self.threshold * pooled.amax(dim=(2, 3), keepdim=True)
+        return torch.where(self.mask, edited, reconstruction)
+
+
 @contextmanager
 def recording(unet, terms) -> Iterator[Gate]:
     """Install every term's attention hooks (one processor set) and forward hooks; always remove them.
@@ -93,6 +123,7 @@ def guided_edit_latents(
     branches: str = "conditional",
     callback: Callback | None = None,
     trace: list | None = None,
+    blend: DepartureBlend | None = None,
 ) -> torch.Tensor:
     """Algorithm 1 of pix2pix-zero from x_inv = ``latents``: the guided edited pass, x₀ returned.
 
@@ -100,7 +131,9 @@ def guided_edit_latents(
     the ``terms`` need, then the edited pass takes x_t ← x_t − ``step_size``·∇ Σ weight·loss and the
     classifier-free-guided DDIM step with ``edit_cond``. ``branches`` says which CFG branches are
     guided (see the module docstring). ``trace``, if given, receives each step's term losses
-    ``{name: (rows,)}`` measured before the gradient step (also when ``step_size`` is 0).
+    ``{name: (rows,)}`` measured before the gradient step (also when ``step_size`` is 0). ``blend``, if
+    given, overwrites the edited x_{t−1} outside its mask with the reconstruction's after every step
+    (:class:`DepartureBlend`; not in the paper).
 
     The edited pass is :func:`~retouch.sampling.ddim_sample` whose ``correct`` hook first steps the
     reconstruction (recording the references), then takes the guidance step on the edited x_t.
@@ -116,6 +149,7 @@ def guided_edit_latents(
     sampling_cond = pair([uncond, edit_cond]) if use_cfg else edit_cond
     guided_cond = sampling_cond if both else edit_cond
     steer = bool(terms) and (step_size > 0 or trace is not None)
+    follow = steer or blend is not None  # the reconstruction pass runs only when something reads it
     reconstruction = latents
 
     def combine(output):
@@ -135,13 +169,18 @@ def guided_edit_latents(
         nonlocal reconstruction
         edited = edited[:batch]  # "both": continue from the unconditional branch's copy (official code)
         x_in = torch.cat([edited, edited]) if both else edited
-        if not steer:
+        if not follow:
             return x_in
-        output, recorded = record_features(backbone, reconstruction if single_reference else doubled(reconstruction),
-                                           t, reference_cond, terms, installed=True)
-        references = [{k: reference_rows(v) for k, v in features.items()} for features in recorded]
+        reference_input = reconstruction if single_reference else doubled(reconstruction)
+        if steer:
+            output, recorded = record_features(backbone, reference_input, t, reference_cond, terms, installed=True)
+        else:
+            output = backbone.denoise(reference_input, t, reference_cond)
         reconstruction = ddim_step(schedule, reconstruction, output if single_reference else combine(output), t,
                                    previous_timestep(schedule, t, num_steps))
+        if not steer:
+            return x_in
+        references = [{k: reference_rows(v) for k, v in features.items()} for features in recorded]
         return guidance_step(backbone, x_in, t, guided_cond, terms, references, step_size,
                              branches=2 if both else 1, trace=trace, installed=True)
 
@@ -151,9 +190,16 @@ def guided_edit_latents(
             output = combine(backbone.denoise(x if both else doubled(x), t, sampling_cond))
         return torch.cat([output, output]) if both else output
 
+    def local_blend(i, t, stepped):
+        """x_{t−1} (every stacked copy) outside the blend's mask ← the reconstruction's, stepped in ``correct``."""
+        copies = stepped.shape[0] // batch
+        kept = blend(stepped[:batch], reconstruction)
+        return torch.cat([kept] + [torch.where(blend.mask, copy, reconstruction)
+                                   for copy in stepped[batch:].chunk(copies - 1)]) if copies > 1 else kept
+
     with recording(backbone.unet, terms) if steer else nullcontext() as gate:
         edited = ddim_sample(denoise, schedule, latents, ddim_timesteps(schedule, num_steps), None,
-                             num_steps=num_steps, correct=correct,
+                             num_steps=num_steps, correct=correct, blend=None if blend is None else local_blend,
                              callback=None if callback is None else lambda i, t, x: callback(i, t, x[:batch]))
     return edited[:batch]
 

@@ -29,7 +29,7 @@ from retouch.captioning import caption_images
 from retouch.directions import BANKS, EditDirection, build_direction, load_direction, sentence_banks
 from retouch.edit_text import EditSpec, parse_edit
 from retouch.errors import RetouchError
-from retouch.guided_pass import PLACES, CrossAttentionTerm, guided_edit_latents
+from retouch.guided_pass import PLACES, CrossAttentionTerm, DepartureBlend, guided_edit_latents
 from retouch.inversion import NoiseRegularization, invert_with_noise_regularization
 from retouch.methods import guidance_option, register, steps_option
 from retouch.options import check_options, option
@@ -79,6 +79,10 @@ class Pix2PixZeroConfig:
     auto_corr_min_shift: int = option(1, "smallest offset δ of L_pair (official code 1; diffusers 0)", at_least=0)
     auto_corr_rescale: bool = option(False, "multiply each 2×2-pooled pyramid level by 2 as §3.1's text says "
                                             "(official code: no)")
+    local_blend: float = option(0.0, "not in the paper: threshold k of Prompt-to-Prompt's local blending (§3.2) "
+                                     "on the reconstruction pass; outside where the edit departs from it by ≥ k × "
+                                     "its largest departure, every step keeps the reconstruction (0: off)",
+                                at_least=0)
     seed: int = option(0, "seed of the regularizer's random offsets")
 
     def validate(self) -> None:
@@ -86,6 +90,8 @@ class Pix2PixZeroConfig:
         edit_spec(self)
         check_options(self)
         places(self.xa_places, "--xa-places")
+        if self.local_blend >= 1:
+            raise RetouchError(f"--local-blend takes a threshold k in [0, 1) (0: off); got {self.local_blend}")
 
     def noise_regularization(self) -> NoiseRegularization | None:
         if self.inversion == "ddim":
@@ -175,7 +181,7 @@ def run_pix2pix_zero(
             backbone, inverted, cond, direction.apply(cond), uncond, num_steps=config.num_steps,
             guidance_scale=config.guidance_scale, step_size=config.xa_guidance,
             terms=build(backbone, tuple(latents.shape[-2:])), branches=config.xa_branches, callback=progress,
-            trace=trace,
+            trace=trace, blend=DepartureBlend(config.local_blend) if config.local_blend > 0 else None,
         )
         return backbone.decode_latents(edited)
 
