@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed-$(shell cat requirements.txt pyproject.toml | sha1su
 DEMO_OUT ?= out/demo
 
 .PHONY: demo test venv clean mini-models chromium multitask-models paper-tables paper-tables-quick \
-	portrait-variants distill-model
+	portrait-variants distill-model multitask-ablations
 
 venv: $(STAMP)
 
@@ -121,6 +121,23 @@ multitask-models: $(STAMP)
 	$(PY) benchmarks/multitask_control_curves.py --model $(MT_WORK)/ours/final --data $(MT_DATA) --split test --limit 12 \
 		--json docs/multitask_control_curves.json --plot docs/multitask_control_curves.png
 	$(VENV)/bin/retouch train ship multitask $(MT_WORK)/ours/final
+
+# Table 5 (the N-pair loss of Eq. 3 on the bottleneck, config A, or on the labels' space, config B) and the f_θ depth
+# ablation (0, 1, 4 linear layers; ours has 2) on the N = 800 benchmark, with ours retrained beside them: six runs of
+# MT_ABLATION_STEPS × 16 on ours' recipe with one thing changed, two chains side by side on one thread each (the
+# steps are two thirds of the shipped budget so the six fit one session: ~26 min each, ~80 min in all). Resumable.
+MT_ABLATION_WORK ?= out/train-multitask-ablations
+MT_ABLATION_STEPS ?= 4000
+MT_ABLATION_CHAIN = set -- $$run; name=$$1; shift; test -d $(MT_ABLATION_WORK)/$$name/final || \
+	$(MT_TRAIN) $(MT_OURS) "$$@" --steps $(MT_ABLATION_STEPS) --output-dir $(MT_ABLATION_WORK)/$$name || exit 1
+multitask-ablations: $(STAMP)
+	test -d $(MT_DATA) || $(VENV)/bin/retouch data compositing -o $(MT_DATA) --world-scenes 300 --dead-leaves 300 \
+		--workers 2
+	( for run in "ours" "n-pair-b --n-pair labels" "depth-1 --mapping-depth 1"; do $(MT_ABLATION_CHAIN); done ) & \
+	( for run in "n-pair-a --n-pair bottleneck" "depth-0 --mapping-depth 0" "depth-4 --mapping-depth 4"; do \
+	  $(MT_ABLATION_CHAIN); done ) & \
+	wait
+	$(PY) benchmarks/multitask_tables.py --data $(MT_DATA) --work $(MT_ABLATION_WORK) --out docs/multitask_ablations.md
 
 # pix2pix-zero distilled into a one-pass translator (§4.5, App. A) for the red->blue edit, at the settings of
 # benchmarks/distill_mini.py (`retouch train distill`'s defaults, DistillConfig's: 200 pix2pix-zero pairs of 25

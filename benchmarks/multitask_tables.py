@@ -1,4 +1,4 @@
-"""The multitask paper's Tables 2–4 on our compositing benchmark, for every model `make multitask-models` trains.
+"""The multitask paper's Tables 2–5 on our compositing benchmark, for every model `make multitask-models` trains.
 
     .venv/bin/python benchmarks/multitask_tables.py --data out/compositing --work out/train-multitask \
         [--splits test,photos] [--steps 25] [--limit N] [--out docs/multitask_tables.md]
@@ -6,8 +6,8 @@
 Models are the folders under ``--work`` that hold a trained ``final/``: ``ours``, ``palette``
 (Palette++), ``pix2pix``, ``no-labels``, any other ablation (``depth-0``, ``n-pair-a`` …), and the
 ``single-<task>`` models, chained as "ours-single". For each split: Table 2 (single tasks), Table 3
-(task combinations), and Table 4 (the ablations against ours, averaged over the single tasks and over
-the combinations, the layout of the paper's Table 4). KID uses the mini world's judge image features
+(task combinations), Table 4 (the ablations against ours, averaged over the single tasks and over
+the combinations, the layout of the paper's Table 4) and, where ``n-pair-a``/``n-pair-b`` were trained, Table 5. KID uses the mini world's judge image features
 (the paper: Inception; none is available offline) and is labelled so; LPIPS needs local weights
 (``--lpips``), otherwise its column is empty. Every L1 and SSIM comes with a 95 % bootstrap interval over
 the crops, and every comparison of ours with another row ("ours has lower L1 than X on task T") is a
@@ -80,7 +80,12 @@ def throughput(work: Path) -> str:
 #: (table, tasks, the rows ours is compared with): "ours has lower L1 than X", paired over the same crops.
 COMPARISONS = (("2", SINGLE_TASKS, ("unedited input", "palette", "pix2pix", "ours-single")),
                ("3", tuple(MULTI_TASKS), ("unedited input", "palette", "pix2pix", "ours-single")),
-               ("4", SINGLE_TASKS + tuple(MULTI_TASKS), ("no-labels", "ours-ddim-inversion")))
+               ("4", SINGLE_TASKS + tuple(MULTI_TASKS), ("no-labels", "ours-ddim-inversion", "depth-0", "depth-1",
+                                                          "depth-4")),
+               ("5", SINGLE_TASKS + tuple(MULTI_TASKS), ("n-pair-a", "n-pair-b")))
+#: Table 5's rows (the N-pair loss of Eq. 3: config A on the bottleneck, B on the labels' space); every other
+#: model outside MAIN_MODELS is a Table 4 ablation (no labels, the DDIM-inversion start, f_θ depth …).
+N_PAIR_MODELS = ("n-pair-a", "n-pair-b")
 
 
 def comparisons(rows: list[dict]) -> str:
@@ -114,7 +119,7 @@ def main():
     extractor = TransformersCLIPJudge(MINI_DIR / "judge").encode_images
     lpips = load_lpips(args.lpips) if args.lpips else None
     label = "mini judge features"
-    text = [f"# Multitask paper, Tables 2–4 on the compositing benchmark\n\n`{' '.join(sys.argv)}` — "
+    text = [f"# Multitask paper, Tables 2–5 on the compositing benchmark\n\n`{' '.join(sys.argv)}` — "
             f"{args.steps} DDIM steps from noise; KID ×10³ on {label}.\n\n## Training throughput\n\n",
             throughput(args.work)]
     # Rows already computed (same --out) are reused, so a model trained later adds only its own rows.
@@ -134,7 +139,8 @@ def main():
         tasks = {task: k for k, task in enumerate(SINGLE_TASKS + tuple(MULTI_TASKS))}
         rows.sort(key=lambda r: (tasks[r["task"]], order[r["model"]]))
         main_rows = [r for r in rows if r["model"] in MAIN_MODELS]
-        ablations = [r for r in rows if r["model"] not in MAIN_MODELS or r["model"] == "ours"]
+        ablations = [r for r in rows if r["model"] not in MAIN_MODELS + N_PAIR_MODELS or r["model"] == "ours"]
+        n_pair = [r for r in rows if r["model"] in N_PAIR_MODELS + ("ours",)]
         text += [f"\n## Split `{split}`\n\n### Table 2: single tasks\n\n",
                  multitask_table([r for r in main_rows if r["task"] in SINGLE_TASKS], label),
                  "\n### Table 3: task combinations (trained on single tasks only)\n\n",
@@ -142,6 +148,11 @@ def main():
                  "\n### Table 4: ablations, mean over single tasks / over combinations\n\n",
                  multitask_table(averaged(ablations, SINGLE_TASKS), label).replace("| mean |", "| single (mean) |"),
                  "\n", multitask_table(averaged(ablations, MULTI_TASKS), label).replace("| mean |", "| combined (mean) |"),
+                 *(["\n### Table 5: the N-pair loss (Eq. 3), config A (bottleneck) and B (labels), mean over single "
+                    "tasks / over combinations\n\n",
+                    multitask_table(averaged(n_pair, SINGLE_TASKS), label).replace("| mean |", "| single (mean) |"),
+                    "\n", multitask_table(averaged(n_pair, MULTI_TASKS), label).replace("| mean |", "| combined (mean) |")]
+                   if any(r["model"] in N_PAIR_MODELS for r in rows) else []),
                  "\n### Ours against each other row, paired over the same crops (L1, α = 0.05 per test)\n\n",
                  comparisons(rows)]
         print(f"{split}: {len(rows)} rows in {time.perf_counter() - started:.0f} s")
