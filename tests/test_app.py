@@ -249,8 +249,8 @@ def test_the_page_has_a_tab_per_method_and_api_names(app):
 
     mini = model_method_defaults(get_method("pix2pix-zero"), "mini")
     values = {c["props"].get("elem_id"): c["props"].get("value") for c in config["components"]}
-    assert (values["pix2pix-xa-guidance"], values["pix2pix-guidance-scale"]) == (mini["xa_guidance"],
-                                                                                mini["guidance_scale"])
+    assert (values["pix2pix-xa-guidance"], values["pix2pix-guidance-scale"], values["pix2pix-local-blend"]) == (
+        mini["xa_guidance"], mini["guidance_scale"], mini["local_blend"])
 
 
 def test_controls_come_from_the_config_fields_and_read_back_typed():

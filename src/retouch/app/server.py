@@ -220,6 +220,8 @@ def _pix2pix_tab(page: _Page) -> None:
         num_steps=STEPS, seed=SEED,
         guidance_scale=Shown(GUIDANCE.label, range=GUIDANCE.range, value=mini.get("guidance_scale")),
         xa_guidance=Shown("cross-attention guidance λ_xa", range=(0, 0.5, 0.01), value=mini.get("xa_guidance")),
+        local_blend=Shown("local blend k (not in the paper; 0: off)", range=(0, 0.9, 0.05),
+                          value=mini.get("local_blend", 0.0)),
         inversion=Shown("inversion", choices=INVERSIONS),
         lambda_auto_corr=Shown("λ autocorrelation", range=(0, 50, 1)),
         lambda_kl=Shown("λ KL", range=(0, 50, 1)),
@@ -242,8 +244,8 @@ def _pix2pix_tab(page: _Page) -> None:
             saved, = form.show("directions")
             build = gr.Button("build and save the two words' direction", scale=2)
         with gr.Accordion("guidance and inversion", open=False):
-            form.show("num_steps", "guidance_scale", "xa_guidance", "inversion", "lambda_auto_corr", "lambda_kl",
-                      "lambda_xa", "lambda_cut", "seed")
+            form.show("num_steps", "guidance_scale", "xa_guidance", "local_blend", "inversion", "lambda_auto_corr",
+                      "lambda_kl", "lambda_xa", "lambda_cut", "seed")
 
     def edit(path, method_name, model_name, caption, mode, source, target, *settings, report):
         picture = page.picture(path, "input image")
