@@ -137,7 +137,8 @@ multitask-ablations: $(STAMP)
 	( for run in "n-pair-a --n-pair bottleneck" "depth-0 --mapping-depth 0" "depth-4 --mapping-depth 4"; do \
 	  $(MT_ABLATION_CHAIN); done ) & \
 	wait
-	$(PY) benchmarks/multitask_tables.py --data $(MT_DATA) --work $(MT_ABLATION_WORK) --out docs/multitask_ablations.md
+	$(PY) benchmarks/multitask_tables.py --data $(MT_DATA) --work $(MT_ABLATION_WORK) --out docs/multitask_ablations.md \
+		--splits test
 
 # pix2pix-zero distilled into a one-pass translator (§4.5, App. A) for the red->blue edit, at the settings of
 # benchmarks/distill_mini.py (`retouch train distill`'s defaults, DistillConfig's: 200 pix2pix-zero pairs of 25
