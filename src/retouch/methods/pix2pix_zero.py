@@ -16,6 +16,10 @@ Against the official code and diffusers' deprecated pipeline, one knob differs b
 implementations put both classifier-free-guidance branches through the guidance step on their own
 copies of x_t (the loss averaged over the branches) and continue the DDIM step from the
 unconditional copy. ``xa_branches="both"`` reproduces them exactly (tested against diffusers).
+
+``local_blend`` (off by default; not in the paper) adds Prompt-to-Prompt's local blending on the
+reconstruction pass: outside where the edit departs from it, every step keeps the reconstruction
+(:class:`retouch.guided_pass.DepartureBlend`). The mini backbone's own defaults turn it on.
 """
 
 from __future__ import annotations
