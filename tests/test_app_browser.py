@@ -286,7 +286,7 @@ def test_bad_uploads_are_refused_with_their_reason_on_the_page(page, files):
 def _pix2pix_arguments(image):
     """The pix2pix tab's inputs but the seed, in widget order: 2 steps of green → purple on the mini model."""
     return [image, "pix2pix-zero", "mini", "a photo of a green striped circle on grass", "sentence banks of two words",
-            "green", "purple", "auto", "", None, 2, 5.0, 0.1, "regularized", 20, 20, 1.0, 1.0]
+            "green", "purple", "auto", "", None, 2, 5.0, 0.1, 0.3, "regularized", 20, 20, 1.0, 1.0]
 
 
 def test_eight_concurrent_requests_finish_and_the_server_stays_responsive(server, files):
