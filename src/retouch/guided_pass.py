@@ -191,11 +191,11 @@ def guided_edit_latents(
         return torch.cat([output, output]) if both else output
 
     def local_blend(i, t, stepped):
-        """x_{t−1} (every stacked copy) outside the blend's mask ← the reconstruction's, stepped in ``correct``."""
+        """x_{t−1} (every stacked copy) outside the blend's mask ← the reconstruction's, stepped in ``correct``.
+        The mask follows the first copy, the one the next step continues from."""
+        blend(stepped[:batch], reconstruction)
         copies = stepped.shape[0] // batch
-        kept = blend(stepped[:batch], reconstruction)
-        return torch.cat([kept] + [torch.where(blend.mask, copy, reconstruction)
-                                   for copy in stepped[batch:].chunk(copies - 1)]) if copies > 1 else kept
+        return torch.where(blend.mask.repeat(copies, 1, 1, 1), stepped, reconstruction.repeat(copies, 1, 1, 1))
 
     with recording(backbone.unet, terms) if steer else nullcontext() as gate:
         edited = ddim_sample(denoise, schedule, latents, ddim_timesteps(schedule, num_steps), None,
