@@ -16,7 +16,7 @@ from retouch.data.compositing import (
     iter_compositing,
 )
 from retouch.data.dead_leaves import dead_leaves, power_law_radii
-from retouch.effects import motion_blur, reinhard_color_transfer, unsharp_mask
+from retouch.effects import apply_effects, motion_blur, reinhard_color_transfer, unsharp_mask
 from retouch.errors import RetouchError
 from retouch.world import World
 
@@ -118,6 +118,39 @@ def test_worker_processes_write_the_same_dataset(small_dataset, tmp_path):
     assert (parallel / "manifest.jsonl").read_text() == (folder / "manifest.jsonl").read_text()
     for shard in sorted(folder.glob("*.tar")):
         assert (parallel / shard.name).read_bytes() == shard.read_bytes()
+
+
+def test_training_combinations_are_the_effects_of_their_stored_tasks_and_leave_the_rest_alone(small_dataset,
+                                                                                              tmp_path):
+    """--train-combinations K: each train crop gets K targets of 2–3 tasks made by apply_effects from its stored
+    parameters (the hole never in the target); no other split changes, and the train crops' single-task targets
+    and parameters are those of a build without them."""
+    folder, config, _ = small_dataset
+    combined = tmp_path / "combined"
+    build_compositing_dataset(replace(config, train_combinations=3), combined)
+    for shard in sorted(folder.glob("*.tar")):
+        if not shard.name.startswith("train"):
+            assert (combined / shard.name).read_bytes() == shard.read_bytes()
+    plain = {s.key: s for s in iter_compositing(folder, "train")}
+    seen_tasks = set()
+    for sample in iter_compositing(combined, "train"):
+        combinations = sample.params.pop("combinations")
+        assert sample.params == plain[sample.key].params and len(combinations) == 3
+        for name, image in plain[sample.key].images.items():
+            assert np.array_equal(sample.images[name], image)
+        for k, combination in enumerate(combinations):
+            tasks = combination["tasks"]
+            assert tuple(tasks) in compositing.COMBINATIONS and combination["grain"] in GRAIN_NAMES
+            seen_tasks.add(tuple(tasks))
+            recipe = compositing.combination_recipe(sample.params, tasks, combination["grain"],
+                                                    sample.images["reference"])
+            assert recipe.mask is None and (recipe.reference is not None) == ("colour" in tasks)
+            expected = np.clip(apply_effects(sample.images["source"], recipe, grain_samples=config.grain_samples), 0, 1)
+            assert np.abs(sample.images[f"combo{k}"] - expected).max() <= QUANTUM
+    assert len(seen_tasks) > 3
+    for split in ("val", "test"):
+        assert all("combinations" not in s.params and not any(n.startswith("combo") for n in s.images)
+                   for s in iter_compositing(combined, split))
 
 
 def test_an_interrupted_build_leaves_nothing_behind(tmp_path, monkeypatch):

@@ -33,8 +33,11 @@ def data() -> None:
 @click.option("--shard-size", type=int, default=256, show_default=True, help="samples per tar shard")
 @click.option("--workers", type=int, default=1, show_default=True,
               help="processes rendering the targets (the dataset's bytes do not depend on it)")
+@click.option("--train-combinations", type=int, default=0, show_default=True,
+              help="multi-task targets per training crop, random sets of 2-3 tasks (not the paper, which trains on "
+                   "single tasks; for `retouch train multitask --combination-share`)")
 def data_compositing(output: Path, images, world_scenes, dead_leaves, photos, crop, crops_per_image, split, seed,
-                     grain_samples, shard_size, workers) -> None:
+                     grain_samples, shard_size, workers, train_combinations) -> None:
     """The multi-task paper's compositing benchmark: crops with blur, grain ×5, colour, mask, sharpen targets."""
     from retouch.data.compositing import CompositingConfig, build_compositing_dataset
     from retouch.progress import count_bar
@@ -48,7 +51,7 @@ def data_compositing(output: Path, images, world_scenes, dead_leaves, photos, cr
     config = CompositingConfig(images=str(images) if images else None, world_scenes=world_scenes,
                                dead_leaves=dead_leaves, photos=photos, crop=crop, crops_per_image=crops_per_image,
                                split=fractions, seed=seed, grain_samples=grain_samples, shard_size=shard_size,
-                               workers=workers)
+                               workers=workers, train_combinations=train_combinations)
     with count_bar("building", "sample") as progress:
         summary = build_compositing_dataset(config, output, progress)
     counts = ", ".join(f"{split_name} {n}" for split_name, n in summary["counts"].items())

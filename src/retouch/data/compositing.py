@@ -16,6 +16,12 @@ more, made with :func:`retouch.effects.apply_effects` (its fixed order: blur →
 grain) and the sample's own parameters at one of the five grain radii: ``blur+grain``,
 ``grain+colour``, ``blur+grain+colour``, ``grain+colour+sharpen``.
 
+With ``train_combinations`` K > 0 (not in the paper, which trains on single tasks only), each ``train``
+crop also gets K multi-task targets ``combo0`` … ``combo{K-1}``: a random subset of two or three of the
+five tasks each (:data:`COMBINATIONS`), made the same way, the inpainting hole left out of the target as
+in the single task (the model's input is masked at training time). Which tasks and grain radius each
+uses is in the sample's parameters (``combinations``). K = 0 writes the same shards as before.
+
 Sources: a folder of the user's images (random crops), mini-world scenes (their own train/val/test
 split) and dead-leaves images (natural-image statistics), and scikit-image's photographs, which
 form a split of their own (``photos``) that no model trains on: the unseen distribution.
@@ -29,6 +35,7 @@ built under a temporary name and renamed when complete, so an interrupted build 
 from __future__ import annotations
 
 import hashlib
+import itertools
 import io
 import json
 import os
@@ -63,6 +70,10 @@ MULTI_TASKS = {  # name → the recipe fields it turns on (Table 3's combination
     "blur+grain+colour": ("blur", "grain", "reference"),
     "grain+colour+sharpen": ("grain", "reference", "sharpen"),
 }
+#: Every set of two or three of the five tasks: what ``train_combinations`` draws from (the test split's
+#: four combinations are among them; its crops are not).
+COMBINATIONS = tuple(tuple(c) for size in (2, 3) for c in itertools.combinations(
+    ("blur", "grain", "colour", "inpaint", "sharpen"), size))
 PHOTOS = ("astronaut", "coffee", "chelsea", "rocket", "immunohistochemistry", "cat", "coins", "camera")
 
 
@@ -82,6 +93,8 @@ class CompositingConfig:
     grain_samples: int = option(800, "Monte-Carlo samples per grain pixel (Newson: 800)", at_least=1)
     shard_size: int = option(256, "samples per tar shard", at_least=1)
     workers: int = option(1, "processes rendering targets (the output is the same)", at_least=1)
+    train_combinations: int = option(0, "multi-task targets per training crop (random 2–3-task sets; not in "
+                                        "the paper, which trains on single tasks)", at_least=0)
 
     def validate(self) -> None:
         check_options(self)
@@ -189,6 +202,23 @@ def sample_parameters(key: str, split_keys: list[str], config: CompositingConfig
     }
 
 
+def sample_combinations(key: str, count: int, seed: int) -> list[dict]:
+    """``count`` random task sets of :data:`COMBINATIONS` for one training crop, each with its grain radius
+    (a stream of its own, so the crop's other parameters are those of a build without combinations)."""
+    rng = np.random.default_rng([seed, int(hashlib.sha256(f"{key}:combinations".encode()).hexdigest()[:12], 16)])
+    return [{"tasks": list(COMBINATIONS[int(rng.integers(0, len(COMBINATIONS)))]),
+             "grain": float(GRAIN_RADII[int(rng.integers(0, len(GRAIN_RADII)))])} for _ in range(count)]
+
+
+def combination_recipe(params: dict, tasks, grain: float | None, reference: np.ndarray | None) -> EffectsRecipe:
+    """The effects of a set of tasks with one crop's parameters (inpainting adds no effect: its target is the
+    crop, its input the masked crop)."""
+    return EffectsRecipe(blur=params["blur"] if "blur" in tasks else None, blur_angle=params["blur_angle"],
+                         grain=grain if "grain" in tasks else None,
+                         reference=reference if "colour" in tasks else None,
+                         sharpen=tuple(params["sharpen"]) if "sharpen" in tasks else None, seed=params["grain_seed"])
+
+
 def render_targets(image: np.ndarray, reference: np.ndarray, params: dict, *, multi: bool,
                    grain_samples: int) -> dict[str, np.ndarray]:
     """The source, its single-task targets and (when ``multi``) the multi-task targets."""
@@ -208,6 +238,9 @@ def render_targets(image: np.ndarray, reference: np.ndarray, params: dict, *, mu
             recipe = EffectsRecipe(blur_angle=params["blur_angle"], seed=params["grain_seed"],
                                    **{f: full[f] for f in fields})
             out[name] = apply_effects(image, recipe, grain_samples=grain_samples)
+    for k, combination in enumerate(params.get("combinations", ())):
+        recipe = combination_recipe(params, combination["tasks"], combination["grain"], reference)
+        out[f"combo{k}"] = apply_effects(image, recipe, grain_samples=grain_samples)
     return {name: np.clip(np.asarray(value, np.float32), 0.0, 1.0) for name, value in out.items()}
 
 
@@ -230,8 +263,10 @@ def build_compositing_dataset(config: CompositingConfig, output: Path, progress=
     for split, members in by_split.items():
         keys = [c.key for c in members]
         for index, crop in enumerate(members):
-            jobs.append((split, f"{split}-{index // config.shard_size:05d}.tar", crop,
-                         sample_parameters(crop.key, keys, config)))
+            params = sample_parameters(crop.key, keys, config)
+            if split == "train" and config.train_combinations:
+                params["combinations"] = sample_combinations(crop.key, config.train_combinations, config.seed)
+            jobs.append((split, f"{split}-{index // config.shard_size:05d}.tar", crop, params))
     staging = Path(tempfile.mkdtemp(prefix=f".{output.name}.", dir=parent))
     pool = None
     try:
