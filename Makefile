@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed-$(shell cat requirements.txt pyproject.toml | sha1su
 DEMO_OUT ?= out/demo
 
 .PHONY: demo test venv clean mini-models chromium multitask-models paper-tables paper-tables-quick \
-	portrait-variants distill-model multitask-ablations
+	portrait-variants distill-model multitask-ablations multitask-combinations
 
 venv: $(STAMP)
 
@@ -98,14 +98,17 @@ MT_DATA ?= out/compositing
 MT_WORK ?= out/train-multitask
 MT_STEPS ?= 6000
 MT_PIX2PIX_STEPS ?= 900
+# The benchmark (N = 800 grain), with 4 multi-task examples per training crop for ours-combined; the single-task
+# runs draw exactly what they draw from a build without them (~35 min on 2 cores).
+MT_DATA_BUILD = test -d $(MT_DATA) || $(VENV)/bin/retouch data compositing -o $(MT_DATA) --world-scenes 300 \
+	--dead-leaves 300 --workers 2 --train-combinations 4
 MT_TRAIN = OMP_NUM_THREADS=1 $(VENV)/bin/retouch train multitask --data $(MT_DATA) --batch 16
 MT_RECIPE = --space pixel --prediction residual --crop 32 --input-gain 10 --learning-rate 3e-4 --no-identity-examples \
 	--hole-channel
 MT_MIX = --task-weights inpaint=2,sharpen=2
 MT_OURS = $(MT_RECIPE) $(MT_MIX) --conditioning cross-attention+concat
 multitask-models: $(STAMP)
-	test -d $(MT_DATA) || $(VENV)/bin/retouch data compositing -o $(MT_DATA) --world-scenes 300 --dead-leaves 300 \
-		--workers 2
+	$(MT_DATA_BUILD)
 	$(MT_TRAIN) $(MT_OURS) --steps $(MT_STEPS) --output-dir $(MT_WORK)/ours & \
 	$(MT_TRAIN) $(MT_RECIPE) $(MT_MIX) --conditioning concat --steps $(MT_STEPS) --output-dir $(MT_WORK)/palette & \
 	wait
@@ -131,14 +134,30 @@ MT_ABLATION_STEPS ?= 4000
 MT_ABLATION_CHAIN = set -- $$run; name=$$1; shift; test -d $(MT_ABLATION_WORK)/$$name/final || \
 	$(MT_TRAIN) $(MT_OURS) "$$@" --steps $(MT_ABLATION_STEPS) --output-dir $(MT_ABLATION_WORK)/$$name || exit 1
 multitask-ablations: $(STAMP)
-	test -d $(MT_DATA) || $(VENV)/bin/retouch data compositing -o $(MT_DATA) --world-scenes 300 --dead-leaves 300 \
-		--workers 2
+	$(MT_DATA_BUILD)
 	( for run in "ours" "n-pair-b --n-pair labels" "depth-1 --mapping-depth 1"; do $(MT_ABLATION_CHAIN); done ) & \
 	( for run in "n-pair-a --n-pair bottleneck" "depth-0 --mapping-depth 0" "depth-4 --mapping-depth 4"; do \
 	  $(MT_ABLATION_CHAIN); done ) & \
 	wait
 	$(PY) benchmarks/multitask_tables.py --data $(MT_DATA) --work $(MT_ABLATION_WORK) --out docs/multitask_ablations.md \
 		--splits test
+
+# Table 3's other comparison, at the ablations' budget and into their tables: the chain of single-task models
+# (one per task at MT_ABLATION_STEPS / 5, ours' recipe without the task mix), and ours-combined: ours' recipe with a
+# quarter of the draws multi-task examples of 2-3 tasks (--combination-share; not the paper, which trains on single
+# tasks). Two chains on one thread each; the tables keep the ablations' cached rows (--keep-cached).
+MT_COMBINATION_SHARE ?= 0.25
+multitask-combinations: $(STAMP)
+	$(MT_DATA_BUILD)
+	test -d $(MT_ABLATION_WORK)/ours-combined/final || $(MT_TRAIN) $(MT_OURS) --combination-share $(MT_COMBINATION_SHARE) \
+		--steps $(MT_ABLATION_STEPS) --output-dir $(MT_ABLATION_WORK)/ours-combined & \
+	( for task in blur grain colour sharpen inpaint; do test -d $(MT_ABLATION_WORK)/single-$$task/final || \
+	    $(MT_TRAIN) $(MT_RECIPE) --conditioning cross-attention+concat --steps $$(( $(MT_ABLATION_STEPS) / 5 )) \
+	      --output-dir $(MT_ABLATION_WORK)/single-$$task --tasks $$task || exit 1; \
+	  done ) & \
+	wait
+	$(PY) benchmarks/multitask_tables.py --data $(MT_DATA) --work $(MT_ABLATION_WORK) --out docs/multitask_ablations.md \
+		--splits test --keep-cached
 
 # pix2pix-zero distilled into a one-pass translator (§4.5, App. A) for the red->blue edit, at the settings of
 # benchmarks/distill_mini.py (`retouch train distill`'s defaults, DistillConfig's: 200 pix2pix-zero pairs of 25

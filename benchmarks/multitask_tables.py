@@ -13,7 +13,11 @@ the combinations, the layout of the paper's Table 4) and, where ``n-pair-a``/``n
 the crops, and every comparison of ours with another row ("ours has lower L1 than X on task T") is a
 paired Wilcoxon test on the same crops, read as holds / does not hold / cannot be told apart
 (:func:`retouch.train.evaluate_multitask.compare_models`). Also prints each training run's samples/s.
-Rows are kept in ``--out``'s .json and reused on a rerun (delete it after retraining a model).
+Rows are kept in ``--out``'s .json and reused on a rerun (delete it after retraining a model); with
+``--keep-cached`` the cached rows of models whose folders are gone are shown too (models trained earlier on the
+same benchmark; the evaluation is seeded, so their rows are what a rerun gives). ``ours-combined`` (ours'
+recipe trained with a share of multi-task examples, ``--combination-share``; not the paper) joins Tables 2 and
+3 and is compared with the input, ours and the chain of single-task models.
 """
 
 from __future__ import annotations
@@ -41,7 +45,7 @@ from retouch.train.evaluate_multitask import (
     trained_folders,
 )
 
-MAIN_MODELS = ("unedited input", "ours", "palette", "pix2pix", "ours-single")  # Tables 2 and 3 ("palette" is Palette++)
+MAIN_MODELS = ("unedited input", "ours", "ours-combined", "palette", "pix2pix", "ours-single")  # Tables 2 and 3 ("palette" is Palette++)
 
 
 def load_models(work: Path) -> dict:
@@ -77,32 +81,35 @@ def throughput(work: Path) -> str:
     return "\n".join(lines) + "\n"
 
 
-#: (table, tasks, the rows ours is compared with): "ours has lower L1 than X", paired over the same crops.
-COMPARISONS = (("2", SINGLE_TASKS, ("unedited input", "palette", "pix2pix", "ours-single")),
-               ("3", tuple(MULTI_TASKS), ("unedited input", "palette", "pix2pix", "ours-single")),
-               ("4", SINGLE_TASKS + tuple(MULTI_TASKS), ("no-labels", "ours-ddim-inversion", "depth-0", "depth-1",
-                                                          "depth-4")),
-               ("5", SINGLE_TASKS + tuple(MULTI_TASKS), ("n-pair-a", "n-pair-b")))
+#: (table, tasks, the row tested, the rows it is compared with): "it has lower L1 than X", paired over the same crops.
+COMPARISONS = (("2", SINGLE_TASKS, "ours", ("unedited input", "palette", "pix2pix", "ours-single")),
+               ("3", tuple(MULTI_TASKS), "ours", ("unedited input", "palette", "pix2pix", "ours-single")),
+               ("4", SINGLE_TASKS + tuple(MULTI_TASKS), "ours", ("no-labels", "ours-ddim-inversion", "depth-0",
+                                                                  "depth-1", "depth-4")),
+               ("5", SINGLE_TASKS + tuple(MULTI_TASKS), "ours", ("n-pair-a", "n-pair-b")),
+               ("2", SINGLE_TASKS, "ours-combined", ("unedited input", "ours", "ours-single")),
+               ("3", tuple(MULTI_TASKS), "ours-combined", ("unedited input", "ours", "ours-single")))
 #: Table 5's rows (the N-pair loss of Eq. 3: config A on the bottleneck, B on the labels' space); every other
 #: model outside MAIN_MODELS is a Table 4 ablation (no labels, the DDIM-inversion start, f_θ depth …).
 N_PAIR_MODELS = ("n-pair-a", "n-pair-b")
 
 
 def comparisons(rows: list[dict]) -> str:
-    """Every comparison of ours with another row as a paired test, then a count of verdicts per table and row."""
-    lines = ["| table | task | ours L1 | vs | its L1 | ours − it [95 % CI] | p (Wilcoxon) | ours better? |",
-             "|---|---|---|---|---|---|---|---|"]
+    """Every comparison of ours (and ours-combined) with another row as a paired test, then a count of verdicts
+    per table and row."""
+    lines = ["| table | task | model | its L1 | vs | their L1 | model − them [95 % CI] | p (Wilcoxon) | better? |",
+             "|---|---|---|---|---|---|---|---|---|"]
     summary = []
-    for table, tasks, others in COMPARISONS:
+    for table, tasks, subject, others in COMPARISONS:
         for other in others:
-            found = compare_models(rows, "ours", other, tasks)
+            found = compare_models(rows, subject, other, tasks)
             for c in found:
-                lines.append(f"| {table} | {c['task']} | {c['a_mean']:.4f} | {other} | {c['b_mean']:.4f} | "
+                lines.append(f"| {table} | {c['task']} | {subject} | {c['a_mean']:.4f} | {other} | {c['b_mean']:.4f} | "
                              f"{c['difference'].format(4)} | {c['p']:.2g} | {c['verdict']} |")
             if found:
                 counts = {v: sum(c["verdict"] == v for c in found) for v in (HOLDS, FAILS, UNCLEAR)}
-                summary.append(f"- Table {table}, ours vs {other}: better on {counts[HOLDS]} of {len(found)} tasks, "
-                               f"worse on {counts[FAILS]}, cannot be told apart on {counts[UNCLEAR]}.")
+                summary.append(f"- Table {table}, {subject} vs {other}: better on {counts[HOLDS]} of {len(found)} "
+                               f"tasks, worse on {counts[FAILS]}, cannot be told apart on {counts[UNCLEAR]}.")
     return "\n".join(summary) + "\n\n" + "\n".join(lines) + "\n"
 
 
@@ -112,6 +119,8 @@ def main():
                                          "others are shown"), out=Path("docs/multitask_tables.md"))
     parser.add_argument("--limit", type=int, default=None)
     parser.add_argument("--lpips", type=Path, default=None)
+    parser.add_argument("--keep-cached", action="store_true",
+                        help="also show the cached rows of models no longer under --work")
     args = parser.parse_args()
 
     models = load_models(args.work)
@@ -128,7 +137,9 @@ def main():
     order = {name: k for k, name in enumerate(models)}
     for split in args.splits.split(","):
         started = time.perf_counter()
-        rows = [r for r in all_rows.get(split, []) if r["model"] in models]
+        rows = [r for r in all_rows.get(split, []) if r["model"] in models or args.keep_cached]
+        for r in rows:
+            order.setdefault(r["model"], len(order))
         for name, model in models.items():
             if name not in compute or any(r["model"] == name for r in rows):
                 continue
@@ -139,11 +150,12 @@ def main():
         tasks = {task: k for k, task in enumerate(SINGLE_TASKS + tuple(MULTI_TASKS))}
         rows.sort(key=lambda r: (tasks[r["task"]], order[r["model"]]))
         main_rows = [r for r in rows if r["model"] in MAIN_MODELS]
-        ablations = [r for r in rows if r["model"] not in MAIN_MODELS + N_PAIR_MODELS or r["model"] == "ours"]
+        ablations = [r for r in rows if r["model"] not in MAIN_MODELS + N_PAIR_MODELS or r["model"] == "ours"
+                     or r["model"] == "ours-combined"]
         n_pair = [r for r in rows if r["model"] in N_PAIR_MODELS + ("ours",)]
         text += [f"\n## Split `{split}`\n\n### Table 2: single tasks\n\n",
                  multitask_table([r for r in main_rows if r["task"] in SINGLE_TASKS], label),
-                 "\n### Table 3: task combinations (trained on single tasks only)\n\n",
+                 "\n### Table 3: task combinations (every model but ours-combined trained on single tasks only)\n\n",
                  multitask_table([r for r in main_rows if r["task"] in MULTI_TASKS], label),
                  "\n### Table 4: ablations, mean over single tasks / over combinations\n\n",
                  multitask_table(averaged(ablations, SINGLE_TASKS), label).replace("| mean |", "| single (mean) |"),

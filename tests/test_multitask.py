@@ -1,5 +1,7 @@
 """The multitask model: editing vector layout, widened U-Net, mapping network, loss, sampling, save/load."""
 
+import math
+
 import pytest
 import torch
 
@@ -643,6 +645,40 @@ def test_snr_weight_cap_weights_the_x0_error_by_clamped_root_snr():
         MultitaskTrainConfig(data="unused", output_dir="unused", snr_weight_cap=5.0).validate()
 
 
+def test_texture_weight_adds_the_local_texture_amplitude_gap_and_not_where_the_grains_fall():
+    """--texture-weight w: loss = L1 + w · mean |r(x̂₀) − r(x_B)| with r the local high-pass RMS (8² patches).
+    r is the same for two realisations of one noise texture and lower for a smooth image, so the term
+    separates "no texture" from "another realisation", which the L1 ranks the other way round."""
+    from retouch.metrics.control import local_high_frequency_rms
+    from retouch.sampling import add_noise
+
+    torch.manual_seed(0)
+    model = _pixel_model()
+    alphas = NoiseSchedule.from_scheduler_config(model.scheduler_config).alphas_cumprod
+    source, target, small = torch.rand(8, 3, 16, 16), torch.rand(8, 3, 16, 16), torch.zeros(8, 3, 16, 16)
+    vectors = EditingVector(grain=0.05).as_tensor()[None].expand(8, -1)
+    draw = torch.Generator().manual_seed(3)
+    t = torch.randint(0, len(alphas), (8,), generator=draw)
+    noise = torch.randn(target.shape, generator=draw)
+    with torch.no_grad():
+        prediction = model.denoiser(add_noise(target, noise, alphas[t]), t, source, small, vectors)
+        gap = (local_high_frequency_rms(prediction, 8) - local_high_frequency_rms(target, 8)).abs().mean()
+        loss = {w: multitask_loss(model.denoiser, alphas, target, source, small, vectors,
+                                  torch.Generator().manual_seed(3), texture_weight=w) for w in (0.0, 2.0)}
+    torch.testing.assert_close(loss[0.0], (prediction - target).abs().mean())
+    torch.testing.assert_close(loss[2.0], loss[0.0] + 2 * gap)
+
+    flat = torch.full((4, 3, 32, 32), 0.5)
+    grain, other = flat + 0.1 * torch.randn(4, 3, 32, 32), flat + 0.1 * torch.randn(4, 3, 32, 32)
+    amplitude = lambda a: (local_high_frequency_rms(a) - local_high_frequency_rms(grain)).abs().mean()
+    assert (other - grain).abs().mean() > (flat - grain).abs().mean()  # L1 prefers no texture …
+    assert amplitude(other) < 0.25 * amplitude(flat)  # … the texture term another realisation
+    from retouch.train.multitask import MultitaskTrainConfig
+
+    with pytest.raises(RetouchError, match="texture-weight"):
+        MultitaskTrainConfig(data="unused", texture_weight=1.0).validate()
+
+
 def test_crop_windows_cut_target_and_source_and_keep_the_whole_reference(tiny_dataset):
     import torch.nn.functional as F
 
@@ -723,6 +759,83 @@ def test_task_weights_set_each_tasks_share_of_the_draws(tiny_dataset):
     assert training_label_weights(uniform) is None
     assert draw_examples(data, labels, 50, np.random.default_rng(1)) == \
         draw_examples(data, labels, 50, np.random.default_rng(1), weights=None)
+
+
+@pytest.fixture(scope="module")
+def combined_dataset(tmp_path_factory):
+    from retouch.data.compositing import CompositingConfig, build_compositing_dataset
+
+    folder = tmp_path_factory.mktemp("multitask-combined") / "data"
+    build_compositing_dataset(CompositingConfig(world_scenes=10, dead_leaves=4, photos=False, crop=32, grain_samples=4,
+                                                split=(0.8, 0.1, 0.1), train_combinations=3), folder)
+    return folder
+
+
+def test_combination_draws_turn_on_every_stored_task_at_once(tiny_backbones, combined_dataset, tiny_dataset):
+    """--combination-share s: that share of draws is one of the crop's stored multi-task examples; the example's
+    vector turns on exactly its tasks (its grain radius, the crop's sliders), the input is masked and the hole
+    given iff inpainting is among them, the reference iff colour; the cache gives what the per-example path
+    gives; s = 0 draws what the trainer drew before the option; a dataset without them is refused."""
+    import numpy as np
+
+    from retouch.networks.multitask import encode
+    from retouch.train.multitask import (LatentCache, MultitaskTrainConfig, TrainingSet, draw_examples,
+                                         target_name, training_example, training_labels)
+
+    data = TrainingSet(combined_dataset)
+    labels = training_labels(MultitaskTrainConfig(data="x"))
+    draws = draw_examples(data, labels, 2000, np.random.default_rng(0), combination_share=0.4)
+    combos = [d for d in draws if str(d[1]).startswith("combo")]
+    assert abs(len(combos) / len(draws) - 0.4) < 0.04 and {d[1] for d in combos} == {"combo0", "combo1", "combo2"}
+    assert draw_examples(data, labels, 50, np.random.default_rng(1)) == \
+        draw_examples(data, labels, 50, np.random.default_rng(1), combination_share=0.0)
+
+    order = ("blur", "grain", "colour", "inpaint", "sharpen")
+    picked = []
+    for index in range(len(data)):
+        for k, combination in enumerate(data.params[index]["combinations"]):
+            source, target, reference, keep, vector = training_example(data, (index, f"combo{k}", None))
+            tasks = combination["tasks"]
+            assert vector.active == tuple(int(task in tasks) for task in order)
+            assert torch.equal(target, data.image(f"combo{k}", index))
+            assert (reference is not None) == ("colour" in tasks) and (keep is not None) == ("inpaint" in tasks)
+            assert vector.grain == (combination["grain"] if "grain" in tasks else None)
+            if "blur" in tasks:
+                assert vector.blur == data.params[index]["blur"]
+            if len(picked) < 6 and ("inpaint" in tasks or "colour" in tasks or not picked):
+                picked.append((index, f"combo{k}", None))
+    assert any("inpaint" in data.params[i]["combinations"][int(l[5:])]["tasks"] for i, l, _ in picked)
+
+    torch.manual_seed(0)
+    model = MultitaskModel.from_backbone(tiny_backbones["tiny-sd"])
+    cache = LatentCache(model, data, {target_name(label, radius) for _, label, radius in picked}, batch=2)
+    targets, sources, references, vectors = cache.batch(picked, labels=True)
+    for k, draw in enumerate(picked):
+        source, target, reference, keep, vector = training_example(data, draw)
+        latents, small, c = conditioning_inputs(model, source[None], vector,
+                                                None if reference is None else reference[None],
+                                                None if keep is None else keep[None])
+        torch.testing.assert_close(sources[k], latents[0], atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(targets[k], encode(model, target[None])[0], atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(references[k], small[0])
+        assert torch.equal(vectors[k], c[0])
+
+    with pytest.raises(RetouchError, match="--train-combinations"):
+        MultitaskTrainConfig(data=str(tiny_dataset), combination_share=0.3).validate()
+    with pytest.raises(RetouchError, match="drop --tasks"):
+        MultitaskTrainConfig(data=str(combined_dataset), combination_share=0.3, tasks=("blur", "grain")).validate()
+
+
+def test_a_pixel_run_trains_on_combinations(combined_dataset, tmp_path, monkeypatch):
+    from retouch.networks import multitask as networks
+    from retouch.train.multitask import MultitaskTrainConfig, train_multitask
+
+    monkeypatch.setattr(networks, "PIXEL_CHANNELS", (8, 16))
+    config = MultitaskTrainConfig(data=str(combined_dataset), output_dir=str(tmp_path / "run"), steps=3, batch=6,
+                                  ema_decay=None, space="pixel", prediction="residual", crop=16, hole_channel=True,
+                                  identity_examples=False, combination_share=0.5)
+    _, report = train_multitask(config, progress=False)
+    assert report["steps"] == 3 and math.isfinite(report["final_loss"])
 
 
 def test_film_block_conditioning_scales_and_shifts_every_block_and_is_saved(tmp_path):

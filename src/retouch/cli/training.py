@@ -140,12 +140,18 @@ def train_probes(output, profile, model, judge_folder, train_scenes, test_scenes
 @click.option("--snr-weight-cap", type=float, default=1.0, show_default=True,
               help="residual models: weight the x̂₀ error by clamp(√SNR_t, 1, cap), so low noise levels count as in "
                    "the paper's ε loss (1 = uniform; not the paper)")
+@click.option("--texture-weight", type=float, default=0.0, show_default=True,
+              help="residual models: weight of a loss on the local texture amplitude of x̂₀ against the target's, "
+                   "so random textures such as film grain are drawn rather than averaged away (0 = off, the paper)")
+@click.option("--combination-share", type=float, default=0.0, show_default=True,
+              help="share of draws that are multi-task examples, 2-3 tasks at once (needs a dataset built with "
+                   "--train-combinations; 0 = single tasks only, the paper)")
 @mixed_precision_option
 @seed_option()
 def train_multitask_command(data, output_dir, init, steps, batch, learning_rate, loss_p, architecture, conditioning,
                             labels, mapping_depth, loss_space, input_gain, space, prediction, block_conditioning, crop, tasks, task_weights, n_pair,
-                            n_pair_weight, identity_examples, hole_channel, min_timestep, snr_weight_cap, mixed_precision,
-                            seed) -> None:
+                            n_pair_weight, identity_examples, hole_channel, min_timestep, snr_weight_cap,
+                            texture_weight, combination_share, mixed_precision, seed) -> None:
     """Train the multi-task compositing model (multitask paper §3.2, §4.1) on a compositing dataset."""
     from retouch.train.multitask import MultitaskTrainConfig, parse_task_weights, train_multitask
 
@@ -159,6 +165,7 @@ def train_multitask_command(data, output_dir, init, steps, batch, learning_rate,
                                   tasks=tasks, task_weights=parse_task_weights(task_weights, tasks),
                                   n_pair=n_pair, n_pair_weight=n_pair_weight, min_timestep=min_timestep,
                                   snr_weight_cap=snr_weight_cap, identity_examples=identity_examples, hole_channel=hole_channel,
+                                  texture_weight=texture_weight, combination_share=combination_share,
                                   mixed_precision=mixed_precision, seed=seed)
     _, report = train_multitask(config)
     say_trained(report, output_dir)

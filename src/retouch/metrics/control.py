@@ -64,6 +64,13 @@ def flat_high_frequency_energy(images: torch.Tensor, sources: torch.Tensor, sigm
     return (high * flat).sum(dim=(1, 2, 3)) / flat.sum(dim=(1, 2, 3)).clamp_min(1)
 
 
+def local_high_frequency_rms(images: torch.Tensor, window: int = 8, sigma: float = 1.0) -> torch.Tensor:
+    """(N, C, H // window, W // window): the root mean square of each channel's high-pass (image minus its Gaussian
+    blur) over window² patches: how much texture a patch carries, blind to where each grain of it falls."""
+    high = images - _gaussian_blur(images, sigma)
+    return F.avg_pool2d(high.square(), window).add(1e-6).sqrt()
+
+
 def colour_statistics(images: torch.Tensor) -> torch.Tensor:
     """(N, 6): mean and standard deviation of each CIE-Lab channel (Reinhard et al.'s statistics)."""
     from retouch.effects.color_transfer import rgb_to_lab

@@ -54,7 +54,7 @@ N_PAIR_FEATURES = ("bottleneck", "labels")
 def multitask_loss(denoiser: MultitaskDenoiser, alphas_cumprod: torch.Tensor, target_latents, source_latents,
                    side, vectors, generator: torch.Generator | None = None, p: float = 1.0,
                    n_pair: str | None = None, n_pair_weight: float = 0.0, loss_space: str = "epsilon",
-                   min_timestep: int = 0, snr_weight_cap: float = 1.0):
+                   min_timestep: int = 0, snr_weight_cap: float = 1.0, texture_weight: float = 0.0):
     """Eq. 2: E ‖ε_θ(z_0^A, I_ref, C, z_t^B, t) − ε‖_p^p with t uniform, p = 1 by default (mean over elements).
 
     ``n_pair`` adds ``n_pair_weight`` × the N-pair loss of Eq. 3 (§5, Table 5) on the U-Net's bottleneck
@@ -70,6 +70,12 @@ def multitask_loss(denoiser: MultitaskDenoiser, alphas_cumprod: torch.Tensor, ta
     dominate it; the uniform x̂₀ loss gives them no more weight than any other level, and a model trained
     with it learns to ignore x_t and return the texture's mean (film grain: docs/multitask.md). Clamped
     at 1 from below so the high noise levels, where the layout is decided, keep their uniform weight.
+
+    ``texture_weight`` > 0 (residual models; not the paper's) adds that weight × the mean |r(x̂₀) − r(x_B)| of the
+    local texture amplitude r (:func:`retouch.metrics.control.local_high_frequency_rms`, 8² patches). Film grain is
+    a random texture: the L1 to one realisation is least for its smooth median, so an x̂₀ model learns to return
+    none (a flat σ curve). The amplitude is the same for every realisation, so this term asks for as much texture as
+    the target has without asking where each grain falls; the model can take the texture from x_t's noise.
 
     ``min_timestep`` > 0 (not the paper's) draws t from [min_timestep, T) only: at high noise x_t carries
     almost nothing of the target, so the loss cannot be met by copying x_t and must be met from z_A.
@@ -101,11 +107,21 @@ def multitask_loss(denoiser: MultitaskDenoiser, alphas_cumprod: torch.Tensor, ta
         if snr_weight_cap > 1:
             alpha = alphas_cumprod[t].to(error)
             error = error * (alpha / (1 - alpha)).sqrt().clamp(1.0, snr_weight_cap)[:, None, None, None]
+        if texture_weight > 0:
+            from retouch.metrics.control import local_high_frequency_rms
+
+            window = min(8, target_latents.shape[-1])
+            texture = (local_high_frequency_rms(prediction.float(), window)
+                       - local_high_frequency_rms(target_latents.float(), window)).abs().mean()
+    elif texture_weight > 0:
+        raise RetouchError("--texture-weight matches a residual model's x̂₀ texture; an ε model samples its own")
     else:
         error = (prediction.float() - noise.float()).abs()
     if loss_space == "v":
         error = error / alphas_cumprod[t].to(error).sqrt()[:, None, None, None]
     loss = error.pow(p).mean()
+    if texture_weight > 0:
+        loss = loss + texture_weight * texture
     if n_pair is None or n_pair_weight == 0:
         return loss
     if not denoiser.spec.labels:
@@ -177,12 +193,17 @@ class MultitaskTrainConfig:
     min_timestep: int = option(0, at_least=0, at_most=999)
     #: residual models: x̂₀ error weighted by clamp(√SNR_t, 1, cap) (multitask_loss; not in the paper); 1 = uniform
     snr_weight_cap: float = option(1.0, at_least=1.0)
+    #: residual models: weight of the local texture-amplitude term (multitask_loss; not in the paper); 0 = off
+    texture_weight: float = option(0.0, at_least=0.0)
     #: also draw identity examples (label None: target = input, every task off), one label among the tasks.
     #: With prediction="residual" their zero residual pins D at zero under L1 and no local effect is learnt
     #: (docs/multitask.md, benchmarks/multitask_identity_check.py): turn them off there.
     identity_examples: bool = True
     #: MultitaskSpec.hole_channel: the inpainting hole as one more input channel (not in the paper)
     hole_channel: bool = False
+    #: share of draws that are one of the crop's stored multi-task examples, a set of two or three tasks on at
+    #: once (a dataset built with ``--train-combinations``; not in the paper, which trains on single tasks)
+    combination_share: float = option(0.0, at_least=0.0, at_most=1.0)
     ema_decay: float | None = 0.999
     mixed_precision: str = "no"
     seed: int = 0
@@ -204,9 +225,17 @@ class MultitaskTrainConfig:
             raise RetouchError("--block-conditioning builds pixel U-Nets; a latent model keeps its backbone's blocks")
         if self.snr_weight_cap > 1 and self.prediction != "residual":
             raise RetouchError("--snr-weight-cap weights a residual model's x̂₀ error; an ε loss is √SNR-weighted already")
+        if self.texture_weight > 0 and self.prediction != "residual":
+            raise RetouchError("--texture-weight matches a residual model's x̂₀ texture; an ε model samples its own")
         if self.prediction == "residual" and self.loss_space != "epsilon":
             raise RetouchError("--loss-space v reweights an ε prediction; drop it with --prediction residual")
-        read_summary(Path(self.data))
+        summary = read_summary(Path(self.data))
+        if self.combination_share > 0:
+            if not summary["config"].get("train_combinations"):
+                raise RetouchError(f"--combination-share needs multi-task training examples: '{self.data}' was built "
+                                   "without them (`retouch data compositing --train-combinations K`)")
+            if set(self.tasks) != set(TASKS):
+                raise RetouchError("--combination-share trains on sets of all five tasks; drop --tasks")
 
     def spec(self, latent_channels: int) -> MultitaskSpec:
         return MultitaskSpec(conditioning=self.conditioning, labels=self.labels, mapping_depth=self.mapping_depth,
@@ -250,10 +279,11 @@ class TrainingSet:
 
 
 def draw_examples(data: TrainingSet, labels, count: int, rng: np.random.Generator,
-                  crop: int | None = None, weights=None) -> list[tuple]:
+                  crop: int | None = None, weights=None, combination_share: float = 0.0) -> list[tuple]:
     """``count`` draws (crop index, label, grain radius, window): a uniform crop, a uniform label (§4.1) or
     one drawn in proportion to ``weights``, for grain one of the five radii at random, and with ``crop`` a
-    uniform ``crop``² window (top, left) of it (None: the whole crop)."""
+    uniform ``crop``² window (top, left) of it (None: the whole crop). With ``combination_share`` > 0 that
+    share of draws is instead one of the crop's stored multi-task examples, label ``combo{k}``."""
     draws = []
     side = data.images["source"].shape[1]
     if crop is not None and crop > side:
@@ -261,6 +291,11 @@ def draw_examples(data: TrainingSet, labels, count: int, rng: np.random.Generato
     shares = None if weights is None else np.asarray(weights, dtype=float) / float(np.sum(weights))
     for _ in range(count):
         index = int(rng.integers(0, len(data)))
+        if combination_share > 0 and rng.random() < combination_share:
+            label = f"combo{int(rng.integers(0, len(data.params[index]['combinations'])))}"
+            window = None if crop is None else (int(rng.integers(0, side - crop + 1)), int(rng.integers(0, side - crop + 1)))
+            draws.append((index, label, None, window))
+            continue
         # the uniform draw stays rng.integers so runs without weights replay earlier runs' draws exactly
         label = labels[int(rng.integers(0, len(labels)) if shares is None else rng.choice(len(labels), p=shares))]
         radius = list(GRAIN_NAMES)[int(rng.integers(0, len(GRAIN_NAMES)))] if label == "grain" else None
@@ -300,15 +335,25 @@ def training_label_weights(config: MultitaskTrainConfig) -> tuple[float, ...] | 
     return ((1.0,) if config.identity_examples else ()) + tuple(float(w) for w in config.task_weights)
 
 
+def example_tasks(params: dict, label: str | None, radius: float | None) -> tuple[tuple[str, ...], float | None]:
+    """(the tasks a training example turns on, its grain radius): none, one task, or a stored combination."""
+    if label is not None and label.startswith("combo"):
+        combination = params["combinations"][int(label.removeprefix("combo"))]
+        return tuple(combination["tasks"]), combination["grain"]
+    return (() if label is None else (label,)), radius
+
+
 def example_vector(params: dict, label: str | None, radius: float | None) -> EditingVector:
-    """The editing vector of one training example: only its task is on, with the crop's sliders."""
-    return EditingVector(blur=params["blur"] if label == "blur" else None, grain=radius if label == "grain" else None,
-                         colour=label == "colour", inpaint=label == "inpaint",
-                         sharpen=tuple(params["sharpen"]) if label == "sharpen" else None)
+    """The editing vector of one training example: only its tasks are on, with the crop's sliders."""
+    tasks, radius = example_tasks(params, label, radius)
+    return EditingVector(blur=params["blur"] if "blur" in tasks else None, grain=radius if "grain" in tasks else None,
+                         colour="colour" in tasks, inpaint="inpaint" in tasks,
+                         sharpen=tuple(params["sharpen"]) if "sharpen" in tasks else None)
 
 
 def target_name(label: str | None, radius: float | None) -> str:
-    """Which stored image is the target (the crop itself for "none" and for inpainting)."""
+    """Which stored image is the target (the crop itself for "none" and for inpainting; ``combo{k}`` is
+    stored under its label)."""
     return {None: "source", "inpaint": "source", "grain": GRAIN_NAMES.get(radius)}.get(label, label)
 
 
@@ -316,8 +361,9 @@ def training_example(data: TrainingSet, draw: tuple):
     """(input image, target image, reference image or None, keep-mask or None, editing vector)."""
     index, label, radius = draw[:3]  # a window (draw[3]) cuts pixel-space batches only
     vector = example_vector(data.params[index], label, radius)
-    reference = data.image("reference", index) if label == "colour" else None
-    keep = 1.0 - data.image("mask", index) if label == "inpaint" else None  # stored masks are 1 in the hole
+    tasks, _ = example_tasks(data.params[index], label, radius)
+    reference = data.image("reference", index) if "colour" in tasks else None
+    keep = 1.0 - data.image("mask", index) if "inpaint" in tasks else None  # stored masks are 1 in the hole
     return data.image("source", index), data.image(target_name(label, radius), index), reference, keep, vector
 
 
@@ -338,7 +384,7 @@ def train_multitask(config: MultitaskTrainConfig, *, backbone=None,
     def make_batch(step, rank, world_size):
         return make_example_batch(draw_examples(data, labels, config.batch,
                                                 np.random.default_rng([config.seed, step, rank]), config.crop,
-                                                weights))
+                                                weights, config.combination_share))
 
     loop = LoopConfig(output_dir=config.output_dir, max_steps=config.steps, learning_rate=config.learning_rate,
                       warmup_steps=min(200, config.steps // 10), ema_decay=config.ema_decay,
@@ -365,8 +411,11 @@ def _diffusion_parts(config: MultitaskTrainConfig, data: TrainingSet, backbone):
         model.vae.requires_grad_(False).eval()
     schedule = NoiseSchedule.from_scheduler_config(model.scheduler_config)
 
-    cache = LatentCache(model, data, {target_name(label, radius) for label in (None, *config.tasks)
-                                      for radius in (GRAIN_NAMES if label == "grain" else (None,))},
+    targets = {target_name(label, radius) for label in (None, *config.tasks)
+               for radius in (GRAIN_NAMES if label == "grain" else (None,))}
+    if config.combination_share > 0:
+        targets |= {name for name in data.images if name.startswith("combo")}
+    cache = LatentCache(model, data, targets,
                         crop=config.crop, hole_channel=config.hole_channel)
 
     def make_example_batch(draws):
@@ -377,7 +426,8 @@ def _diffusion_parts(config: MultitaskTrainConfig, data: TrainingSet, backbone):
         loss = multitask_loss(denoiser, schedule.alphas_cumprod, target_latents, source_latents, side,
                               vectors, generator, p=config.loss_p, n_pair=config.n_pair,
                               n_pair_weight=config.n_pair_weight, loss_space=config.loss_space,
-                              min_timestep=config.min_timestep, snr_weight_cap=config.snr_weight_cap)
+                              min_timestep=config.min_timestep, snr_weight_cap=config.snr_weight_cap,
+                              texture_weight=config.texture_weight)
         return loss, {}
 
     return model, model.denoiser, make_example_batch, loss_fn
@@ -416,10 +466,11 @@ class LatentCache:
         window's size, as editing an image of that size would give it."""
         targets, sources, references, vectors = [], [], [], []
         for index, label, radius, window in (tuple(draw) + (None,) * (4 - len(draw)) for draw in draws):
+            tasks, _ = example_tasks(self.params[index], label, radius)
             target = self.latents[target_name(label, radius)][index]
-            source = self.latents["masked" if label == "inpaint" else "source"][index]
-            reference = self.references[index] if label == "colour" else torch.zeros_like(self.references[0])
-            hole = self.holes[index] if label == "inpaint" else torch.zeros_like(self.holes[0])
+            source = self.latents["masked" if "inpaint" in tasks else "source"][index]
+            reference = self.references[index] if "colour" in tasks else torch.zeros_like(self.references[0])
+            hole = self.holes[index] if "inpaint" in tasks else torch.zeros_like(self.holes[0])
             if window is not None:
                 (top, left), side = window, self.crop
                 target, source, hole = (x[:, top:top + side, left:left + side] for x in (target, source, hole))
