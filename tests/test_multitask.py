@@ -154,14 +154,21 @@ def test_training_examples_follow_the_papers_labelling(tiny_dataset):
 def test_latent_cache_gives_what_encoding_each_batch_gives(tiny_backbones, tiny_dataset):
     """The trainer encodes every latent once; a batch from the cache must equal the per-example path
     (masking, encoding, reference resize and C built one example at a time)."""
-    from retouch.networks.multitask import encode
-    from retouch.train.multitask import LatentCache, TrainingSet, target_name, training_example
+    from retouch.train.multitask import TrainingSet
 
     data = TrainingSet(tiny_dataset)
     torch.manual_seed(0)
     model = MultitaskModel.from_backbone(tiny_backbones["tiny-sd"])
     draws = [(0, None, None), (1, "blur", None), (2, "grain", 0.025), (0, "colour", None), (3, "inpaint", None),
              (1, "sharpen", None)]
+    assert_cache_gives_the_per_example_path(model, data, draws)
+
+
+def assert_cache_gives_the_per_example_path(model, data, draws):
+    """The cached batch of ``draws`` equals masking, encoding, reference resize and C one example at a time."""
+    from retouch.networks.multitask import encode
+    from retouch.train.multitask import LatentCache, target_name, training_example
+
     cache = LatentCache(model, data, {target_name(label, radius) for _, label, radius in draws}, batch=2)
     targets, sources, references, vectors = cache.batch(draws, labels=True)
     for k, draw in enumerate(draws):
@@ -617,21 +624,31 @@ def test_residual_loss_is_the_x0_error_and_the_sliders_reach_a_pixel_model():
             multitask_loss(model.denoiser, schedule.alphas_cumprod, target, source, small, vectors, loss_space="v")
 
 
+def _residual_loss_case(count: int, side: int, seed: int):
+    """A small residual pixel model, random (target, source, side, C), and its x̂₀ at the t and noise that
+    multitask_loss draws from a generator seeded with ``seed``."""
+    from retouch.sampling import add_noise
+
+    torch.manual_seed(0)
+    model = _pixel_model()
+    alphas = NoiseSchedule.from_scheduler_config(model.scheduler_config).alphas_cumprod
+    source, target = torch.rand(count, 3, side, side), torch.rand(count, 3, side, side)
+    small = torch.zeros(count, 3, side, side)
+    vectors = EditingVector(grain=0.05).as_tensor()[None].expand(count, -1)
+    draw = torch.Generator().manual_seed(seed)
+    t = torch.randint(0, len(alphas), (count,), generator=draw)
+    noise = torch.randn(target.shape, generator=draw)
+    with torch.no_grad():
+        prediction = model.denoiser(add_noise(target, noise, alphas[t]), t, source, small, vectors)
+    return model, alphas, (target, source, small, vectors), t, prediction
+
+
 def test_snr_weight_cap_weights_the_x0_error_by_clamped_root_snr():
     """--snr-weight-cap: each example's x̂₀ error × clamp(√SNR_t, 1, cap); cap 1 is the uniform loss, and
     high noise levels (√SNR < 1) keep weight 1."""
-    torch.manual_seed(0)
-    model = _pixel_model()
-    schedule = NoiseSchedule.from_scheduler_config(model.scheduler_config)
-    alphas = schedule.alphas_cumprod
-    source, target, small = torch.rand(64, 3, 8, 8), torch.rand(64, 3, 8, 8), torch.zeros(64, 3, 8, 8)
-    vectors = EditingVector(grain=0.05).as_tensor()[None].expand(64, -1)
-    draw = torch.Generator().manual_seed(7)
-    t = torch.randint(0, len(alphas), (64,), generator=draw)
-    noise = torch.randn(target.shape, generator=draw)
-    from retouch.sampling import add_noise
+    model, alphas, (target, source, small, vectors), t, prediction = _residual_loss_case(64, 8, seed=7)
     with torch.no_grad():
-        error = (model.denoiser(add_noise(target, noise, alphas[t]), t, source, small, vectors) - target).abs()
+        error = (prediction - target).abs()
         root_snr = (alphas[t] / (1 - alphas[t])).sqrt()
         assert root_snr.min() < 1 < 5 < root_snr.max()  # the draw spans both clamps
         expected = (error * root_snr.clamp(1, 5)[:, None, None, None]).mean()
@@ -650,18 +667,9 @@ def test_texture_weight_adds_the_local_texture_amplitude_gap_and_not_where_the_g
     r is the same for two realisations of one noise texture and lower for a smooth image, so the term
     separates "no texture" from "another realisation", which the L1 ranks the other way round."""
     from retouch.metrics.control import local_high_frequency_rms
-    from retouch.sampling import add_noise
 
-    torch.manual_seed(0)
-    model = _pixel_model()
-    alphas = NoiseSchedule.from_scheduler_config(model.scheduler_config).alphas_cumprod
-    source, target, small = torch.rand(8, 3, 16, 16), torch.rand(8, 3, 16, 16), torch.zeros(8, 3, 16, 16)
-    vectors = EditingVector(grain=0.05).as_tensor()[None].expand(8, -1)
-    draw = torch.Generator().manual_seed(3)
-    t = torch.randint(0, len(alphas), (8,), generator=draw)
-    noise = torch.randn(target.shape, generator=draw)
+    model, alphas, (target, source, small, vectors), _, prediction = _residual_loss_case(8, 16, seed=3)
     with torch.no_grad():
-        prediction = model.denoiser(add_noise(target, noise, alphas[t]), t, source, small, vectors)
         gap = (local_high_frequency_rms(prediction, 8) - local_high_frequency_rms(target, 8)).abs().mean()
         loss = {w: multitask_loss(model.denoiser, alphas, target, source, small, vectors,
                                   torch.Generator().manual_seed(3), texture_weight=w) for w in (0.0, 2.0)}
@@ -778,9 +786,7 @@ def test_combination_draws_turn_on_every_stored_task_at_once(tiny_backbones, com
     gives; s = 0 draws what the trainer drew before the option; a dataset without them is refused."""
     import numpy as np
 
-    from retouch.networks.multitask import encode
-    from retouch.train.multitask import (LatentCache, MultitaskTrainConfig, TrainingSet, draw_examples,
-                                         target_name, training_example, training_labels)
+    from retouch.train.multitask import MultitaskTrainConfig, TrainingSet, draw_examples, training_example, training_labels
 
     data = TrainingSet(combined_dataset)
     labels = training_labels(MultitaskTrainConfig(data="x"))
@@ -808,17 +814,7 @@ def test_combination_draws_turn_on_every_stored_task_at_once(tiny_backbones, com
 
     torch.manual_seed(0)
     model = MultitaskModel.from_backbone(tiny_backbones["tiny-sd"])
-    cache = LatentCache(model, data, {target_name(label, radius) for _, label, radius in picked}, batch=2)
-    targets, sources, references, vectors = cache.batch(picked, labels=True)
-    for k, draw in enumerate(picked):
-        source, target, reference, keep, vector = training_example(data, draw)
-        latents, small, c = conditioning_inputs(model, source[None], vector,
-                                                None if reference is None else reference[None],
-                                                None if keep is None else keep[None])
-        torch.testing.assert_close(sources[k], latents[0], atol=1e-5, rtol=1e-5)
-        torch.testing.assert_close(targets[k], encode(model, target[None])[0], atol=1e-5, rtol=1e-5)
-        torch.testing.assert_close(references[k], small[0])
-        assert torch.equal(vectors[k], c[0])
+    assert_cache_gives_the_per_example_path(model, data, picked)
 
     with pytest.raises(RetouchError, match="--train-combinations"):
         MultitaskTrainConfig(data=str(tiny_dataset), combination_share=0.3).validate()
