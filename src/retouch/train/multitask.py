@@ -75,7 +75,8 @@ def multitask_loss(denoiser: MultitaskDenoiser, alphas_cumprod: torch.Tensor, ta
     local texture amplitude r (:func:`retouch.metrics.control.local_high_frequency_rms`, 8² patches). Film grain is
     a random texture: the L1 to one realisation is least for its smooth median, so an x̂₀ model learns to return
     none (a flat σ curve). The amplitude is the same for every realisation, so this term asks for as much texture as
-    the target has without asking where each grain falls; the model can take the texture from x_t's noise.
+    the target has without asking where each grain falls. Measured (docs/multitask.md, session 14): σ's curve moves,
+    and the model draws the texture from its input rather than from x_t's noise.
 
     ``min_timestep`` > 0 (not the paper's) draws t from [min_timestep, T) only: at high noise x_t carries
     almost nothing of the target, so the loss cannot be met by copying x_t and must be met from z_A.
