@@ -64,11 +64,11 @@ from retouch.options import check_options, option
 
 SPLITS = ("train", "val", "test", "photos")
 GRAIN_NAMES = {radius: f"grain_{round(radius * 1000):03d}" for radius in GRAIN_RADII}
-MULTI_TASKS = {  # name → the recipe fields it turns on (Table 3's combinations, and grain+colour+sharpen)
+MULTI_TASKS = {  # name → the tasks it turns on (Table 3's combinations, and grain+colour+sharpen)
     "blur+grain": ("blur", "grain"),
-    "grain+colour": ("grain", "reference"),
-    "blur+grain+colour": ("blur", "grain", "reference"),
-    "grain+colour+sharpen": ("grain", "reference", "sharpen"),
+    "grain+colour": ("grain", "colour"),
+    "blur+grain+colour": ("blur", "grain", "colour"),
+    "grain+colour+sharpen": ("grain", "colour", "sharpen"),
 }
 #: Every set of two or three of the five tasks: what ``train_combinations`` draws from (the test split's
 #: four combinations are among them; its crops are not).
@@ -231,16 +231,10 @@ def render_targets(image: np.ndarray, reference: np.ndarray, params: dict, *, mu
            "sharpen": unsharp_mask(image, *params["sharpen"])}
     for radius, name in GRAIN_NAMES.items():
         out[name] = film_grain(image, radius, **grain)
-    if multi:
-        full = {"blur": params["blur"], "grain": params["multi_grain"], "reference": reference,
-                "sharpen": tuple(params["sharpen"])}
-        for name, fields in MULTI_TASKS.items():
-            recipe = EffectsRecipe(blur_angle=params["blur_angle"], seed=params["grain_seed"],
-                                   **{f: full[f] for f in fields})
-            out[name] = apply_effects(image, recipe, grain_samples=grain_samples)
-    for k, combination in enumerate(params.get("combinations", ())):
-        recipe = combination_recipe(params, combination["tasks"], combination["grain"], reference)
-        out[f"combo{k}"] = apply_effects(image, recipe, grain_samples=grain_samples)
+    combinations = {name: (tasks, params["multi_grain"]) for name, tasks in MULTI_TASKS.items()} if multi else {}
+    combinations.update({f"combo{k}": (c["tasks"], c["grain"]) for k, c in enumerate(params.get("combinations", ()))})
+    for name, (tasks, radius) in combinations.items():
+        out[name] = apply_effects(image, combination_recipe(params, tasks, radius, reference), grain_samples=grain_samples)
     return {name: np.clip(np.asarray(value, np.float32), 0.0, 1.0) for name, value in out.items()}
 
 

@@ -24,7 +24,6 @@ from retouch.metrics import kid, l1, ssim
 
 SINGLE_TASKS = ("blur", "grain", "colour", "inpaint", "sharpen")
 ORDER = ("blur", "colour", "sharpen", "grain", "inpaint")  # retouch.effects.apply_effects' order
-_RECIPE_TO_TASK = {"blur": "blur", "grain": "grain", "reference": "colour", "sharpen": "sharpen"}
 
 
 @dataclass
@@ -89,7 +88,7 @@ def trained_folders(work: Path) -> dict[str, Path | dict[str, Path]]:
 
 def tasks_of(task: str) -> set[str]:
     """The single tasks a task or task combination (a key of ``MULTI_TASKS``) switches on."""
-    return {_RECIPE_TO_TASK[field] for field in MULTI_TASKS[task]} if task in MULTI_TASKS else {task}
+    return set(MULTI_TASKS[task]) if task in MULTI_TASKS else {task}
 
 
 def load_compositing_model(folder: str | Path):

@@ -292,14 +292,12 @@ def draw_examples(data: TrainingSet, labels, count: int, rng: np.random.Generato
     shares = None if weights is None else np.asarray(weights, dtype=float) / float(np.sum(weights))
     for _ in range(count):
         index = int(rng.integers(0, len(data)))
-        if combination_share > 0 and rng.random() < combination_share:
-            label = f"combo{int(rng.integers(0, len(data.params[index]['combinations'])))}"
-            window = None if crop is None else (int(rng.integers(0, side - crop + 1)), int(rng.integers(0, side - crop + 1)))
-            draws.append((index, label, None, window))
-            continue
-        # the uniform draw stays rng.integers so runs without weights replay earlier runs' draws exactly
-        label = labels[int(rng.integers(0, len(labels)) if shares is None else rng.choice(len(labels), p=shares))]
-        radius = list(GRAIN_NAMES)[int(rng.integers(0, len(GRAIN_NAMES)))] if label == "grain" else None
+        if combination_share > 0 and rng.random() < combination_share:  # its grain radius is stored with it
+            label, radius = f"combo{int(rng.integers(0, len(data.params[index]['combinations'])))}", None
+        else:
+            # the uniform draw stays rng.integers so runs without weights replay earlier runs' draws exactly
+            label = labels[int(rng.integers(0, len(labels)) if shares is None else rng.choice(len(labels), p=shares))]
+            radius = list(GRAIN_NAMES)[int(rng.integers(0, len(GRAIN_NAMES)))] if label == "grain" else None
         window = None if crop is None else (int(rng.integers(0, side - crop + 1)), int(rng.integers(0, side - crop + 1)))
         draws.append((index, label, radius, window))
     return draws
