@@ -309,6 +309,9 @@ def test_train_command_refuses_bad_input_with_one_line(tmp_path, capsys):
     assert code != 0 and "not a compositing dataset" in err and len(err.strip().splitlines()) == 1
     code, _, err = run_cli(["train", "multitask", "--data", tmp_path, "--steps", "0"], capsys)
     assert code != 0 and "--steps" in err
+    code, _, err = run_cli(["train", "multitask", "--data", tmp_path, "--space", "pixel", "--pixel-channels", "32,x"],
+                           capsys)
+    assert code != 0 and "--pixel-channels takes comma-separated integers" in err and len(err.strip().splitlines()) == 1
 
 
 def test_evaluation_tables_score_edits_against_targets(tiny_backbones, tmp_path, capsys):
@@ -685,6 +688,50 @@ def test_texture_weight_adds_the_local_texture_amplitude_gap_and_not_where_the_g
 
     with pytest.raises(RetouchError, match="texture-weight"):
         MultitaskTrainConfig(data="unused", texture_weight=1.0).validate()
+
+
+def test_texture_tasks_keep_the_texture_term_to_examples_with_those_tasks_on():
+    """--texture-tasks grain,sharpen: the term of an example is its gap when σ or λ is on in its C, else 0;
+    the batch mean is still over every example, so the weight means the same with and without the filter."""
+    from retouch.metrics.control import local_high_frequency_rms
+    from retouch.train.multitask import MultitaskTrainConfig, texture_examples
+
+    model, alphas, (target, source, small, _), _, _ = _residual_loss_case(4, 16, seed=5)
+    vectors = torch.stack([EditingVector(grain=0.05).as_tensor(), EditingVector(colour=True).as_tensor(),
+                           EditingVector(sharpen=(2.0, 0.05), blur=0.5).as_tensor(),
+                           EditingVector(blur=0.5).as_tensor()])
+    assert texture_examples(vectors, ("grain", "sharpen")).tolist() == [True, False, True, False]
+    assert texture_examples(vectors, ("blur",)).tolist() == [False, False, True, True]
+    from retouch.sampling import add_noise
+
+    draw = torch.Generator().manual_seed(5)
+    t = torch.randint(0, len(alphas), (4,), generator=draw)
+    noise = torch.randn(target.shape, generator=draw)
+    with torch.no_grad():
+        prediction = model.denoiser(add_noise(target, noise, alphas[t]), t, source, small, vectors)
+        gap = (local_high_frequency_rms(prediction, 8) - local_high_frequency_rms(target, 8)).abs().flatten(1).mean(1)
+        loss = {tasks: multitask_loss(model.denoiser, alphas, target, source, small, vectors,
+                                      torch.Generator().manual_seed(5), texture_weight=3.0, texture_tasks=tasks)
+                for tasks in (None, ("grain", "sharpen"))}
+    l1 = (prediction - target).abs().mean()
+    torch.testing.assert_close(loss[None], l1 + 3 * gap.mean())
+    torch.testing.assert_close(loss[("grain", "sharpen")], l1 + 3 * (gap[0] + gap[2]) / 4)
+    for bad in ({"texture_tasks": ("grain",)}, {"texture_tasks": ("colour",), "texture_weight": 1.0},
+                {"texture_tasks": (), "texture_weight": 1.0}):
+        with pytest.raises(RetouchError, match="texture-tasks"):
+            MultitaskTrainConfig(data="unused", space="pixel", prediction="residual", **bad).validate()
+
+
+def test_pixel_channels_set_the_pixel_unet_widths(tiny_dataset):
+    from retouch.train.multitask import MultitaskTrainConfig, build_model
+
+    config = MultitaskTrainConfig(data=str(tiny_dataset), space="pixel", prediction="residual",
+                                  pixel_channels=(32, 32, 64))
+    config.validate()
+    assert tuple(build_model(config).denoiser.unet.config.block_out_channels) == (32, 32, 64)
+    for bad in ({"pixel_channels": (32, 12)}, {"pixel_channels": (32,)}, {"pixel_channels": (32, 64), "space": "latent"}):
+        with pytest.raises(RetouchError, match="pixel-channels"):
+            MultitaskTrainConfig(**{"data": str(tiny_dataset), "space": "pixel", **bad}).validate()
 
 
 def test_crop_windows_cut_target_and_source_and_keep_the_whole_reference(tiny_dataset):

@@ -92,6 +92,16 @@ def train_probes(output, profile, model, judge_folder, train_scenes, test_scenes
     click.echo(f"wrote {output}")
 
 
+def _channel_list(text: str | None) -> tuple[int, ...] | None:
+    """``"32,32,64,128"`` → (32, 32, 64, 128); the config says what widths it takes."""
+    if text is None:
+        return None
+    try:
+        return tuple(int(part) for part in comma_list(text))
+    except ValueError:
+        raise RetouchError(f"--pixel-channels takes comma-separated integers, e.g. 32,32,64,128; got '{text}'") from None
+
+
 @train.command("multitask")
 @click.option("--data", type=click.Path(file_okay=False, path_type=Path), required=True,
               help="a dataset folder from `retouch data compositing`")
@@ -120,6 +130,8 @@ def train_probes(output, profile, model, judge_folder, train_scenes, test_scenes
               help="predict ε (Eq. 2, the paper) or the clean target as an offset from the input, x̂₀ − z_A")
 @click.option("--block-conditioning", type=click.Choice(["add", "film"]), default="add", show_default=True,
               help="pixel U-Net: C and t added in each ResNet block, or FiLM (scale and shift of its features)")
+@click.option("--pixel-channels", default=None,
+              help="pixel U-Net: channels per level, e.g. '32,32,64,128' (default 16,32,64,128, the shipped width)")
 @click.option("--crop", type=int, default=None,
               help="train a pixel model on random crop² windows of the dataset's crops (a quarter of the cost at 32)")
 @click.option("--tasks", default="blur,grain,colour,inpaint,sharpen", show_default=True,
@@ -143,15 +155,18 @@ def train_probes(output, profile, model, judge_folder, train_scenes, test_scenes
 @click.option("--texture-weight", type=float, default=0.0, show_default=True,
               help="residual models: weight of a loss on the local texture amplitude of x̂₀ against the target's, "
                    "so random textures such as film grain are drawn rather than averaged away (0 = off, the paper)")
+@click.option("--texture-tasks", default=None,
+              help="with --texture-weight: only examples with one of these tasks on get the texture term, e.g. "
+                   "'grain,sharpen' (of blur, grain, sharpen; default every example)")
 @click.option("--combination-share", type=float, default=0.0, show_default=True,
               help="share of draws that are multi-task examples, 2-3 tasks at once (needs a dataset built with "
                    "--train-combinations; 0 = single tasks only, the paper)")
 @mixed_precision_option
 @seed_option()
 def train_multitask_command(data, output_dir, init, steps, batch, learning_rate, loss_p, architecture, conditioning,
-                            labels, mapping_depth, loss_space, input_gain, space, prediction, block_conditioning, crop, tasks, task_weights, n_pair,
+                            labels, mapping_depth, loss_space, input_gain, space, prediction, block_conditioning, pixel_channels, crop, tasks, task_weights, n_pair,
                             n_pair_weight, identity_examples, hole_channel, min_timestep, snr_weight_cap,
-                            texture_weight, combination_share, mixed_precision, seed) -> None:
+                            texture_weight, texture_tasks, combination_share, mixed_precision, seed) -> None:
     """Train the multi-task compositing model (multitask paper §3.2, §4.1) on a compositing dataset."""
     from retouch.train.multitask import MultitaskTrainConfig, parse_task_weights, train_multitask
 
@@ -162,10 +177,12 @@ def train_multitask_command(data, output_dir, init, steps, batch, learning_rate,
                                   labels=labels, mapping_depth=mapping_depth, loss_space=loss_space,
                                   input_gain=input_gain, space=space, prediction=prediction,
                                   block_conditioning=block_conditioning, crop=crop,
+                                  pixel_channels=_channel_list(pixel_channels),
                                   tasks=tasks, task_weights=parse_task_weights(task_weights, tasks),
                                   n_pair=n_pair, n_pair_weight=n_pair_weight, min_timestep=min_timestep,
                                   snr_weight_cap=snr_weight_cap, identity_examples=identity_examples, hole_channel=hole_channel,
                                   texture_weight=texture_weight, combination_share=combination_share,
+                                  texture_tasks=None if texture_tasks is None else comma_list(texture_tasks),
                                   mixed_precision=mixed_precision, seed=seed)
     _, report = train_multitask(config)
     say_trained(report, output_dir)

@@ -51,10 +51,20 @@ LOSS_SPACES = ("epsilon", "v")
 N_PAIR_FEATURES = ("bottleneck", "labels")
 
 
+#: The tasks ``--texture-tasks`` can name, and the index of each one's strength in C = [β, σ, λ, μ, …].
+TEXTURE_TASKS = {"blur": 0, "grain": 1, "sharpen": 2}
+
+
+def texture_examples(vectors: torch.Tensor, tasks: tuple[str, ...]) -> torch.Tensor:
+    """Which examples of a batch have one of ``tasks`` on, from their editing vectors' strengths (bool, (B,))."""
+    return (vectors[:, [TEXTURE_TASKS[task] for task in tasks]] > 0).any(dim=1)
+
+
 def multitask_loss(denoiser: MultitaskDenoiser, alphas_cumprod: torch.Tensor, target_latents, source_latents,
                    side, vectors, generator: torch.Generator | None = None, p: float = 1.0,
                    n_pair: str | None = None, n_pair_weight: float = 0.0, loss_space: str = "epsilon",
-                   min_timestep: int = 0, snr_weight_cap: float = 1.0, texture_weight: float = 0.0):
+                   min_timestep: int = 0, snr_weight_cap: float = 1.0, texture_weight: float = 0.0,
+                   texture_tasks: tuple[str, ...] | None = None):
     """Eq. 2: E ‖ε_θ(z_0^A, I_ref, C, z_t^B, t) − ε‖_p^p with t uniform, p = 1 by default (mean over elements).
 
     ``n_pair`` adds ``n_pair_weight`` × the N-pair loss of Eq. 3 (§5, Table 5) on the U-Net's bottleneck
@@ -76,7 +86,9 @@ def multitask_loss(denoiser: MultitaskDenoiser, alphas_cumprod: torch.Tensor, ta
     a random texture: the L1 to one realisation is least for its smooth median, so an x̂₀ model learns to return
     none (a flat σ curve). The amplitude is the same for every realisation, so this term asks for as much texture as
     the target has without asking where each grain falls. Measured (docs/multitask.md, session 14): σ's curve moves,
-    and the model draws the texture from its input rather than from x_t's noise.
+    and the model draws the texture from its input rather than from x_t's noise. ``texture_tasks`` (a subset of
+    :data:`TEXTURE_TASKS`; None = every example) keeps the term to the examples with one of those tasks on, read off
+    C's scalars (β, σ, λ > 0), so tasks whose target texture is the input's own are left to the L1 alone.
 
     ``min_timestep`` > 0 (not the paper's) draws t from [min_timestep, T) only: at high noise x_t carries
     almost nothing of the target, so the loss cannot be met by copying x_t and must be met from z_A.
@@ -112,8 +124,11 @@ def multitask_loss(denoiser: MultitaskDenoiser, alphas_cumprod: torch.Tensor, ta
             from retouch.metrics.control import local_high_frequency_rms
 
             window = min(8, target_latents.shape[-1])
-            texture = (local_high_frequency_rms(prediction.float(), window)
-                       - local_high_frequency_rms(target_latents.float(), window)).abs().mean()
+            gap = (local_high_frequency_rms(prediction.float(), window)
+                   - local_high_frequency_rms(target_latents.float(), window)).abs().flatten(1).mean(1)
+            if texture_tasks is not None:
+                gap = gap * texture_examples(vectors, texture_tasks).to(gap)
+            texture = gap.mean()
     elif texture_weight > 0:
         raise RetouchError("--texture-weight matches a residual model's x̂₀ texture; an ε model samples its own")
     else:
@@ -177,6 +192,8 @@ class MultitaskTrainConfig:
     prediction: str = option("epsilon", choices=PREDICTIONS)
     #: pixel U-Net only: C + t embedding "add"ed in each ResNet block, or "film" (scale and shift)
     block_conditioning: str = option("add", choices=tuple(BLOCK_CONDITIONINGS))
+    #: pixel U-Net only: channels per level (None: networks.multitask.PIXEL_CHANNELS, the shipped width)
+    pixel_channels: tuple[int, ...] | None = None
     tasks: tuple[str, ...] = TASKS  # train a single-task model ("ours-single") with one task
     #: relative share of draws per task, aligned with ``tasks`` (None: uniform, the paper §4.1; not in the
     #: paper otherwise). Identity examples, when on, keep weight 1.
@@ -196,6 +213,8 @@ class MultitaskTrainConfig:
     snr_weight_cap: float = option(1.0, at_least=1.0)
     #: residual models: weight of the local texture-amplitude term (multitask_loss; not in the paper); 0 = off
     texture_weight: float = option(0.0, at_least=0.0)
+    #: the tasks whose examples get the texture term (a subset of TEXTURE_TASKS; None: every example)
+    texture_tasks: tuple[str, ...] | None = None
     #: also draw identity examples (label None: target = input, every task off), one label among the tasks.
     #: With prediction="residual" their zero residual pins D at zero under L1 and no local effect is learnt
     #: (docs/multitask.md, benchmarks/multitask_identity_check.py): turn them off there.
@@ -222,12 +241,20 @@ class MultitaskTrainConfig:
                                f"got {self.task_weights}")
         if self.crop is not None and (self.space != "pixel" or self.architecture != "diffusion"):
             raise RetouchError("--crop trains pixel-space diffusion models only (a latent window is not a crop)")
+        if self.pixel_channels is not None and (self.space != "pixel" or len(self.pixel_channels) < 2
+                                                or any(c < 8 or c % 8 for c in self.pixel_channels)):
+            raise RetouchError("--pixel-channels sets a pixel U-Net's widths: two or more levels, each a multiple of "
+                               f"8 (its group norm has 8 groups), with --space pixel; got {self.pixel_channels}")
         if self.block_conditioning != "add" and self.space != "pixel":
             raise RetouchError("--block-conditioning builds pixel U-Nets; a latent model keeps its backbone's blocks")
         if self.snr_weight_cap > 1 and self.prediction != "residual":
             raise RetouchError("--snr-weight-cap weights a residual model's x̂₀ error; an ε loss is √SNR-weighted already")
         if self.texture_weight > 0 and self.prediction != "residual":
             raise RetouchError("--texture-weight matches a residual model's x̂₀ texture; an ε model samples its own")
+        if self.texture_tasks is not None and (not self.texture_tasks or not self.texture_weight
+                                               or set(self.texture_tasks) - set(TEXTURE_TASKS)):
+            raise RetouchError(f"--texture-tasks takes a non-empty subset of {', '.join(TEXTURE_TASKS)} with "
+                               f"--texture-weight > 0; got {', '.join(self.texture_tasks) or 'none'}")
         if self.prediction == "residual" and self.loss_space != "epsilon":
             raise RetouchError("--loss-space v reweights an ε prediction; drop it with --prediction residual")
         summary = read_summary(Path(self.data))
@@ -250,7 +277,8 @@ def build_model(config: "MultitaskTrainConfig", backbone=None) -> MultitaskModel
     from retouch.backbone import load_backbone
 
     if config.space == "pixel":
-        return MultitaskModel.for_pixels(config.spec(3), block_conditioning=config.block_conditioning, seed=config.seed)
+        return MultitaskModel.for_pixels(config.spec(3), channels=config.pixel_channels,
+                                         block_conditioning=config.block_conditioning, seed=config.seed)
     backbone = backbone or load_backbone(config.init)
     return MultitaskModel.from_backbone(backbone, config.spec(backbone.unet.config.in_channels))
 
@@ -426,7 +454,7 @@ def _diffusion_parts(config: MultitaskTrainConfig, data: TrainingSet, backbone):
                               vectors, generator, p=config.loss_p, n_pair=config.n_pair,
                               n_pair_weight=config.n_pair_weight, loss_space=config.loss_space,
                               min_timestep=config.min_timestep, snr_weight_cap=config.snr_weight_cap,
-                              texture_weight=config.texture_weight)
+                              texture_weight=config.texture_weight, texture_tasks=config.texture_tasks)
         return loss, {}
 
     return model, model.denoiser, make_example_batch, loss_fn
