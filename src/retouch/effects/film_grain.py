@@ -17,9 +17,10 @@ to look at the ≤ 4 buckets its r_max-disk touches instead of every grain of up
 what keeps small radii (σ = 0.01 gives ~10⁴ grains per pixel) tractable.
 
 Two backends count the covered samples and give the same image: ``"numpy"``, vectorised over points
-(the reference), and ``"numba"``, their Algorithm 1's per-sample loops compiled, which draws each
-bucket once per strip of the image instead of once per sample that reaches it (~13× faster at
-N = 800 on one core). Both draw through one hash (:func:`_bucket_bits`) and one bucket geometry
+(the reference), and ``"numba"``, their Algorithm 1's loops compiled, which draws each bucket once per
+strip of the image instead of once per sample that reaches it and, at zoom 1, counts one offset's
+samples of a whole output row grain by grain (:func:`_count_dense`; ``benchmarks/bench_film_grain.py``
+has the speed-ups). Both draw through one hash (:func:`_bucket_bits`) and one bucket geometry
 (:class:`GrainModel`), so the grains are the same.
 """
 
@@ -244,6 +245,7 @@ def _covered(py: np.ndarray, px: np.ndarray, mean: np.ndarray, model: GrainModel
 # ---------------------------------------------------------------------------------------------
 # numba backend: Algorithm 1's loops, compiled
 # ---------------------------------------------------------------------------------------------
+_CDF_TERMS = 8  # Poisson CDF terms a dense row tabulates; means are ≲ 3, so the tail past 7 is rare
 _STRIP = 64  # output columns per job: enough jobs for every thread and a progress bar that moves
 _TABLE_BUCKETS = 1 << 21  # most buckets a dense job holds at once (~1 grain each, 24 bytes a grain)
 
@@ -358,29 +360,67 @@ def _point_covered(py, px, mean, p_zero, geometry, salt, law, ndtri):
     return False
 
 
-def _draw_row(gy, gx0, row, starts, grains, mean, p_zero, b, per_side, salt, law, ndtri):
-    """Draw bucket row gy (columns gx0 …) into ``grains[row]`` (cy, cx, r²) in bucket order, their offsets
-    into ``starts[row]``; returns ``grains``, regrown if it was too small."""
+def _draw_row(gy, gx0, n_bx, p0, row, starts, owners, grains, mean, p_zero, b, per_side, salt, law, ndtri):
+    """Draw bucket row gy's buckets gx0 … gx0 + n_bx − 1 into ring slot ``row`` and return ``grains``,
+    regrown if it was too small.
+
+    The grains (cy, cx, r²) are stored by column class m = gx mod per_side (the bucket's place inside its
+    input pixel) and, within a class, by pixel: class m's grains of pixel p0 + q start at ``starts[row, m, q]``
+    and ``owners[row, g]`` is grain g's q. Samples one pixel apart meet the same class one pixel apart, so the
+    grains a whole output row's samples of one offset need are one contiguous run per class.
+    """
     y = _pixel_of(gy, per_side, mean.shape[0])
-    pixel = gx0 // per_side  # the column's input pixel, stepped along rather than divided for (idiv is slow)
+    n_px = starts.shape[2] - 1
+    # Each pixel's P(N ≤ n), n < _CDF_TERMS, by _poisson's own recurrence (the same doubles), shared by its
+    # per_side buckets of this row: a count is then how many of them its uniform exceeds, without a branch.
+    cdf = np.empty((n_px, _CDF_TERMS))
+    for q in range(n_px):
+        x = min(max(p0 + q, 0), mean.shape[1] - 1)
+        term = total = p_zero[y, x]
+        cdf[q, 0] = total
+        for n in range(1, _CDF_TERMS):
+            term *= mean[y, x] / n
+            total += term
+            cdf[q, n] = total
+    # The buckets' counts first, in a loop without branches that the compiler can vectorise (the hash is most
+    # of a row's cost); buckets outside every sample's reach are left empty.
+    counts = np.empty((per_side, n_px), np.int64)
+    for m in range(per_side):
+        for q in range(n_px):
+            gx = (p0 + q) * per_side + m
+            uniform = _uniform(gy, gx, 0, salt)
+            count = 0
+            for n in range(_CDF_TERMS):
+                count += uniform > cdf[q, n]
+            counts[m, q] = count * ((gx >= gx0) & (gx < gx0 + n_bx))
+    for m in range(per_side):
+        for q in range(n_px):
+            if counts[m, q] == _CDF_TERMS:  # the Poisson tail: the whole draw, as _poisson makes it
+                x = min(max(p0 + q, 0), mean.shape[1] - 1)
+                counts[m, q] = _poisson(mean[y, x], p_zero[y, x], _uniform(gy, (p0 + q) * per_side + m, 0, salt))
+    total = counts.sum()
+    if total > grains.shape[2]:
+        grown = np.empty((grains.shape[0], 3, 2 * total))
+        grown[:, :, :grains.shape[2]] = grains
+        grains = grown
+        grown_owners = np.empty((owners.shape[0], 2 * total), np.int64)
+        grown_owners[:, :owners.shape[1]] = owners
+        owners = grown_owners
+    # Which bucket and slot each grain is, in class-then-pixel order; then the grains themselves, in a loop
+    # without branches.
+    columns, slots = np.empty(total, np.int64), np.empty(total, np.int64)
     n_grains = 0
-    for col in range(starts.shape[1] - 1):
-        gx = gx0 + col
-        if gx == (pixel + 1) * per_side:
-            pixel += 1
-        x = min(max(pixel, 0), mean.shape[1] - 1)
-        count = _poisson(mean[y, x], p_zero[y, x], _uniform(gy, gx, 0, salt))
-        starts[row, col] = n_grains
-        if n_grains + count > grains.shape[1]:
-            grown = np.empty((grains.shape[0], 2 * grains.shape[1] + count, 3))
-            grown[:, :grains.shape[1]] = grains
-            grains = grown
-        for n in range(count):
-            cy, cx, radius = _grain(gy, gx, n, b, salt, law, ndtri)
-            grains[row, n_grains, 0], grains[row, n_grains, 1], grains[row, n_grains, 2] = cy, cx, radius * radius
-            n_grains += 1
-    starts[row, -1] = n_grains
-    return grains
+    for m in range(per_side):
+        for q in range(n_px):
+            starts[row, m, q] = n_grains
+            for n in range(counts[m, q]):
+                columns[n_grains], slots[n_grains], owners[row, n_grains] = (p0 + q) * per_side + m, n, q
+                n_grains += 1
+        starts[row, m, n_px] = n_grains
+    for g in range(total):
+        cy, cx, radius = _grain(gy, columns[g], slots[g], b, salt, law, ndtri)
+        grains[row, 0, g], grains[row, 1, g], grains[row, 2, g] = cy, cx, radius * radius
+    return grains, owners
 
 
 def _count_sparse(out_h, col0, n_cols, mean, p_zero, offsets, zoom, geometry, salt, law, ndtri):
@@ -401,46 +441,82 @@ def _count_sparse(out_h, col0, n_cols, mean, p_zero, offsets, zoom, geometry, sa
 def _count_dense(out_h, col0, n_cols, mean, p_zero, offsets, zoom, geometry, salt, law, ndtri):
     """:func:`_count_sparse`'s counts, with every bucket drawn once.
 
-    Output rows go top to bottom over a ring of bucket rows, each drawn when the samples first reach
-    it, its grains stored in bucket order (CSR) so that a sample's 1–2 buckets per row are one
-    contiguous run. A sample tests every grain of the buckets :func:`_covered` would visit, unculled
-    and without stopping at the first hit: a superset with the same answer, and ~3 tests cost less
-    than the mispredicted branches that would skip them (~15 % faster). Samples go k by k along a
-    row, so the buckets' pattern repeats and the remaining branches predict.
+    Output rows go top to bottom over a ring of bucket rows, each drawn when the samples first reach it
+    (:func:`_draw_row`). A sample tests every grain of the buckets :func:`_covered` would visit, unculled
+    and without stopping at the first hit: a superset with the same answer.
+
+    Where one offset's samples along the row step exactly one pixel of buckets each (zoom 1: bucket range
+    x_lo + per_side·j, the same width for every j; checked per offset, not assumed), the offset's samples of
+    a whole row are counted grain by grain: each grain of the row's classes belongs to one sample, found from
+    its pixel, so the loop runs over one contiguous run of grains per class, with no per-sample loop whose
+    trip count (a Poisson count) the branch predictor cannot guess. Other offsets go sample by sample.
     """
     b, r_max, per_side, span = geometry
     dy_lo, dy_hi = offsets[:, 0].min(), offsets[:, 0].max()
     dx_lo, dx_hi = offsets[:, 1].min(), offsets[:, 1].max()
-    # Bucket columns any sample can touch, one spare each side for rounding.
+    # Bucket columns any sample can touch, one spare each side for rounding, and the input pixels they lie in.
     gx0 = math.floor(((col0 + 0.5 + dx_lo) / zoom - r_max) / b) - 1
     n_bx = math.floor(((col0 + n_cols - 0.5 + dx_hi) / zoom + r_max) / b) + 1 - gx0 + 1
+    p0 = gx0 // per_side
+    n_px = (gx0 + n_bx - 1) // per_side - p0 + 1
     ring = 1
     for i in range(out_h):
         ring = max(ring, _reached_rows(i, dy_hi, zoom, r_max, b)[1] - _reached_rows(i, dy_lo, zoom, r_max, b)[0] + 1)
-    starts = np.empty((ring, n_bx + 1), np.int64)
-    grains = np.empty((ring, 2 * n_bx, 3))  # per ring slot: cy, cx, r² of its row's grains
+    starts = np.empty((ring, per_side, n_px + 1), np.int64)
+    grains = np.empty((ring, 3, 2 * n_bx))  # per ring slot: cy, cx and r² of its row's grains
+    owners = np.empty((ring, 2 * n_bx), np.int64)
     drawn = np.full(ring, np.iinfo(np.int64).min)  # the bucket row in each ring slot
     slots = np.empty(span, np.int64)
+    # Per offset: its first sample's bucket columns, and whether every sample of the strip steps one pixel.
+    first = np.empty(offsets.shape[0], np.int64)
+    width = np.empty(offsets.shape[0], np.int64)
+    steady = np.empty(offsets.shape[0], np.bool_)
+    columns = np.empty((offsets.shape[0], n_cols))  # px of sample (·, j) of each offset, as _count_sparse has it
+    for k in range(offsets.shape[0]):
+        for j in range(n_cols):
+            columns[k, j] = (col0 + j + 0.5 + offsets[k, 1]) / zoom
+        x_lo, x_hi = _bucket_range(columns[k, 0], r_max, b, span)
+        first[k], width[k], steady[k] = x_lo, x_hi - x_lo, True
+        for j in range(1, n_cols):
+            lo, hi = _bucket_range(columns[k, j], r_max, b, span)
+            steady[k] &= (lo == x_lo + per_side * j) & (hi - lo == x_hi - x_lo)
+    covered = np.zeros(n_cols, np.int32)
     hits = np.zeros((out_h, n_cols), np.int32)
     for i in range(out_h):
         for gy in range(_reached_rows(i, dy_lo, zoom, r_max, b)[0], _reached_rows(i, dy_hi, zoom, r_max, b)[1] + 1):
             if drawn[gy % ring] != gy:
                 drawn[gy % ring] = gy
-                grains = _draw_row(gy, gx0, gy % ring, starts, grains, mean, p_zero, b, per_side, salt, law, ndtri)
+                grains, owners = _draw_row(gy, gx0, n_bx, p0, gy % ring, starts, owners, grains, mean, p_zero, b,
+                                           per_side, salt, law, ndtri)
         for k in range(offsets.shape[0]):
             py = (i + 0.5 + offsets[k, 0]) / zoom
             y_lo, y_hi = _bucket_range(py, r_max, b, span)
             for t in range(y_hi - y_lo + 1):
                 slots[t] = (y_lo + t) % ring
-            for j in range(n_cols):
-                px = (col0 + j + 0.5 + offsets[k, 1]) / zoom
-                x_lo, x_hi = _bucket_range(px, r_max, b, span)
-                covered = False
+            if steady[k]:
                 for t in range(y_hi - y_lo + 1):
                     row = slots[t]
-                    for g in range(starts[row, x_lo - gx0], starts[row, x_hi + 1 - gx0]):
-                        covered |= _covers(py, px, grains[row, g, 0], grains[row, g, 1], grains[row, g, 2])
-                hits[i, j] += covered
+                    for u in range(width[k] + 1):
+                        m, q = (first[k] + u) % per_side, (first[k] + u) // per_side - p0
+                        for g in range(starts[row, m, q], starts[row, m, q + n_cols]):
+                            j = owners[row, g] - q
+                            covered[j] |= _covers(py, columns[k, j], grains[row, 0, g], grains[row, 1, g],
+                                                  grains[row, 2, g])
+                for j in range(n_cols):
+                    hits[i, j] += covered[j]
+                    covered[j] = 0
+                continue
+            for j in range(n_cols):
+                px = columns[k, j]
+                x_lo, x_hi = _bucket_range(px, r_max, b, span)
+                hit = False
+                for t in range(y_hi - y_lo + 1):
+                    row = slots[t]
+                    for gx in range(x_lo, x_hi + 1):
+                        m, q = gx % per_side, gx // per_side - p0
+                        for g in range(starts[row, m, q], starts[row, m, q + 1]):
+                            hit |= _covers(py, px, grains[row, 0, g], grains[row, 1, g], grains[row, 2, g])
+                hits[i, j] += hit
     return hits
 
 
