@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed-$(shell cat requirements.txt pyproject.toml | sha1su
 DEMO_OUT ?= out/demo
 
 .PHONY: demo test venv clean mini-models chromium multitask-models paper-tables paper-tables-quick \
-	portrait-variants distill-model multitask-ablations multitask-combinations
+	portrait-variants distill-model multitask-ablations multitask-combinations multitask-wide
 
 venv: $(STAMP)
 
@@ -93,7 +93,7 @@ clean:
 # stays the trainer's default): ours (C through f_θ and on the input) and Palette++ (C on the input only) at
 # MT_STEPS × 16 samples, side by side on one thread each; then no binary labels at the same budget beside pix2pix
 # at about the same CPU time (a GAN step costs ~6× a diffusion step here) followed by ours-single, one model per
-# task at MT_STEPS / 5 steps; then the tables, the control curves and the shipped copy of ours. About 2 h on 2 cores.
+# task at MT_STEPS / 5 steps; then the tables. About 2 h on 2 cores. The shipped model comes from `make multitask-wide`.
 MT_DATA ?= out/compositing
 MT_WORK ?= out/train-multitask
 MT_STEPS ?= 6000
@@ -121,9 +121,6 @@ multitask-models: $(STAMP)
 	  done ) & \
 	wait
 	$(PY) benchmarks/multitask_tables.py --data $(MT_DATA) --work $(MT_WORK)
-	$(PY) benchmarks/multitask_control_curves.py --model $(MT_WORK)/ours/final --data $(MT_DATA) --split test --limit 12 \
-		--json docs/multitask_control_curves.json --plot docs/multitask_control_curves.png
-	$(VENV)/bin/retouch train ship multitask $(MT_WORK)/ours/final
 
 # Table 5 (the N-pair loss of Eq. 3 on the bottleneck, config A, or on the labels' space, config B) and the f_θ depth
 # ablation (0, 1, 4 linear layers; ours has 2) on the N = 800 benchmark, with ours retrained beside them: six runs of
@@ -158,6 +155,36 @@ multitask-combinations: $(STAMP)
 	wait
 	$(PY) benchmarks/multitask_tables.py --data $(MT_DATA) --work $(MT_ABLATION_WORK) --out docs/multitask_ablations.md \
 		--splits test --keep-cached
+
+# The shipped model (session 15): ours' recipe with twice the channels at the U-Net's full-resolution level
+# (--pixel-channels; the chain's five models hold five times the weights), half the draws multi-task examples, and the
+# texture term on grain and sharpening examples only, at MT_STEPS; beside it the same without the texture term. Then
+# the chain of single-task models on the shipped recipe at the same total steps (5 × MT_STEPS / 5, into
+# MT_WIDE_WORK, whose tables compare it with the shipped model), the tables, the control curves and the shipped copy.
+# Two runs on one thread each (~56 min), then the chain (~50 min).
+MT_WIDE = $(MT_RECIPE) --conditioning cross-attention+concat --pixel-channels 32,32,64,128 --texture-weight 5 \
+	--texture-tasks grain,sharpen
+MT_SHIPPED = $(MT_WIDE) $(MT_MIX) --combination-share 0.5 --steps $(MT_STEPS)
+MT_WIDE_WORK ?= out/train-multitask-wide
+multitask-wide: $(STAMP)
+	$(MT_DATA_BUILD)
+	test -d $(MT_ABLATION_WORK)/ours-wide-combined/final || $(MT_TRAIN) $(MT_OURS) --combination-share 0.5 \
+		--pixel-channels 32,32,64,128 --steps $(MT_STEPS) --output-dir $(MT_ABLATION_WORK)/ours-wide-combined & \
+	test -d $(MT_ABLATION_WORK)/ours-wide-combined-texture/final || $(MT_TRAIN) $(MT_SHIPPED) \
+		--output-dir $(MT_ABLATION_WORK)/ours-wide-combined-texture & \
+	wait
+	for task in blur grain colour sharpen inpaint; do test -d $(MT_WIDE_WORK)/single-$$task/final || \
+	  $(MT_TRAIN) $(MT_WIDE) --steps $$(( $(MT_STEPS) / 5 )) --output-dir $(MT_WIDE_WORK)/single-$$task --tasks $$task \
+	  || exit 1; done
+	ln -sfn $(abspath $(MT_ABLATION_WORK))/ours-wide-combined-texture $(MT_WIDE_WORK)/ours-wide-combined-texture
+	$(PY) benchmarks/multitask_tables.py --data $(MT_DATA) --work $(MT_ABLATION_WORK) --out docs/multitask_ablations.md \
+		--splits test,photos --keep-cached
+	$(PY) benchmarks/multitask_tables.py --data $(MT_DATA) --work $(MT_WIDE_WORK) --out docs/multitask_wide_chain.md \
+		--splits test
+	$(PY) benchmarks/multitask_control_curves.py --model $(MT_ABLATION_WORK)/ours-wide-combined-texture/final \
+		--data $(MT_DATA) --split test --limit 12 --json docs/multitask_control_curves.json \
+		--plot docs/multitask_control_curves.png
+	$(VENV)/bin/retouch train ship multitask $(MT_ABLATION_WORK)/ours-wide-combined-texture/final
 
 # pix2pix-zero distilled into a one-pass translator (§4.5, App. A) for the red->blue edit, at the settings of
 # benchmarks/distill_mini.py (`retouch train distill`'s defaults, DistillConfig's: 200 pix2pix-zero pairs of 25

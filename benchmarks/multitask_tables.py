@@ -16,8 +16,10 @@ paired Wilcoxon test on the same crops, read as holds / does not hold / cannot b
 Rows are kept in ``--out``'s .json and reused on a rerun (delete it after retraining a model); with
 ``--keep-cached`` the cached rows of models whose folders are gone are shown too (models trained earlier on the
 same benchmark; the evaluation is seeded, so their rows are what a rerun gives). ``ours-combined`` (ours'
-recipe trained with a share of multi-task examples, ``--combination-share``; not the paper) joins Tables 2 and
-3 and is compared with the input, ours and the chain of single-task models.
+recipe trained with a share of multi-task examples, ``--combination-share``; not the paper) and its wider
+variants (``ours-wide-combined``, ``--pixel-channels``; ``ours-wide-combined-texture``, with the texture term on
+grain and sharpening examples) join Tables 2 and 3 and are compared with the input, ours and the chain of
+single-task models.
 """
 
 from __future__ import annotations
@@ -45,7 +47,10 @@ from retouch.train.evaluate_multitask import (
     trained_folders,
 )
 
-MAIN_MODELS = ("unedited input", "ours", "ours-combined", "palette", "pix2pix", "ours-single")  # Tables 2 and 3 ("palette" is Palette++)
+#: Models trained on task combinations too (--combination-share; not the paper), each compared like ours.
+COMBINED_MODELS = ("ours-combined", "ours-wide-combined", "ours-wide-combined-texture")
+#: Tables 2 and 3 ("palette" is Palette++)
+MAIN_MODELS = ("unedited input", "ours", *COMBINED_MODELS, "palette", "pix2pix", "ours-single")
 
 
 def load_models(work: Path) -> dict:
@@ -87,15 +92,15 @@ COMPARISONS = (("2", SINGLE_TASKS, "ours", ("unedited input", "palette", "pix2pi
                ("4", SINGLE_TASKS + tuple(MULTI_TASKS), "ours", ("no-labels", "ours-ddim-inversion", "depth-0",
                                                                   "depth-1", "depth-4")),
                ("5", SINGLE_TASKS + tuple(MULTI_TASKS), "ours", ("n-pair-a", "n-pair-b")),
-               ("2", SINGLE_TASKS, "ours-combined", ("unedited input", "ours", "ours-single")),
-               ("3", tuple(MULTI_TASKS), "ours-combined", ("unedited input", "ours", "ours-single")))
+               *((table, tasks, subject, ("unedited input", "ours", "ours-single"))
+                 for subject in COMBINED_MODELS for table, tasks in (("2", SINGLE_TASKS), ("3", tuple(MULTI_TASKS)))))
 #: Table 5's rows (the N-pair loss of Eq. 3: config A on the bottleneck, B on the labels' space); every other
 #: model outside MAIN_MODELS is a Table 4 ablation (no labels, the DDIM-inversion start, f_θ depth …).
 N_PAIR_MODELS = ("n-pair-a", "n-pair-b")
 
 
 def comparisons(rows: list[dict]) -> str:
-    """Every comparison of ours (and ours-combined) with another row as a paired test, then a count of verdicts
+    """Every comparison of ours (and the combined models) with another row as a paired test, then a count of verdicts
     per table and row."""
     lines = ["| table | task | model | its L1 | vs | their L1 | model − them [95 % CI] | p (Wilcoxon) | better? |",
              "|---|---|---|---|---|---|---|---|---|"]
@@ -151,11 +156,11 @@ def main():
         rows.sort(key=lambda r: (tasks[r["task"]], order[r["model"]]))
         main_rows = [r for r in rows if r["model"] in MAIN_MODELS]
         ablations = [r for r in rows if r["model"] not in MAIN_MODELS + N_PAIR_MODELS or r["model"] == "ours"
-                     or r["model"] == "ours-combined"]
+                     or r["model"] in COMBINED_MODELS]
         n_pair = [r for r in rows if r["model"] in N_PAIR_MODELS + ("ours",)]
         text += [f"\n## Split `{split}`\n\n### Table 2: single tasks\n\n",
                  multitask_table([r for r in main_rows if r["task"] in SINGLE_TASKS], label),
-                 "\n### Table 3: task combinations (every model but ours-combined trained on single tasks only)\n\n",
+                 "\n### Table 3: task combinations (every model but the ours-…-combined ones trained on single tasks only)\n\n",
                  multitask_table([r for r in main_rows if r["task"] in MULTI_TASKS], label),
                  "\n### Table 4: ablations, mean over single tasks / over combinations\n\n",
                  multitask_table(averaged(ablations, SINGLE_TASKS), label).replace("| mean |", "| single (mean) |"),
