@@ -247,7 +247,7 @@ def _covered(py: np.ndarray, px: np.ndarray, mean: np.ndarray, model: GrainModel
 # ---------------------------------------------------------------------------------------------
 _CDF_TERMS = 8  # Poisson CDF terms a dense row tabulates; means are ≲ 3, so the tail past 7 is rare
 _STRIP = 64  # output columns per job: enough jobs for every thread and a progress bar that moves
-_TABLE_BUCKETS = 1 << 21  # most buckets a dense job holds at once (~1 grain each, 24 bytes a grain)
+_TABLE_BUCKETS = 1 << 21  # most buckets a dense job holds at once (~1 grain each, 32 bytes a grain with its owner)
 
 
 def _count_numba(mean, offsets, out_shape, zoom, model, seed, progress, _max_points_per_chunk) -> np.ndarray:
@@ -361,8 +361,8 @@ def _point_covered(py, px, mean, p_zero, geometry, salt, law, ndtri):
 
 
 def _draw_row(gy, gx0, n_bx, p0, row, starts, owners, grains, mean, p_zero, b, per_side, salt, law, ndtri):
-    """Draw bucket row gy's buckets gx0 … gx0 + n_bx − 1 into ring slot ``row`` and return ``grains``,
-    regrown if it was too small.
+    """Draw bucket row gy's buckets gx0 … gx0 + n_bx − 1 into ring slot ``row``; returns ``grains`` and
+    ``owners``, regrown if they were too small.
 
     The grains (cy, cx, r²) are stored by column class m = gx mod per_side (the bucket's place inside its
     input pixel) and, within a class, by pixel: class m's grains of pixel p0 + q start at ``starts[row, m, q]``
@@ -408,17 +408,17 @@ def _draw_row(gy, gx0, n_bx, p0, row, starts, owners, grains, mean, p_zero, b, p
         owners = grown_owners
     # Which bucket and slot each grain is, in class-then-pixel order; then the grains themselves, in a loop
     # without branches.
-    columns, slots = np.empty(total, np.int64), np.empty(total, np.int64)
+    bucket_of, index_in_bucket = np.empty(total, np.int64), np.empty(total, np.int64)
     n_grains = 0
     for m in range(per_side):
         for q in range(n_px):
             starts[row, m, q] = n_grains
             for n in range(counts[m, q]):
-                columns[n_grains], slots[n_grains], owners[row, n_grains] = (p0 + q) * per_side + m, n, q
+                bucket_of[n_grains], index_in_bucket[n_grains], owners[row, n_grains] = (p0 + q) * per_side + m, n, q
                 n_grains += 1
         starts[row, m, n_px] = n_grains
     for g in range(total):
-        cy, cx, radius = _grain(gy, columns[g], slots[g], b, salt, law, ndtri)
+        cy, cx, radius = _grain(gy, bucket_of[g], index_in_bucket[g], b, salt, law, ndtri)
         grains[row, 0, g], grains[row, 1, g], grains[row, 2, g] = cy, cx, radius * radius
     return grains, owners
 
