@@ -162,19 +162,19 @@ multitask-combinations: $(STAMP)
 # the chain of single-task models on the shipped recipe at the same total steps (5 × MT_STEPS / 5, into
 # MT_WIDE_WORK, whose tables compare it with the shipped model), the tables, the control curves and the shipped copy.
 # Two runs on one thread each (~56 min), then the chain (~50 min).
-MT_WIDE = $(MT_RECIPE) --conditioning cross-attention+concat --pixel-channels 32,32,64,128 --texture-weight 5 \
-	--texture-tasks grain,sharpen
-MT_SHIPPED = $(MT_WIDE) $(MT_MIX) --combination-share 0.5 --steps $(MT_STEPS)
+MT_WIDE = $(MT_RECIPE) --conditioning cross-attention+concat --pixel-channels 32,32,64,128
+MT_TEXTURE = --texture-weight 5 --texture-tasks grain,sharpen
+MT_WIDE_COMBINED = $(MT_WIDE) $(MT_MIX) --combination-share 0.5 --steps $(MT_STEPS)
 MT_WIDE_WORK ?= out/train-multitask-wide
 multitask-wide: $(STAMP)
 	$(MT_DATA_BUILD)
-	test -d $(MT_ABLATION_WORK)/ours-wide-combined/final || $(MT_TRAIN) $(MT_OURS) --combination-share 0.5 \
-		--pixel-channels 32,32,64,128 --steps $(MT_STEPS) --output-dir $(MT_ABLATION_WORK)/ours-wide-combined & \
-	test -d $(MT_ABLATION_WORK)/ours-wide-combined-texture/final || $(MT_TRAIN) $(MT_SHIPPED) \
+	test -d $(MT_ABLATION_WORK)/ours-wide-combined/final || $(MT_TRAIN) $(MT_WIDE_COMBINED) \
+		--output-dir $(MT_ABLATION_WORK)/ours-wide-combined & \
+	test -d $(MT_ABLATION_WORK)/ours-wide-combined-texture/final || $(MT_TRAIN) $(MT_WIDE_COMBINED) $(MT_TEXTURE) \
 		--output-dir $(MT_ABLATION_WORK)/ours-wide-combined-texture & \
 	wait
 	for task in blur grain colour sharpen inpaint; do test -d $(MT_WIDE_WORK)/single-$$task/final || \
-	  $(MT_TRAIN) $(MT_WIDE) --steps $$(( $(MT_STEPS) / 5 )) --output-dir $(MT_WIDE_WORK)/single-$$task --tasks $$task \
+	  $(MT_TRAIN) $(MT_WIDE) $(MT_TEXTURE) --steps $$(( $(MT_STEPS) / 5 )) --output-dir $(MT_WIDE_WORK)/single-$$task --tasks $$task \
 	  || exit 1; done
 	ln -sfn $(abspath $(MT_ABLATION_WORK))/ours-wide-combined-texture $(MT_WIDE_WORK)/ours-wide-combined-texture
 	$(PY) benchmarks/multitask_tables.py --data $(MT_DATA) --work $(MT_ABLATION_WORK) --out docs/multitask_ablations.md \
