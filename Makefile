@@ -48,6 +48,7 @@ mini-models: $(STAMP)
 	$(MINI) --stages tokenizer
 	OMP_NUM_THREADS=1 $(MINI) --stages vae & OMP_NUM_THREADS=1 $(MINI) --stages clip & wait
 	$(MINI) --stages decoder
+	OMP_NUM_THREADS=1 $(MINI) --stages splice_decoder
 	test -f $(MINI_WORK)/unet/final-10000/config.json || { \
 	  $(LAUNCH2) train mini --recipe v2 --work-dir $(MINI_WORK) --stages unet --unet-batch 32 --unet-steps 10000 && \
 	  mv $(MINI_WORK)/unet/final $(MINI_WORK)/unet/final-10000; }

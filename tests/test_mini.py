@@ -316,18 +316,28 @@ def test_v2_recipe_trains_every_stage_from_shards_and_keeps_the_encoder(tmp_path
     from retouch.train.mini import mini_recipe, run_mini_training, train_unet
 
     config = mini_recipe("v2", work_dir=str(tmp_path / "work"), vae_steps=2, vae_batch=2, vae_dead_leaves=4,
-                         decoder_steps=2, decoder_batch=2, clip_steps=2, clip_batch=4, unet_steps=2, unet_batch=2,
-                         unet_shards=12, vocab_size=600)
+                         decoder_steps=2, decoder_batch=2, splice_steps=2, splice_mixture_rows=2, clip_steps=2,
+                         clip_batch=4, unet_steps=2, unet_batch=2, unet_shards=12, vocab_size=600)
     with pytest.raises(ValueError, match="unknown mini recipe"):
         mini_recipe("v7")
-    run_mini_training(config, ("tokenizer", "vae", "decoder", "clip", "unet"), tmp_path / "export")
+    with pytest.raises(RetouchError, match="train stage decoder first"):
+        run_mini_training(config, ("tokenizer", "splice_decoder"), tmp_path / "export")
+    with pytest.raises(RetouchError, match="no splice stage"):
+        run_mini_training(replace(config, splice_steps=0), ("tokenizer", "vae", "decoder", "splice_decoder"),
+                          tmp_path / "export")
+    run_mini_training(config, ("tokenizer", "vae", "decoder", "splice_decoder", "clip", "unet"), tmp_path / "export")
     work = tmp_path / "work"
     vae = AutoencoderKL.from_pretrained(work / "vae" / "final")
     decoder = AutoencoderKL.from_pretrained(work / "decoder" / "final")
+    splice_decoder = AutoencoderKL.from_pretrained(work / "splice_decoder" / "final")
     assert vae.config.latent_channels == 8 and not vae.config.mid_block_add_attention
-    for name, tensor in vae.encoder.state_dict().items():
-        assert torch.equal(tensor, decoder.encoder.state_dict()[name]), name
+    for tuned in (decoder, splice_decoder):  # both decoder stages leave the U-Net's latent space alone
+        for name, tensor in vae.encoder.state_dict().items():
+            assert torch.equal(tensor, tuned.encoder.state_dict()[name]), name
+    # each decoder stage changes the decoder it starts from (the splice stage starts from the decoder stage's)
     assert any(not torch.equal(a, b) for a, b in zip(vae.decoder.parameters(), decoder.decoder.parameters()))
+    assert any(not torch.equal(a, b) for a, b in zip(decoder.decoder.parameters(),
+                                                     splice_decoder.decoder.parameters()))
     shards = LatentShards.load(work / "shards")
     assert len(shards) == 12 and shards.manifest["profile"] == "v2" and shards.latents.shape[1] == 8
     unet = UNet2DConditionModel.from_pretrained(work / "unet" / "final")
@@ -346,5 +356,8 @@ def test_v2_recipe_trains_every_stage_from_shards_and_keeps_the_encoder(tmp_path
     assert any(not torch.equal(a, b) for a, b in zip(init.parameters(), exported.unet.parameters()))
     assert exported.schedule.prediction_type == "v_prediction" and exported.schedule.timestep_spacing == "trailing"
     assert exported.schedule.alphas_cumprod[-1] < 1e-6
+    # the export ships the last decoder stage's decoder, the splice stage's
+    for name, tensor in splice_decoder.decoder.state_dict().items():
+        assert torch.equal(tensor, exported.vae.decoder.state_dict()[name]), name
     with pytest.raises(RetouchError, match="--unet-init"):
         train_unet(None, replace(tuned, unet_init=str(tmp_path / "nowhere")), None, None, None)

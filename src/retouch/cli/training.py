@@ -18,9 +18,9 @@ def train() -> None:
 
 
 @train.command("mini")
-@click.option("--stages", default="tokenizer,vae,decoder,clip,judge,unet,export", show_default=True,
-              help="comma-separated subset of tokenizer, vae, decoder, clip, judge, unet, export; finished stages "
-                   "are reused")
+@click.option("--stages", default="tokenizer,vae,decoder,splice_decoder,clip,judge,unet,export", show_default=True,
+              help="comma-separated subset of tokenizer, vae, decoder, splice_decoder, clip, judge, unet, export; "
+                   "finished stages are reused")
 @click.option("--recipe", type=click.Choice(["v1", "v2"]), default="v1", show_default=True,
               help="which world and model sizes to train (train/mini.py: MINI_RECIPES; v2: docs/world_v2.md)")
 @click.option("--work-dir", default="out/train-mini", show_default=True, help="checkpoints and logs (resumable)")
@@ -29,6 +29,8 @@ def train() -> None:
 @seed_option()
 @click.option("--vae-steps", type=int, default=None)
 @click.option("--decoder-steps", type=int, default=None, help="local-decoder fine-tuning steps (encoder frozen)")
+@click.option("--splice-steps", type=int, default=None,
+              help="the splice decoder's fine-tuning steps, after the decoder stage (0 = no such stage)")
 @click.option("--clip-steps", type=int, default=None)
 @click.option("--unet-steps", type=int, default=None)
 @click.option("--judge-steps", type=int, default=None)
@@ -45,8 +47,8 @@ def train() -> None:
 @click.option("--unet-zero-terminal-snr", is_flag=True, default=None,
               help="Lin et al. 2024: ᾱ_T = 0, v-prediction, trailing steps (MiniConfig.unet_zero_terminal_snr)")
 @click.option("--unet-init", default=None, help="a saved U-Net folder the U-Net stage fine-tunes")
-def train_mini(stages, recipe, work_dir, export_dir, seed, vae_steps, decoder_steps, clip_steps, unet_steps, judge_steps,
-               judge_batch, vae_batch, clip_batch, unet_batch, unet_object_weight, unet_min_snr_gamma,
+def train_mini(stages, recipe, work_dir, export_dir, seed, vae_steps, decoder_steps, splice_steps, clip_steps,
+               unet_steps, judge_steps, judge_batch, vae_batch, clip_batch, unet_batch, unet_object_weight, unet_min_snr_gamma,
                unet_offset_noise, unet_learning_rate, unet_zero_terminal_snr, unet_init) -> None:
     """Train the mini world's autoencoder, CLIP-style judge and text-to-image U-Net."""
     from retouch.train.mini import MINI_DIR, STAGES, mini_recipe, run_mini_training
@@ -55,7 +57,7 @@ def train_mini(stages, recipe, work_dir, export_dir, seed, vae_steps, decoder_st
     unknown = sorted(set(chosen) - set(STAGES))
     if unknown:
         raise RetouchError(f"unknown stage(s) {', '.join(unknown)}; choose from {', '.join(STAGES)}")
-    given = dict(vae_steps=vae_steps, decoder_steps=decoder_steps, clip_steps=clip_steps, unet_steps=unet_steps,
+    given = dict(vae_steps=vae_steps, decoder_steps=decoder_steps, splice_steps=splice_steps, clip_steps=clip_steps, unet_steps=unet_steps,
                  vae_batch=vae_batch, clip_batch=clip_batch, unet_batch=unet_batch, judge_steps=judge_steps,
                  judge_batch=judge_batch, unet_object_weight=unet_object_weight,
                  unet_min_snr_gamma=unet_min_snr_gamma, unet_offset_noise=unet_offset_noise,

@@ -66,6 +66,15 @@ class MiniConfig:
     #: decodes, so a diffusion sample's small residual error decodes to a clean image, not to colourful
     #: speckle (docs/world_v2.md, "decoder fragility"); 0 = no noise (the first world's decoder)
     decoder_latent_noise: float = 0.0
+    #: the splice stage fine-tunes the decoder stage's decoder once more, for pasted objects (issue 19's paste
+    #: splice target; docs/world_v2.md, "A decoder for pastes"): MSE (the PSNR's own error) instead of L1,
+    #: half of the splices pastes, less latent noise, and rows of the autoencoder's own crop mixture so photo
+    #: tiles keep what the autoencoder stage learnt. 0 steps = no such stage (the first world's recipe).
+    splice_steps: int = option(0, at_least=0)
+    splice_latent_noise: float = option(0.25, at_least=0)
+    splice_learning_rate: float = 6e-4
+    #: rows per step from :func:`autoencoder_batch` (plain reconstructions of 32² crops) besides the splices
+    splice_mixture_rows: int = option(4, at_least=0)
     clip_steps: int = option(3000, at_least=1)
     clip_batch: int = option(128, at_least=1)
     judge_steps: int = option(1000, at_least=1)
@@ -104,6 +113,8 @@ class MiniConfig:
     clip_hard_negatives: float = 0.0
 
 
+SPLICE_STEPS = 3000  # the v2 splice stage's length, chosen from benchmarks/pilot_paste_decoder.py's curves
+
 #: How each world's shipped models are trained: MiniConfig overrides (``retouch train mini --recipe``).
 #: v2 (issue 19, ``docs/world_v2.md``): a fully convolutional factor-4 autoencoder with 8 latent
 #: channels on the crop mixture; CLIP with the attribute hard negatives from the start (the judge's
@@ -113,6 +124,7 @@ MINI_RECIPES: dict[str, dict] = {
     "v1": {},
     "v2": dict(profile="v2", vae_channels=(32, 64, 64), vae_latent_channels=8, vae_mid_attention=False,
                vae_data="mixture", vae_crop=32, vae_batch=16, vae_steps=5000, decoder_steps=800, decoder_latent_noise=0.5,
+               splice_steps=SPLICE_STEPS,
                clip_hard_negatives=1.0, clip_steps=1200, clip_batch=64, judge_steps=300, judge_batch=64,
                unet_channels=(32, 64, 128), unet_attention=(False, True, True), unet_learning_rate=1e-3,
                unet_batch=64, unet_steps=10000, unet_shards=65536, unet_object_weight=1.0),
@@ -404,39 +416,88 @@ def latent_composites(vae, first: torch.Tensor, second: torch.Tensor, second_obj
     return latents, torch.where(pixels, second, first)
 
 
-def train_local_decoder(world, config: MiniConfig, vae):
+@dataclass(frozen=True)
+class DecoderRecipe:
+    """How one decoder fine-tune (the ``decoder`` or the ``splice_decoder`` stage) trains."""
+
+    stage: str
+    steps: int
+    batch: int
+    latent_noise: float  # σ ~ U(0, this) latent standard deviations of Gaussian noise on every decoded latent
+    learning_rate: float
+    loss: str = "l1"  # "l1" or "mse"
+    kinds: tuple[int, ...] = (0, 1, 2)  # :func:`latent_composites`' draw: plain, cut, paste
+    mixture_rows: int = 0  # plain reconstructions of :func:`autoencoder_batch` crops per step
+
+
+def decoder_recipes(config: MiniConfig) -> dict[str, DecoderRecipe]:
+    """The two decoder stages of ``config``: the local (noise-robust) decoder, then the splice decoder."""
+    return {
+        "decoder": DecoderRecipe("decoder", config.decoder_steps, config.decoder_batch, config.decoder_latent_noise,
+                                 3e-4),
+        # Pastes get half of the rows: they are the hardest splice (86 % of the shipped decoder's squared
+        # error sat within 4 px of a pasted cell's edge) and latent surgery's and PIXELS' own.
+        "splice_decoder": DecoderRecipe("splice_decoder", config.splice_steps, config.decoder_batch,
+                                        config.splice_latent_noise, config.splice_learning_rate, loss="mse",
+                                        kinds=(0, 1, 2, 2), mixture_rows=config.splice_mixture_rows),
+    }
+
+
+def train_local_decoder(world, config: MiniConfig, vae, recipe: DecoderRecipe | None = None):
     """Fine-tune the autoencoder's decoder (encoder frozen) on :func:`latent_composites`.
 
     The latent space, and so every model trained on it, is unchanged; only decoding of spliced
-    latents becomes local. Half of each batch's rows are plain reconstructions (see the splice kinds).
+    latents becomes local. ``recipe`` defaults to the ``decoder`` stage's (a third of the rows each plain
+    reconstructions, cuts and pastes; L1).
     """
     import copy
 
+    recipe = recipe or decoder_recipes(config)["decoder"]
     model = copy.deepcopy(vae)
     model.requires_grad_(False)
     for part in (model.decoder, model.post_quant_conv):
         part.requires_grad_(True)
-    out = Path(config.work_dir) / "decoder"
+    out = Path(config.work_dir) / recipe.stage
+    sources = autoencoder_sources(config.seed, config.vae_dead_leaves, Path(config.work_dir), config.image_size) \
+        if recipe.mixture_rows else None
 
     def make_batch(step, rank, world_size):
-        first = world_batch(world, step, rank, world_size, config.decoder_batch, seed_offset=5)
-        second = world_batch(world, step, rank, world_size, config.decoder_batch, seed_offset=6)
-        return first.images, second.images, second.object_masks, first.rng
+        first = world_batch(world, step, rank, world_size, recipe.batch, seed_offset=5)
+        second = world_batch(world, step, rank, world_size, recipe.batch, seed_offset=6)
+        crops = autoencoder_batch(sources, step, recipe.mixture_rows, crop=config.vae_crop, rank=rank) \
+            if sources is not None else None
+        return first.images, second.images, second.object_masks, first.rng, crops
 
     latent_std = 1.0 / float(vae.config.scaling_factor)  # the scaling factor is 1/std of the latents
 
-    def loss_fn(model, batch, generator):
-        first, second, second_objects, rng = batch
-        latents, target = latent_composites(model, first, second, second_objects, rng, generator)
-        if config.decoder_latent_noise > 0:
-            sigma = torch.rand(len(latents), 1, 1, 1, generator=generator) * config.decoder_latent_noise
-            latents = latents + sigma * latent_std * torch.randn(latents.shape, generator=generator)
-        l1 = (model.decode(latents).sample - target).abs().mean()
-        return l1, {"l1": l1.detach()}
+    def with_noise(latents, generator):
+        if recipe.latent_noise <= 0:
+            return latents
+        sigma = torch.rand(len(latents), 1, 1, 1, generator=generator) * recipe.latent_noise
+        return latents + sigma * latent_std * torch.randn(latents.shape, generator=generator)
 
-    loop = LoopConfig(output_dir=str(out), max_steps=config.decoder_steps, learning_rate=3e-4, warmup_steps=50,
-                      checkpoint_every=200, seed=config.seed)
-    result = train(model, loss_fn, make_batch, loop, batch_size=config.decoder_batch)
+    def error(decoded, target):
+        difference = decoded - target
+        return difference.square().mean() if recipe.loss == "mse" else difference.abs().mean()
+
+    def loss_fn(model, batch, generator):
+        first, second, second_objects, rng, crops = batch
+        latents, target = latent_composites(model, first, second, second_objects, rng, generator, kinds=recipe.kinds)
+        loss = error(model.decode(with_noise(latents, generator)).sample, target)
+        logs = {"splices": loss.detach()}
+        if crops is not None:
+            with torch.no_grad():
+                posterior = model.encode(crops).latent_dist
+                crop_latents = posterior.mean + posterior.std * torch.randn(posterior.mean.shape, generator=generator)
+            crop_loss = error(model.decode(with_noise(crop_latents, generator)).sample, crops)
+            share = len(crops) / (len(crops) + len(first))  # per row, as if they were one batch
+            loss = (1 - share) * loss + share * crop_loss
+            logs["crops"] = crop_loss.detach()
+        return loss, logs
+
+    loop = LoopConfig(output_dir=str(out), max_steps=recipe.steps, learning_rate=recipe.learning_rate,
+                      warmup_steps=50, checkpoint_every=200, seed=config.seed)
+    result = train(model, loss_fn, make_batch, loop, batch_size=recipe.batch)
     model.eval()
     _save_final(out, model)
     return model, result
@@ -699,7 +760,7 @@ def trained_scheduler_config(unet_folder: Path) -> dict:
 # Orchestration and export
 # ---------------------------------------------------------------------------------------------
 # The tokenizer is built by every run that lacks it.
-STAGES = ("tokenizer", "vae", "decoder", "clip", "judge", "unet", "export")
+STAGES = ("tokenizer", "vae", "decoder", "splice_decoder", "clip", "judge", "unet", "export")
 
 
 def run_mini_training(config: MiniConfig, stages=STAGES, export_dir: Path = MINI_DIR) -> dict:
@@ -743,8 +804,16 @@ def run_mini_training(config: MiniConfig, stages=STAGES, export_dir: Path = MINI
 
     vae = stage("vae", lambda: train_vae(world, config), AutoencoderKL.from_pretrained)
     # The U-Net only needs the encoder (unchanged by this stage); the export ships the local decoder.
-    decoder = stage("decoder", lambda: train_local_decoder(world, config, vae), AutoencoderKL.from_pretrained) \
-        if vae is not None else None
+    recipes = decoder_recipes(config)
+    decoder = stage("decoder", lambda: train_local_decoder(world, config, vae, recipes["decoder"]),
+                    AutoencoderKL.from_pretrained) if vae is not None else None
+    if "splice_decoder" in stages and (decoder is None or not config.splice_steps):
+        raise RetouchError("the splice_decoder stage fine-tunes the decoder stage's decoder: "
+                           + (f"train stage decoder first (none in {work})" if decoder is None
+                              else "this recipe has no splice stage (--splice-steps is 0)"))
+    if decoder is not None and config.splice_steps:  # its fine-tune for pastes, where the recipe has one
+        decoder = stage("splice_decoder", lambda: train_local_decoder(world, config, decoder, recipes["splice_decoder"]),
+                        AutoencoderKL.from_pretrained) or decoder
     clip = stage("clip", lambda: train_clip(world, config, tokenizer), CLIPModel.from_pretrained)
     judge = stage("judge", lambda: train_judge(world, config, tokenizer, clip), CLIPModel.from_pretrained) \
         if clip is not None else None
@@ -878,7 +947,7 @@ def _architecture_rows(export_dir: Path) -> list[str]:
         f"| `backbone/vae` | diffusers `AutoencoderKL` | downsampling factor {factor} (RGB → "
         f"{vae.get('latent_channels')}×{side}² latents), channels {tuple(vae.get('block_out_channels', ()))}, "
         f"{'with' if vae.get('mid_block_add_attention', True) else 'no'} mid-block attention; the shipped decoder "
-        "is the `decoder` stage's |",
+        "is the last decoder stage's (`splice_decoder` where the recipe has it) |",
         f"| `backbone/text_encoder` | transformers `CLIPTextModel` | the CLIP stage's text tower (hidden "
         f"{text.get('hidden_size')}, {text.get('num_hidden_layers')} layers, {text.get('max_position_embeddings')} "
         "tokens) |",
