@@ -59,17 +59,9 @@ def noisy_latent_psnr(vae, scenes, sigma: float = 0.3, seed: int = 0) -> float:
     return float(psnr(decoded, scenes.images).mean())
 
 
-def reconstruction_loss(error: torch.Tensor, kind: str) -> torch.Tensor:
-    if kind == "l1":
-        return error.abs().mean()
-    if kind == "mse":
-        return error.square().mean()
-    return error.abs().mean() + error.square().mean()
-
-
 def run(args) -> None:
     from retouch.backbone import MINI_DIR
-    from retouch.train.mini import autoencoder_batch, autoencoder_sources, latent_composites, world_batch
+    from retouch.train.mini import DecoderRecipe, autoencoder_sources, decoder_batch, decoder_loss
     from retouch.world import World
     from retouch.world.heldout import held_out_scenes, photo_crops
     from diffusers import AutoencoderKL
@@ -86,8 +78,9 @@ def run(args) -> None:
     world = World(seed=0, size=64)
     scenes = held_out_scenes(world, 2 * args.pairs, single_object=False)
     tiles = photo_crops(128, 64)
-    kinds = tuple(int(k) for k in args.kinds.split(","))
-    latent_std = 1.0 / float(vae.config.scaling_factor)
+    # The training step is the decoder stages' own (train/mini.py), at a constant learning rate.
+    recipe = DecoderRecipe("pilot", 0, args.batch, args.noise, args.learning_rate, loss=args.loss,
+                           kinds=tuple(int(k) for k in args.kinds.split(",")), mixture_rows=args.mixture_rows)
     # The decoder stage saw world scenes only, and lost 2.5 dB on photo tiles; the autoencoder's own mixture
     # (v2 and v1 scenes, dead leaves) as plain reconstructions keeps what the autoencoder stage had learnt.
     sources = autoencoder_sources(seed=0, work_dir=Path("out/pilots")) if args.mixture_rows else None
@@ -100,26 +93,8 @@ def run(args) -> None:
                           **evaluate(vae, scenes, tiles, args.pairs)})
             print(json.dumps(curve[-1]), flush=True)
         tick = time.perf_counter()
-        first = world_batch(world, step, 0, 1, args.batch, seed_offset=args.seed_offset)
-        second = world_batch(world, step, 0, 1, args.batch, seed_offset=args.seed_offset + 1)
-        generator = torch.Generator().manual_seed(step)
-        latents, target = latent_composites(vae, first.images, second.images, second.object_masks, first.rng,
-                                            generator, sample=not args.modes, kinds=kinds)
-        if args.noise > 0:
-            sigma = torch.rand(len(latents), 1, 1, 1, generator=generator) * args.noise
-            latents = latents + sigma * latent_std * torch.randn(latents.shape, generator=generator)
-        loss = reconstruction_loss(vae.decode(latents).sample - target, args.loss)
-        if sources is not None:
-            crops = autoencoder_batch(sources, step, args.mixture_rows, crop=32)
-            with torch.no_grad():
-                crop_latents = vae.encode(crops).latent_dist.sample(generator)
-            if args.noise > 0:
-                sigma = torch.rand(len(crops), 1, 1, 1, generator=generator) * args.noise
-                crop_latents = crop_latents + sigma * latent_std * torch.randn(crop_latents.shape,
-                                                                               generator=generator)
-            share = args.mixture_rows / (args.mixture_rows + args.batch)
-            loss = (1 - share) * loss + share * reconstruction_loss(vae.decode(crop_latents).sample - crops,
-                                                                    args.loss)
+        batch = decoder_batch(world, sources, recipe, step)
+        loss, _ = decoder_loss(vae, batch, torch.Generator().manual_seed(step), recipe)
         loss.backward()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
@@ -185,5 +160,4 @@ if __name__ == "__main__":
         sys.exit(0)
     run_pilot(__doc__, run, plot, curves="out/pilots/decoder_curves.md", kinds="0,1,2", noise=0.5, loss="l1",
               learning_rate=1e-4, batch=16, minutes=20.0, eval_every=200, mixture_rows=0,
-              init=(None, "the autoencoder folder to start from"), pairs=100, seed_offset=5,
-              modes=(False, "splice posterior modes (what the editing methods decode), not samples"))
+              init=(None, "the autoencoder folder to start from"), pairs=100)

@@ -429,6 +429,10 @@ class DecoderRecipe:
     kinds: tuple[int, ...] = (0, 1, 2)  # :func:`latent_composites`' draw: plain, cut, paste
     mixture_rows: int = 0  # plain reconstructions of :func:`autoencoder_batch` crops per step
 
+    def __post_init__(self) -> None:
+        if self.loss not in ("l1", "mse"):
+            raise ValueError(f"decoder loss must be l1 or mse; got {self.loss!r}")
+
 
 def decoder_recipes(config: MiniConfig) -> dict[str, DecoderRecipe]:
     """The two decoder stages of ``config``: the local (noise-robust) decoder, then the splice decoder."""
@@ -443,8 +447,50 @@ def decoder_recipes(config: MiniConfig) -> dict[str, DecoderRecipe]:
     }
 
 
+def decoder_batch(world, sources: AutoencoderSources | None, recipe: DecoderRecipe, step: int, rank: int = 0,
+                  world_size: int = 1, crop: int = 32) -> tuple:
+    """One step's rows for a decoder fine-tune: two world batches to splice, and ``recipe.mixture_rows``
+    crops of ``sources`` (None without mixture rows); a pure function of (step, rank)."""
+    first = world_batch(world, step, rank, world_size, recipe.batch, seed_offset=5)
+    second = world_batch(world, step, rank, world_size, recipe.batch, seed_offset=6)
+    crops = autoencoder_batch(sources, step, recipe.mixture_rows, crop=crop, rank=rank) \
+        if sources is not None and recipe.mixture_rows else None
+    return first.images, second.images, second.object_masks, first.rng, crops
+
+
+def decoder_loss(model, batch: tuple, generator: torch.Generator, recipe: DecoderRecipe):
+    """A decoder fine-tune's loss on :func:`decoder_batch`'s rows: the decoding of :func:`latent_composites`
+    against their pixel splices, and of the crops' posterior samples against the crops, each latent plus
+    σ ~ U(0, ``recipe.latent_noise``) latent standard deviations of Gaussian noise; weighted per row."""
+    first, second, second_objects, rng, crops = batch
+    latent_std = 1.0 / float(model.config.scaling_factor)  # the scaling factor is 1/std of the latents
+
+    def with_noise(latents):
+        if recipe.latent_noise <= 0:
+            return latents
+        sigma = torch.rand(len(latents), 1, 1, 1, generator=generator) * recipe.latent_noise
+        return latents + sigma * latent_std * torch.randn(latents.shape, generator=generator)
+
+    def error(decoded, target):
+        difference = decoded - target
+        return difference.square().mean() if recipe.loss == "mse" else difference.abs().mean()
+
+    latents, target = latent_composites(model, first, second, second_objects, rng, generator, kinds=recipe.kinds)
+    loss = error(model.decode(with_noise(latents)).sample, target)
+    logs = {"splices": loss.detach()}
+    if crops is not None:
+        with torch.no_grad():
+            posterior = model.encode(crops).latent_dist
+            crop_latents = posterior.mean + posterior.std * torch.randn(posterior.mean.shape, generator=generator)
+        crop_loss = error(model.decode(with_noise(crop_latents)).sample, crops)
+        share = len(crops) / (len(crops) + len(first))  # per row, as if they were one batch
+        loss = (1 - share) * loss + share * crop_loss
+        logs["crops"] = crop_loss.detach()
+    return loss, logs
+
+
 def train_local_decoder(world, config: MiniConfig, vae, recipe: DecoderRecipe | None = None):
-    """Fine-tune the autoencoder's decoder (encoder frozen) on :func:`latent_composites`.
+    """Fine-tune the autoencoder's decoder (encoder frozen) on :func:`decoder_batch` with :func:`decoder_loss`.
 
     The latent space, and so every model trained on it, is unchanged; only decoding of spliced
     latents becomes local. ``recipe`` defaults to the ``decoder`` stage's (a third of the rows each plain
@@ -462,38 +508,10 @@ def train_local_decoder(world, config: MiniConfig, vae, recipe: DecoderRecipe | 
         if recipe.mixture_rows else None
 
     def make_batch(step, rank, world_size):
-        first = world_batch(world, step, rank, world_size, recipe.batch, seed_offset=5)
-        second = world_batch(world, step, rank, world_size, recipe.batch, seed_offset=6)
-        crops = autoencoder_batch(sources, step, recipe.mixture_rows, crop=config.vae_crop, rank=rank) \
-            if sources is not None else None
-        return first.images, second.images, second.object_masks, first.rng, crops
-
-    latent_std = 1.0 / float(vae.config.scaling_factor)  # the scaling factor is 1/std of the latents
-
-    def with_noise(latents, generator):
-        if recipe.latent_noise <= 0:
-            return latents
-        sigma = torch.rand(len(latents), 1, 1, 1, generator=generator) * recipe.latent_noise
-        return latents + sigma * latent_std * torch.randn(latents.shape, generator=generator)
-
-    def error(decoded, target):
-        difference = decoded - target
-        return difference.square().mean() if recipe.loss == "mse" else difference.abs().mean()
+        return decoder_batch(world, sources, recipe, step, rank, world_size, crop=config.vae_crop)
 
     def loss_fn(model, batch, generator):
-        first, second, second_objects, rng, crops = batch
-        latents, target = latent_composites(model, first, second, second_objects, rng, generator, kinds=recipe.kinds)
-        loss = error(model.decode(with_noise(latents, generator)).sample, target)
-        logs = {"splices": loss.detach()}
-        if crops is not None:
-            with torch.no_grad():
-                posterior = model.encode(crops).latent_dist
-                crop_latents = posterior.mean + posterior.std * torch.randn(posterior.mean.shape, generator=generator)
-            crop_loss = error(model.decode(with_noise(crop_latents, generator)).sample, crops)
-            share = len(crops) / (len(crops) + len(first))  # per row, as if they were one batch
-            loss = (1 - share) * loss + share * crop_loss
-            logs["crops"] = crop_loss.detach()
-        return loss, logs
+        return decoder_loss(model, batch, generator, recipe)
 
     loop = LoopConfig(output_dir=str(out), max_steps=recipe.steps, learning_rate=recipe.learning_rate,
                       warmup_steps=50, checkpoint_every=200, seed=config.seed)
